@@ -1,0 +1,107 @@
+"""Settings of the decrypt path: environment variable names (defined here once) and defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from lambda_decrypt.errors import ConfigError
+
+
+class Env(StrEnum):
+    """Environment variables read by the decrypt Lambda (the rotator reads KEYRING_PREFIX too)."""
+
+    KEYRING_PREFIX = "KEYRING_PREFIX"
+    ENCRYPTED_PARAMETERS = "ENCRYPTED_PARAMETERS"
+    DECRYPT_ATTRIBUTES = "DECRYPT_ATTRIBUTES"
+    RESPONSE_MODE = "RESPONSE_MODE"
+    KEY_CACHE_TTL_SECONDS = "KEY_CACHE_TTL_SECONDS"
+    NEGATIVE_CACHE_TTL_SECONDS = "NEGATIVE_CACHE_TTL_SECONDS"
+    MAX_KEY_LOOKUPS_PER_MINUTE = "MAX_KEY_LOOKUPS_PER_MINUTE"
+    MAX_MESSAGE_BYTES = "MAX_MESSAGE_BYTES"
+    LOG_LEVEL = "LOG_LEVEL"
+
+
+DEFAULT_KEYRING_PREFIX = "/connect-keys"
+RESPONSE_MODES = ("plaintext", "masked")
+
+
+@dataclass(frozen=True)
+class DecryptConfig:
+    """Everything the decrypt path can be told; explicit arguments > environment > defaults."""
+
+    keyring_prefix: str = DEFAULT_KEYRING_PREFIX
+    # None: decrypt every parameter whose value looks like an Encryption SDK message.
+    encrypted_parameters: tuple[str, ...] | None = None
+    decrypt_attributes: tuple[str, ...] = ()
+    response_mode: str = "plaintext"
+    key_cache_ttl_seconds: float = 900.0
+    negative_cache_ttl_seconds: float = 60.0
+    max_key_lookups_per_minute: int = 30
+    # Connect's messages are < 1.5 KB; the cap refuses anything absurd before any work is done.
+    max_message_bytes: int = 8192
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        validate_prefix(self.keyring_prefix, Env.KEYRING_PREFIX)
+        if self.response_mode not in RESPONSE_MODES:
+            raise ConfigError(Env.RESPONSE_MODE, f"must be one of {', '.join(RESPONSE_MODES)}")
+        for setting, value in (
+            (Env.KEY_CACHE_TTL_SECONDS, self.key_cache_ttl_seconds),
+            (Env.NEGATIVE_CACHE_TTL_SECONDS, self.negative_cache_ttl_seconds),
+            (Env.MAX_KEY_LOOKUPS_PER_MINUTE, self.max_key_lookups_per_minute),
+            (Env.MAX_MESSAGE_BYTES, self.max_message_bytes),
+        ):
+            if value <= 0:
+                raise ConfigError(setting, "must be greater than zero")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> DecryptConfig:
+        """Build the config at call time: `overrides` win over `environ` (default os.environ)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if Env.KEYRING_PREFIX in env:
+            values["keyring_prefix"] = env[Env.KEYRING_PREFIX]
+        if env.get(Env.ENCRYPTED_PARAMETERS, "").strip():
+            values["encrypted_parameters"] = split_names(env[Env.ENCRYPTED_PARAMETERS])
+        if Env.DECRYPT_ATTRIBUTES in env:
+            values["decrypt_attributes"] = split_names(env[Env.DECRYPT_ATTRIBUTES])
+        if Env.RESPONSE_MODE in env:
+            values["response_mode"] = env[Env.RESPONSE_MODE].strip().lower()
+        for setting, field, kind in (
+            (Env.KEY_CACHE_TTL_SECONDS, "key_cache_ttl_seconds", float),
+            (Env.NEGATIVE_CACHE_TTL_SECONDS, "negative_cache_ttl_seconds", float),
+            (Env.MAX_KEY_LOOKUPS_PER_MINUTE, "max_key_lookups_per_minute", int),
+            (Env.MAX_MESSAGE_BYTES, "max_message_bytes", int),
+        ):
+            if setting in env:
+                values[field] = parse_number(setting, env[setting], kind)
+        if Env.LOG_LEVEL in env:
+            values["log_level"] = env[Env.LOG_LEVEL].strip().upper()
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def split_names(raw: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of names, ignoring blanks."""
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+def parse_number(setting: str, raw: str, kind: type[int] | type[float]) -> int | float:
+    """Parse a numeric setting or say which one is wrong."""
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(setting, f"{raw!r} is not a number") from None
+
+
+def validate_prefix(prefix: str, setting: str) -> None:
+    """A keyring prefix is an absolute SSM path without a trailing slash."""
+    if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        raise ConfigError(
+            setting, f"{prefix!r} must look like /connect-keys (absolute, no '/' at the end)"
+        )

@@ -1,0 +1,42 @@
+"""structlog JSON logging, configured once per process for both packages."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_configured = False
+# Third-party loggers that may describe key or data-key handling at DEBUG level.
+QUIET_LIBRARIES = ("aws_encryption_sdk", "botocore", "boto3", "urllib3")
+
+
+def configure_logging(
+    level: str = "INFO", *, stream: TextIO | None = None, force: bool = False
+) -> None:
+    """One JSON object per line, on stdout by default (what Lambda and journald collect)."""
+    global _configured
+    if _configured and not force:
+        return
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    _configured = True
+
+
+def get_logger(name: str) -> Any:
+    """A lazily bound structlog logger (configuration may happen after import)."""
+    return structlog.get_logger(name)

@@ -1,0 +1,1 @@
+"""connect-key-rotator: keys for Amazon Connect's encrypted customer input, rotated and audited."""

@@ -1,0 +1,241 @@
+"""The `rotator` command: parse arguments, read the clock once, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from lambda_decrypt.errors import ConfigError, ConnectKeyRotatorError
+from lambda_decrypt.logs import configure_logging, get_logger
+from rotator.config import Settings
+from rotator.entrypoints.bootstrap import Adapters, build_adapters
+from rotator.services.importing import (
+    BLOG_KEY_ID_PARAMETER,
+    BLOG_KEY_PARAMETER,
+    ImportResult,
+    import_from_blog,
+    import_key,
+)
+from rotator.services.status import KeyStatus, keyring_status
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+log = get_logger("rotator.cli")
+Command = Callable[[argparse.Namespace, Adapters, datetime, TextIO], int]
+
+
+def parse_now(value: str) -> datetime:
+    """ISO 8601; a time without an offset is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rotator",
+        description="Key rotation and multi-key decryption for Amazon Connect encrypted input.",
+    )
+    parser.add_argument(
+        "--prefix", help="keyring prefix in SSM (env KEYRING_PREFIX, default /connect-keys)"
+    )
+    parser.add_argument("--kms-key-id", help="KMS key for private keys (env ROTATOR_KMS_KEY_ID)")
+    parser.add_argument(
+        "--log-level", help="log level for the JSON log on stderr (default WARNING)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    imp = commands.add_parser("import", help="adopt an existing key pair into the keyring")
+    imp.add_argument("--key-id", help="the key ID Connect writes into message headers")
+    imp.add_argument("--private-key", type=Path, metavar="FILE", help="PEM private key file")
+    imp.add_argument("--certificate", type=Path, metavar="FILE", help="PEM certificate file")
+    imp.add_argument("--instance-id", help="make it the current key of this Connect instance")
+    imp.add_argument(
+        "--from-blog-parameters",
+        action="store_true",
+        help="adopt the AWS blog's SSM parameters (read only, never changed)",
+    )
+    imp.add_argument("--key-parameter", default=BLOG_KEY_PARAMETER, metavar="NAME")
+    imp.add_argument("--key-id-parameter", default=BLOG_KEY_ID_PARAMETER, metavar="NAME")
+    imp.add_argument("--now", type=parse_now, help="evaluate certificate validity at this time")
+    imp.add_argument("--json", action="store_true", help="machine-readable output")
+    imp.set_defaults(run=run_import)
+
+    status = commands.add_parser("status", help="keys, their state, dates, days to expiry")
+    status.add_argument("--now", type=parse_now, help="evaluate at this time (ISO 8601)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=run_status)
+
+    demo = commands.add_parser("demo", help="run the main job on an embedded local sandbox")
+    demo.set_defaults(run=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from rotator.sandbox.demo import run_demo
+
+        return run_demo(out)
+    try:
+        settings = Settings.load(
+            keyring_prefix=args.prefix, kms_key_id=args.kms_key_id, log_level=args.log_level
+        )
+        configure_logging(settings.log_level, stream=sys.stderr)
+        now = getattr(args, "now", None) or datetime.now(UTC)
+        command: Command = args.run
+        return command(args, build_adapters(settings), now, out)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConnectKeyRotatorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - a clear line instead of a traceback
+        log.debug("unexpected_error", exc_info=True)
+        print(
+            f"error: unexpected {type(error).__name__} (LOG_LEVEL=DEBUG logs details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+def actor() -> str:
+    """Who made a change, for the audit trail."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (cli)"
+
+
+def run_import(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    if args.from_blog_parameters:
+        if args.key_id or args.private_key:
+            raise ConfigError("import", "--from-blog-parameters reads the key and its ID from SSM")
+        result = import_from_blog(
+            adapters.keyring,
+            adapters.ssm,
+            key_parameter=args.key_parameter,
+            key_id_parameter=args.key_id_parameter,
+            certificate_pem=_read_file(args.certificate, "--certificate")
+            if args.certificate
+            else None,
+            instance_id=args.instance_id,
+            now=now,
+            actor=actor(),
+        )
+    else:
+        missing = [
+            flag
+            for flag, value in (
+                ("--key-id", args.key_id),
+                ("--private-key", args.private_key),
+                ("--certificate", args.certificate),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                "import", f"missing {', '.join(missing)} (or use --from-blog-parameters)"
+            )
+        result = import_key(
+            adapters.keyring,
+            key_id=args.key_id,
+            private_key_pem=_read_file(args.private_key, "--private-key"),
+            certificate_pem=_read_file(args.certificate, "--certificate"),
+            instance_id=args.instance_id,
+            now=now,
+            actor=actor(),
+        )
+    _print_import(result, args.json, out)
+    return EXIT_OK
+
+
+def run_status(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    rows = keyring_status(adapters.keyring, adapters.settings.policy, now)
+    if args.json:
+        json.dump({"now": now.isoformat(), "keys": [r.to_dict() for r in rows]}, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_status_table(rows))
+    return EXIT_OK
+
+
+def format_status_table(rows: list[KeyStatus]) -> str:
+    if not rows:
+        return "The keyring holds no keys. Start with `rotator import` (or `rotator init`).\n"
+    header = (
+        "KEY ID",
+        "INSTANCE",
+        "STATE",
+        "CURRENT",
+        "BITS",
+        "NOT AFTER",
+        "DAYS LEFT",
+        "ROTATION",
+    )
+    table = [header] + [
+        (
+            r.key_id,
+            r.instance_id or "-",
+            r.state,
+            "yes" if r.current else "",
+            str(r.key_size),
+            f"{r.not_after:%Y-%m-%d}" if r.not_after else "unknown",
+            f"{r.days_to_expiry:.0f}" if r.days_to_expiry is not None else "?",
+            r.rotation,
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _print_import(result: ImportResult, as_json: bool, out: TextIO) -> None:
+    record = result.record
+    if as_json:
+        payload: dict[str, Any] = {
+            "key_id": record.key_id,
+            "state": record.state,
+            "instance_id": record.instance_id,
+            "created": result.created,
+            "public_key_sha256": record.public_key_sha256,
+            "not_after": record.not_after.isoformat() if record.not_after else None,
+            "warnings": result.warnings,
+        }
+        json.dump(payload, out, indent=2)
+        out.write("\n")
+        return
+    for warning in result.warnings:
+        out.write(f"warning: {warning}\n")
+    verb = "imported" if result.created else "already in the keyring"
+    expiry = f", certificate valid until {record.not_after:%Y-%m-%d}" if record.not_after else ""
+    out.write(
+        f"{verb}: key {record.key_id} ({record.key_size} bits) state {record.state}{expiry}\n"
+    )
+    out.write(f"  public key SHA-256 {record.public_key_sha256}\n")
+
+
+def _read_file(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(flag, f"cannot read {path}: {type(error).__name__}") from None

@@ -1,0 +1,36 @@
+"""Rotator errors: the project's one hierarchy (rooted in `lambda_decrypt.errors`) extended."""
+
+from __future__ import annotations
+
+from lambda_decrypt.errors import AwsCallError, ConfigError, ConnectKeyRotatorError
+
+__all__ = [
+    "AwsCallError",
+    "ConfigError",
+    "ConnectKeyRotatorError",
+    "InvalidTransition",
+    "KeyMaterialError",
+    "KeyringConflict",
+    "KeyringError",
+    "NotFound",
+]
+
+
+class KeyMaterialError(ConnectKeyRotatorError):
+    """A key or certificate is malformed, too small, mismatched, expired or too long for Connect."""
+
+
+class KeyringError(ConnectKeyRotatorError):
+    """The keyring's stored state is unreadable or inconsistent."""
+
+
+class KeyringConflict(KeyringError):
+    """A write would replace something that must never be replaced (a stored private key)."""
+
+
+class NotFound(KeyringError):
+    """A key, instance or parameter the command names does not exist."""
+
+
+class InvalidTransition(ConnectKeyRotatorError):
+    """A lifecycle change that the key's current state does not allow."""

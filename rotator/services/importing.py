@@ -1,0 +1,226 @@
+"""Adopt existing key pairs into the keyring: from files, or from a running blog deployment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import serialization
+
+from lambda_decrypt.errors import aws_reason
+from lambda_decrypt.message import is_valid_key_id
+from rotator.adapters.ssm_keyring import AWS_ERRORS, SsmKeyring
+from rotator.domain.keys import KeyMaterial, load_key_material, load_private_key, public_key_sha256
+from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.errors import AwsCallError, KeyMaterialError, KeyringConflict, NotFound
+from rotator.services.verify import verify_key_decrypts
+
+if TYPE_CHECKING:
+    from mypy_boto3_ssm import SSMClient
+
+BLOG_KEY_PARAMETER = "CONNECT_INPUT_DECRYPTION_KEY"
+BLOG_KEY_ID_PARAMETER = "CONNECT_INPUT_KEY_ID"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    record: KeyRecord
+    created: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def import_key(
+    keyring: SsmKeyring,
+    *,
+    key_id: str,
+    private_key_pem: str,
+    certificate_pem: str,
+    instance_id: str | None,
+    now: datetime,
+    actor: str,
+    source: str = "imported",
+) -> ImportResult:
+    """Store, read back and test-decrypt a validated pair; an expired one only as decrypt-only."""
+    _check_key_id(key_id)
+    material = load_key_material(private_key_pem, certificate_pem)
+    existing = _existing(keyring, key_id, material.public_key_sha256)
+    if existing is not None:
+        return ImportResult(
+            existing, created=False, warnings=[f"key {key_id} was already imported"]
+        )
+    warnings: list[str] = []
+    state = _initial_state(keyring, material, instance_id, now, warnings)
+    record = _record(
+        key_id,
+        material.public_key_sha256,
+        material.key_size,
+        instance_id,
+        state,
+        now,
+        actor,
+        source,
+        keyring.kms_key_id,
+        material,
+    )
+    keyring.store_key(key_id, material, record)
+    if keyring.read_material(key_id).public_key_sha256 != material.public_key_sha256:
+        raise KeyringConflict(f"key {key_id} did not read back as stored")
+    verify_key_decrypts(keyring.ssm, keyring.layout.prefix, key_id, material.certificate_pem)
+    if state is KeyState.ACTIVE and instance_id is not None:
+        keyring.set_current(instance_id, key_id)
+    return ImportResult(record, created=True, warnings=warnings)
+
+
+def import_from_blog(
+    keyring: SsmKeyring,
+    ssm: SSMClient,
+    *,
+    key_parameter: str = BLOG_KEY_PARAMETER,
+    key_id_parameter: str = BLOG_KEY_ID_PARAMETER,
+    certificate_pem: str | None,
+    instance_id: str | None,
+    now: datetime,
+    actor: str,
+) -> ImportResult:
+    """Copy the blog's two parameters into the keyring; the parameters themselves are only read."""
+    values = _read_parameters(ssm, [key_parameter, key_id_parameter])
+    key_id = values[key_id_parameter].strip()
+    private_pem = values[key_parameter]
+    if certificate_pem is not None:
+        return import_key(
+            keyring,
+            key_id=key_id,
+            private_key_pem=private_pem,
+            certificate_pem=certificate_pem,
+            instance_id=instance_id,
+            now=now,
+            actor=actor,
+            source="blog",
+        )
+    _check_key_id(key_id)
+    private_key = load_private_key(private_pem)
+    fingerprint = public_key_sha256(private_key.public_key())
+    existing = _existing(keyring, key_id, fingerprint)
+    if existing is not None:
+        return ImportResult(
+            existing, created=False, warnings=[f"key {key_id} was already imported"]
+        )
+    warnings = ["no certificate given: expiry is unknown, so the key is due for rotation now"]
+    state = KeyState.RETIRED
+    if instance_id is not None:
+        _check_no_other_current(keyring, instance_id, key_id)
+        state = KeyState.ACTIVE
+    else:
+        warnings.append("no --instance-id: imported as decrypt-only (retired)")
+    pkcs8 = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+    record = _record(
+        key_id,
+        fingerprint,
+        private_key.key_size,
+        instance_id,
+        state,
+        now,
+        actor,
+        "blog",
+        keyring.kms_key_id,
+        None,
+    )
+    keyring.create_private_key(key_id, pkcs8)
+    keyring.put_record(record)
+    public_pem = (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+    verify_key_decrypts(keyring.ssm, keyring.layout.prefix, key_id, public_pem)
+    if state is KeyState.ACTIVE and instance_id is not None:
+        keyring.set_current(instance_id, key_id)
+    return ImportResult(record, created=True, warnings=warnings)
+
+
+def _initial_state(
+    keyring: SsmKeyring,
+    material: KeyMaterial,
+    instance_id: str | None,
+    now: datetime,
+    warnings: list[str],
+) -> KeyState:
+    try:
+        material.check_registrable(now)
+    except KeyMaterialError as error:
+        warnings.append(f"{error}: imported as decrypt-only (retired), never as current")
+        return KeyState.RETIRED
+    if instance_id is None:
+        warnings.append("no --instance-id: imported as decrypt-only (retired)")
+        return KeyState.RETIRED
+    _check_no_other_current(keyring, instance_id, None)
+    return KeyState.ACTIVE
+
+
+def _check_no_other_current(keyring: SsmKeyring, instance_id: str, key_id: str | None) -> None:
+    current = keyring.get_current(instance_id)
+    if current is not None and current != key_id:
+        raise KeyringConflict(
+            f"instance {instance_id} already has current key {current}; "
+            "import without --instance-id to add this key as decrypt-only"
+        )
+
+
+def _existing(keyring: SsmKeyring, key_id: str, fingerprint: str) -> KeyRecord | None:
+    record = keyring.find_record(key_id)
+    if record is None:
+        return None
+    if record.public_key_sha256 != fingerprint:
+        raise KeyringConflict(f"key ID {key_id} is already in the keyring with a different key")
+    return record
+
+
+def _check_key_id(key_id: str) -> None:
+    if not is_valid_key_id(key_id):
+        raise KeyMaterialError(
+            f"key ID {key_id!r} is not valid (letters, digits, '-', '_', '.'; at most 128)"
+        )
+
+
+def _record(
+    key_id: str,
+    fingerprint: str,
+    key_size: int,
+    instance_id: str | None,
+    state: KeyState,
+    now: datetime,
+    actor: str,
+    source: str,
+    kms_key_id: str | None,
+    material: KeyMaterial | None,
+) -> KeyRecord:
+    return KeyRecord(
+        key_id=key_id,
+        instance_id=instance_id,
+        state=state,
+        key_size=key_size,
+        public_key_sha256=fingerprint,
+        certificate_sha256=material.certificate_sha256 if material else None,
+        subject=material.subject if material else None,
+        not_before=material.not_before if material else None,
+        not_after=material.not_after if material else None,
+        created_at=now,
+        source=source,
+        kms_key_id=kms_key_id,
+        history=(Transition(state, now, actor, f"adopted ({source})"),),
+    )
+
+
+def _read_parameters(ssm: SSMClient, names: list[str]) -> dict[str, str]:
+    try:
+        response = ssm.get_parameters(Names=names, WithDecryption=True)
+    except AWS_ERRORS as error:
+        raise AwsCallError("ssm:GetParameters", ", ".join(names), aws_reason(error)) from error
+    values = {p["Name"]: p["Value"] for p in response.get("Parameters", [])}
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
+    return values

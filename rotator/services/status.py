@@ -1,0 +1,66 @@
+"""What the keyring holds: every key's state, dates and days to expiry, at a given time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rotator.adapters.ssm_keyring import SsmKeyring
+from rotator.domain.lifecycle import KeyState
+from rotator.domain.policy import RotationPolicy, rotation_due
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    key_id: str
+    instance_id: str | None
+    state: str
+    current: bool
+    key_size: int
+    not_before: datetime | None
+    not_after: datetime | None
+    days_to_expiry: float | None
+    rotation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "instance_id": self.instance_id,
+            "state": self.state,
+            "current": self.current,
+            "key_size": self.key_size,
+            "not_before": self.not_before.isoformat() if self.not_before else None,
+            "not_after": self.not_after.isoformat() if self.not_after else None,
+            "days_to_expiry": None
+            if self.days_to_expiry is None
+            else round(self.days_to_expiry, 1),
+            "rotation": self.rotation,
+        }
+
+
+def keyring_status(keyring: SsmKeyring, policy: RotationPolicy, now: datetime) -> list[KeyStatus]:
+    """One row per key; `rotation` says when an active key is due (other states: not applicable)."""
+    current = keyring.current_pointers()
+    rows = []
+    for record in keyring.records():
+        is_current = (
+            record.instance_id is not None and current.get(record.instance_id) == record.key_id
+        )
+        rotation = (
+            rotation_due(record, policy, now).reason if record.state is KeyState.ACTIVE else "-"
+        )
+        rows.append(
+            KeyStatus(
+                key_id=record.key_id,
+                instance_id=record.instance_id,
+                state=record.state,
+                current=is_current,
+                key_size=record.key_size,
+                not_before=record.not_before,
+                not_after=record.not_after,
+                days_to_expiry=record.days_to_expiry(now),
+                rotation=rotation,
+            )
+        )
+    return rows

@@ -1,0 +1,127 @@
+"""Shared fixtures: keys made once per session, the real Connect vectors, moto-backed AWS."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from lambda_decrypt import handler
+from rotator.domain.keys import KeyMaterial, generate_key_material
+from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+
+VECTORS = Path(__file__).parent / "vectors"
+REGION = "us-east-1"
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+TEST_CARD = "4111111111111111"
+
+
+@dataclass(frozen=True)
+class Vector:
+    ciphertext: str
+    key_id: str
+    plaintext: bytes
+    private_key_pem: str
+    certificate_pem: str
+
+
+@pytest.fixture(scope="session")
+def real_vector() -> Vector:
+    """A message Amazon Connect itself encrypted, with its key (certificate expired 2022)."""
+    folder = VECTORS / "connect-real"
+    return Vector(
+        ciphertext=(folder / "ciphertext.b64").read_text().strip(),
+        key_id="a5ecd749-4bd8-4a94-bfde-27eefe4f12b1",
+        plaintext=b"112344567789",
+        private_key_pem=(folder / "private.key.pem").read_text(),
+        certificate_pem=(folder / "certificate.pem").read_text(),
+    )
+
+
+@pytest.fixture(scope="session")
+def blog_truncated() -> str:
+    """The AWS blog's ciphertext: intact header, key d4891de8-..., signature cut short."""
+    return (VECTORS / "blog-truncated.b64").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def material_a() -> KeyMaterial:
+    return generate_key_material(now=NOW, subject="CN=test-key-a")
+
+
+@pytest.fixture(scope="session")
+def material_b() -> KeyMaterial:
+    return generate_key_material(now=NOW, subject="CN=test-key-b")
+
+
+@pytest.fixture(scope="session")
+def material_2048() -> KeyMaterial:
+    return generate_key_material(now=NOW, key_size=2048, subject="CN=test-key-2048")
+
+
+def make_record(
+    key_id: str,
+    material: KeyMaterial,
+    *,
+    state: KeyState = KeyState.ACTIVE,
+    instance_id: str | None = "instance-1",
+) -> KeyRecord:
+    return KeyRecord(
+        key_id=key_id,
+        instance_id=instance_id,
+        state=state,
+        key_size=material.key_size,
+        public_key_sha256=material.public_key_sha256,
+        certificate_sha256=material.certificate_sha256,
+        subject=material.subject,
+        not_before=material.not_before,
+        not_after=material.not_after,
+        created_at=NOW,
+        source="test",
+        kms_key_id=None,
+        history=(Transition(state, NOW, "test", "fixture"),),
+    )
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto for every AWS service, with dummy credentials and no real endpoint reachable."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def ssm(aws: None) -> Any:
+    return boto3.client("ssm", region_name=REGION)
+
+
+@pytest.fixture
+def fresh_container() -> Iterator[None]:
+    """Every test that invokes the Lambda handler starts in a new container."""
+    handler.reset_container()
+    yield
+    handler.reset_container()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith(("KEYRING_", "ROTATOR_")) or name in (
+            "ENCRYPTED_PARAMETERS",
+            "DECRYPT_ATTRIBUTES",
+            "RESPONSE_MODE",
+        ):
+            monkeypatch.delenv(name)
