@@ -91,14 +91,14 @@ class KeyringReader:
         self,
         prefix: str,
         *,
-        ssm_client_factory: Callable[[], SSMClient] = default_ssm_client,
+        ssm_client_factory: Callable[[], SSMClient] | None = None,
         ttl_seconds: float = 900.0,
         negative_ttl_seconds: float = 60.0,
         max_lookups_per_minute: int = 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.layout = KeyringLayout(prefix)
-        self._client_factory = ssm_client_factory
+        self._client_factory = ssm_client_factory or default_ssm_client
         self._client: SSMClient | None = None
         self._ttl = ttl_seconds
         self._negative_ttl = negative_ttl_seconds

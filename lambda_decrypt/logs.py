@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Literal
 
 import structlog
 
 _configured = False
 # Third-party loggers that may describe key or data-key handling at DEBUG level.
 QUIET_LIBRARIES = ("aws_encryption_sdk", "botocore", "boto3", "urllib3")
+Stream = Literal["stdout", "stderr"]
+
+
+class _StreamLogger:
+    """Writes each rendered line to sys.stdout/sys.stderr as they are *now*, not at configure
+    time, so a host that swaps the streams (test capture, a daemon) never gets a closed file."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        print(message, file=getattr(sys, self._stream), flush=True)
+
+    debug = info = warning = error = critical = exception = msg
 
 
 def configure_logging(
-    level: str = "INFO", *, stream: TextIO | None = None, force: bool = False
+    level: str = "INFO", *, stream: Stream = "stdout", force: bool = False
 ) -> None:
     """One JSON object per line, on stdout by default (what Lambda and journald collect)."""
     global _configured
@@ -29,7 +43,7 @@ def configure_logging(
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=lambda *_: _StreamLogger(stream),
         cache_logger_on_first_use=True,
     )
     for name in QUIET_LIBRARIES:

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         settings = Settings.load(
             keyring_prefix=args.prefix, kms_key_id=args.kms_key_id, log_level=args.log_level
         )
-        configure_logging(settings.log_level, stream=sys.stderr)
+        configure_logging(settings.log_level, stream="stderr")
         now = getattr(args, "now", None) or datetime.now(UTC)
         command: Command = args.run
         return command(args, build_adapters(settings), now, out)
