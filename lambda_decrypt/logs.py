@@ -44,7 +44,8 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=lambda *_: _StreamLogger(stream),
-        cache_logger_on_first_use=True,
+        # Not cached: a later reconfiguration (CLI flag, test) must reach every logger.
+        cache_logger_on_first_use=False,
     )
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

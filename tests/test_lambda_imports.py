@@ -1,4 +1,4 @@
-"""The decrypt Lambda stays deployable alone: it never imports the rotator, the scheduler or tests."""
+"""The decrypt Lambda stays deployable alone: no rotator, scheduler or test imports."""
 
 from __future__ import annotations
 
