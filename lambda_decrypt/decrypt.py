@@ -97,7 +97,10 @@ class Decryptor:
             raise TamperedMessage("message authentication failed") from None
         except NotSupportedError:
             raise UnsupportedSuite("the Encryption SDK refused the message's format") from None
-        except SerializationError:
+        except SerializationError as error:
+            # The SDK reports a failed header authentication tag as a parse error.
+            if isinstance(error.__context__, InvalidTag):
+                raise TamperedMessage("header authentication failed") from None
             raise MalformedMessage("the Encryption SDK could not parse the message") from None
         except AWSEncryptionSDKClientError as error:
             raise DecryptError(f"Encryption SDK error {type(error).__name__}") from None

@@ -56,8 +56,23 @@ class KeyringLayout:
     def instances_root(self) -> str:
         return f"{self.prefix}/instances"
 
+    def instance_config(self, instance_id: str) -> str:
+        """Which flows and modules of the instance are managed (written by `rotator init`)."""
+        return f"{self.prefix}/instances/{instance_id}/config"
+
+    def rotation(self, instance_id: str) -> str:
+        """The instance's latest rotation and its last completed step (versioned)."""
+        return f"{self.prefix}/instances/{instance_id}/rotation"
+
     def lock(self, instance_id: str) -> str:
         return f"{self.prefix}/locks/{instance_id}"
+
+    def staged_private_key(self, rotation_id: str) -> str:
+        """A new key before Connect has given it a key ID (DESIGN invariant 1: stored first)."""
+        return f"{self.prefix}/staging/{rotation_id}/private-key"
+
+    def staged_certificate(self, rotation_id: str) -> str:
+        return f"{self.prefix}/staging/{rotation_id}/certificate"
 
     def key_id_of(self, parameter_name: str) -> str | None:
         """The key ID in a `{prefix}/keys/{key_id}/...` name, or None for any other name."""

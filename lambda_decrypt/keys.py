@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aws_encryption_sdk.exceptions import SerializationError
 from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
 from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
 from aws_encryption_sdk.key_providers.raw import RawMasterKey
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from lambda_decrypt.errors import KeyUnusable, UnknownKey
+from lambda_decrypt.errors import KeyUnusable, TamperedMessage, UnknownKey
 from lambda_decrypt.message import CONNECT_PROVIDER_ID
 
 MIN_RSA_BITS = 2048
@@ -61,7 +60,8 @@ class _ConnectMaterialsManager(DefaultCryptoMaterialsManager):  # type: ignore[m
         try:
             point = ec.EllipticCurvePublicKey.from_encoded_point(curve(), base64.b64decode(encoded))
         except (ValueError, binascii.Error):
-            raise SerializationError("signature key in the encryption context is invalid") from None
+            # The encryption context is covered by the header's authentication tag.
+            raise TamperedMessage("the signature key in the header is not a P-384 point") from None
         return point.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 

@@ -10,7 +10,7 @@ import structlog
 
 _configured = False
 # Third-party loggers that may describe key or data-key handling at DEBUG level.
-QUIET_LIBRARIES = ("aws_encryption_sdk", "botocore", "boto3", "urllib3")
+QUIET_LIBRARIES = ("botocore", "boto3", "urllib3")
 Stream = Literal["stdout", "stderr"]
 
 
@@ -49,6 +49,9 @@ def configure_logging(
     )
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # The SDK logs a traceback at ERROR for every bad message; each is translated and logged
+    # once by the decryptor with its stable code instead.
+    logging.getLogger("aws_encryption_sdk").setLevel(logging.CRITICAL)
     _configured = True
 
 

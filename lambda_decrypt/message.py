@@ -89,6 +89,8 @@ def read_header(message: bytes, max_message_bytes: int) -> ConnectHeader:
     """Parse and check a whole message's structure (header, frames, footer) without decrypting."""
     if len(message) > max_message_bytes:
         raise MessageTooLarge(f"message is {len(message)} bytes, cap is {max_message_bytes}")
+    if not message:
+        raise MalformedMessage("input is empty")
     reader = _Reader(message)
     version = reader.uint(1, "version")
     if version != MESSAGE_FORMAT_V1:
@@ -151,8 +153,12 @@ def _read_single_data_key(reader: _Reader) -> str:
 
 
 def is_valid_key_id(key_id: str) -> bool:
-    """Key IDs are one SSM path segment: letters, digits, '-', '_', '.'; at most 128 long."""
-    return 0 < len(key_id) <= MAX_KEY_ID_LENGTH and set(key_id) <= KEY_ID_ALPHABET
+    """Key IDs are one SSM path segment: letters, digits, '-', '_', '.' (not '.' or '..')."""
+    return (
+        0 < len(key_id) <= MAX_KEY_ID_LENGTH
+        and set(key_id) <= KEY_ID_ALPHABET
+        and key_id not in (".", "..")
+    )
 
 
 def _skip_frames(reader: _Reader, frame_length: int) -> None:
