@@ -12,32 +12,44 @@ from lambda_decrypt.errors import ConnectKeyRotatorError, DecryptError, Malforme
 from lambda_decrypt.logs import configure_logging, get_logger
 from lambda_decrypt.message import looks_like_sdk_message
 
-log = get_logger("lambda_decrypt.handler")
 RESERVED_NAMES = frozenset({"status", "error"})
 
-# Built on the first invocation and kept for the container's life: keys load once.
-_container: tuple[DecryptConfig, Decryptor] | None = None
+
+class _Container:
+    """Built on the first invocation and kept for the container's life: keys load once, and
+    the logger is bound once (after configuration) instead of resolved on every call."""
+
+    def __init__(self) -> None:
+        self.config = DecryptConfig.from_env()
+        configure_logging(self.config.log_level)
+        self.decryptor = Decryptor.from_config(self.config)
+        self.log = get_logger("lambda_decrypt.handler").bind()
+
+
+_container: _Container | None = None
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, str]:
     """Decrypt the encrypted values of a Connect event; answer {"status": "ok"|"error", ...}."""
     started = time.perf_counter()
     contact_id = _contact_id(event)
+    log = get_logger("lambda_decrypt.handler")
     try:
-        config, decryptor = _container_state()
-        values = _encrypted_values(event, config)
+        container = _container_state()
+        log = container.log
+        values = _encrypted_values(event, container.config)
         response: dict[str, str] = {"status": "ok"}
         key_ids = []
         for name, ciphertext in values.items():
-            decrypted = decryptor.decrypt(ciphertext)
+            decrypted = container.decryptor.decrypt(ciphertext)
             key_ids.append(decrypted.key_id)
-            response.update(_answer(name, decrypted.text(), config.response_mode))
+            response.update(_answer(name, decrypted.text(), container.config.response_mode))
     except DecryptError as error:
-        return _fail(error.code, str(error), contact_id, started)
+        return _fail(log, error.code, str(error), contact_id, started)
     except ConnectKeyRotatorError as error:
-        return _fail("internal", str(error), contact_id, started)
+        return _fail(log, "internal", str(error), contact_id, started)
     except Exception as error:  # noqa: BLE001 - Connect must get an answer, never a trace
-        return _fail("internal", f"unexpected {type(error).__name__}", contact_id, started)
+        return _fail(log, "internal", f"unexpected {type(error).__name__}", contact_id, started)
     log.info(
         "decrypt",
         outcome="ok",
@@ -55,12 +67,10 @@ def reset_container() -> None:
     _container = None
 
 
-def _container_state() -> tuple[DecryptConfig, Decryptor]:
+def _container_state() -> _Container:
     global _container
     if _container is None:
-        config = DecryptConfig.from_env()
-        configure_logging(config.log_level)
-        _container = (config, Decryptor.from_config(config))
+        _container = _Container()
     return _container
 
 
@@ -128,7 +138,9 @@ def _contact_id(event: Any) -> str | None:
     return contact_id if isinstance(contact_id, str) else None
 
 
-def _fail(code: str, reason: str, contact_id: str | None, started: float) -> dict[str, str]:
+def _fail(
+    log: Any, code: str, reason: str, contact_id: str | None, started: float
+) -> dict[str, str]:
     log.warning(
         "decrypt",
         outcome="error",

@@ -1,0 +1,49 @@
+"""The decrypt bench runs end to end in quick mode and reports every metric with figures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "decrypt_bench.py"
+METRICS = (
+    "warm decrypt median ms, handler vs floor",
+    "warm decrypt p99 ms, handler vs floor",
+    "cold start median ms, ours vs blog",
+    "warm invocation median ms, ours vs blog (speed-up)",
+    "SSM calls per warm invocation, ours vs blog",
+)
+SSM_CALLS_METRIC = METRICS[-1]
+BLOG_SSM_CALLS_PER_INVOCATION = 2.0
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """metric -> its other cells, from the Markdown table the bench prints."""
+    rows = {}
+    for line in output.splitlines():
+        if line.startswith("| "):
+            metric, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+            rows[metric] = cells
+    return rows
+
+
+def test_quick_bench_reports_every_metric() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout)
+    for metric in METRICS:
+        assert metric in rows, f"no row for {metric!r} in:\n{result.stdout}"
+        ours, baseline, _ratio, _target, status = rows[metric]
+        assert float(ours) >= 0 and float(baseline) > 0, rows[metric]
+        assert status in ("ok", "MISS", "-"), rows[metric]
+    # The call counter is real: the blog's Lambda reads two parameters per invocation.
+    assert float(rows[SSM_CALLS_METRIC][1]) == BLOG_SSM_CALLS_PER_INVOCATION
