@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,8 +56,9 @@ class DecryptConfig:
             (Env.MAX_KEY_LOOKUPS_PER_MINUTE, self.max_key_lookups_per_minute),
             (Env.MAX_MESSAGE_BYTES, self.max_message_bytes),
         ):
-            if value <= 0:
-                raise ConfigError(setting, "must be greater than zero")
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(setting, "must be a finite number greater than zero")
+        validate_log_level(self.log_level, Env.LOG_LEVEL)
 
     @classmethod
     def from_env(
@@ -66,7 +69,8 @@ class DecryptConfig:
         values: dict[str, object] = {}
         if Env.KEYRING_PREFIX in env:
             values["keyring_prefix"] = env[Env.KEYRING_PREFIX]
-        if env.get(Env.ENCRYPTED_PARAMETERS, "").strip():
+        # Empty or blank means automatic detection, never "decrypt nothing".
+        if split_names(env.get(Env.ENCRYPTED_PARAMETERS, "")):
             values["encrypted_parameters"] = split_names(env[Env.ENCRYPTED_PARAMETERS])
         if Env.DECRYPT_ATTRIBUTES in env:
             values["decrypt_attributes"] = split_names(env[Env.DECRYPT_ATTRIBUTES])
@@ -94,9 +98,17 @@ def split_names(raw: str) -> tuple[str, ...]:
 def parse_number(setting: str, raw: str, kind: type[int] | type[float]) -> int | float:
     """Parse a numeric setting or say which one is wrong."""
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError:
         raise ConfigError(setting, f"{raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(setting, f"{raw!r} is not a finite number")
+    return value
+
+
+def validate_log_level(level: str, setting: str) -> None:
+    if level.upper() not in logging.getLevelNamesMapping():
+        raise ConfigError(setting, f"{level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
 
 
 def validate_prefix(prefix: str, setting: str) -> None:

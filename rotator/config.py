@@ -8,12 +8,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from lambda_decrypt.config import DEFAULT_KEYRING_PREFIX, Env, parse_number, validate_prefix
+from lambda_decrypt.config import (
+    DEFAULT_KEYRING_PREFIX,
+    Env,
+    parse_number,
+    validate_log_level,
+    validate_prefix,
+)
 from rotator.domain.keys import (
     DEFAULT_KEY_SIZE,
     DEFAULT_SUBJECT,
     DEFAULT_VALIDITY_DAYS,
     check_key_size,
+    parse_subject,
 )
 from rotator.domain.policy import RotationPolicy
 from rotator.errors import ConfigError, KeyMaterialError
@@ -28,6 +35,8 @@ class RotatorEnv(StrEnum):
     SUBJECT = "ROTATOR_SUBJECT"
     RENEW_BEFORE_DAYS = "ROTATOR_RENEW_BEFORE_DAYS"
     CRYPTOPERIOD_DAYS = "ROTATOR_CRYPTOPERIOD_DAYS"
+    GRACE_DAYS = "ROTATOR_GRACE_DAYS"
+    RETENTION_DAYS = "ROTATOR_RETENTION_DAYS"
 
 
 @dataclass(frozen=True)
@@ -39,18 +48,29 @@ class Settings:
     subject: str = DEFAULT_SUBJECT
     renew_before_days: int = 30
     cryptoperiod_days: int = 365
+    # previous -> retired: how long the old key stays associated for contacts still in flight.
+    grace_days: int = 7
+    # retired -> destroyed: how long stored ciphertexts made with a retired key stay decryptable.
+    retention_days: int = 90
     log_level: str = "WARNING"
 
     def __post_init__(self) -> None:
         validate_prefix(self.keyring_prefix, Env.KEYRING_PREFIX)
-        try:
-            check_key_size(self.key_size)
-        except KeyMaterialError as error:
-            raise ConfigError(RotatorEnv.KEY_SIZE, str(error)) from None
+        validate_log_level(self.log_level, Env.LOG_LEVEL)
+        for setting, check in (
+            (RotatorEnv.KEY_SIZE, lambda: check_key_size(self.key_size)),
+            (RotatorEnv.SUBJECT, lambda: parse_subject(self.subject)),
+        ):
+            try:
+                check()
+            except KeyMaterialError as error:
+                raise ConfigError(setting, str(error)) from None
         for setting, days in (
             (RotatorEnv.VALIDITY_DAYS, self.validity_days),
             (RotatorEnv.RENEW_BEFORE_DAYS, self.renew_before_days),
             (RotatorEnv.CRYPTOPERIOD_DAYS, self.cryptoperiod_days),
+            (RotatorEnv.GRACE_DAYS, self.grace_days),
+            (RotatorEnv.RETENTION_DAYS, self.retention_days),
         ):
             if days <= 0:
                 raise ConfigError(setting, "must be a positive number of days")
@@ -58,6 +78,14 @@ class Settings:
             raise ConfigError(
                 RotatorEnv.RENEW_BEFORE_DAYS, "must be shorter than the certificate validity"
             )
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(days=self.grace_days)
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.retention_days)
 
     @property
     def policy(self) -> RotationPolicy:
@@ -84,6 +112,8 @@ class Settings:
             (RotatorEnv.VALIDITY_DAYS, "validity_days"),
             (RotatorEnv.RENEW_BEFORE_DAYS, "renew_before_days"),
             (RotatorEnv.CRYPTOPERIOD_DAYS, "cryptoperiod_days"),
+            (RotatorEnv.GRACE_DAYS, "grace_days"),
+            (RotatorEnv.RETENTION_DAYS, "retention_days"),
         ):
             if setting in env:
                 values[field] = parse_number(setting, env[setting], int)

@@ -6,18 +6,15 @@ import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from lambda_decrypt.errors import aws_reason
 from lambda_decrypt.keyring import KeyringLayout
+from rotator.adapters.aws import aws_call
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord
+from rotator.domain.rotation import ManagedInstance, RotationState
 from rotator.errors import AwsCallError, KeyringConflict, NotFound
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
-
-AWS_ERRORS = (ClientError, BotoCoreError)
 
 
 class SsmKeyring:
@@ -37,31 +34,36 @@ class SsmKeyring:
     def store_key(self, key_id: str, material: KeyMaterial, record: KeyRecord) -> None:
         """Create the key's three parameters; a re-run with the same material is a no-op."""
         self.create_private_key(key_id, material.private_key_pem)
-        self._put(self.layout.certificate(key_id), material.certificate_pem, overwrite=True)
+        self.put_string(self.layout.certificate(key_id), material.certificate_pem)
         self.put_record(record)
 
     def create_private_key(self, key_id: str, private_key_pem: str) -> None:
         """Create the SecureString once; the same PEM again is fine, a different one refused."""
-        name = self.layout.private_key(key_id)
+        self.create_secret(
+            self.layout.private_key(key_id), private_key_pem, f"private key {key_id}"
+        )
+
+    def create_secret(self, name: str, value: str, what: str) -> None:
+        """Create a SecureString without Overwrite: an existing different value is a conflict."""
         secure: dict[str, str] = {"KeyId": self.kms_key_id} if self.kms_key_id else {}
         try:
-            self.ssm.put_parameter(
-                Name=name,
-                Value=private_key_pem,
-                Type="SecureString",
-                Overwrite=False,
-                Description=f"connect-key-rotator private key {key_id}",
-                **secure,  # type: ignore[arg-type]
-            )
-        except ClientError as error:
-            if aws_reason(error) != "ParameterAlreadyExists":
-                raise _aws_error("ssm:PutParameter", name, error) from error
-            if self.private_key_digest(key_id) != _digest(private_key_pem):
+            with aws_call("ssm:PutParameter", name):
+                self.ssm.put_parameter(
+                    Name=name,
+                    Value=value,
+                    Type="SecureString",
+                    Overwrite=False,
+                    Description=f"connect-key-rotator {what}",
+                    **secure,  # type: ignore[arg-type]
+                )
+        except AwsCallError as error:
+            if error.reason != "ParameterAlreadyExists":
+                raise
+            existing = self._get_many([name], decrypt=True).get(name)
+            if existing is None or _digest(existing) != _digest(value):
                 raise KeyringConflict(
-                    f"key ID {key_id} already holds a different private key; it is never replaced"
+                    f"{name} already holds a different {what}; it is never replaced"
                 ) from None
-        except BotoCoreError as error:
-            raise _aws_error("ssm:PutParameter", name, error) from error
 
     def read_material(self, key_id: str) -> KeyMaterial:
         """Read a key back and validate it fully: the proof that what was stored is usable."""
@@ -81,12 +83,6 @@ class SsmKeyring:
         if name not in values:
             raise NotFound(f"no private key stored for key ID {key_id}")
         return values[name]
-
-    def private_key_digest(self, key_id: str) -> str | None:
-        """SHA-256 of the stored private key PEM, or None: compares without exposing the key."""
-        name = self.layout.private_key(key_id)
-        value = self._get_many([name], decrypt=True).get(name)
-        return None if value is None else _digest(value)
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -126,27 +122,23 @@ class SsmKeyring:
         name = self.layout.metadata(key_id)
         versions: list[KeyRecord] = []
         try:
-            paginator = self.ssm.get_paginator("get_parameter_history")
-            for page in paginator.paginate(Name=name):
-                versions.extend(KeyRecord.from_json(p["Value"]) for p in page["Parameters"])
-        except ClientError as error:
-            if aws_reason(error) == "ParameterNotFound":
+            with aws_call("ssm:GetParameterHistory", name):
+                paginator = self.ssm.get_paginator("get_parameter_history")
+                for page in paginator.paginate(Name=name):
+                    versions.extend(KeyRecord.from_json(p["Value"]) for p in page["Parameters"])
+        except AwsCallError as error:
+            if error.reason == "ParameterNotFound":
                 raise NotFound(f"no key {key_id} in the keyring") from None
-            raise _aws_error("ssm:GetParameterHistory", name, error) from error
-        except BotoCoreError as error:
-            raise _aws_error("ssm:GetParameterHistory", name, error) from error
+            raise
         return versions
 
     # -- instances ---------------------------------------------------------------------------
 
     def set_current(self, instance_id: str, key_id: str) -> None:
-        name = self.layout.current(instance_id)
-        if self._get_many([name], decrypt=False).get(name) != key_id:
-            self._put(name, key_id, overwrite=True)
+        self.put_string(self.layout.current(instance_id), key_id)
 
     def get_current(self, instance_id: str) -> str | None:
-        name = self.layout.current(instance_id)
-        return self._get_many([name], decrypt=False).get(name)
+        return self.get_string(self.layout.current(instance_id))
 
     def current_pointers(self) -> dict[str, str]:
         """instance ID -> current key ID, for every instance the keyring knows."""
@@ -158,35 +150,74 @@ class SsmKeyring:
                 pointers[instance_id] = value
         return pointers
 
+    def managed_instances(self) -> list[ManagedInstance]:
+        """Every instance `rotator init` put under management, sorted by ID."""
+        found = [
+            ManagedInstance.from_json(value)
+            for name, value in self._by_path(self.layout.instances_root())
+            if name.endswith("/config")
+        ]
+        return sorted(found, key=lambda m: m.instance_id)
+
+    def get_instance(self, instance_id: str) -> ManagedInstance | None:
+        raw = self.get_string(self.layout.instance_config(instance_id))
+        return None if raw is None else ManagedInstance.from_json(raw)
+
+    def put_instance(self, instance: ManagedInstance) -> None:
+        self.put_string(self.layout.instance_config(instance.instance_id), instance.to_json())
+
+    def get_rotation(self, instance_id: str) -> RotationState | None:
+        raw = self.get_string(self.layout.rotation(instance_id))
+        return None if raw is None else RotationState.from_json(raw)
+
+    def put_rotation(self, state: RotationState) -> None:
+        self.put_string(self.layout.rotation(state.instance_id), state.to_json())
+
     # -- plumbing ----------------------------------------------------------------------------
 
+    def put_string(self, name: str, value: str) -> None:
+        """Write a String parameter (a new version), unless it already holds this value."""
+        if self._get_many([name], decrypt=False).get(name) != value:
+            self._put(name, value, overwrite=True)
+
+    def get_string(self, name: str) -> str | None:
+        return self._get_many([name], decrypt=False).get(name)
+
+    def get_secret(self, name: str) -> str | None:
+        return self._get_many([name], decrypt=True).get(name)
+
+    def existing(self, names: list[str]) -> set[str]:
+        """Which of these parameters exist, read 10 at a time and never decrypted."""
+        found: set[str] = set()
+        for start in range(0, len(names), 10):
+            found.update(self._get_many(names[start : start + 10], decrypt=False))
+        return found
+
+    def delete(self, *names: str) -> None:
+        """Delete parameters; ones already gone are fine (deletion is a step that may be redone)."""
+        for start in range(0, len(names), 10):
+            batch = list(names[start : start + 10])
+            with aws_call("ssm:DeleteParameters", ", ".join(batch)):
+                self.ssm.delete_parameters(Names=batch)
+
     def _put(self, name: str, value: str, *, overwrite: bool) -> None:
-        try:
+        with aws_call("ssm:PutParameter", name):
             self.ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=overwrite)
-        except AWS_ERRORS as error:
-            raise _aws_error("ssm:PutParameter", name, error) from error
 
     def _get_many(self, names: list[str], *, decrypt: bool) -> dict[str, str]:
-        try:
+        with aws_call("ssm:GetParameters", ", ".join(names)):
             response = self.ssm.get_parameters(Names=names, WithDecryption=decrypt)
-        except AWS_ERRORS as error:
-            raise _aws_error("ssm:GetParameters", ", ".join(names), error) from error
         return {p["Name"]: p["Value"] for p in response.get("Parameters", [])}
 
     def _by_path(self, path: str) -> Iterator[tuple[str, str]]:
-        try:
+        with aws_call("ssm:GetParametersByPath", path):
             paginator = self.ssm.get_paginator("get_parameters_by_path")
-            for page in paginator.paginate(Path=path, Recursive=True, WithDecryption=False):
-                for parameter in page["Parameters"]:
-                    if parameter["Type"] != "SecureString":
-                        yield parameter["Name"], parameter["Value"]
-        except AWS_ERRORS as error:
-            raise _aws_error("ssm:GetParametersByPath", path, error) from error
+            pages = list(paginator.paginate(Path=path, Recursive=True, WithDecryption=False))
+        for page in pages:
+            for parameter in page["Parameters"]:
+                if parameter["Type"] != "SecureString":
+                    yield parameter["Name"], parameter["Value"]
 
 
 def _digest(pem: str) -> str:
     return hashlib.sha256(pem.encode("ascii")).hexdigest()
-
-
-def _aws_error(call: str, resource: str, error: Exception) -> AwsCallError:
-    return AwsCallError(call, resource, aws_reason(error))

@@ -151,6 +151,15 @@ def public_key_sha256(public_key: rsa.RSAPublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def public_key_sha256_of_pem(public_key_pem: str) -> str | None:
+    """Fingerprint of a public key PEM as Connect lists it; None if it is not an RSA key."""
+    try:
+        public_key = serialization.load_pem_public_key(public_key_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return public_key_sha256(public_key) if isinstance(public_key, rsa.RSAPublicKey) else None
+
+
 def _material(private_key: rsa.RSAPrivateKey, certificate: x509.Certificate) -> KeyMaterial:
     public_key = private_key.public_key()
     return KeyMaterial(

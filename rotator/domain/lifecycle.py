@@ -85,6 +85,11 @@ class KeyRecord:
     def decrypts(self) -> bool:
         return self.state in DECRYPTING_STATES
 
+    def entered(self, state: KeyState) -> datetime | None:
+        """When the key last entered `state` (None if it never did)."""
+        times = [t.at for t in self.history if t.state is state]
+        return times[-1] if times else None
+
     def days_to_expiry(self, now: datetime) -> float | None:
         if self.not_after is None:
             return None

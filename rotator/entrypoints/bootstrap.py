@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING
 import boto3
 from botocore.config import Config
 
+from rotator.adapters.connect import ConnectGateway
+from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
+from rotator.services.invariants import InvariantChecker
+from rotator.services.rotation import KeyGenerator, RotationService
 
 if TYPE_CHECKING:
+    from mypy_boto3_connect import ConnectClient
     from mypy_boto3_ssm import SSMClient
 
 # Throttling and transient errors are retried by botocore itself, with client-side rate limiting.
@@ -22,11 +27,33 @@ RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8})
 class Adapters:
     settings: Settings
     ssm: SSMClient
+    connect_client: ConnectClient
     keyring: SsmKeyring
+    connect: ConnectGateway
+    lock: SsmLock
+
+    def rotation(self, actor: str, generate: KeyGenerator | None = None) -> RotationService:
+        return RotationService(
+            self.keyring, self.connect, self.lock, self.settings, actor=actor, generate=generate
+        )
+
+    def invariants(self) -> InvariantChecker:
+        return InvariantChecker(self.keyring, self.connect, self.lock)
 
 
-def build_adapters(settings: Settings, *, ssm: SSMClient | None = None) -> Adapters:
-    """Real clients unless given; AWS_ENDPOINT_URL(_SSM) points them at a sandbox."""
+def build_adapters(
+    settings: Settings, *, ssm: SSMClient | None = None, connect: ConnectClient | None = None
+) -> Adapters:
+    """Real clients unless given; AWS_ENDPOINT_URL(_<SERVICE>) points them at a sandbox."""
     ssm_client = ssm if ssm is not None else boto3.client("ssm", config=RETRY_CONFIG)
-    keyring = SsmKeyring(ssm_client, settings.keyring_prefix, kms_key_id=settings.kms_key_id)
-    return Adapters(settings=settings, ssm=ssm_client, keyring=keyring)
+    connect_client = (
+        connect if connect is not None else boto3.client("connect", config=RETRY_CONFIG)
+    )
+    return Adapters(
+        settings=settings,
+        ssm=ssm_client,
+        connect_client=connect_client,
+        keyring=SsmKeyring(ssm_client, settings.keyring_prefix, kms_key_id=settings.kms_key_id),
+        connect=ConnectGateway(connect_client),
+        lock=SsmLock(ssm_client, settings.keyring_prefix),
+    )

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 
-from lambda_decrypt.errors import aws_reason
 from lambda_decrypt.message import is_valid_key_id
-from rotator.adapters.ssm_keyring import AWS_ERRORS, SsmKeyring
+from rotator.adapters.aws import aws_call
+from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.keys import KeyMaterial, load_key_material, load_private_key, public_key_sha256
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
-from rotator.errors import AwsCallError, KeyMaterialError, KeyringConflict, NotFound
+from rotator.errors import KeyMaterialError, KeyringConflict, NotFound
 from rotator.services.verify import verify_key_decrypts
 
 if TYPE_CHECKING:
@@ -215,10 +215,8 @@ def _record(
 
 
 def _read_parameters(ssm: SSMClient, names: list[str]) -> dict[str, str]:
-    try:
+    with aws_call("ssm:GetParameters", ", ".join(names)):
         response = ssm.get_parameters(Names=names, WithDecryption=True)
-    except AWS_ERRORS as error:
-        raise AwsCallError("ssm:GetParameters", ", ".join(names), aws_reason(error)) from error
     values = {p["Name"]: p["Value"] for p in response.get("Parameters", [])}
     missing = [name for name in names if name not in values]
     if missing:

@@ -1,0 +1,115 @@
+"""Amazon Connect: security keys and the content of contact flows and flow modules (boto3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rotator.adapters.aws import aws_call
+from rotator.domain.flows import FlowKind, FlowRef
+from rotator.errors import AwsCallError, NotFound
+
+if TYPE_CHECKING:
+    from mypy_boto3_connect import ConnectClient
+
+# Connect writes the AssociationId into flows as the key ID (DESIGN.md section 2: the working
+# assumption, kept here in one place).
+KEY_ID_IS_ASSOCIATION_ID = True
+
+
+@dataclass(frozen=True)
+class SecurityKey:
+    association_id: str
+    public_key_pem: str
+
+
+class ConnectGateway:
+    """Every Connect call the rotator makes; failures name the call and the resource."""
+
+    def __init__(self, client: ConnectClient) -> None:
+        self.client = client
+
+    def list_security_keys(self, instance_id: str) -> list[SecurityKey]:
+        keys: list[SecurityKey] = []
+        kwargs: dict[str, Any] = {"InstanceId": instance_id, "MaxResults": 2}
+        while True:
+            page = self._call(
+                "ListSecurityKeys", instance_id, self.client.list_security_keys, **kwargs
+            )
+            keys.extend(
+                SecurityKey(k["AssociationId"], k["Key"]) for k in page.get("SecurityKeys", [])
+            )
+            if not page.get("NextToken"):
+                return keys
+            kwargs["NextToken"] = page["NextToken"]
+
+    def associate_security_key(
+        self, instance_id: str, public_key_pem: str, client_token: str
+    ) -> str:
+        response = self._call(
+            "AssociateSecurityKey",
+            instance_id,
+            self.client.associate_security_key,
+            InstanceId=instance_id,
+            Key=public_key_pem,
+            ClientToken=client_token,
+        )
+        return str(response["AssociationId"])
+
+    def disassociate_security_key(self, instance_id: str, association_id: str) -> None:
+        self._call(
+            "DisassociateSecurityKey",
+            f"{instance_id}/{association_id}",
+            self.client.disassociate_security_key,
+            InstanceId=instance_id,
+            AssociationId=association_id,
+        )
+
+    def flow_content(self, instance_id: str, ref: FlowRef) -> str:
+        if ref.kind is FlowKind.FLOW:
+            response = self._call(
+                "DescribeContactFlow",
+                f"{instance_id}/{ref.flow_id}",
+                self.client.describe_contact_flow,
+                InstanceId=instance_id,
+                ContactFlowId=ref.flow_id,
+            )
+            return str(response["ContactFlow"]["Content"])
+        response = self._call(
+            "DescribeContactFlowModule",
+            f"{instance_id}/{ref.flow_id}",
+            self.client.describe_contact_flow_module,
+            InstanceId=instance_id,
+            ContactFlowModuleId=ref.flow_id,
+        )
+        return str(response["ContactFlowModule"]["Content"])
+
+    def update_flow_content(self, instance_id: str, ref: FlowRef, content: str) -> None:
+        if ref.kind is FlowKind.FLOW:
+            self._call(
+                "UpdateContactFlowContent",
+                f"{instance_id}/{ref.flow_id}",
+                self.client.update_contact_flow_content,
+                InstanceId=instance_id,
+                ContactFlowId=ref.flow_id,
+                Content=content,
+            )
+        else:
+            self._call(
+                "UpdateContactFlowModuleContent",
+                f"{instance_id}/{ref.flow_id}",
+                self.client.update_contact_flow_module_content,
+                InstanceId=instance_id,
+                ContactFlowModuleId=ref.flow_id,
+                Content=content,
+            )
+
+    @staticmethod
+    def _call(operation: str, resource: str, method: Any, **kwargs: Any) -> Any:
+        try:
+            with aws_call(f"connect:{operation}", resource):
+                return method(**kwargs)
+        except AwsCallError as error:
+            if error.reason == "ResourceNotFoundException":
+                raise NotFound(f"connect:{operation}: {resource} not found") from error
+            raise

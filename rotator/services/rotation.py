@@ -1,0 +1,516 @@
+"""Rotation: init, rotate (resumable steps under one rotation ID), retire, destroy, rollback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from lambda_decrypt import ConnectKey, Decryptor, StaticKeys
+from lambda_decrypt.logs import get_logger
+from rotator.adapters.connect import ConnectGateway, SecurityKey
+from rotator.adapters.lock import SsmLock
+from rotator.adapters.ssm_keyring import SsmKeyring
+from rotator.config import Settings
+from rotator.domain.connect_cipher import encrypt_like_connect
+from rotator.domain.flows import FlowContentError, point_at_key, referenced_key_ids
+from rotator.domain.keys import (
+    KeyMaterial,
+    generate_key_material,
+    load_key_material,
+    public_key_sha256_of_pem,
+)
+from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.domain.policy import rotation_due
+from rotator.domain.rotation import ManagedInstance, RotationState, Step
+from rotator.errors import ConnectKeyRotatorError, KeyringError, NotFound
+from rotator.services.verify import VerificationFailed, verify_key_decrypts
+
+log = get_logger("rotator.rotation")
+KeyGenerator = Callable[[datetime], KeyMaterial]
+
+
+class RotationRefused(ConnectKeyRotatorError):
+    """The rotation (or retire/destroy/rollback) would break a promise; nothing was changed."""
+
+
+class Outcome(StrEnum):
+    ROTATED = "rotated"
+    NOT_DUE = "not_due"
+    WOULD_ROTATE = "would_rotate"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    instance_id: str
+    outcome: Outcome
+    detail: str
+    old_key_id: str | None = None
+    new_key_id: str | None = None
+    rotation_id: str | None = None
+
+
+class RotationService:
+    """Every state-changing operation on keys; adapters and the clock come in from outside."""
+
+    def __init__(
+        self,
+        keyring: SsmKeyring,
+        connect: ConnectGateway,
+        lock: SsmLock,
+        settings: Settings,
+        *,
+        actor: str,
+        generate: KeyGenerator | None = None,
+    ) -> None:
+        self.keyring = keyring
+        self.connect = connect
+        self.lock = lock
+        self.settings = settings
+        self.actor = actor
+        self.generate = generate or self._generate
+
+    # -- init and rotate ---------------------------------------------------------------------
+
+    def init(
+        self, instance_id: str, flows: list[str], modules: list[str], now: datetime
+    ) -> InstanceResult:
+        """The instance's first managed key: record the managed flows, then rotate into them."""
+        wanted = ManagedInstance(instance_id, tuple(flows), tuple(modules))
+        existing = self.keyring.get_instance(instance_id)
+        if existing is not None and (set(existing.refs) != set(wanted.refs)):
+            raise RotationRefused(
+                f"instance {instance_id} is already managed with {_refs(existing)}; "
+                "init does not change the managed flows"
+            )
+        state = self.keyring.get_rotation(instance_id)
+        if existing is not None and state is not None and state.finished:
+            current = self.keyring.get_current(instance_id)
+            return InstanceResult(
+                instance_id,
+                Outcome.NOT_DUE,
+                f"already initialised: current key {current}",
+                old_key_id=current,
+            )
+        for ref in wanted.refs:
+            try:
+                point_at_key(self.connect.flow_content(instance_id, ref), "probe", "probe")
+            except FlowContentError as error:
+                raise RotationRefused(f"{ref} cannot be managed: {error}") from None
+        self.keyring.put_instance(wanted)
+        return self._rotate_instance(instance_id, now, force=True, dry_run=False, emergency=False)
+
+    def rotate(
+        self,
+        instance_id: str | None,
+        now: datetime,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        emergency: bool = False,
+    ) -> list[InstanceResult]:
+        """Every managed instance (or one), each on its own: one failure does not stop the rest."""
+        if instance_id is not None:
+            if self.keyring.get_instance(instance_id) is None:
+                raise NotFound(f"instance {instance_id} is not managed (run rotator init first)")
+            targets = [instance_id]
+        else:
+            targets = [m.instance_id for m in self.keyring.managed_instances()]
+        results = []
+        for target in targets:
+            try:
+                results.append(
+                    self._rotate_instance(
+                        target, now, force=force, dry_run=dry_run, emergency=emergency
+                    )
+                )
+            except ConnectKeyRotatorError as error:
+                log.error("rotation_failed", instance_id=target, error=str(error))
+                results.append(InstanceResult(target, Outcome.FAILED, str(error)))
+        return results
+
+    def _rotate_instance(
+        self, instance_id: str, now: datetime, *, force: bool, dry_run: bool, emergency: bool
+    ) -> InstanceResult:
+        state = self.keyring.get_rotation(instance_id)
+        if state is not None and not state.finished:
+            if dry_run:
+                return InstanceResult(
+                    instance_id,
+                    Outcome.WOULD_ROTATE,
+                    f"would resume rotation {state.rotation_id} after step {state.step}",
+                    state.old_key_id,
+                    state.new_key_id,
+                    state.rotation_id,
+                )
+            with self._locked(instance_id, state.rotation_id, now):
+                return self._run(self._reread(state), now, resumed=True)
+        current_id = self.keyring.get_current(instance_id)
+        current = self.keyring.find_record(current_id) if current_id else None
+        if current is not None and not force:
+            due = rotation_due(current, self.settings.policy, now)
+            if not due.due:
+                return InstanceResult(instance_id, Outcome.NOT_DUE, due.reason, current_id)
+            reason = due.reason
+        else:
+            reason = "forced" if current is not None else "first key"
+        if emergency:
+            reason = f"emergency: {reason}"
+        blocked = self._blocking_associations(instance_id, current_id, now, emergency)
+        if dry_run:
+            detail = f"would rotate ({reason})"
+            if blocked:
+                detail += f"; would first retire {', '.join(blocked)}"
+            return InstanceResult(instance_id, Outcome.WOULD_ROTATE, detail, current_id)
+        rotation_id = str(uuid.uuid4())
+        with self._locked(instance_id, rotation_id, now):
+            for key_id in blocked:
+                self._retire(instance_id, key_id, now, "freeing Connect's second key slot")
+            state = RotationState(
+                rotation_id=rotation_id,
+                instance_id=instance_id,
+                step=Step.STARTED,
+                started_at=now,
+                actor=self.actor,
+                old_key_id=current_id,
+                emergency=emergency,
+                reason=reason,
+            )
+            self.keyring.put_rotation(state)
+            return self._run(state, now, resumed=False)
+
+    def _reread(self, state: RotationState) -> RotationState:
+        """Inside the lock: the record may have moved on since it was read outside."""
+        return self.keyring.get_rotation(state.instance_id) or state
+
+    def _run(self, state: RotationState, now: datetime, *, resumed: bool) -> InstanceResult:
+        steps: dict[Step, Callable[[RotationState, datetime], RotationState]] = {
+            Step.STARTED: self._stage,
+            Step.STAGED: self._associate,
+            Step.ASSOCIATED: self._store,
+            Step.STORED: self._point_flows,
+            Step.FLOWS_UPDATED: self._promote,
+            Step.PROMOTED: self._finish,
+        }
+        while not state.finished:
+            state = steps[state.step](state, now)
+            self.keyring.put_rotation(state)
+            log.info(
+                "rotation_step",
+                instance_id=state.instance_id,
+                rotation_id=state.rotation_id,
+                step=state.step,
+            )
+        verb = "resumed and completed" if resumed else "rotated"
+        detail = f"{verb}: {state.old_key_id or 'no key'} -> {state.new_key_id} ({state.reason})"
+        if state.emergency and state.old_key_id:
+            detail += (
+                f"; emergency: {state.old_key_id} retired at once, so contacts still running a "
+                "flow version with it can no longer encrypt (stored ciphertexts still decrypt)"
+            )
+        return InstanceResult(
+            state.instance_id,
+            Outcome.ROTATED,
+            detail,
+            state.old_key_id,
+            state.new_key_id,
+            state.rotation_id,
+        )
+
+    # -- the steps; each can be redone after a crash at any point ------------------------------
+
+    def _stage(self, state: RotationState, now: datetime) -> RotationState:
+        key_name = self.keyring.layout.staged_private_key(state.rotation_id)
+        cert_name = self.keyring.layout.staged_certificate(state.rotation_id)
+        material = self._staged(state)
+        if material is None:
+            material = self.generate(now)
+            material.check_registrable(now)
+            # Certificate first: a crash between the two writes leaves no orphaned private key.
+            self.keyring.put_string(cert_name, material.certificate_pem)
+            self.keyring.create_secret(key_name, material.private_key_pem, "staged private key")
+        material = self._staged(state)
+        if material is None:
+            raise KeyringError(f"staged key of rotation {state.rotation_id} did not read back")
+        _canary(material, provisional_key_id=state.rotation_id)
+        return state.advance(Step.STAGED, new_public_key_sha256=material.public_key_sha256)
+
+    def _associate(self, state: RotationState, now: datetime) -> RotationState:
+        material = self._require_staged(state)
+        material.check_registrable(now)
+        associations = self.connect.list_security_keys(state.instance_id)
+        mine = _find_association(associations, material.public_key_sha256)
+        if mine is None:
+            if len(associations) >= 2:
+                raise RotationRefused(
+                    f"instance {state.instance_id} already has two associated keys "
+                    f"({', '.join(a.association_id for a in associations)})"
+                )
+            mine = self.connect.associate_security_key(
+                state.instance_id, material.public_key_pem, client_token=state.rotation_id
+            )
+        return state.advance(Step.ASSOCIATED, new_key_id=mine)
+
+    def _store(self, state: RotationState, now: datetime) -> RotationState:
+        key_id = _new_key(state)
+        material = self._require_staged(state)
+        record = self.keyring.find_record(key_id) or KeyRecord(
+            key_id=key_id,
+            instance_id=state.instance_id,
+            state=KeyState.PENDING,
+            key_size=material.key_size,
+            public_key_sha256=material.public_key_sha256,
+            certificate_sha256=material.certificate_sha256,
+            subject=material.subject,
+            not_before=material.not_before,
+            not_after=material.not_after,
+            created_at=now,
+            source=f"rotation {state.rotation_id}",
+            kms_key_id=self.keyring.kms_key_id,
+            history=(Transition(KeyState.PENDING, now, self.actor, state.reason),),
+        )
+        self.keyring.store_key(key_id, material, record)
+        if self.keyring.read_material(key_id).public_key_sha256 != material.public_key_sha256:
+            raise KeyringError(f"key {key_id} did not read back as stored")
+        verify_key_decrypts(
+            self.keyring.ssm, self.keyring.layout.prefix, key_id, material.certificate_pem
+        )
+        return state.advance(Step.STORED)
+
+    def _point_flows(self, state: RotationState, now: datetime) -> RotationState:
+        key_id = _new_key(state)
+        certificate = self.keyring.read_material(key_id).certificate_pem
+        self._point_instance_flows(state.instance_id, key_id, certificate)
+        return state.advance(Step.FLOWS_UPDATED)
+
+    def _promote(self, state: RotationState, now: datetime) -> RotationState:
+        key_id = _new_key(state)
+        self._transition(key_id, KeyState.ACTIVE, now, f"current key ({state.reason})")
+        self.keyring.set_current(state.instance_id, key_id)
+        if state.old_key_id and state.old_key_id != key_id:
+            self._transition(state.old_key_id, KeyState.PREVIOUS, now, f"replaced by {key_id}")
+        return state.advance(Step.PROMOTED)
+
+    def _finish(self, state: RotationState, now: datetime) -> RotationState:
+        if state.emergency and state.old_key_id:
+            self._retire(state.instance_id, state.old_key_id, now, "emergency rotation")
+        self.keyring.delete(
+            self.keyring.layout.staged_private_key(state.rotation_id),
+            self.keyring.layout.staged_certificate(state.rotation_id),
+        )
+        return state.advance(Step.DONE)
+
+    # -- retire, destroy, rollback --------------------------------------------------------------
+
+    def retire(self, key_id: str, now: datetime, *, emergency: bool = False) -> str:
+        """Disassociate a previous key after its grace period (at once with `emergency`)."""
+        record = self.keyring.get_record(key_id)
+        if record.state is KeyState.DESTROYED:
+            raise RotationRefused(f"key {key_id} is destroyed")
+        instance_id = record.instance_id
+        if instance_id is None or record.state is KeyState.RETIRED:
+            if instance_id is not None:
+                self._disassociate(instance_id, key_id)
+            return f"key {key_id} is retired (decrypt-only)"
+        if record.state is KeyState.ACTIVE:
+            raise RotationRefused(
+                f"key {key_id} is the current key of {instance_id}; rotate first "
+                "(rotator rotate --emergency after a compromise)"
+            )
+        if record.state is KeyState.PREVIOUS and not emergency:
+            ends = self._grace_ends(record)
+            if ends is not None and now < ends:
+                raise RotationRefused(
+                    f"key {key_id} is in its grace period until {ends:%Y-%m-%d %H:%M} UTC; "
+                    "retire after that, or --emergency"
+                )
+        with self._locked(instance_id, f"retire-{key_id}", now):
+            self._retire(instance_id, key_id, now, "emergency" if emergency else "grace over")
+        return f"key {key_id} retired: disassociated from {instance_id}, still decrypts"
+
+    def destroy(self, key_id: str, now: datetime) -> str:
+        """Delete a retired key's private key after its retention period; metadata stays."""
+        record = self.keyring.get_record(key_id)
+        if record.state is KeyState.DESTROYED:
+            self.keyring.delete(self.keyring.layout.private_key(key_id))
+            return f"key {key_id} is destroyed"
+        if record.state is not KeyState.RETIRED:
+            raise RotationRefused(
+                f"key {key_id} is {record.state}; only retired keys are destroyed"
+            )
+        retired_at = record.entered(KeyState.RETIRED) or record.created_at
+        ends = retired_at + self.settings.retention
+        if now < ends:
+            raise RotationRefused(
+                f"key {key_id} is retained until {ends:%Y-%m-%d %H:%M} UTC "
+                "(stored ciphertexts may still need it)"
+            )
+        if record.instance_id is not None:
+            self._check_unreferenced(record.instance_id, key_id, "destroy")
+            if any(a.association_id == key_id for a in self._associations(record.instance_id)):
+                raise RotationRefused(f"key {key_id} is still associated with Connect")
+        # Metadata first: a crash before the delete already answers key_destroyed.
+        self._transition(key_id, KeyState.DESTROYED, now, "retention period over")
+        self.keyring.delete(self.keyring.layout.private_key(key_id))
+        return f"key {key_id} destroyed: its private key is deleted, its record kept"
+
+    def rollback(self, instance_id: str, now: datetime) -> str:
+        """Point the flows back to the previous key while it is still associated."""
+        state = self.keyring.get_rotation(instance_id)
+        if state is not None and not state.finished:
+            raise RotationRefused(
+                f"rotation {state.rotation_id} of {instance_id} is unfinished; "
+                "run rotator rotate to complete it first"
+            )
+        current_id = self.keyring.get_current(instance_id)
+        previous = [
+            r
+            for r in self.keyring.records()
+            if r.instance_id == instance_id and r.state is KeyState.PREVIOUS
+        ]
+        if current_id is None or not previous:
+            raise RotationRefused(f"instance {instance_id} has no previous key to roll back to")
+        target = max(previous, key=lambda r: r.entered(KeyState.PREVIOUS) or r.created_at)
+        if not any(a.association_id == target.key_id for a in self._associations(instance_id)):
+            raise RotationRefused(f"previous key {target.key_id} is no longer associated")
+        material = self.keyring.read_material(target.key_id)
+        with self._locked(instance_id, f"rollback-{target.key_id}", now):
+            verify_key_decrypts(
+                self.keyring.ssm,
+                self.keyring.layout.prefix,
+                target.key_id,
+                material.certificate_pem,
+            )
+            self._point_instance_flows(instance_id, target.key_id, material.certificate_pem)
+            self._transition(target.key_id, KeyState.ACTIVE, now, f"rollback from {current_id}")
+            self.keyring.set_current(instance_id, target.key_id)
+            self._transition(current_id, KeyState.PREVIOUS, now, "rolled back")
+        return f"{instance_id}: flows point at {target.key_id} again; {current_id} is previous"
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _generate(self, now: datetime) -> KeyMaterial:
+        return generate_key_material(
+            now=now,
+            key_size=self.settings.key_size,
+            validity_days=self.settings.validity_days,
+            subject=self.settings.subject,
+        )
+
+    @contextmanager
+    def _locked(self, instance_id: str, purpose: str, now: datetime) -> Iterator[None]:
+        holder = self.lock.acquire(instance_id, purpose, now)
+        try:
+            yield
+        finally:
+            self.lock.release(instance_id, holder)
+
+    def _staged(self, state: RotationState) -> KeyMaterial | None:
+        layout = self.keyring.layout
+        pem = self.keyring.get_secret(layout.staged_private_key(state.rotation_id))
+        certificate = self.keyring.get_string(layout.staged_certificate(state.rotation_id))
+        if pem is None or certificate is None:
+            return None
+        return load_key_material(pem, certificate)
+
+    def _require_staged(self, state: RotationState) -> KeyMaterial:
+        material = self._staged(state)
+        if material is None and state.new_key_id is not None:
+            material = self.keyring.read_material(state.new_key_id)
+        if material is None or material.public_key_sha256 != state.new_public_key_sha256:
+            raise KeyringError(f"the staged key of rotation {state.rotation_id} is missing")
+        return material
+
+    def _point_instance_flows(self, instance_id: str, key_id: str, certificate: str) -> None:
+        instance = self.keyring.get_instance(instance_id)
+        for ref in instance.refs if instance else []:
+            updated = point_at_key(self.connect.flow_content(instance_id, ref), key_id, certificate)
+            if updated is not None:
+                self.connect.update_flow_content(instance_id, ref, updated)
+                log.info("flow_updated", instance_id=instance_id, flow=str(ref), key_id=key_id)
+
+    def _transition(self, key_id: str, to: KeyState, now: datetime, reason: str) -> None:
+        record = self.keyring.get_record(key_id)
+        if record.state is not to:
+            self.keyring.put_record(record.transition(to, at=now, actor=self.actor, reason=reason))
+
+    def _retire(self, instance_id: str, key_id: str, now: datetime, reason: str) -> None:
+        """Metadata first, then Connect: a retired key still associated is a retire to finish."""
+        self._check_unreferenced(instance_id, key_id, "retire")
+        self._transition(key_id, KeyState.RETIRED, now, reason)
+        self._disassociate(instance_id, key_id)
+
+    def _disassociate(self, instance_id: str, key_id: str) -> None:
+        if any(a.association_id == key_id for a in self._associations(instance_id)):
+            self.connect.disassociate_security_key(instance_id, key_id)
+
+    def _associations(self, instance_id: str) -> list[SecurityKey]:
+        return self.connect.list_security_keys(instance_id)
+
+    def _check_unreferenced(self, instance_id: str, key_id: str, action: str) -> None:
+        instance = self.keyring.get_instance(instance_id)
+        for ref in instance.refs if instance else []:
+            if key_id in referenced_key_ids(self.connect.flow_content(instance_id, ref)):
+                raise RotationRefused(f"cannot {action} key {key_id}: {ref} still uses it")
+
+    def _grace_ends(self, record: KeyRecord) -> datetime | None:
+        since = record.entered(KeyState.PREVIOUS)
+        return None if since is None else since + self.settings.grace
+
+    def _blocking_associations(
+        self, instance_id: str, current_id: str | None, now: datetime, emergency: bool
+    ) -> list[str]:
+        """Keys to retire before a new key fits (Connect holds two); refuse if one may not go."""
+        associations = self._associations(instance_id)
+        if len(associations) < 2:
+            return []
+        blocking = []
+        for association in associations:
+            if association.association_id == current_id:
+                continue
+            record = self.keyring.find_record(association.association_id)
+            if record is None:
+                raise RotationRefused(
+                    f"association {association.association_id} of {instance_id} has no key in "
+                    "the keyring (orphaned); see the runbook for decrypt failures"
+                )
+            ends = self._grace_ends(record) if record.state is KeyState.PREVIOUS else None
+            if ends is not None and now < ends and not emergency:
+                raise RotationRefused(
+                    f"two keys are associated with {instance_id} and {record.key_id} is in its "
+                    f"grace period until {ends:%Y-%m-%d %H:%M} UTC; nothing changed. Rotate "
+                    "after that, or use --emergency (retires it now)"
+                )
+            blocking.append(record.key_id)
+        return blocking
+
+
+def _new_key(state: RotationState) -> str:
+    if state.new_key_id is None:
+        raise KeyringError(f"rotation {state.rotation_id} has no key ID at step {state.step}")
+    return state.new_key_id
+
+
+def _find_association(associations: list[SecurityKey], fingerprint: str | None) -> str | None:
+    for association in associations:
+        if public_key_sha256_of_pem(association.public_key_pem) == fingerprint:
+            return association.association_id
+    return None
+
+
+def _canary(material: KeyMaterial, *, provisional_key_id: str) -> None:
+    """Read-back proof before the key goes anywhere: it decrypts what Connect would make."""
+    ciphertext = encrypt_like_connect(
+        b"canary", key_id=provisional_key_id, certificate_pem=material.certificate_pem
+    )
+    key = ConnectKey.from_pem(provisional_key_id, material.private_key_pem, trusted=False)
+    if Decryptor(StaticKeys({provisional_key_id: key})).decrypt(ciphertext).plaintext != b"canary":
+        raise VerificationFailed("the staged key did not decrypt its canary")
+
+
+def _refs(instance: ManagedInstance) -> str:
+    return ", ".join(str(ref) for ref in instance.refs) or "no flows"
