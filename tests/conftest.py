@@ -125,3 +125,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
             "RESPONSE_MODE",
         ):
             monkeypatch.delenv(name)
+
+
+# Sandbox fixtures (moto + the Connect emulator on loopback) for rotation tests; imported last
+# because tests/world.py uses the definitions above.
+from tests.world import key_pool, sandbox, world  # noqa: E402, F401

@@ -95,6 +95,14 @@ class SsmLock:
             )
         return holder
 
+    def clear_if_stale(self, instance_id: str, now: datetime) -> str | None:
+        """Remove a lock whose holder is provably gone or whose lease expired; say why."""
+        holder = self.holder(instance_id)
+        reason = stale_reason(holder, now) if holder else None
+        if holder is None or reason is None or not self.break_lock(instance_id, holder):
+            return None
+        return f"removed the stale lock {holder.describe()}: {reason}"
+
     def release(self, instance_id: str, holder: LockHolder) -> None:
         """Delete the lock if it is still ours (a lock taken over by someone else is left)."""
         if self.holder(instance_id) == holder:

@@ -65,8 +65,16 @@ class SsmKeyring:
                     f"{name} already holds a different {what}; it is never replaced"
                 ) from None
 
-    def read_material(self, key_id: str) -> KeyMaterial:
-        """Read a key back and validate it fully: the proof that what was stored is usable."""
+    def read_certificate(self, key_id: str) -> str:
+        name = self.layout.certificate(key_id)
+        certificate = self.get_string(name)
+        if certificate is None:
+            raise NotFound(f"no certificate stored for key ID {key_id}")
+        return certificate
+
+    def read_material(self, key_id: str, *, validated: bool = False) -> KeyMaterial:
+        """Read a key back and validate it fully: the proof that what was stored is usable
+        (`validated=True`: this process validated it in full already; see load_key_material)."""
         private_name = self.layout.private_key(key_id)
         cert_name = self.layout.certificate(key_id)
         values = self._get_many([private_name, cert_name], decrypt=True)
@@ -74,7 +82,7 @@ class SsmKeyring:
             raise NotFound(f"no private key stored for key ID {key_id}")
         if cert_name not in values:
             raise NotFound(f"no certificate stored for key ID {key_id}")
-        return load_key_material(values[private_name], values[cert_name])
+        return load_key_material(values[private_name], values[cert_name], validated=validated)
 
     def read_private_key_pem(self, key_id: str) -> str:
         """The private key PEM alone (keys adopted without a certificate)."""
@@ -93,6 +101,10 @@ class SsmKeyring:
         if existing is not None and KeyRecord.from_json(existing) == record:
             return
         self._put(name, record.to_json(), overwrite=True)
+
+    def write_record(self, record: KeyRecord) -> None:
+        """Write a metadata version the caller knows to be a change (one call, no read)."""
+        self._put(self.layout.metadata(record.key_id), record.to_json(), overwrite=True)
 
     def get_record(self, key_id: str) -> KeyRecord:
         name = self.layout.metadata(key_id)
@@ -171,7 +183,8 @@ class SsmKeyring:
         return None if raw is None else RotationState.from_json(raw)
 
     def put_rotation(self, state: RotationState) -> None:
-        self.put_string(self.layout.rotation(state.instance_id), state.to_json())
+        """Every step changes the record, so it is written without reading it first."""
+        self._put(self.layout.rotation(state.instance_id), state.to_json(), overwrite=True)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -185,6 +198,13 @@ class SsmKeyring:
 
     def get_secret(self, name: str) -> str | None:
         return self._get_many([name], decrypt=True).get(name)
+
+    def get_values(self, names: list[str], *, decrypt: bool) -> dict[str, str]:
+        """Up to 10 parameters in one call; missing ones are simply absent."""
+        return self._get_many(names, decrypt=decrypt)
+
+    def overwrite_string(self, name: str, value: str) -> None:
+        self._put(name, value, overwrite=True)
 
     def existing(self, names: list[str]) -> set[str]:
         """Which of these parameters exist, read 10 at a time and never decrypted."""

@@ -61,11 +61,25 @@ def generate_key_material(
     subject: str = DEFAULT_SUBJECT,
 ) -> KeyMaterial:
     """A new key pair and a certificate like `openssl req -x509 -sha256 -nodes -newkey rsa:N`."""
+    # Every cheap check before the expensive generation.
     check_key_size(key_size)
-    if validity_days < 1:
-        raise KeyMaterialError("certificate validity must be at least one day")
-    name = parse_subject(subject)
+    check_validity(validity_days)
+    parse_subject(subject)
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    return self_signed_material(private_key, now=now, validity_days=validity_days, subject=subject)
+
+
+def self_signed_material(
+    private_key: rsa.RSAPrivateKey,
+    *,
+    now: datetime,
+    validity_days: int = DEFAULT_VALIDITY_DAYS,
+    subject: str = DEFAULT_SUBJECT,
+) -> KeyMaterial:
+    """A self-signed certificate for an existing key, valid from `now` for `validity_days`."""
+    check_key_size(private_key.key_size)
+    check_validity(validity_days)
+    name = parse_subject(subject)
     public_key = private_key.public_key()
     not_before = now.astimezone(UTC).replace(microsecond=0)
     certificate = (
@@ -86,9 +100,15 @@ def generate_key_material(
     return _material(private_key, certificate)
 
 
-def load_key_material(private_key_pem: str | bytes, certificate_pem: str | bytes) -> KeyMaterial:
-    """Load and fully validate an existing pair (for example one made by hand as in the blog)."""
-    private_key = load_private_key(private_key_pem)
+def load_key_material(
+    private_key_pem: str | bytes, certificate_pem: str | bytes, *, validated: bool = False
+) -> KeyMaterial:
+    """Load and fully validate an existing pair (for example one made by hand as in the blog).
+
+    `validated=True` skips OpenSSL's RSA consistency checks (~300 ms for RSA-4096), for a key
+    this process already validated in full when it was staged; every other check still runs.
+    """
+    private_key = load_private_key(private_key_pem, validated=validated)
     certificate = load_certificate(certificate_pem)
     if certificate.public_key() != private_key.public_key():
         raise KeyMaterialError("the certificate does not belong to the private key")
@@ -97,13 +117,15 @@ def load_key_material(private_key_pem: str | bytes, certificate_pem: str | bytes
     return _material(private_key, certificate)
 
 
-def load_private_key(private_key_pem: str | bytes) -> rsa.RSAPrivateKey:
+def load_private_key(private_key_pem: str | bytes, *, validated: bool = False) -> rsa.RSAPrivateKey:
     """Parse an unencrypted PEM private key (PKCS#8 or PKCS#1) with OpenSSL's full RSA checks."""
     pem = _as_bytes(private_key_pem)
     if b"-----BEGIN" not in pem or b"PRIVATE KEY-----" not in pem:
         raise KeyMaterialError("private key is not a PEM private key")
     try:
-        private_key = serialization.load_pem_private_key(pem, password=None)
+        private_key = serialization.load_pem_private_key(
+            pem, password=None, unsafe_skip_rsa_key_validation=validated
+        )
     except TypeError:
         raise KeyMaterialError("private key is encrypted; give an unencrypted PEM") from None
     except ValueError:
@@ -131,6 +153,11 @@ def check_key_size(key_size: int) -> None:
     if key_size not in ALLOWED_KEY_SIZES:
         allowed = ", ".join(str(size) for size in ALLOWED_KEY_SIZES)
         raise KeyMaterialError(f"RSA key size {key_size} is not allowed (allowed: {allowed})")
+
+
+def check_validity(validity_days: int) -> None:
+    if validity_days < 1:
+        raise KeyMaterialError("certificate validity must be at least one day")
 
 
 def parse_subject(subject: str) -> x509.Name:

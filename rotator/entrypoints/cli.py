@@ -23,6 +23,7 @@ from rotator.services.importing import (
     import_from_blog,
     import_key,
 )
+from rotator.services.rotation import InstanceResult, Outcome
 from rotator.services.status import KeyStatus, keyring_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -74,9 +75,67 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=run_status)
 
+    init = commands.add_parser("init", help="first key for an instance, into its managed flows")
+    init.add_argument("--instance-id", required=True)
+    init.add_argument("--flow-id", action="append", default=[], metavar="FLOW", help="repeatable")
+    init.add_argument(
+        "--flow-module-id", action="append", default=[], metavar="MODULE", help="repeatable"
+    )
+    _timed_json(init)
+    init.set_defaults(run=run_init)
+
+    rotate = commands.add_parser("rotate", help="rotate every managed instance whose key is due")
+    rotate.add_argument("--instance-id", help="only this instance")
+    rotate.add_argument("--force", action="store_true", help="rotate even if not due")
+    rotate.add_argument(
+        "--dry-run", action="store_true", help="say what would happen, change nothing"
+    )
+    rotate.add_argument(
+        "--emergency",
+        action="store_true",
+        help="key compromise: retire the previous key at once (contacts on it stop encrypting)",
+    )
+    _timed_json(rotate)
+    rotate.set_defaults(run=run_rotate)
+
+    retire = commands.add_parser(
+        "retire", help="disassociate a previous key after its grace period"
+    )
+    retire.add_argument("key_id", metavar="KEY_ID")
+    retire.add_argument("--emergency", action="store_true", help="do not wait for the grace period")
+    _timed_json(retire)
+    retire.set_defaults(run=run_retire)
+
+    destroy = commands.add_parser("destroy", help="delete a retired key after its retention period")
+    destroy.add_argument("key_id", metavar="KEY_ID")
+    destroy.add_argument(
+        "--yes", action="store_true", help="confirm: the key can never decrypt again"
+    )
+    _timed_json(destroy)
+    destroy.set_defaults(run=run_destroy)
+
+    rollback = commands.add_parser("rollback", help="point the flows back to the previous key")
+    rollback.add_argument("--instance-id", required=True)
+    _timed_json(rollback)
+    rollback.set_defaults(run=run_rollback)
+
+    verify = commands.add_parser("verify", help="check every invariant against the live state")
+    verify.add_argument("--instance-id", help="only this instance")
+    _timed_json(verify)
+    verify.set_defaults(run=run_verify)
+
+    sandbox = commands.add_parser("sandbox", help="serve moto + the Connect emulator on loopback")
+    sandbox.add_argument("--port", type=int, default=4566)
+    sandbox.set_defaults(run=None)
+
     demo = commands.add_parser("demo", help="run the main job on an embedded local sandbox")
     demo.set_defaults(run=None)
     return parser
+
+
+def _timed_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--now", type=parse_now, help="evaluate at this time (ISO 8601)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -87,6 +146,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         from rotator.sandbox.demo import run_demo
 
         return run_demo(out)
+    if args.command == "sandbox":
+        from rotator.sandbox.server import run_sandbox
+
+        return run_sandbox(args.port, out)
     try:
         settings = Settings.load(
             keyring_prefix=args.prefix, kms_key_id=args.kms_key_id, log_level=args.log_level
@@ -172,6 +235,79 @@ def run_status(args: argparse.Namespace, adapters: Adapters, now: datetime, out:
         out.write("\n")
     else:
         out.write(format_status_table(rows))
+    return EXIT_OK
+
+
+def run_init(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    if not args.flow_id and not args.flow_module_id:
+        raise ConfigError("init", "name at least one --flow-id or --flow-module-id")
+    result = adapters.rotation(actor()).init(
+        args.instance_id, args.flow_id, args.flow_module_id, now
+    )
+    return _print_results([result], args.json, out)
+
+
+def run_rotate(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    results = adapters.rotation(actor()).rotate(
+        args.instance_id, now, force=args.force, dry_run=args.dry_run, emergency=args.emergency
+    )
+    return _print_results(results, args.json, out)
+
+
+def run_retire(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    message = adapters.rotation(actor()).retire(args.key_id, now, emergency=args.emergency)
+    return _print_message(message, args.json, out)
+
+
+def run_destroy(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    if not args.yes:
+        raise ConfigError("destroy", "--yes is required: a destroyed key never decrypts again")
+    return _print_message(adapters.rotation(actor()).destroy(args.key_id, now), args.json, out)
+
+
+def run_rollback(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    message = adapters.rotation(actor()).rollback(args.instance_id, now)
+    return _print_message(message, args.json, out)
+
+
+def run_verify(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    findings = adapters.invariants().check(args.instance_id, now)
+    failed = [f for f in findings if not f.ok]
+    if args.json:
+        payload = {"ok": not failed, "findings": [vars(f) for f in findings]}
+        json.dump(payload, out, indent=2)
+        out.write("\n")
+    else:
+        for finding in findings:
+            mark = "ok  " if finding.ok else "FAIL"
+            out.write(f"{mark}  {finding.instance_id or '-'}  {finding.check}: {finding.message}\n")
+        verdict = "all invariants hold" if not failed else f"{len(failed)} invariant(s) broken"
+        out.write(f"{verdict} ({len(findings)} checks)\n")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_results(results: list[InstanceResult], as_json: bool, out: TextIO) -> int:
+    failed = [r for r in results if r.outcome is Outcome.FAILED]
+    if as_json:
+        json.dump({"ok": not failed, "results": [vars(r) for r in results]}, out, indent=2)
+        out.write("\n")
+    else:
+        if not results:
+            out.write("no managed instances (run rotator init first)\n")
+        for result in results:
+            out.write(f"{result.instance_id}: {result.outcome}: {result.detail}\n")
+        counts = {o: sum(r.outcome is o for r in results) for o in Outcome}
+        summary = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in counts.items() if n)
+        out.write(f"summary: {summary or 'nothing to do'}\n")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_message(message: str, as_json: bool, out: TextIO) -> int:
+    if as_json:
+        json.dump({"ok": True, "message": message}, out)
+    else:
+        out.write(message)
+    out.write("\n")
     return EXIT_OK
 
 

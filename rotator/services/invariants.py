@@ -129,7 +129,7 @@ class InvariantChecker:
             state = record.state if record else "not in the keyring"
             return False, f"key {key_id} is {state}: contacts cannot be decrypted"
         try:
-            certificate = self.keyring.read_material(key_id).certificate_pem
+            certificate = self.keyring.read_certificate(key_id)
             verify_key_decrypts(self.keyring.ssm, self.keyring.layout.prefix, key_id, certificate)
         except ConnectKeyRotatorError as error:
             return False, f"key {key_id}: {error}"

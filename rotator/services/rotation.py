@@ -45,6 +45,16 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class _Plan:
+    """A rotation about to start: why, from which key, and which keys must be retired first."""
+
+    instance_id: str
+    current_id: str | None
+    reason: str
+    blocking: list[str]
+
+
+@dataclass(frozen=True)
 class InstanceResult:
     instance_id: str
     outcome: Outcome
@@ -136,19 +146,46 @@ class RotationService:
     def _rotate_instance(
         self, instance_id: str, now: datetime, *, force: bool, dry_run: bool, emergency: bool
     ) -> InstanceResult:
+        if not dry_run:
+            cleared = self.lock.clear_if_stale(instance_id, now)
+            if cleared:
+                log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
+        # Decided once outside the lock (the cheap daily "not due"), and again inside it,
+        # because another rotator may have finished in between.
+        decision = self._decide(instance_id, now, force=force, emergency=emergency)
+        if isinstance(decision, InstanceResult):
+            return decision
+        if dry_run:
+            return self._dry_run(decision)
+        rotation_id = str(uuid.uuid4())
+        with self._locked(instance_id, rotation_id, now):
+            decision = self._decide(instance_id, now, force=force, emergency=emergency)
+            if isinstance(decision, InstanceResult):
+                return decision
+            if isinstance(decision, RotationState):
+                return self._run(decision, now, resumed=True)
+            for key_id in decision.blocking:
+                self._retire(instance_id, key_id, now, "freeing Connect's second key slot")
+            state = RotationState(
+                rotation_id=rotation_id,
+                instance_id=instance_id,
+                step=Step.STARTED,
+                started_at=now,
+                actor=self.actor,
+                old_key_id=decision.current_id,
+                emergency=emergency,
+                reason=decision.reason,
+            )
+            self.keyring.put_rotation(state)
+            return self._run(state, now, resumed=False)
+
+    def _decide(
+        self, instance_id: str, now: datetime, *, force: bool, emergency: bool
+    ) -> InstanceResult | RotationState | _Plan:
+        """Resume an interrupted rotation, report "not due", or plan a new rotation."""
         state = self.keyring.get_rotation(instance_id)
         if state is not None and not state.finished:
-            if dry_run:
-                return InstanceResult(
-                    instance_id,
-                    Outcome.WOULD_ROTATE,
-                    f"would resume rotation {state.rotation_id} after step {state.step}",
-                    state.old_key_id,
-                    state.new_key_id,
-                    state.rotation_id,
-                )
-            with self._locked(instance_id, state.rotation_id, now):
-                return self._run(self._reread(state), now, resumed=True)
+            return state
         current_id = self.keyring.get_current(instance_id)
         current = self.keyring.find_record(current_id) if current_id else None
         if current is not None and not force:
@@ -160,32 +197,26 @@ class RotationService:
             reason = "forced" if current is not None else "first key"
         if emergency:
             reason = f"emergency: {reason}"
-        blocked = self._blocking_associations(instance_id, current_id, now, emergency)
-        if dry_run:
-            detail = f"would rotate ({reason})"
-            if blocked:
-                detail += f"; would first retire {', '.join(blocked)}"
-            return InstanceResult(instance_id, Outcome.WOULD_ROTATE, detail, current_id)
-        rotation_id = str(uuid.uuid4())
-        with self._locked(instance_id, rotation_id, now):
-            for key_id in blocked:
-                self._retire(instance_id, key_id, now, "freeing Connect's second key slot")
-            state = RotationState(
-                rotation_id=rotation_id,
-                instance_id=instance_id,
-                step=Step.STARTED,
-                started_at=now,
-                actor=self.actor,
-                old_key_id=current_id,
-                emergency=emergency,
-                reason=reason,
-            )
-            self.keyring.put_rotation(state)
-            return self._run(state, now, resumed=False)
+        blocking = self._blocking_associations(instance_id, current_id, now, emergency)
+        return _Plan(instance_id, current_id, reason, blocking)
 
-    def _reread(self, state: RotationState) -> RotationState:
-        """Inside the lock: the record may have moved on since it was read outside."""
-        return self.keyring.get_rotation(state.instance_id) or state
+    @staticmethod
+    def _dry_run(decision: RotationState | _Plan) -> InstanceResult:
+        if isinstance(decision, RotationState):
+            return InstanceResult(
+                decision.instance_id,
+                Outcome.WOULD_ROTATE,
+                f"would resume rotation {decision.rotation_id} after step {decision.step}",
+                decision.old_key_id,
+                decision.new_key_id,
+                decision.rotation_id,
+            )
+        detail = f"would rotate ({decision.reason})"
+        if decision.blocking:
+            detail += f"; would first retire {', '.join(decision.blocking)}"
+        return InstanceResult(
+            decision.instance_id, Outcome.WOULD_ROTATE, detail, decision.current_id
+        )
 
     def _run(self, state: RotationState, now: datetime, *, resumed: bool) -> InstanceResult:
         steps: dict[Step, Callable[[RotationState, datetime], RotationState]] = {
@@ -226,12 +257,12 @@ class RotationService:
     def _stage(self, state: RotationState, now: datetime) -> RotationState:
         key_name = self.keyring.layout.staged_private_key(state.rotation_id)
         cert_name = self.keyring.layout.staged_certificate(state.rotation_id)
-        material = self._staged(state)
+        material = self._staged(state, validated=True)  # fully validated below
         if material is None:
             material = self.generate(now)
             material.check_registrable(now)
             # Certificate first: a crash between the two writes leaves no orphaned private key.
-            self.keyring.put_string(cert_name, material.certificate_pem)
+            self.keyring.overwrite_string(cert_name, material.certificate_pem)
             self.keyring.create_secret(key_name, material.private_key_pem, "staged private key")
         material = self._staged(state)
         if material is None:
@@ -283,7 +314,7 @@ class RotationService:
 
     def _point_flows(self, state: RotationState, now: datetime) -> RotationState:
         key_id = _new_key(state)
-        certificate = self.keyring.read_material(key_id).certificate_pem
+        certificate = self.keyring.read_certificate(key_id)
         self._point_instance_flows(state.instance_id, key_id, certificate)
         return state.advance(Step.FLOWS_UPDATED)
 
@@ -377,15 +408,15 @@ class RotationService:
         target = max(previous, key=lambda r: r.entered(KeyState.PREVIOUS) or r.created_at)
         if not any(a.association_id == target.key_id for a in self._associations(instance_id)):
             raise RotationRefused(f"previous key {target.key_id} is no longer associated")
-        material = self.keyring.read_material(target.key_id)
+        certificate = self.keyring.read_certificate(target.key_id)
         with self._locked(instance_id, f"rollback-{target.key_id}", now):
             verify_key_decrypts(
                 self.keyring.ssm,
                 self.keyring.layout.prefix,
                 target.key_id,
-                material.certificate_pem,
+                certificate,
             )
-            self._point_instance_flows(instance_id, target.key_id, material.certificate_pem)
+            self._point_instance_flows(instance_id, target.key_id, certificate)
             self._transition(target.key_id, KeyState.ACTIVE, now, f"rollback from {current_id}")
             self.keyring.set_current(instance_id, target.key_id)
             self._transition(current_id, KeyState.PREVIOUS, now, "rolled back")
@@ -409,18 +440,20 @@ class RotationService:
         finally:
             self.lock.release(instance_id, holder)
 
-    def _staged(self, state: RotationState) -> KeyMaterial | None:
-        layout = self.keyring.layout
-        pem = self.keyring.get_secret(layout.staged_private_key(state.rotation_id))
-        certificate = self.keyring.get_string(layout.staged_certificate(state.rotation_id))
+    def _staged(self, state: RotationState, *, validated: bool = False) -> KeyMaterial | None:
+        key_name = self.keyring.layout.staged_private_key(state.rotation_id)
+        cert_name = self.keyring.layout.staged_certificate(state.rotation_id)
+        values = self.keyring.get_values([key_name, cert_name], decrypt=True)
+        pem, certificate = values.get(key_name), values.get(cert_name)
         if pem is None or certificate is None:
             return None
-        return load_key_material(pem, certificate)
+        return load_key_material(pem, certificate, validated=validated)
 
     def _require_staged(self, state: RotationState) -> KeyMaterial:
-        material = self._staged(state)
+        """The staged key, validated in full at STAGED and matched here by its fingerprint."""
+        material = self._staged(state, validated=True)
         if material is None and state.new_key_id is not None:
-            material = self.keyring.read_material(state.new_key_id)
+            material = self.keyring.read_material(state.new_key_id, validated=True)
         if material is None or material.public_key_sha256 != state.new_public_key_sha256:
             raise KeyringError(f"the staged key of rotation {state.rotation_id} is missing")
         return material
@@ -436,7 +469,9 @@ class RotationService:
     def _transition(self, key_id: str, to: KeyState, now: datetime, reason: str) -> None:
         record = self.keyring.get_record(key_id)
         if record.state is not to:
-            self.keyring.put_record(record.transition(to, at=now, actor=self.actor, reason=reason))
+            self.keyring.write_record(
+                record.transition(to, at=now, actor=self.actor, reason=reason)
+            )
 
     def _retire(self, instance_id: str, key_id: str, now: datetime, reason: str) -> None:
         """Metadata first, then Connect: a retired key still associated is a retire to finish."""

@@ -1,0 +1,662 @@
+"""Amazon Connect emulator: security keys, contact flows and flow modules over REST-JSON.
+
+moto has no Connect security-key or contact-flow API. This module serves exactly the operations
+the project needs, on the wire as botocore's model describes them (method, path, query-string
+and body members, output and error shapes), so an unmodified boto3 `connect` client runs against
+it: AssociateSecurityKey, ListSecurityKeys, DisassociateSecurityKey, CreateInstance,
+DescribeInstance, CreateContactFlow, ListContactFlows, DescribeContactFlow,
+UpdateContactFlowContent, CreateContactFlowModule, ListContactFlowModules,
+DescribeContactFlowModule, UpdateContactFlowModuleContent. State is in memory, behind one lock;
+tests read it through `ConnectState.update_count` (how often a flow was written) and `reset`.
+
+Connect's rules it enforces:
+- at most two security keys per instance (ServiceQuotaExceededException, HTTP 402 as modelled);
+- a security key is an RSA public key PEM of at most 1024 characters;
+- the same public key (compared by its numbers, not its text) is associated once; a ClientToken
+  repeated with the same key returns the first AssociationId, with another key is refused;
+- flow and module content is flow-language JSON: Version 2019-10-30, a StartAction and every
+  NextAction naming an action, each action an object with a unique Identifier, a Type and
+  Parameters and Transitions objects; a GetParticipantInput that has InputEncryption stores its
+  input (StoreInput "True"), names an AssociationId of this instance as EncryptionKeyId and
+  carries as Key a certificate holding that security key's public key.
+
+Error codes where Connect's documentation does not say which one it returns (decisions):
+- a parameter value Connect refuses (a PEM over 1024 characters or not an RSA public key,
+  MaxResults out of range, an unknown NextToken, flow type or status): InvalidParameterException,
+  whose modelled meaning is "one or more of the specified parameters are not valid".
+  InvalidRequestException is kept for a request that cannot be read (body not a JSON object,
+  a required member missing, an unknown IdentityManagementType).
+- the same public key twice, or a ClientToken reused with another key: ResourceConflictException,
+  the only conflict error AssociateSecurityKey models (it has no IdempotencyException).
+- a flow or module name already used in the instance: DuplicateResourceException.
+- invalid content: InvalidContactFlowException with `problems`, or
+  InvalidContactFlowModuleException with `Problems` (the two shapes spell it differently).
+- a method and path no operation serves: UnknownOperationException, HTTP 404.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+ACCOUNT_ID = "123456789012"  # moto's default account, so ARNs agree across the sandbox
+DEFAULT_REGION = "us-east-1"
+# Connect's own limits (botocore's model: PEM max 1024, MaxResult2). Deliberately not imported
+# from rotator.domain: the emulator stands for Connect, so a change on our side cannot loosen it.
+PEM_LIMIT = 1024
+MAX_SECURITY_KEYS = 2
+MAX_PAGE = 1000  # MaxResult1000 of the list operations
+MAX_PROBLEMS = 50  # the longest Problems list an invalid-flow error carries
+FLOW_LANGUAGE_VERSION = "2019-10-30"  # the only version of the flow language
+FLOW_TYPES = frozenset(
+    {
+        "CONTACT_FLOW",
+        "CUSTOMER_QUEUE",
+        "CUSTOMER_HOLD",
+        "CUSTOMER_WHISPER",
+        "AGENT_HOLD",
+        "AGENT_WHISPER",
+        "OUTBOUND_WHISPER",
+        "AGENT_TRANSFER",
+        "QUEUE_TRANSFER",
+        "CAMPAIGN",
+    }
+)
+FLOW_STATUSES = frozenset({"PUBLISHED", "SAVED"})
+IDENTITY_TYPES = frozenset({"SAML", "CONNECT_MANAGED", "EXISTING_DIRECTORY"})
+# The HTTP status of each error shape in botocore's model (UnknownOperation is not modelled).
+ERROR_STATUS = {
+    "InvalidRequestException": 400,
+    "InvalidParameterException": 400,
+    "InvalidContactFlowException": 400,
+    "InvalidContactFlowModuleException": 400,
+    "ServiceQuotaExceededException": 402,
+    "ResourceNotFoundException": 404,
+    "UnknownOperationException": 404,
+    "ResourceConflictException": 409,
+    "DuplicateResourceException": 409,
+}
+# Method and requestUri of each operation, as in botocore's model.
+OPERATIONS = (
+    ("CreateInstance", "PUT", "/instance"),
+    ("DescribeInstance", "GET", "/instance/<InstanceId>"),
+    ("AssociateSecurityKey", "PUT", "/instance/<InstanceId>/security-key"),
+    ("ListSecurityKeys", "GET", "/instance/<InstanceId>/security-keys"),
+    ("DisassociateSecurityKey", "DELETE", "/instance/<InstanceId>/security-key/<AssociationId>"),
+    ("CreateContactFlow", "PUT", "/contact-flows/<InstanceId>"),
+    ("ListContactFlows", "GET", "/contact-flows-summary/<InstanceId>"),
+    ("DescribeContactFlow", "GET", "/contact-flows/<InstanceId>/<ContactFlowId>"),
+    ("UpdateContactFlowContent", "POST", "/contact-flows/<InstanceId>/<ContactFlowId>/content"),
+    ("CreateContactFlowModule", "PUT", "/contact-flow-modules/<InstanceId>"),
+    ("ListContactFlowModules", "GET", "/contact-flow-modules-summary/<InstanceId>"),
+    (
+        "DescribeContactFlowModule",
+        "GET",
+        "/contact-flow-modules/<InstanceId>/<ContactFlowModuleId>",
+    ),
+    (
+        "UpdateContactFlowModuleContent",
+        "POST",
+        "/contact-flow-modules/<InstanceId>/<ContactFlowModuleId>/content",
+    ),
+)
+ROUTES = Map([Rule(path, methods=[method], endpoint=name) for name, method, path in OPERATIONS])
+# Query-string members by their wire names (locationName in the model).
+QUERY_MEMBERS = {
+    "maxResults": "MaxResults",
+    "nextToken": "NextToken",
+    "clientToken": "ClientToken",
+    "contactFlowTypes": "ContactFlowTypes",
+    "state": "ContactFlowModuleState",
+}
+LIST_MEMBERS = frozenset({"ContactFlowTypes"})
+_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/\s,]+/\d{8}/([^/\s,]+)/([^/\s,]+)/aws4_request")
+T = TypeVar("T")
+
+
+def credential_scope(environ: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(region, service) of a SigV4 Authorization header, or None for any other request."""
+    match = _CREDENTIAL_SCOPE.search(str(environ.get("HTTP_AUTHORIZATION", "")))
+    return (match.group(1), match.group(2)) if match else None
+
+
+class ConnectError(Exception):
+    """An error answer: `code` goes into the x-amzn-ErrorType header botocore reads."""
+
+    def __init__(self, code: str, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problems = problems
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"Message": self.message}
+        if self.problems is not None:
+            name = "problems" if self.code == "InvalidContactFlowException" else "Problems"
+            body[name] = [{"message": problem} for problem in self.problems[:MAX_PROBLEMS]]
+        return body
+
+
+@dataclass
+class SecurityKey:
+    association_id: str
+    pem: str
+    numbers: rsa.RSAPublicNumbers
+    created: float
+
+
+@dataclass
+class Flow:
+    """A contact flow or a flow module; they differ on the wire, not in what is kept."""
+
+    id: str
+    arn: str
+    name: str
+    description: str | None
+    content: str
+    flow_type: str | None = None  # modules have none
+    status: str = "PUBLISHED"
+
+
+@dataclass
+class Instance:
+    id: str
+    arn: str
+    alias: str | None
+    identity_type: str
+    inbound: bool
+    outbound: bool
+    created: float
+    keys: dict[str, SecurityKey] = field(default_factory=dict)  # in association order
+    tokens: dict[str, tuple[rsa.RSAPublicNumbers, str]] = field(default_factory=dict)
+    flows: dict[str, Flow] = field(default_factory=dict)
+    modules: dict[str, Flow] = field(default_factory=dict)
+
+
+class Params:
+    """One request's members by model name: JSON body, query string and URI labels merged."""
+
+    def __init__(self, members: dict[str, Any], region: str) -> None:
+        self.members = members
+        self.region = region
+
+    def required(self, name: str) -> str:
+        value = self.members.get(name)
+        if not isinstance(value, str):
+            raise ConnectError("InvalidRequestException", f"{name} is required (a string)")
+        return value
+
+    def optional(self, name: str) -> Any:
+        return self.members.get(name)
+
+
+class ConnectState:
+    """Every instance with its keys, flows and modules; each operation runs under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._instances: dict[str, Instance] = {}
+        self._updates: Counter[tuple[str, str]] = Counter()
+        self._operations: dict[str, Callable[[Params], dict[str, Any]]] = {
+            "CreateInstance": self._create_instance,
+            "DescribeInstance": self._describe_instance,
+            "AssociateSecurityKey": self._associate_security_key,
+            "ListSecurityKeys": self._list_security_keys,
+            "DisassociateSecurityKey": self._disassociate_security_key,
+            "CreateContactFlow": self._create_contact_flow,
+            "ListContactFlows": self._list_contact_flows,
+            "DescribeContactFlow": self._describe_contact_flow,
+            "UpdateContactFlowContent": self._update_contact_flow_content,
+            "CreateContactFlowModule": self._create_contact_flow_module,
+            "ListContactFlowModules": self._list_contact_flow_modules,
+            "DescribeContactFlowModule": self._describe_contact_flow_module,
+            "UpdateContactFlowModuleContent": self._update_contact_flow_module_content,
+        }
+
+    def handle(self, operation: str, params: Params) -> dict[str, Any]:
+        with self._lock:
+            return self._operations[operation](params)
+
+    def reset(self) -> None:
+        """Forget everything, as a new sandbox would."""
+        with self._lock:
+            self._instances.clear()
+            self._updates.clear()
+
+    def update_count(self, instance_id: str, flow_id: str) -> int:
+        """How many Update*Content calls named this flow or module, accepted or refused."""
+        with self._lock:
+            return self._updates[(instance_id, flow_id)]
+
+    def _create_instance(self, p: Params) -> dict[str, Any]:
+        identity_type = p.required("IdentityManagementType")
+        if identity_type not in IDENTITY_TYPES:
+            raise ConnectError(
+                "InvalidRequestException", f"unknown IdentityManagementType {identity_type!r}"
+            )
+        instance_id = str(uuid.uuid4())
+        arn = f"arn:aws:connect:{p.region}:{ACCOUNT_ID}:instance/{instance_id}"
+        self._instances[instance_id] = Instance(
+            id=instance_id,
+            arn=arn,
+            alias=p.optional("InstanceAlias"),
+            identity_type=identity_type,
+            inbound=bool(p.optional("InboundCallsEnabled")),
+            outbound=bool(p.optional("OutboundCallsEnabled")),
+            created=time.time(),
+        )
+        return {"Id": instance_id, "Arn": arn}
+
+    def _describe_instance(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        described: dict[str, Any] = {
+            "Id": instance.id,
+            "Arn": instance.arn,
+            "IdentityManagementType": instance.identity_type,
+            "CreatedTime": instance.created,
+            "InstanceStatus": "ACTIVE",
+            "InboundCallsEnabled": instance.inbound,
+            "OutboundCallsEnabled": instance.outbound,
+        }
+        if instance.alias:
+            described["InstanceAlias"] = instance.alias
+            described["InstanceAccessUrl"] = f"https://{instance.alias}.my.connect.aws"
+        return {"Instance": described}
+
+    def _associate_security_key(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        pem = p.required("Key")
+        numbers = _public_key_numbers(pem)
+        token = p.optional("ClientToken")
+        if isinstance(token, str) and token in instance.tokens:
+            first_numbers, first_id = instance.tokens[token]
+            if first_numbers != numbers:
+                raise ConnectError(
+                    "ResourceConflictException", "ClientToken was already used with another key"
+                )
+            if first_id in instance.keys:
+                return {"AssociationId": first_id}
+        for key in instance.keys.values():
+            if key.numbers == numbers:
+                raise ConnectError(
+                    "ResourceConflictException",
+                    f"this public key is already associated as {key.association_id}",
+                )
+        if len(instance.keys) >= MAX_SECURITY_KEYS:
+            raise ConnectError(
+                "ServiceQuotaExceededException",
+                f"instance {instance.id} already has {MAX_SECURITY_KEYS} security keys",
+            )
+        association_id = str(uuid.uuid4())
+        instance.keys[association_id] = SecurityKey(association_id, pem, numbers, time.time())
+        if isinstance(token, str):
+            instance.tokens[token] = (numbers, association_id)
+        return {"AssociationId": association_id}
+
+    def _list_security_keys(self, p: Params) -> dict[str, Any]:
+        keys, next_token = _page(list(self._instance(p).keys.values()), p, MAX_SECURITY_KEYS)
+        listed = [
+            {"AssociationId": k.association_id, "Key": k.pem, "CreationTime": k.created}
+            for k in keys
+        ]
+        return _with_token({"SecurityKeys": listed}, next_token)
+
+    def _disassociate_security_key(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        association_id = p.required("AssociationId")
+        if instance.keys.pop(association_id, None) is None:
+            raise ConnectError(
+                "ResourceNotFoundException",
+                f"security key {association_id} is not associated with instance {instance.id}",
+            )
+        return {}
+
+    def _create_contact_flow(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        flow_type = p.required("Type")
+        if flow_type not in FLOW_TYPES:
+            raise ConnectError("InvalidParameterException", f"unknown flow Type {flow_type!r}")
+        status = p.optional("Status") or "PUBLISHED"
+        if status not in FLOW_STATUSES:
+            raise ConnectError("InvalidParameterException", f"unknown flow Status {status!r}")
+        flow = self._create(
+            instance, instance.flows, p, "contact-flow", "InvalidContactFlowException"
+        )
+        flow.flow_type = flow_type
+        flow.status = status
+        return {"ContactFlowId": flow.id, "ContactFlowArn": flow.arn}
+
+    def _list_contact_flows(self, p: Params) -> dict[str, Any]:
+        types = p.optional("ContactFlowTypes")
+        flows = [f for f in self._instance(p).flows.values() if not types or f.flow_type in types]
+        page, next_token = _page(flows, p, MAX_PAGE)
+        summaries = [
+            {
+                "Id": f.id,
+                "Arn": f.arn,
+                "Name": f.name,
+                "ContactFlowType": f.flow_type,
+                "ContactFlowState": "ACTIVE",
+                "ContactFlowStatus": f.status,
+            }
+            for f in page
+        ]
+        return _with_token({"ContactFlowSummaryList": summaries}, next_token)
+
+    def _describe_contact_flow(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        flow = _find(instance.flows, p.required("ContactFlowId"), "contact flow", instance)
+        described = _described(flow)
+        described["Type"] = flow.flow_type
+        described["Status"] = flow.status
+        return {"ContactFlow": described}
+
+    def _update_contact_flow_content(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        flow = _find(instance.flows, p.required("ContactFlowId"), "contact flow", instance)
+        self._updates[(instance.id, flow.id)] += 1
+        content = p.required("Content")
+        _check_content(content, instance, "InvalidContactFlowException")
+        flow.content = content
+        return {}
+
+    def _create_contact_flow_module(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        module = self._create(
+            instance, instance.modules, p, "flow-module", "InvalidContactFlowModuleException"
+        )
+        return {"Id": module.id, "Arn": module.arn}
+
+    def _list_contact_flow_modules(self, p: Params) -> dict[str, Any]:
+        # Every module here is ACTIVE, so a filter for ARCHIVED ones finds none.
+        archived = p.optional("ContactFlowModuleState") == "ARCHIVED"
+        modules = [] if archived else list(self._instance(p).modules.values())
+        page, next_token = _page(modules, p, MAX_PAGE)
+        summaries = [{"Id": m.id, "Arn": m.arn, "Name": m.name, "State": "ACTIVE"} for m in page]
+        return _with_token({"ContactFlowModulesSummaryList": summaries}, next_token)
+
+    def _describe_contact_flow_module(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        module = _find(instance.modules, p.required("ContactFlowModuleId"), "module", instance)
+        described = _described(module)
+        described["Status"] = "PUBLISHED"
+        return {"ContactFlowModule": described}
+
+    def _update_contact_flow_module_content(self, p: Params) -> dict[str, Any]:
+        instance = self._instance(p)
+        module = _find(instance.modules, p.required("ContactFlowModuleId"), "module", instance)
+        self._updates[(instance.id, module.id)] += 1
+        # Content is optional in the model: a call may change only the module's Settings.
+        content = p.optional("Content")
+        if content is not None:
+            _check_content(content, instance, "InvalidContactFlowModuleException")
+            module.content = content
+        return {}
+
+    def _instance(self, p: Params) -> Instance:
+        instance_id = p.required("InstanceId")
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            raise ConnectError("ResourceNotFoundException", f"instance {instance_id} not found")
+        return instance
+
+    @staticmethod
+    def _create(
+        instance: Instance, flows: dict[str, Flow], p: Params, arn_kind: str, error_code: str
+    ) -> Flow:
+        name = p.required("Name")
+        if any(flow.name == name for flow in flows.values()):
+            raise ConnectError("DuplicateResourceException", f"a {arn_kind} named {name!r} exists")
+        content = p.required("Content")
+        _check_content(content, instance, error_code)
+        flow_id = str(uuid.uuid4())
+        flows[flow_id] = Flow(
+            id=flow_id,
+            arn=f"{instance.arn}/{arn_kind}/{flow_id}",
+            name=name,
+            description=p.optional("Description"),
+            content=content,
+        )
+        return flows[flow_id]
+
+
+class ConnectEmulator:
+    """The WSGI application; `state` is the in-memory Connect it serves."""
+
+    def __init__(self, state: ConnectState | None = None) -> None:
+        self.state = state or ConnectState()
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            operation, labels = _route(request)
+            params = _params(request, labels)
+            response = _json_response(200, self.state.handle(operation, params))
+        except ConnectError as error:
+            response = _error_response(error)
+        return response(environ, start_response)
+
+
+def _route(request: Request) -> tuple[str, Mapping[str, Any]]:
+    try:
+        operation, labels = ROUTES.bind_to_environ(request.environ).match()
+    except HTTPException:
+        raise ConnectError(
+            "UnknownOperationException",
+            f"the Connect emulator serves no {request.method} {request.path}",
+        ) from None
+    return str(operation), labels
+
+
+def _params(request: Request, labels: Mapping[str, Any]) -> Params:
+    members: dict[str, Any] = {}
+    body = request.get_data()
+    if body:
+        try:
+            members = json.loads(body)
+        except ValueError:
+            raise ConnectError("InvalidRequestException", "the body is not JSON") from None
+        if not isinstance(members, dict):
+            raise ConnectError("InvalidRequestException", "the body is not a JSON object")
+    for wire_name, name in QUERY_MEMBERS.items():
+        values = request.args.getlist(wire_name)
+        if values:
+            members[name] = values if name in LIST_MEMBERS else values[0]
+    members.update(labels)
+    scope = credential_scope(request.environ)
+    return Params(members, scope[0] if scope else DEFAULT_REGION)
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Response:
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+    return response
+
+
+def _error_response(error: ConnectError) -> Response:
+    response = _json_response(ERROR_STATUS[error.code], error.body())
+    response.headers["x-amzn-ErrorType"] = error.code
+    return response
+
+
+def _page(items: list[T], p: Params, limit: int) -> tuple[list[T], str | None]:
+    """One page and the token of the next; tokens are offsets, opaque to clients."""
+    try:
+        size = int(p.optional("MaxResults") or limit)
+        start = int(p.optional("NextToken") or 0)
+    except ValueError:
+        raise ConnectError(
+            "InvalidParameterException", "MaxResults or NextToken is not valid"
+        ) from None
+    if not 1 <= size <= limit:
+        raise ConnectError("InvalidParameterException", f"MaxResults must be 1 to {limit}")
+    if not 0 <= start <= len(items):
+        raise ConnectError("InvalidParameterException", "NextToken is not valid")
+    end = start + size
+    return items[start:end], str(end) if end < len(items) else None
+
+
+def _with_token(body: dict[str, Any], next_token: str | None) -> dict[str, Any]:
+    if next_token is not None:
+        body["NextToken"] = next_token
+    return body
+
+
+def _find(flows: dict[str, Flow], flow_id: str, kind: str, instance: Instance) -> Flow:
+    flow = flows.get(flow_id)
+    if flow is None:
+        raise ConnectError(
+            "ResourceNotFoundException", f"{kind} {flow_id} not found in instance {instance.id}"
+        )
+    return flow
+
+
+def _described(flow: Flow) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "Arn": flow.arn,
+        "Id": flow.id,
+        "Name": flow.name,
+        "State": "ACTIVE",
+        "Content": flow.content,
+    }
+    if flow.description is not None:
+        described["Description"] = flow.description
+    return described
+
+
+def _public_key_numbers(pem: str) -> rsa.RSAPublicNumbers:
+    if len(pem) > PEM_LIMIT:
+        raise ConnectError(
+            "InvalidParameterException",
+            f"Key is {len(pem)} characters; a security key PEM has at most {PEM_LIMIT}",
+        )
+    try:
+        public_key = serialization.load_pem_public_key(pem.encode("utf-8"))
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConnectError("InvalidParameterException", "Key is not a PEM public key") from None
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise ConnectError("InvalidParameterException", "Key is not an RSA public key")
+    return public_key.public_numbers()
+
+
+def _check_content(content: str, instance: Instance, error_code: str) -> None:
+    problems = _content_problems(content, instance.keys)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ConnectError(error_code, f"content is not valid: {problems[0]}{more}", problems)
+
+
+def _content_problems(content: str, keys: Mapping[str, SecurityKey]) -> list[str]:
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return ["content is not JSON"]
+    if not isinstance(document, dict):
+        return ["content is not a JSON object"]
+    problems = []
+    if document.get("Version") != FLOW_LANGUAGE_VERSION:
+        problems.append(f"Version must be {FLOW_LANGUAGE_VERSION!r}")
+    actions = document.get("Actions")
+    if not isinstance(actions, list):
+        return [*problems, "Actions must be a list"]
+    identifiers: set[str] = set()
+    for index, action in enumerate(actions):
+        problems.extend(_action_problems(index, action, identifiers, keys))
+    start = document.get("StartAction")
+    if not isinstance(start, str) or start not in identifiers:
+        problems.append(f"StartAction {start!r} does not name an action")
+    for action in actions:
+        transitions = action.get("Transitions") if isinstance(action, dict) else None
+        if isinstance(transitions, dict):
+            problems.extend(
+                f"action {action.get('Identifier')!r}: NextAction {target!r} names no action"
+                for target in _next_actions(transitions)
+                if not isinstance(target, str) or target not in identifiers
+            )
+    return problems
+
+
+def _action_problems(
+    index: int, action: Any, identifiers: set[str], keys: Mapping[str, SecurityKey]
+) -> list[str]:
+    if not isinstance(action, dict):
+        return [f"Actions[{index}] is not an object"]
+    identifier = action.get("Identifier")
+    label = f"action {identifier!r}" if isinstance(identifier, str) else f"Actions[{index}]"
+    problems = []
+    if not isinstance(identifier, str) or not identifier:
+        problems.append(f"{label}: Identifier must be a non-empty string")
+    elif identifier in identifiers:
+        problems.append(f"{label}: Identifier is not unique")
+    else:
+        identifiers.add(identifier)
+    if not isinstance(action.get("Type"), str):
+        problems.append(f"{label}: Type must be a string")
+    problems.extend(
+        f"{label}: {member} must be an object"
+        for member in ("Parameters", "Transitions")
+        if not isinstance(action.get(member), dict)
+    )
+    parameters = action.get("Parameters")
+    if (
+        action.get("Type") == "GetParticipantInput"
+        and isinstance(parameters, dict)
+        and "InputEncryption" in parameters
+    ):
+        problems.extend(f"{label}: {p}" for p in _encryption_problems(parameters, keys))
+    return problems
+
+
+def _encryption_problems(parameters: dict[str, Any], keys: Mapping[str, SecurityKey]) -> list[str]:
+    problems = []
+    if parameters.get("StoreInput") != "True":
+        problems.append('InputEncryption needs StoreInput "True"')
+    encryption = parameters["InputEncryption"]
+    if not isinstance(encryption, dict):
+        return [*problems, "InputEncryption must be an object"]
+    key_id = encryption.get("EncryptionKeyId")
+    key = keys.get(key_id) if isinstance(key_id, str) else None
+    if key is None:
+        return [*problems, f"EncryptionKeyId {key_id!r} is not a security key of this instance"]
+    certificate_pem = encryption.get("Key")
+    try:
+        certificate = x509.load_pem_x509_certificate(str(certificate_pem).encode("utf-8"))
+        public_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return [*problems, "Key is not a PEM X.509 certificate"]
+    if not isinstance(public_key, rsa.RSAPublicKey) or public_key.public_numbers() != key.numbers:
+        problems.append(f"Key is not a certificate for security key {key_id}")
+    return problems
+
+
+def _next_actions(transitions: dict[str, Any]) -> list[Any]:
+    """Every NextAction of a Transitions object: the default, each error and each condition."""
+    targets = [transitions["NextAction"]] if "NextAction" in transitions else []
+    for branch in ("Errors", "Conditions"):
+        entries = transitions.get(branch)
+        if isinstance(entries, list):
+            targets.extend(
+                e["NextAction"] for e in entries if isinstance(e, dict) and "NextAction" in e
+            )
+    return targets

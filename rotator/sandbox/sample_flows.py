@@ -1,0 +1,103 @@
+"""Flow-language JSON of a payment IVR (flow and flow module) for the sandbox, demos and tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+FLOW_LANGUAGE_VERSION = "2019-10-30"  # the only version the flow language has
+# A placeholder in the sandbox's account (moto's default); a real flow names the deployed Lambda.
+DECRYPT_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:connect-decrypt"
+CARD_INPUT_ACTION = "card-number"
+
+
+def payment_flow_content(key_id: str | None, certificate_pem: str | None) -> str:
+    """An inbound flow: greet, store the card number (encrypted if key_id is given), decrypt
+    it with the Lambda, thank the caller and hang up."""
+    return _payment_content(
+        key_id, certificate_pem, end=_action("hang-up", "DisconnectParticipant")
+    )
+
+
+def payment_module_content(key_id: str | None, certificate_pem: str | None) -> str:
+    """The same steps as a flow module, which returns to its calling flow instead of hanging up."""
+    return _payment_content(
+        key_id, certificate_pem, end=_action("return", "EndFlowModuleExecution")
+    )
+
+
+def _payment_content(key_id: str | None, certificate_pem: str | None, end: dict[str, Any]) -> str:
+    card_input: dict[str, Any] = {
+        "Text": "Please enter your card number, then press the pound key.",
+        "StoreInput": "True",
+        "InputTimeLimitSeconds": "6",
+        "InputValidation": {"CustomValidation": {"MaximumLength": "19"}},
+        "DTMFConfiguration": {"InputTerminationSequence": "#"},
+    }
+    if key_id is not None:
+        if certificate_pem is None:
+            raise ValueError("an encrypting block needs the key's certificate PEM")
+        card_input["InputEncryption"] = {"EncryptionKeyId": key_id, "Key": certificate_pem}
+    document = {
+        "Version": FLOW_LANGUAGE_VERSION,
+        "StartAction": "greeting",
+        "Actions": [
+            _action(
+                "greeting",
+                "MessageParticipant",
+                {"Text": "Welcome to card payments. Your card number is encrypted as you type."},
+                CARD_INPUT_ACTION,
+            ),
+            _action(CARD_INPUT_ACTION, "GetParticipantInput", card_input, "decrypt-card"),
+            _action(
+                "decrypt-card",
+                "InvokeLambdaFunction",
+                {
+                    "LambdaFunctionARN": DECRYPT_LAMBDA_ARN,
+                    # Connect's maximum; the decrypt Lambda answers well within it.
+                    "InvocationTimeLimitSeconds": "8",
+                    "LambdaInvocationAttributes": {"EncryptedCreditCard": "$.StoredCustomerInput"},
+                    "ResponseValidation": {"ResponseType": "STRING_MAP"},
+                },
+                "thank-you",
+            ),
+            _action(
+                "thank-you",
+                "MessageParticipant",
+                {"Text": "Thank you. Your payment is being processed."},
+                end["Identifier"],
+            ),
+            _action(
+                "input-failed",
+                "MessageParticipant",
+                {"Text": "Sorry, we could not take your card number."},
+                end["Identifier"],
+            ),
+            end,
+        ],
+    }
+    return json.dumps(document)
+
+
+def _action(
+    identifier: str,
+    action_type: str,
+    parameters: dict[str, Any] | None = None,
+    next_action: str | None = None,
+) -> dict[str, Any]:
+    """An action; one with a next action routes its Error branch to `input-failed` (which
+    itself goes on to the end either way)."""
+    transitions: dict[str, Any] = {}
+    if next_action is not None:
+        on_error = "input-failed" if identifier != "input-failed" else next_action
+        transitions = {
+            "NextAction": next_action,
+            "Errors": [{"NextAction": on_error, "ErrorType": "NoMatchingError"}],
+            "Conditions": [],
+        }
+    return {
+        "Identifier": identifier,
+        "Type": action_type,
+        "Parameters": parameters or {},
+        "Transitions": transitions,
+    }
