@@ -1,43 +1,32 @@
-"""`rotator demo`: the decrypt path end to end on an embedded sandbox (moto in this process)."""
+"""`rotator demo`: a key's life on an in-process sandbox, a contact in flight across a rotation."""
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 DEMO_CARD = "4111111111111111"  # the well-known Visa test number, not a real card
-DEMO_INSTANCE = "demo-instance"
-SANDBOX_ENV = {
-    "AWS_ACCESS_KEY_ID": "sandbox",
-    "AWS_SECRET_ACCESS_KEY": "sandbox",  # noqa: S105 - moto's dummy credentials
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "KEYRING_PREFIX": "/connect-keys",
-}
+SECOND_CARD = "5555555555554444"  # the well-known Mastercard test number
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
+DEMO_ENV = ("KEYRING_PREFIX", "ROTATOR_KMS_KEY_ID", "RESPONSE_MODE")
 
 
 @contextmanager
-def embedded_sandbox() -> Iterator[None]:
-    """moto in this process, with dummy credentials; nothing can reach real AWS."""
+def demo_environment(environment: dict[str, str]) -> Iterator[None]:
+    """Point every AWS client at the sandbox for the demo's duration, then restore."""
+    names = (*environment, *DEMO_ENV, "AWS_PROFILE")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in (*DEMO_ENV, "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(environment)
     try:
-        from moto import mock_aws
-    except ImportError:
-        raise SystemExit(
-            "the demo needs the sandbox extra: pip install 'connect-key-rotator[sandbox]'"
-        ) from None
-    saved = {name: os.environ.get(name) for name in (*SANDBOX_ENV, "AWS_ENDPOINT_URL")}
-    os.environ.update(SANDBOX_ENV)
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    try:
-        with mock_aws():
-            yield
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
@@ -47,123 +36,133 @@ def embedded_sandbox() -> Iterator[None]:
 
 
 def run_demo(out: TextIO) -> int:
+    try:
+        from rotator.sandbox.server import start_sandbox
+    except ImportError:
+        out.write("the demo needs the sandbox extra: pip install 'connect-key-rotator[sandbox]'\n")
+        return 1
+    with start_sandbox() as sandbox, demo_environment(sandbox.environment()):
+        return _story(sandbox.url, out)
+
+
+def _story(url: str, out: TextIO) -> int:
+    import boto3
+
     from lambda_decrypt import handler
     from rotator.domain.connect_cipher import encrypt_like_connect
-    from rotator.domain.keys import generate_key_material
-    from rotator.entrypoints.cli import main as cli
+    from rotator.domain.flows import encrypting_blocks
+    from rotator.entrypoints.cli import main as rotator
+    from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
 
-    def say(step: str, text: str) -> None:
-        out.write(f"\n[{step}] {text}\n")
+    day0 = datetime.now(UTC).replace(microsecond=0)
 
-    with embedded_sandbox(), tempfile.TemporaryDirectory() as workdir:
-        import boto3
+    def say(when: int | None, text: str) -> None:
+        stamp = "      " if when is None else f"day {when:<3}"
+        out.write(f"\n{stamp} {text}\n")
 
-        kms_key = boto3.client("kms").create_key(Description="connect-keys demo")["KeyMetadata"]
-        os.environ["ROTATOR_KMS_KEY_ID"] = kms_key["KeyId"]
-        say("sandbox", "an embedded AWS (SSM Parameter Store + KMS) is running in this process")
+    def run(*argv: str) -> int:
+        out.write(f"        $ rotator {' '.join(argv)}\n")
+        printed = io.StringIO()
+        code = rotator(list(argv), printed)
+        out.writelines(f"          {line}\n" for line in printed.getvalue().splitlines())
+        return code
 
-        material = generate_key_material(now=datetime.now(UTC), subject="CN=demo-payments-ivr")
-        key_id = str(uuid.uuid4())
-        private_file = Path(workdir) / "private.key.pem"
-        cert_file = Path(workdir) / "certificate.pem"
-        private_file.write_text(material.private_key_pem)
-        private_file.chmod(0o600)
-        cert_file.write_text(material.certificate_pem)
-        say(
-            "keys",
-            f"made an RSA-{material.key_size} key pair and a self-signed certificate "
-            f"valid until {material.not_after:%Y-%m-%d}, like the blog's openssl command",
-        )
-        say("import", f"rotator import --key-id {key_id} ... --instance-id {DEMO_INSTANCE}")
-        cli(
-            [
-                "import",
-                "--key-id",
-                key_id,
-                "--private-key",
-                str(private_file),
-                "--certificate",
-                str(cert_file),
-                "--instance-id",
-                DEMO_INSTANCE,
-            ],
-            out,
-        )
-        old_key_id = "a5ecd749-4bd8-4a94-bfde-27eefe4f12b1"
-        say(
-            "import",
-            "adopting an older key, certificate expired in 2022 (the real Connect vector)",
-        )
-        cli(
-            [
-                "import",
-                "--key-id",
-                old_key_id,
-                "--private-key",
-                str(VECTORS / "connect-real" / "private.key.pem"),
-                "--certificate",
-                str(VECTORS / "connect-real" / "certificate.pem"),
-            ],
-            out,
-        )
+    def at(days: int) -> str:
+        return (day0 + timedelta(days=days)).isoformat()
 
+    say(None, f"A local sandbox is running at {url}: SSM, KMS and the rest by moto, Amazon")
+    out.write("        Connect's security-key and flow APIs by this project's emulator.\n")
+    kms_key = boto3.client("kms").create_key(Description="connect-keys demo")["KeyMetadata"]
+    os.environ["ROTATOR_KMS_KEY_ID"] = kms_key["KeyId"]
+    connect = boto3.client("connect")
+    instance = connect.create_instance(
+        IdentityManagementType="CONNECT_MANAGED",
+        InstanceAlias="demo-payments",
+        InboundCallsEnabled=True,
+        OutboundCallsEnabled=False,
+    )["Id"]
+    flow = connect.create_contact_flow(
+        InstanceId=instance,
+        Name="Payment IVR",
+        Type="CONTACT_FLOW",
+        Content=payment_flow_content(None, None),
+    )["ContactFlowId"]
+    module = connect.create_contact_flow_module(
+        InstanceId=instance, Name="Card capture", Content=payment_module_content(None, None)
+    )["Id"]
+    say(0, "A Connect instance with a payment flow and a card-capture module, both with a")
+    out.write("        'Store customer input' block that has no encryption key yet.\n")
+
+    say(0, "init: make an RSA-4096 key, store it in SSM (KMS-encrypted), read it back, prove")
+    out.write("        it decrypts, associate it with Connect, point the flow and module at it.\n")
+    if run("init", "--instance-id", instance, "--flow-id", flow, "--flow-module-id", module,
+           "--now", at(0)) != 0:  # fmt: skip
+        return 1
+
+    def caller_types(digits: str) -> tuple[str, str]:
+        content = connect.describe_contact_flow(InstanceId=instance, ContactFlowId=flow)
+        block = encrypting_blocks(content["ContactFlow"]["Content"])[0]
+        assert block.key_id is not None and block.certificate_pem is not None
         ciphertext = encrypt_like_connect(
-            DEMO_CARD.encode(), key_id=key_id, certificate_pem=material.certificate_pem
+            digits.encode(), key_id=block.key_id, certificate_pem=block.certificate_pem
         )
-        say(
-            "caller",
-            f"a caller types the test card {DEMO_CARD}; Connect encrypts it with the "
-            f"flow's certificate ({len(ciphertext)} base64 characters, key ID in the header)",
-        )
-        handler.reset_container()
-        event = _connect_event({"EncryptedCreditCard": ciphertext})
-        first, first_ms = _timed(handler.lambda_handler, event)
-        again, warm_ms = _timed(handler.lambda_handler, event)
-        say("lambda", f"first call, key loaded from SSM once: {first}  ({first_ms:.1f} ms)")
-        say("lambda", f"warm call, no SSM call:             {again}  ({warm_ms:.1f} ms)")
+        return ciphertext, block.key_id
 
-        old_message = (VECTORS / "connect-real" / "ciphertext.b64").read_text().strip()
-        old, _ = _timed(handler.lambda_handler, _connect_event({"EncryptedInput": old_message}))
-        say(
-            "lambda",
-            "a real Connect message made with the old key, same container: "
-            f"status {old['status']}, {len(old.get('EncryptedInput', ''))} digits decrypted "
-            "(not shown: not demo data)",
-        )
+    def lambda_answer(ciphertext: str) -> dict[str, str]:
+        event = {
+            "Name": "ContactFlowEvent",
+            "Details": {
+                "ContactData": {"ContactId": str(uuid.uuid4()), "Attributes": {}},
+                "Parameters": {"CardNumber": ciphertext},
+            },
+        }
+        return handler.lambda_handler(event, None)
 
-        os.environ["RESPONSE_MODE"] = "masked"
-        handler.reset_container()
-        masked, _ = _timed(handler.lambda_handler, event)
-        os.environ.pop("RESPONSE_MODE")
-        say("lambda", f"RESPONSE_MODE=masked answers without the number: {masked}")
+    handler.reset_container()
+    first_call, first_key = caller_types(DEMO_CARD)
+    say(0, f"Caller 1 types the test card {DEMO_CARD}. Connect encrypts it with the flow's")
+    out.write(f"        certificate; the message header names key {first_key}.\n")
+    out.write(f"        Decrypt Lambda answers: {lambda_answer(first_call)}\n")
 
-        blog_message = (VECTORS / "blog-truncated.b64").read_text().strip()
-        bad, _ = _timed(
-            handler.lambda_handler, _connect_event({"EncryptedCreditCard": blog_message})
-        )
-        say("lambda", f"the blog's truncated ciphertext gets a stable error, not a crash: {bad}")
+    say(366, "A year on, caller 1's contact is still in flight (say, queued for an agent).")
+    out.write("        The key is past its 365-day cryptoperiod, so the daily run rotates it:\n")
+    if run("rotate", "--now", at(366)) != 0:
+        return 1
 
-        say("status", "rotator status")
-        code = cli(["status"], out)
-        handler.reset_container()
-        os.environ.pop("ROTATOR_KMS_KEY_ID", None)
-        ok = first.get("EncryptedCreditCard") == DEMO_CARD and old["status"] == "ok"
-        out.write("\nDemo finished: every message decrypted with the key its header names.\n")
-        out.flush()
-        return code if ok else 1
+    second_call, second_key = caller_types(SECOND_CARD)
+    say(366, f"Caller 2 types {SECOND_CARD}; the flow now encrypts with key {second_key}.")
+    old, new = lambda_answer(first_call), lambda_answer(second_call)
+    out.write(f"        Same Lambda container, caller 1 (old key): {old}\n")
+    out.write(f"        Same Lambda container, caller 2 (new key): {new}\n")
 
+    say(374, "The 7-day grace period is over: retire the old key. Connect forgets it; the")
+    out.write(
+        "        keyring keeps it, so stored ciphertexts still decrypt until it is destroyed.\n"
+    )
+    if run("retire", first_key, "--now", at(374)) != 0:
+        return 1
+    late = lambda_answer(first_call)
+    out.write(f"        Caller 1's ciphertext after retirement: {late}\n")
 
-def _connect_event(parameters: dict[str, str]) -> dict[str, Any]:
-    return {
-        "Name": "ContactFlowEvent",
-        "Details": {
-            "ContactData": {"ContactId": str(uuid.uuid4()), "Attributes": {}},
-            "Parameters": parameters,
-        },
-    }
+    blog = (VECTORS / "blog-truncated.b64").read_text().strip()
+    say(374, "Bad input gets a stable error code, never a stack trace: the AWS blog's")
+    out.write(f"        truncated ciphertext -> {lambda_answer(blog)}\n")
 
+    say(374, "Every promise checked against the live state, then the keyring:")
+    verified = run("verify", "--now", at(374))
+    run("status", "--now", at(374))
+    handler.reset_container()
 
-def _timed(function: Any, event: dict[str, Any]) -> tuple[dict[str, str], float]:
-    started = time.perf_counter()
-    result: dict[str, str] = function(event, None)
-    return result, (time.perf_counter() - started) * 1000
+    ok = (
+        old.get("CardNumber") == DEMO_CARD
+        and new.get("CardNumber") == SECOND_CARD
+        and late.get("CardNumber") == DEMO_CARD
+        and verified == 0
+    )
+    out.write(
+        "\nDemo finished: no contact was lost to the rotation."
+        if ok
+        else "\nDemo FAILED: see above."
+    )
+    out.write("\n")
+    return 0 if ok else 1

@@ -95,10 +95,11 @@ class Sandbox:
         self.stop()
 
 
-def start_sandbox(port: int = 0) -> Sandbox:
+def start_sandbox(port: int = 0, *, log_requests: bool = False) -> Sandbox:
     """Serve on 127.0.0.1:port (0: a free port) from a background thread, holding nothing.
 
-    Raises OSError if the port cannot be bound.
+    Requests are logged only with `log_requests` (the foreground `rotator sandbox`); the demo
+    and tests would drown in them. Raises OSError if the port cannot be bound.
     """
     try:
         from moto.moto_server.werkzeug_app import (
@@ -110,6 +111,12 @@ def start_sandbox(port: int = 0) -> Sandbox:
         raise SystemExit(
             "the sandbox needs moto with its server extra: pip install 'moto[server]'"
         ) from None
+
+    class RequestHandler(MotoRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            if log_requests:
+                super().log_request(code, size)
+
     emulator = ConnectEmulator()
     app = SandboxApp(emulator, DomainDispatcherApplication(create_backend_app))
     # Bound here, not by werkzeug, which answers a busy port with sys.exit().
@@ -120,7 +127,7 @@ def start_sandbox(port: int = 0) -> Sandbox:
             listener.getsockname()[1],
             app,
             threaded=True,
-            request_handler=MotoRequestHandler,
+            request_handler=RequestHandler,
             fd=listener.fileno(),
         )
     finally:
@@ -131,7 +138,7 @@ def start_sandbox(port: int = 0) -> Sandbox:
 def run_sandbox(port: int, out: TextIO) -> int:
     """Serve in the foreground until SIGINT or SIGTERM, after printing how to use it."""
     try:
-        sandbox = start_sandbox(port)
+        sandbox = start_sandbox(port, log_requests=True)
     except OSError as error:
         print(f"error: cannot listen on {HOST}:{port}: {error.strerror}", file=sys.stderr)
         return 1

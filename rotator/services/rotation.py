@@ -236,8 +236,9 @@ class RotationService:
                 rotation_id=state.rotation_id,
                 step=state.step,
             )
-        verb = "resumed and completed" if resumed else "rotated"
-        detail = f"{verb}: {state.old_key_id or 'no key'} -> {state.new_key_id} ({state.reason})"
+        detail = f"{state.old_key_id or 'no key'} -> {state.new_key_id} ({state.reason})"
+        if resumed:
+            detail = f"resumed rotation {state.rotation_id} and completed it: {detail}"
         if state.emergency and state.old_key_id:
             detail += (
                 f"; emergency: {state.old_key_id} retired at once, so contacts still running a "
