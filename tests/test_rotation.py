@@ -3,12 +3,19 @@ destroy, rollback, verify; every invariant of DESIGN.md section 3."""
 
 from __future__ import annotations
 
+import io
+import json
+import socket
+import subprocess
 import threading
 from datetime import timedelta
 
 import pytest
 
+from lambda_decrypt import handler
+from rotator.adapters.lock import LockHolder
 from rotator.domain.lifecycle import KeyState
+from rotator.entrypoints.cli import main
 from rotator.services.rotation import Outcome, RotationRefused
 from tests.conftest import NOW, TEST_CARD
 from tests.world import World
@@ -162,10 +169,7 @@ def test_retire_and_destroy_follow_grace_and_retention(world: World) -> None:
     assert state_of(world, old) is KeyState.DESTROYED
     assert f"{world.prefix}/keys/{old}/metadata" in world.parameter_names()
     assert f"{world.prefix}/keys/{old}/private-key" not in world.parameter_names()
-    world.lambda_decrypts(world.caller_types())  # the container learns nothing stale
-    from lambda_decrypt import handler
-
-    handler.reset_container()
+    handler.reset_container()  # a new container: nothing cached from before the destruction
     assert world.lambda_decrypts(contact) == {"status": "error", "error": "key_destroyed"}
     assert_invariants_hold(world, NOW + 100 * DAY)
 
@@ -208,3 +212,31 @@ def test_two_rotations_started_together_rotate_once(world: World) -> None:
     assert outcomes.count(Outcome.ROTATED) == 1, outcomes
     assert len(world.associations()) == 2
     assert_invariants_hold(world, NOW + 400 * DAY)
+
+
+def test_status_and_verify_report_a_stale_lock(world: World) -> None:
+    init(world)
+    gone = subprocess.Popen(["true"])  # noqa: S607 - a process that has exited
+    gone.wait()
+    stale = LockHolder(
+        host=socket.gethostname(),
+        pid=gone.pid,
+        started_at=NOW.isoformat(),
+        expires_at=(NOW + DAY).isoformat(),
+        rotation_id="crashed",
+    )
+    world.ssm.put_parameter(
+        Name=f"{world.prefix}/locks/{world.instance_id}",
+        Value=json.dumps(vars(stale)),
+        Type="String",
+    )
+    out = io.StringIO()
+    assert main(["status", "--json", "--now", NOW.isoformat()], out) == 0
+    (instance,) = json.loads(out.getvalue())["instances"]
+    assert instance["lock_stale"] is True and "no longer running" in instance["lock"]
+    findings = world.adapters.invariants().check(None, NOW)
+    assert [f.check for f in findings if not f.ok] == ["no stale lock"]
+
+    (result,) = world.service.rotate(None, NOW)  # a plain run clears it first
+    assert result.outcome is Outcome.NOT_DUE
+    assert_invariants_hold(world)

@@ -24,7 +24,7 @@ from rotator.services.importing import (
     import_key,
 )
 from rotator.services.rotation import InstanceResult, Outcome
-from rotator.services.status import KeyStatus, keyring_status
+from rotator.services.status import KeyStatus, instance_status, keyring_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = get_logger("rotator.cli")
@@ -230,10 +230,21 @@ def run_import(args: argparse.Namespace, adapters: Adapters, now: datetime, out:
 
 def run_status(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
     rows = keyring_status(adapters.keyring, adapters.settings.policy, now)
+    instances = instance_status(adapters.keyring, adapters.lock, now)
     if args.json:
-        json.dump({"now": now.isoformat(), "keys": [r.to_dict() for r in rows]}, out, indent=2)
+        payload = {
+            "now": now.isoformat(),
+            "instances": [i.to_dict() for i in instances],
+            "keys": [r.to_dict() for r in rows],
+        }
+        json.dump(payload, out, indent=2)
         out.write("\n")
     else:
+        for instance in instances:
+            out.write(
+                f"instance {instance.instance_id}: current key {instance.current_key_id}; "
+                f"manages {instance.managed}\n  {instance.rotation}; lock: {instance.lock}\n"
+            )
         out.write(format_status_table(rows))
     return EXIT_OK
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from rotator.adapters.lock import SsmLock, stale_reason
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
@@ -61,6 +62,54 @@ def keyring_status(keyring: SsmKeyring, policy: RotationPolicy, now: datetime) -
                 not_after=record.not_after,
                 days_to_expiry=record.days_to_expiry(now),
                 rotation=rotation,
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    instance_id: str
+    current_key_id: str | None
+    managed: str
+    rotation: str
+    lock: str
+    lock_stale: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "current_key_id": self.current_key_id,
+            "managed": self.managed,
+            "rotation": self.rotation,
+            "lock": self.lock,
+            "lock_stale": self.lock_stale,
+        }
+
+
+def instance_status(keyring: SsmKeyring, lock: SsmLock, now: datetime) -> list[InstanceStatus]:
+    """Per managed instance: current key, managed flows, last rotation, and its lock."""
+    rows = []
+    for instance in keyring.managed_instances():
+        instance_id = instance.instance_id
+        rotation = keyring.get_rotation(instance_id)
+        if rotation is None:
+            last = "never rotated"
+        elif rotation.finished:
+            last = f"last rotation {rotation.started_at:%Y-%m-%d} ({rotation.reason})"
+        else:
+            last = f"INTERRUPTED after step {rotation.step}: run rotator rotate to resume"
+        holder = lock.holder(instance_id)
+        stale = stale_reason(holder, now) if holder else None
+        held = "none" if holder is None else holder.describe()
+        rows.append(
+            InstanceStatus(
+                instance_id=instance_id,
+                current_key_id=keyring.get_current(instance_id),
+                managed=", ".join(str(ref) for ref in instance.refs),
+                rotation=last,
+                lock=f"STALE ({stale}): {held}" if stale else held,
+                lock_stale=stale is not None,
             )
         )
     return rows
