@@ -37,6 +37,8 @@ class RotatorEnv(StrEnum):
     CRYPTOPERIOD_DAYS = "ROTATOR_CRYPTOPERIOD_DAYS"
     GRACE_DAYS = "ROTATOR_GRACE_DAYS"
     RETENTION_DAYS = "ROTATOR_RETENTION_DAYS"
+    SNS_TOPIC_ARN = "ROTATOR_SNS_TOPIC_ARN"
+    METRICS_NAMESPACE = "ROTATOR_METRICS_NAMESPACE"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class Settings:
     grace_days: int = 7
     # retired -> destroyed: how long stored ciphertexts made with a retired key stay decryptable.
     retention_days: int = 90
+    # Scheduled runs: where failure notices go, and the CloudWatch namespace of their metrics.
+    sns_topic_arn: str | None = None
+    metrics_namespace: str = "ConnectKeyRotator"
     log_level: str = "WARNING"
 
     def __post_init__(self) -> None:
@@ -105,6 +110,10 @@ class Settings:
             values["kms_key_id"] = env[RotatorEnv.KMS_KEY_ID]
         if RotatorEnv.SUBJECT in env:
             values["subject"] = env[RotatorEnv.SUBJECT]
+        if env.get(RotatorEnv.SNS_TOPIC_ARN):
+            values["sns_topic_arn"] = env[RotatorEnv.SNS_TOPIC_ARN]
+        if env.get(RotatorEnv.METRICS_NAMESPACE):
+            values["metrics_namespace"] = env[RotatorEnv.METRICS_NAMESPACE]
         if Env.LOG_LEVEL in env:
             values["log_level"] = env[Env.LOG_LEVEL].upper()
         for setting, field in (
