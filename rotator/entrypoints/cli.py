@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     _timed_json(verify)
     verify.set_defaults(run=run_verify)
 
+    serve = commands.add_parser("serve", help="run the scheduled jobs on a host (APScheduler)")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    serve.add_argument("--once", action="store_true", help="run every job once and exit")
+    serve.set_defaults(run=None)
+
     sandbox = commands.add_parser("sandbox", help="serve moto + the Connect emulator on loopback")
     sandbox.add_argument("--port", type=int, default=4566)
     sandbox.set_defaults(run=None)
@@ -146,6 +151,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         from rotator.sandbox.demo import run_demo
 
         return run_demo(out)
+    if args.command == "serve":
+        from rotator.entrypoints.daemon import run_serve
+
+        flags = {
+            "keyring_prefix": args.prefix,
+            "kms_key_id": args.kms_key_id,
+            "log_level": args.log_level,
+        }
+        return run_serve(args.config, once=args.once, out=out, flags=flags)
     if args.command == "sandbox":
         from rotator.sandbox.server import run_sandbox
 

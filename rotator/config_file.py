@@ -1,0 +1,303 @@
+"""The rotator's TOML config file: settings, managed instances, schedules, report destinations.
+
+A setting's value comes from, in this order: an explicit CLI flag, the environment variable
+(`KEYRING_PREFIX`, `ROTATOR_*`, `LOG_LEVEL`), the file's `[settings]` table, the default in
+`rotator.config.Settings`. `RotatorConfig.settings_for` applies that order: a file value is
+passed to `Settings.load` only when its environment variable is not set, flags on top.
+
+Every mistake (unreadable file, TOML syntax, unknown table or key, wrong type, bad cron
+expression, bad instance entry or destination) raises `ConfigError` naming the file, the
+table/key and the problem. `deploy/rotator.example.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from apscheduler.triggers.cron import CronTrigger
+
+from lambda_decrypt.config import Env
+from rotator.config import RotatorEnv, Settings
+from rotator.domain.rotation import ManagedInstance
+from rotator.errors import ConfigError
+
+# [settings] key -> (TOML type, the environment variable that beats it); keys = Settings fields.
+SETTINGS: Mapping[str, tuple[type[int] | type[str], str]] = MappingProxyType(
+    {
+        "keyring_prefix": (str, Env.KEYRING_PREFIX),
+        "kms_key_id": (str, RotatorEnv.KMS_KEY_ID),
+        "key_size": (int, RotatorEnv.KEY_SIZE),
+        "validity_days": (int, RotatorEnv.VALIDITY_DAYS),
+        "subject": (str, RotatorEnv.SUBJECT),
+        "renew_before_days": (int, RotatorEnv.RENEW_BEFORE_DAYS),
+        "cryptoperiod_days": (int, RotatorEnv.CRYPTOPERIOD_DAYS),
+        "grace_days": (int, RotatorEnv.GRACE_DAYS),
+        "retention_days": (int, RotatorEnv.RETENTION_DAYS),
+        "log_level": (str, Env.LOG_LEVEL),
+    }
+)
+# Like Settings.load: an empty ROTATOR_KMS_KEY_ID means "not set".
+_EMPTY_MEANS_UNSET = frozenset({RotatorEnv.KMS_KEY_ID})
+# [schedules] key (a job's name) -> cron expression, UTC.
+DEFAULT_SCHEDULES: Mapping[str, str] = MappingProxyType(
+    {"rotation": "0 3 * * *", "report": "0 6 * * 1"}
+)
+TABLES = ("settings", "instances", "schedules", "report")
+INSTANCE_KEYS = ("id", "flows", "modules")
+REPORT_KEYS = ("directory", "s3_uri", "sns_topic_arn")
+WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+# Connect IDs are UUIDs; the keyring uses an instance ID as one path segment.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
+_SNS_ARN = re.compile(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+
+
+@dataclass(frozen=True)
+class ReportDestinations:
+    """Where the compliance report job (issue #5, to come) delivers; any combination."""
+
+    directory: Path | None = None
+    s3_uri: str | None = None
+    sns_topic_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class RotatorConfig:
+    """A parsed config file; `RotatorConfig()` is what running without one means."""
+
+    path: Path | None = None
+    settings: Mapping[str, int | str] = field(default_factory=lambda: MappingProxyType({}))
+    instances: tuple[ManagedInstance, ...] = ()
+    schedules: Mapping[str, str] = field(default_factory=lambda: DEFAULT_SCHEDULES)
+    report: ReportDestinations = ReportDestinations()
+
+    def settings_for(self, environ: Mapping[str, str], **flags: object) -> Settings:
+        """Flags (None = not given) > environment > this file > defaults."""
+        from_file = {
+            key: value
+            for key, value in self.settings.items()
+            if not _env_sets(SETTINGS[key][1], environ)
+        }
+        given = {key: value for key, value in flags.items() if value is not None}
+        try:
+            return Settings.load(environ, **{**from_file, **given})
+        except ConfigError as error:
+            key = next((k for k, (_, env) in SETTINGS.items() if env == error.setting), None)
+            if key is None or key not in from_file or key in given:
+                raise
+            problem = str(error).removeprefix(f"configuration: {error.setting}: ")
+            raise _error(self.path, f"[settings] {key}", problem) from None
+
+
+def load_config(path: Path) -> RotatorConfig:
+    """Read and validate the whole file; nothing is contacted."""
+    document = _read(path)
+    _only_known(document, TABLES, path, "")
+    return RotatorConfig(
+        path=path,
+        settings=MappingProxyType(_settings(_table(document, "settings", path), path)),
+        instances=_instances(document.get("instances", []), path),
+        schedules=MappingProxyType(_schedules(_table(document, "schedules", path), path)),
+        report=_report(_table(document, "report", path), path),
+    )
+
+
+def cron_trigger(expression: str) -> CronTrigger:
+    """A standard five-field crontab line, in UTC, as an APScheduler trigger.
+
+    Weekdays mean what cron means (0 or 7 = Sunday): APScheduler 3 counts them from Monday, so
+    they are handed over as names. Raises ValueError saying what is wrong.
+    """
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+        )
+    minute, hour, day, month, weekday = fields
+    if day != "*" and weekday != "*":
+        raise ValueError(
+            "restrict the day of month or the day of week, not both (cron runs when either matches)"
+        )
+    return CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=_weekdays(weekday.lower()),
+        timezone=UTC,
+    )
+
+
+def _weekdays(spec: str) -> str:
+    if spec == "*":
+        return spec
+    days: set[int] = set()
+    for item in spec.split(","):
+        span, slash, step_text = item.partition("/")
+        first, _, last = ("0-7" if span == "*" else span).partition("-")
+        start = _weekday(first)
+        end = _weekday(last) if last else (7 if slash else start)
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else 0
+        if (slash and not step) or end < start:
+            raise ValueError(f"{item!r} is not a weekday, range or step of the day-of-week field")
+        days.update(day % 7 for day in range(start, end + 1, step or 1))
+    return ",".join(WEEKDAYS[day] for day in sorted(days))
+
+
+def _weekday(token: str) -> int:
+    if token in WEEKDAYS:
+        return WEEKDAYS.index(token)
+    if token.isdigit() and int(token) <= 7:
+        return int(token)
+    raise ValueError(f"{token!r} is not a weekday (0-7 or sun-sat; 0 and 7 are Sunday)")
+
+
+def _env_sets(name: str, environ: Mapping[str, str]) -> bool:
+    return bool(environ.get(name)) if name in _EMPTY_MEANS_UNSET else name in environ
+
+
+def _error(path: Path | None, where: str, problem: str) -> ConfigError:
+    return ConfigError(f"{path} {where}".strip(), problem)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise _error(path, "", f"cannot read the config file: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise _error(path, "", f"not valid TOML: {error}") from None
+
+
+def _only_known(table: Mapping[str, Any], known: tuple[str, ...], path: Path, where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise _error(path, where, f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def _table(document: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
+    table = document.get(name, {})
+    if not isinstance(table, dict):
+        raise _error(path, name, f"must be a table ([{name}]), got {_kind(table)}")
+    return table
+
+
+def _settings(table: Mapping[str, Any], path: Path) -> dict[str, int | str]:
+    _only_known(table, tuple(SETTINGS), path, "[settings]")
+    values: dict[str, int | str] = {}
+    for key, value in table.items():
+        kind = SETTINGS[key][0]
+        # bool is an int in Python, never in a config file.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _error(path, f"[settings] {key}", f"must be {_article(kind)}, got {_kind(value)}")
+        values[key] = value.upper() if isinstance(value, str) and key == "log_level" else value
+    return values
+
+
+def _instances(entries: Any, path: Path) -> tuple[ManagedInstance, ...]:
+    if not isinstance(entries, list):
+        raise _error(
+            path, "instances", f"must be an array of tables ([[instances]]), got {_kind(entries)}"
+        )
+    instances = tuple(_instance(entry, number, path) for number, entry in enumerate(entries, 1))
+    ids = [instance.instance_id for instance in instances]
+    for number, instance_id in enumerate(ids, 1):
+        if instance_id in ids[: number - 1]:
+            raise _error(path, f"[[instances]] #{number}", f"id {instance_id!r} appears twice")
+    return instances
+
+
+def _instance(entry: Any, number: int, path: Path) -> ManagedInstance:
+    where = f"[[instances]] #{number}"
+    if not isinstance(entry, dict):
+        raise _error(path, where, f"must be a table, got {_kind(entry)}")
+    _only_known(entry, INSTANCE_KEYS, path, where)
+    if "id" not in entry:
+        raise _error(path, where, "missing key 'id' (the Connect instance ID)")
+    instance_id = _identifier(entry["id"], path, f"{where} id")
+    flows = _identifiers(entry.get("flows", []), path, f"{where} flows")
+    modules = _identifiers(entry.get("modules", []), path, f"{where} modules")
+    if not flows and not modules:
+        raise _error(path, where, "name at least one flow or module (flows = [...])")
+    return ManagedInstance(instance_id, flows, modules)
+
+
+def _identifiers(values: Any, path: Path, where: str) -> tuple[str, ...]:
+    if not isinstance(values, list):
+        raise _error(path, where, f"must be an array of IDs, got {_kind(values)}")
+    return tuple(_identifier(value, path, where) for value in values)
+
+
+def _identifier(value: Any, path: Path, where: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise _error(
+            path, where, f"{value!r} is not an ID (letters, digits, '-', '_', '.'; not an ARN)"
+        )
+    return value
+
+
+def _schedules(table: Mapping[str, Any], path: Path) -> dict[str, str]:
+    _only_known(table, tuple(DEFAULT_SCHEDULES), path, "[schedules]")
+    schedules = dict(DEFAULT_SCHEDULES)
+    for job, expression in table.items():
+        where = f"[schedules] {job}"
+        if not isinstance(expression, str):
+            raise _error(path, where, f"must be a cron expression string, got {_kind(expression)}")
+        try:
+            cron_trigger(expression)
+        except ValueError as error:
+            raise _error(path, where, f"{expression!r} is not a cron expression: {error}") from None
+        schedules[job] = expression
+    return schedules
+
+
+def _report(table: Mapping[str, Any], path: Path) -> ReportDestinations:
+    _only_known(table, REPORT_KEYS, path, "[report]")
+    for key, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise _error(path, f"[report] {key}", f"must be a non-empty string, got {_kind(value)}")
+    s3_uri, topic = table.get("s3_uri"), table.get("sns_topic_arn")
+    if s3_uri is not None and not _S3_URI.fullmatch(s3_uri):
+        raise _error(path, "[report] s3_uri", f"{s3_uri!r} is not like s3://bucket/prefix/")
+    if topic is not None and not _SNS_ARN.fullmatch(topic):
+        raise _error(
+            path,
+            "[report] sns_topic_arn",
+            f"{topic!r} is not an SNS topic ARN (arn:aws:sns:region:account:name)",
+        )
+    directory = table.get("directory")
+    return ReportDestinations(
+        # A relative directory is relative to the config file, not to the daemon's cwd.
+        directory=None if directory is None else path.parent / directory,
+        s3_uri=s3_uri,
+        sns_topic_arn=topic,
+    )
+
+
+def _kind(value: Any) -> str:
+    """How a TOML value is described in an error: its type, and the value if it is short."""
+    kinds: dict[type, str] = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
+    kind = kinds.get(type(value), type(value).__name__)
+    if isinstance(value, list | dict) or len(repr(value)) > 60:
+        return kind
+    return f"{kind} ({value!r})"
+
+
+def _article(kind: type[int] | type[str]) -> str:
+    return "an integer" if kind is int else "a string"
