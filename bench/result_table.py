@@ -58,9 +58,13 @@ class Row:
 
 
 def format_table(rows: list[Row]) -> str:
+    return markdown_table(COLUMNS, [row.cells() for row in rows])
+
+
+def markdown_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A Markdown table, columns padded so it also reads well in a terminal."""
-    lines = [COLUMNS, *(row.cells() for row in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    lines = [columns, *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     rendered = [
         "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
         for line in lines

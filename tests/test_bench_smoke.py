@@ -1,4 +1,4 @@
-"""The decrypt bench runs end to end in quick mode and reports every metric with figures."""
+"""Both benches run end to end in quick mode and report every metric with figures."""
 
 from __future__ import annotations
 
@@ -17,6 +17,26 @@ METRICS = (
 )
 SSM_CALLS_METRIC = METRICS[-1]
 BLOG_SSM_CALLS_PER_INVOCATION = 2.0
+ROTATION_BENCH = ROOT / "bench" / "rotation_bench.py"
+ROTATION_METRICS = (
+    "rotation wall ms (median) vs key generation",
+    "rotation: key generation inside it, ms",
+    "rotation: time in AWS calls, ms",
+    "rotation: other local work, ms",
+    "RSA key load with full checks, ms",
+    "AWS calls per rotation",
+    "SSM calls per rotation",
+    "Connect calls per rotation",
+    "loopback AWS call ms (median)",
+    "fleet: init wall s",
+    "fleet: rotate run wall s vs N x single rotation",
+    "fleet: wall ms per instance vs its key generation",
+    "fleet: key generation s",
+    "fleet: time in AWS calls s",
+    "fleet: AWS calls",
+    "fleet: AWS calls per instance vs single",
+)
+CALLS_METRICS = ("AWS calls per rotation", "SSM calls per rotation", "Connect calls per rotation")
 
 
 def table_rows(output: str) -> dict[str, list[str]]:
@@ -47,3 +67,25 @@ def test_quick_bench_reports_every_metric() -> None:
         assert status in ("ok", "MISS", "-"), rows[metric]
     # The call counter is real: the blog's Lambda reads two parameters per invocation.
     assert float(rows[SSM_CALLS_METRIC][1]) == BLOG_SSM_CALLS_PER_INVOCATION
+
+
+def test_quick_rotation_bench_reports_every_metric() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROTATION_BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout)
+    for metric in ROTATION_METRICS:
+        assert metric in rows, f"no row for {metric!r} in:\n{result.stdout}"
+        measured, baseline, ratio, _note = rows[metric]
+        assert float(measured) >= 0, rows[metric]
+        if baseline != "-":
+            assert float(baseline) > 0 and float(ratio) >= 0, rows[metric]
+    # The call counters are real: a rotation calls both services, and the split adds up.
+    total, ssm, connect = (float(rows[metric][0]) for metric in CALLS_METRICS)
+    assert ssm > 0 and connect > 0 and total == ssm + connect

@@ -1,0 +1,464 @@
+"""Rotation bench: wall time and AWS calls of one rotation and of a 50-instance run vs keygen."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import cryptography
+from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
+from cryptography.hazmat.primitives.asymmetric import rsa
+from result_table import markdown_table
+
+from lambda_decrypt.logs import configure_logging
+from rotator.config import Settings
+from rotator.domain.keys import (
+    KeyMaterial,
+    generate_key_material,
+    load_private_key,
+    self_signed_material,
+)
+from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
+from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
+from rotator.sandbox.server import Sandbox, start_sandbox
+from rotator.services.rotation import InstanceResult, Outcome
+
+COLUMNS = ("metric", "measured", "floor/baseline", "ratio", "note")
+ACTOR = "rotation-bench"
+INIT_KEY_SIZE = 2048
+# Past the default 365-day cryptoperiod (and short of the 730-day certificate): every key is due.
+DUE_AFTER = timedelta(days=366)
+# Settings that would send calls anywhere but the sandbox, or sign them differently.
+FOREIGN_AWS_SETTINGS = (
+    "AWS_ENDPOINT_URL_SSM",
+    "AWS_ENDPOINT_URL_CONNECT",
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+)
+SERVICES = ("ssm", "connect")
+KeyGenerator = Callable[[datetime], KeyMaterial]
+
+
+class BenchError(Exception):
+    """A measurement went wrong (a rotation that did not rotate): the figures are void."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure; each single rotation is paired with one floor key generation."""
+
+    name: str
+    single_rotations: int
+    fleet_size: int
+    key_size: int
+    call_samples: int
+
+
+FULL_PLAN = Plan("full", single_rotations=7, fleet_size=50, key_size=4096, call_samples=50)
+QUICK_PLAN = Plan("quick", single_rotations=2, fleet_size=3, key_size=2048, call_samples=20)
+
+
+@dataclass(frozen=True)
+class CallTally:
+    """API calls per service, and the seconds spent in them (sign, HTTP round trip, parse)."""
+
+    calls: Mapping[str, int]
+    seconds: Mapping[str, float]
+
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def mean_call_ms(self, service: str) -> float:
+        return 1000 * self.seconds.get(service, 0.0) / max(self.calls.get(service, 0), 1)
+
+
+class CallMeter:
+    """Counts and times every API call made by the clients it is attached to (botocore events)."""
+
+    _STARTED = "rotation_bench_started_ns"
+
+    def __init__(self) -> None:
+        self._calls: Counter[str] = Counter()
+        self._nanoseconds: Counter[str] = Counter()
+
+    def attach(self, client: Any) -> None:
+        client.meta.events.register("before-call", self._started)
+        client.meta.events.register("after-call", self._finished)
+
+    def reset(self) -> None:
+        self._calls.clear()
+        self._nanoseconds.clear()
+
+    def tally(self) -> CallTally:
+        seconds = {service: ns / 1e9 for service, ns in self._nanoseconds.items()}
+        return CallTally(dict(self._calls), seconds)
+
+    def _started(self, context: dict[str, Any], **_: Any) -> None:
+        context[self._STARTED] = time.perf_counter_ns()
+
+    def _finished(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        service = model.service_model.service_name
+        self._calls[service] += 1
+        self._nanoseconds[service] += time.perf_counter_ns() - context[self._STARTED]
+
+
+@dataclass
+class TimedGenerator:
+    """Wraps the rotator's own key generator and records how long each generation took."""
+
+    generate: KeyGenerator
+    seconds: list[float] = field(default_factory=list)
+
+    def __call__(self, now: datetime) -> KeyMaterial:
+        started = time.perf_counter()
+        material = self.generate(now)
+        self.seconds.append(time.perf_counter() - started)
+        return material
+
+
+@dataclass(frozen=True)
+class PaymentInstance:
+    instance_id: str
+    flow_id: str
+    module_id: str
+
+
+@dataclass(frozen=True)
+class RotationRun:
+    """One `rotate` call: its wall time, the key generation inside it and its AWS calls."""
+
+    wall_s: float
+    generation_s: float
+    tally: CallTally
+
+    def other_s(self) -> float:
+        return self.wall_s - self.generation_s - self.tally.total_seconds()
+
+
+@dataclass(frozen=True)
+class FleetRun:
+    size: int
+    init_s: float
+    rotation: RotationRun
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Key generation alone (generate_key_material) and one fully checked load of each key."""
+
+    generation_s: list[float]
+    checked_load_s: list[float]
+
+
+@dataclass(frozen=True)
+class Line:
+    """One table row; the ratio is always measured / baseline."""
+
+    metric: str
+    measured: float
+    baseline: float | None = None
+    note: str = ""
+
+    def cells(self) -> tuple[str, ...]:
+        baseline = "-" if self.baseline is None else f"{self.baseline:.4g}"
+        ratio = "-" if not self.baseline else f"{self.measured / self.baseline:.3g}"
+        return (self.metric, f"{self.measured:.4g}", baseline, ratio, self.note or "-")
+
+
+class Bench:
+    """The sandbox, the rotator's two metered clients, and an unmetered client for set-up."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.meter = CallMeter()
+        self.ssm = boto3.client("ssm", config=RETRY_CONFIG)
+        self.connect = boto3.client("connect", config=RETRY_CONFIG)
+        for client in (self.ssm, self.connect):
+            self.meter.attach(client)
+        self.setup_connect = boto3.client("connect")
+        self.init_generator = premade_key_generator()
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def adapters(self, prefix: str) -> Adapters:
+        settings = Settings(keyring_prefix=prefix, key_size=self.plan.key_size)
+        return build_adapters(settings, ssm=self.ssm, connect=self.connect)
+
+    def create_payment_instance(self, alias: str) -> PaymentInstance:
+        connect = self.setup_connect
+        instance_id = connect.create_instance(
+            IdentityManagementType="CONNECT_MANAGED",
+            InstanceAlias=alias,
+            InboundCallsEnabled=True,
+            OutboundCallsEnabled=False,
+        )["Id"]
+        flow_id = connect.create_contact_flow(
+            InstanceId=instance_id,
+            Name="Payment IVR",
+            Type="CONTACT_FLOW",
+            Content=payment_flow_content(None, None),
+        )["ContactFlowId"]
+        module_id = connect.create_contact_flow_module(
+            InstanceId=instance_id, Name="Card capture", Content=payment_module_content(None, None)
+        )["Id"]
+        return PaymentInstance(instance_id, flow_id, module_id)
+
+    def init_all(self, adapters: Adapters, instances: list[PaymentInstance]) -> float:
+        """Put the instances under management with pre-made keys; returns the wall seconds."""
+        service = adapters.rotation(ACTOR, generate=self.init_generator)
+        started = time.perf_counter()
+        for instance in instances:
+            result = service.init(
+                instance.instance_id, [instance.flow_id], [instance.module_id], self.now
+            )
+            expect_rotated([result], 1)
+        return time.perf_counter() - started
+
+    def rotate_all_due(self, adapters: Adapters, expected: int) -> RotationRun:
+        """One scheduled run (`rotate` of every managed instance) with real key generation."""
+        service = adapters.rotation(ACTOR)
+        generator = TimedGenerator(service.generate)
+        service.generate = generator
+        self.meter.reset()
+        started = time.perf_counter()
+        results = service.rotate(None, self.now + DUE_AFTER)
+        wall_s = time.perf_counter() - started
+        expect_rotated(results, expected)
+        return RotationRun(wall_s, sum(generator.seconds), self.meter.tally())
+
+    def single_rotation(self, number: int) -> RotationRun:
+        """A fresh instance under a fresh keyring prefix: init, then one due rotation."""
+        adapters = self.adapters(f"/bench-single-{number}")
+        self.init_all(adapters, [self.create_payment_instance(f"bench-single-{number}")])
+        return self.rotate_all_due(adapters, expected=1)
+
+    def floor_generation(self) -> tuple[float, float]:
+        """generate_key_material as the rotator calls it, then a fully checked load of the key."""
+        started = time.perf_counter()
+        material = generate_key_material(now=self.now, key_size=self.plan.key_size)
+        generation_s = time.perf_counter() - started
+        started = time.perf_counter()
+        load_private_key(material.private_key_pem)
+        return generation_s, time.perf_counter() - started
+
+    def singles_and_floor(self) -> tuple[list[RotationRun], Floor]:
+        """Single rotations interleaved with floor generations, so drift hits both alike."""
+        runs, generation_s, checked_load_s = [], [], []
+        for number in range(1, self.plan.single_rotations + 1):
+            runs.append(self.single_rotation(number))
+            generation, checked_load = self.floor_generation()
+            generation_s.append(generation)
+            checked_load_s.append(checked_load)
+        return runs, Floor(generation_s, checked_load_s)
+
+    def fleet(self) -> FleetRun:
+        adapters = self.adapters("/bench-fleet")
+        instances = [
+            self.create_payment_instance(f"bench-fleet-{number}")
+            for number in range(1, self.plan.fleet_size + 1)
+        ]
+        init_s = self.init_all(adapters, instances)
+        return FleetRun(self.plan.fleet_size, init_s, self.rotate_all_due(adapters, len(instances)))
+
+    def loopback_call_ms(self) -> float:
+        """Median of a trivial SSM call (GetParameters of one name) through the sandbox."""
+        name = "/bench-probe/parameter"
+        self.ssm.put_parameter(Name=name, Value="probe", Type="String", Overwrite=True)
+        samples = []
+        for _ in range(self.plan.call_samples):
+            started = time.perf_counter()
+            self.ssm.get_parameters(Names=[name])
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+
+def premade_key_generator() -> KeyGenerator:
+    """Init is set-up here, not what is measured: one RSA-2048 key, certified afresh per init."""
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=INIT_KEY_SIZE)
+    return lambda now: self_signed_material(private_key, now=now, subject="CN=bench-init")
+
+
+def expect_rotated(results: list[InstanceResult], expected: int) -> None:
+    if len(results) != expected:
+        raise BenchError(f"expected {expected} rotation result(s), got {len(results)}")
+    for result in results:
+        if result.outcome is not Outcome.ROTATED:
+            raise BenchError(f"{result.instance_id}: {result.outcome} ({result.detail})")
+
+
+def median_of(runs: list[RotationRun], figure: Callable[[RotationRun], float]) -> float:
+    return statistics.median(figure(run) for run in runs)
+
+
+def calls_note(tally: CallTally) -> str:
+    return " + ".join(f"{service} {tally.calls.get(service, 0)}" for service in SERVICES)
+
+
+def single_lines(runs: list[RotationRun], floor: Floor, call_ms: float) -> list[Line]:
+    wall_ms = 1000 * median_of(runs, lambda run: run.wall_s)
+    tally = runs[0].tally
+    if any(run.tally.calls != tally.calls for run in runs):
+        raise BenchError("single rotations of identical instances made different calls")
+    mean_ms = {service: tally.mean_call_ms(service) for service in SERVICES}
+    checked_load_ms = 1000 * statistics.median(floor.checked_load_s)
+    return [
+        Line(
+            "rotation wall ms (median) vs key generation",
+            wall_ms,
+            1000 * statistics.median(floor.generation_s),
+            f"floor: generate_key_material x{len(floor.generation_s)}, same run",
+        ),
+        Line(
+            "rotation: key generation inside it, ms",
+            1000 * median_of(runs, lambda run: run.generation_s),
+            wall_ms,
+            "share of the rotation's wall time",
+        ),
+        Line(
+            "rotation: time in AWS calls, ms",
+            1000 * median_of(runs, lambda run: run.tally.total_seconds()),
+            wall_ms,
+            f"sandbox: ssm {mean_ms['ssm']:.2g} ms, connect {mean_ms['connect']:.2g} ms a call",
+        ),
+        Line(
+            "rotation: other local work, ms",
+            1000 * median_of(runs, RotationRun.other_s),
+            wall_ms,
+            f"mostly OpenSSL RSA checks on full key loads ({checked_load_ms:.0f} ms each)",
+        ),
+        Line(
+            "RSA key load with full checks, ms",
+            checked_load_ms,
+            None,
+            "load_private_key of each floor key",
+        ),
+        Line("AWS calls per rotation", tally.total_calls(), None, calls_note(tally)),
+        Line("SSM calls per rotation", tally.calls.get("ssm", 0)),
+        Line("Connect calls per rotation", tally.calls.get("connect", 0)),
+        Line(
+            "loopback AWS call ms (median)",
+            call_ms,
+            None,
+            "ssm GetParameters of one name: sandbox cost a call",
+        ),
+    ]
+
+
+def fleet_lines(fleet: FleetRun, single_wall_s: float, single_calls: int) -> list[Line]:
+    run, size = fleet.rotation, fleet.size
+    return [
+        Line(
+            "fleet: init wall s",
+            fleet.init_s,
+            None,
+            f"{size} inits, pre-made RSA-{INIT_KEY_SIZE} key (no generation)",
+        ),
+        Line(
+            "fleet: rotate run wall s vs N x single rotation",
+            run.wall_s,
+            size * single_wall_s,
+            f"one rotate of all {size} instances; 1 = linear",
+        ),
+        Line(
+            "fleet: wall ms per instance vs its key generation",
+            1000 * run.wall_s / size,
+            1000 * run.generation_s / size,
+            f"floor: the run's own {size} key generations",
+        ),
+        Line(
+            "fleet: key generation s",
+            run.generation_s,
+            run.wall_s,
+            "share of the run's wall time",
+        ),
+        Line(
+            "fleet: time in AWS calls s",
+            run.tally.total_seconds(),
+            run.wall_s,
+            "share of the run's wall time (sandbox)",
+        ),
+        Line("fleet: AWS calls", run.tally.total_calls(), None, calls_note(run.tally)),
+        Line(
+            "fleet: AWS calls per instance vs single",
+            run.tally.total_calls() / size,
+            single_calls,
+            "a run lists the managed instances once, 10 a page",
+        ),
+    ]
+
+
+def print_header(plan: Plan, sandbox: Sandbox, call_ms: float) -> None:
+    print(
+        f"rotation bench ({plan.name}): Python {platform.python_version()}, "
+        f"cryptography {cryptography.__version__} ({openssl_backend.openssl_version_text()}), "
+        f"boto3 {boto3.__version__}, {os.cpu_count()} CPUs, {platform.system()} "
+        f"{platform.machine()}"
+    )
+    print(
+        f"keys: every measured rotation generates a real RSA-{plan.key_size} key (the "
+        "rotator's own generator, timed); floor: generate_key_material, same key size, "
+        f"same run; init uses one pre-made RSA-{INIT_KEY_SIZE} key certified afresh (set-up)"
+    )
+    print(
+        f"AWS: sandbox at {sandbox.url} (moto SSM + Connect emulator), every call a loopback "
+        f"HTTP request, {call_ms:.2g} ms for a trivial one; calls counted and timed by botocore "
+        "events on the rotator's clients. On real AWS: wall - time in AWS calls + AWS calls x "
+        "real per-call latency"
+    )
+    print(
+        f"single: {plan.single_rotations} rotations, each a fresh instance (payment flow + "
+        f"module) under its own keyring prefix, init then rotate(None, now + "
+        f"{DUE_AFTER.days} d); fleet: {plan.fleet_size} such instances under one prefix, "
+        "init each, then one rotate(None) of all; logs at WARNING to stderr"
+    )
+    print(flush=True)
+
+
+def run(plan: Plan) -> list[Line]:
+    for name in FOREIGN_AWS_SETTINGS:
+        os.environ.pop(name, None)
+    with start_sandbox() as sandbox:
+        os.environ.update(sandbox.environment())
+        bench = Bench(plan)
+        call_ms = bench.loopback_call_ms()
+        print_header(plan, sandbox, call_ms)
+        singles, floor = bench.singles_and_floor()
+        fleet = bench.fleet()
+    lines = single_lines(singles, floor, call_ms)
+    single_wall_s = median_of(singles, lambda run: run.wall_s)
+    return lines + fleet_lines(fleet, single_wall_s, singles[0].tally.total_calls())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_PLAN.single_rotations} single rotations, {QUICK_PLAN.fleet_size} "
+        f"instances, RSA-{QUICK_PLAN.key_size} keys (a smoke test)",
+    )
+    args = parser.parse_args(argv)
+    configure_logging("WARNING", stream="stderr")
+    try:
+        lines = run(QUICK_PLAN if args.quick else FULL_PLAN)
+    except BenchError as error:
+        print(f"bench failed: {error}", file=sys.stderr)
+        return 1
+    print(markdown_table(COLUMNS, [line.cells() for line in lines]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
