@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint deploy-lint typecheck pytest package bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +21,23 @@ lint: $(STAMP)
 	$(BIN)/ruff check lambda_decrypt rotator tests bench
 	$(BIN)/ruff format --check lambda_decrypt rotator tests bench
 
+deploy-lint: $(STAMP)
+	$(BIN)/cfn-lint deploy/template.yaml
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+test: lint deploy-lint typecheck pytest
+
+package: $(STAMP)
+	$(BIN)/rotator package --output build
 
 bench: $(STAMP)
 	$(BIN)/python bench/decrypt_bench.py
+	$(BIN)/python bench/rotation_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     _timed_json(verify)
     verify.set_defaults(run=run_verify)
 
+    package = commands.add_parser("package", help="build the two Lambda deployment zips")
+    package.add_argument("--output", type=Path, default=Path("build"), metavar="DIR")
+    package.add_argument(
+        "--template", type=Path, metavar="FILE", help="default deploy/template.yaml"
+    )
+    package.add_argument("--python", type=Path, metavar="PATH", help="the runtime's Python")
+    package.set_defaults(run=None)
+
     serve = commands.add_parser("serve", help="run the scheduled jobs on a host (APScheduler)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
     serve.add_argument("--once", action="store_true", help="run every job once and exit")
@@ -151,6 +159,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         from rotator.sandbox.demo import run_demo
 
         return run_demo(out)
+    if args.command == "package":
+        from rotator.packaging import run_package
+
+        return run_package(args.output, template=args.template, interpreter=args.python, out=out)
     if args.command == "serve":
         from rotator.entrypoints.daemon import run_serve
 
