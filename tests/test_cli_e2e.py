@@ -627,3 +627,35 @@ def test_per_service_endpoint_variables_are_enough(
     monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", s.sandbox.url)
     assert lambda_decrypts(s.caller_types(CARD_LATE), new_container=True) == ok(CARD_LATE)
     s.assert_no_secret_in_any_output(expected_keys=1)
+
+
+@pytest.fixture
+def served(sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenario]:
+    yield from new_scenario(sandbox_process, monkeypatch, "serve")
+
+
+def test_serve_once_brings_a_configured_instance_under_management(served: Scenario) -> None:
+    """`rotator serve --once` against `rotator sandbox`: the config file declares the instance;
+    the first run gives it its first key, the second finds nothing due."""
+    s = served
+    config = s.sandbox.workdir / "serve.toml"
+    config.write_text(
+        f'[settings]\nkeyring_prefix = "{s.prefix}"\n\n'
+        f'[[instances]]\nid = "{s.instance_id}"\nflows = ["{s.flow_id}"]\n'
+        f'modules = ["{s.module_id}"]\n'
+    )
+    environment = s.cli_environment(KEYRING_PREFIX=None)  # the file names the keyring
+    first = s.rotator("serve", "--once", "--config", str(config), expect=0, environment=environment)
+    assert "1 rotated" in first.stdout
+    key_id = s.flow_block().key_id
+    assert key_id is not None and s.module_block().key_id == key_id
+    assert lambda_decrypts(s.caller_types(CARD_BEFORE)) == ok(CARD_BEFORE)
+
+    before = s.snapshot()
+    second = s.rotator(
+        "serve", "--once", "--config", str(config), expect=0, environment=environment
+    )
+    assert "not due" in second.stdout or "1 not due" in second.stdout
+    assert s.snapshot() == before
+    s.rotator("verify", expect=0)
+    s.assert_no_secret_in_any_output(expected_keys=1)
