@@ -38,6 +38,7 @@ package: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/decrypt_bench.py
 	$(BIN)/python bench/rotation_bench.py
+	$(BIN)/python bench/report_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -64,8 +64,15 @@ class KeyringLayout:
         """The instance's latest rotation and its last completed step (versioned)."""
         return f"{self.prefix}/instances/{instance_id}/rotation"
 
+    def locks_root(self) -> str:
+        return f"{self.prefix}/locks"
+
     def lock(self, instance_id: str) -> str:
-        return f"{self.prefix}/locks/{instance_id}"
+        return f"{self.locks_root()}/{instance_id}"
+
+    def runbook_audit(self) -> str:
+        """Who ran which runbook, when, and how each step ended (versioned: the audit trail)."""
+        return f"{self.prefix}/audit/runbook-runs"
 
     def staged_private_key(self, rotation_id: str) -> str:
         """A new key before Connect has given it a key ID (DESIGN invariant 1: stored first)."""

@@ -62,7 +62,7 @@ _SNS_ARN = re.compile(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,
 
 @dataclass(frozen=True)
 class ReportDestinations:
-    """Where the compliance report job (issue #5, to come) delivers; any combination."""
+    """Where the compliance report job delivers; any combination (none: it is only logged)."""
 
     directory: Path | None = None
     s3_uri: str | None = None

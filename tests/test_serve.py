@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import structlog
 from apscheduler.triggers.cron import CronTrigger
@@ -277,7 +279,7 @@ def test_once_initialises_a_configured_instance_then_finds_it_not_due(
     assert key_id is not None and world.flow_key_id() == key_id and key_id in world.module_content()
     actor = world.adapters.keyring.get_record(key_id).history[0].actor
     assert actor == f"rotator serve@{socket.gethostname()}"
-    (run,) = [e for e in logs if e["event"] == "job_run"]
+    (run,) = [e for e in logs if e["event"] == "job_run" and e["job"] == "rotation"]
     assert (run["job"], run["ok"], run["outcomes"], run["failures"]) == (
         "rotation",
         True,
@@ -462,8 +464,11 @@ def test_a_signal_stops_serve_cleanly_in_a_child_process(tmp_path: Path, sig: in
     safety.start()
     try:
         assert child.stdout is not None
-        first = child.stdout.readline()
-        assert first.startswith("rotator serve: job rotation: next run "), first
+        announced = sorted(child.stdout.readline() for _ in JOBS)
+        assert [line.split(": next run ")[0] for line in announced] == [
+            "rotator serve: job report",
+            "rotator serve: job rotation",
+        ], announced
         started = time.monotonic()
         child.send_signal(sig)
         out, err = child.communicate(timeout=10)
@@ -472,3 +477,35 @@ def test_a_signal_stops_serve_cleanly_in_a_child_process(tmp_path: Path, sig: in
     assert child.returncode == 0, err
     assert time.monotonic() - started < 5
     assert out.rstrip().endswith("rotator serve: stopped"), out
+
+
+@pytest.mark.usefixtures("quick_keys")
+def test_the_report_job_delivers_to_a_directory_s3_and_sns(world: World, tmp_path: Path) -> None:
+    world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    s3, sns, sqs = boto3.client("s3"), boto3.client("sns"), boto3.client("sqs")
+    bucket = f"evidence{world.prefix.replace('/', '').replace('-', '')}"
+    s3.create_bucket(Bucket=bucket)
+    topic = sns.create_topic(Name=f"reports{bucket}")["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"q{bucket}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    folder = tmp_path / "reports"
+    config = write(
+        tmp_path,
+        f'[report]\ndirectory = "{folder}"\ns3_uri = "s3://{bucket}/connect/"\n'
+        f'sns_topic_arn = "{topic}"\n',
+    )
+    at = NOW + 710 * DAY  # inside the renew window: the rotation job rotates, then the report
+    code, out = serve_once(config, at)
+    assert code == 0, out
+    html = (folder / f"report-{at:%Y-%m-%d}.html").read_text()
+    assert "<svg" in html and world.flow_key_id() in html
+    report = json.loads((folder / f"report-{at:%Y-%m-%d}.json").read_text())
+    assert report["keys"]
+    stored = s3.get_object(Bucket=bucket, Key=f"connect/report-{at:%Y-%m-%d}.html")
+    assert b"<svg" in stored["Body"].read()
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert "connect-key-rotator" in json.loads(message["Body"])["Subject"]
+    assert "report at " in out and "delivered" in out

@@ -117,10 +117,19 @@ class SsmLock:
             if error.reason == "ParameterNotFound":
                 return None
             raise
-        try:
-            return LockHolder(**json.loads(raw))
-        except (ValueError, TypeError):
-            return LockHolder("unknown", 0, "unknown", "1970-01-01T00:00:00+00:00", "unknown")
+        return _parse_holder(raw)
+
+    def holders(self) -> dict[str, LockHolder]:
+        """instance ID -> its lock's holder, for every lock held: one paginated sweep."""
+        root = self.layout.locks_root()
+        found = {}
+        with aws_call("ssm:GetParametersByPath", root):
+            paginator = self.ssm.get_paginator("get_parameters_by_path")
+            for page in paginator.paginate(Path=root, Recursive=True):
+                for parameter in page["Parameters"]:
+                    instance_id = parameter["Name"][len(root) + 1 :]
+                    found[instance_id] = _parse_holder(parameter["Value"])
+        return found
 
     def break_lock(self, instance_id: str, expected: LockHolder) -> bool:
         """Remove a lock only if it is still held by `expected` (the runbook's way out)."""
@@ -150,3 +159,11 @@ class SsmLock:
         except AwsCallError as error:
             if error.reason != "ParameterNotFound":
                 raise
+
+
+def _parse_holder(raw: str) -> LockHolder:
+    """An unreadable lock is still a lock: its holder is unknown and its lease long over."""
+    try:
+        return LockHolder(**json.loads(raw))
+    except (ValueError, TypeError):
+        return LockHolder("unknown", 0, "unknown", "1970-01-01T00:00:00+00:00", "unknown")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lambda_decrypt.keyring import KeyringLayout
@@ -15,6 +17,19 @@ from rotator.errors import AwsCallError, KeyringConflict, NotFound
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
+
+# DescribeParameters answers at most 50 parameters a page.
+DESCRIBE_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class InstanceEntry:
+    """What the keyring holds about one instance: managed flows, current key, last rotation."""
+
+    instance_id: str
+    config: ManagedInstance | None
+    current_key_id: str | None
+    rotation: RotationState | None
 
 
 class SsmKeyring:
@@ -154,22 +169,35 @@ class SsmKeyring:
 
     def current_pointers(self) -> dict[str, str]:
         """instance ID -> current key ID, for every instance the keyring knows."""
-        root = self.layout.instances_root() + "/"
-        pointers = {}
-        for name, value in self._by_path(self.layout.instances_root()):
-            instance_id, _, leaf = name[len(root) :].partition("/")
-            if leaf == "current":
-                pointers[instance_id] = value
-        return pointers
+        return {
+            instance_id: leaves["current"]
+            for instance_id, leaves in self._instance_parameters().items()
+            if "current" in leaves
+        }
 
     def managed_instances(self) -> list[ManagedInstance]:
         """Every instance `rotator init` put under management, sorted by ID."""
         found = [
-            ManagedInstance.from_json(value)
-            for name, value in self._by_path(self.layout.instances_root())
-            if name.endswith("/config")
+            ManagedInstance.from_json(leaves["config"])
+            for leaves in self._instance_parameters().values()
+            if "config" in leaves
         ]
         return sorted(found, key=lambda m: m.instance_id)
+
+    def instance_entries(self) -> list[InstanceEntry]:
+        """Every instance's config, current key and rotation in one paginated sweep, by ID."""
+        entries = []
+        for instance_id, leaves in sorted(self._instance_parameters().items()):
+            config, rotation = leaves.get("config"), leaves.get("rotation")
+            entries.append(
+                InstanceEntry(
+                    instance_id=instance_id,
+                    config=None if config is None else ManagedInstance.from_json(config),
+                    current_key_id=leaves.get("current"),
+                    rotation=None if rotation is None else RotationState.from_json(rotation),
+                )
+            )
+        return entries
 
     def get_instance(self, instance_id: str) -> ManagedInstance | None:
         raw = self.get_string(self.layout.instance_config(instance_id))
@@ -206,6 +234,25 @@ class SsmKeyring:
     def overwrite_string(self, name: str, value: str) -> None:
         self._put(name, value, overwrite=True)
 
+    def secure_parameters(self) -> dict[str, str]:
+        """Every SecureString under the prefix -> the KMS key protecting it (as SSM reports it):
+        one paginated DescribeParameters sweep, 50 a page, nothing decrypted."""
+        prefix = self.layout.prefix
+        found: dict[str, str] = {}
+        with aws_call("ssm:DescribeParameters", prefix):
+            paginator = self.ssm.get_paginator("describe_parameters")
+            pages = paginator.paginate(
+                ParameterFilters=[
+                    {"Key": "Path", "Option": "Recursive", "Values": [prefix]},
+                    {"Key": "Type", "Values": ["SecureString"]},
+                ],
+                PaginationConfig={"PageSize": DESCRIBE_PAGE_SIZE},
+            )
+            for page in pages:
+                for parameter in page["Parameters"]:
+                    found[parameter["Name"]] = parameter.get("KeyId", "")
+        return found
+
     def existing(self, names: list[str]) -> set[str]:
         """Which of these parameters exist, read 10 at a time and never decrypted."""
         found: set[str] = set()
@@ -228,6 +275,15 @@ class SsmKeyring:
         with aws_call("ssm:GetParameters", ", ".join(names)):
             response = self.ssm.get_parameters(Names=names, WithDecryption=decrypt)
         return {p["Name"]: p["Value"] for p in response.get("Parameters", [])}
+
+    def _instance_parameters(self) -> dict[str, dict[str, str]]:
+        """instance ID -> {leaf name ("config", "current", "rotation"): value}."""
+        root = self.layout.instances_root() + "/"
+        found: defaultdict[str, dict[str, str]] = defaultdict(dict)
+        for name, value in self._by_path(self.layout.instances_root()):
+            instance_id, _, leaf = name[len(root) :].partition("/")
+            found[instance_id][leaf] = value
+        return dict(found)
 
     def _by_path(self, path: str) -> Iterator[tuple[str, str]]:
         with aws_call("ssm:GetParametersByPath", path):

@@ -31,7 +31,7 @@ def rotation_due(key: KeyRecord, policy: RotationPolicy, now: datetime) -> Due:
     if key.not_after is None or key.not_before is None:
         return Due(True, "certificate unknown (adopted without one): replace it", None)
     renew_at = key.not_after - policy.renew_before
-    cryptoperiod_ends = key.not_before + policy.cryptoperiod
+    cryptoperiod_ends = cryptoperiod_end(key, policy)
     due_at = min(renew_at, cryptoperiod_ends)
     if now >= key.not_after:
         return Due(True, f"certificate expired on {key.not_after:%Y-%m-%d}", due_at)
@@ -44,6 +44,20 @@ def rotation_due(key: KeyRecord, policy: RotationPolicy, now: datetime) -> Due:
     if now >= cryptoperiod_ends:
         return Due(True, f"cryptoperiod ended on {cryptoperiod_ends:%Y-%m-%d}", due_at)
     return Due(False, f"next rotation due {due_at:%Y-%m-%d}", due_at)
+
+
+def key_age_start(key: KeyRecord) -> datetime:
+    """Where a key's cryptoperiod starts: its certificate's NotBefore, else its creation."""
+    return key.not_before or key.created_at
+
+
+def cryptoperiod_end(key: KeyRecord, policy: RotationPolicy) -> datetime:
+    return key_age_start(key) + policy.cryptoperiod
+
+
+def renew_window_start(key: KeyRecord, policy: RotationPolicy) -> datetime | None:
+    """When the certificate enters its renew window (None if its expiry is unknown)."""
+    return None if key.not_after is None else key.not_after - policy.renew_before
 
 
 def should_rotate(key: KeyRecord, policy: RotationPolicy, now: datetime) -> bool:

@@ -17,6 +17,8 @@ from rotator.services.rotation import KeyGenerator, RotationService
 
 if TYPE_CHECKING:
     from mypy_boto3_connect import ConnectClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_ssm import SSMClient
 
 # Throttling and transient errors are retried by botocore itself, with client-side rate limiting.
@@ -39,6 +41,13 @@ class Adapters:
 
     def invariants(self) -> InvariantChecker:
         return InvariantChecker(self.keyring, self.connect, self.lock)
+
+    def s3(self) -> S3Client:
+        """Made on demand: only the report job's S3 destination needs it."""
+        return boto3.client("s3", config=RETRY_CONFIG)
+
+    def sns(self) -> SNSClient:
+        return boto3.client("sns", config=RETRY_CONFIG)
 
 
 def build_adapters(

@@ -16,6 +16,7 @@ from lambda_decrypt.errors import ConfigError, ConnectKeyRotatorError
 from lambda_decrypt.logs import configure_logging, get_logger
 from rotator.config import Settings
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
+from rotator.entrypoints.runbook import browse_runbooks, configure_runbook_parser
 from rotator.services.importing import (
     BLOG_KEY_ID_PARAMETER,
     BLOG_KEY_PARAMETER,
@@ -23,6 +24,10 @@ from rotator.services.importing import (
     import_from_blog,
     import_key,
 )
+from rotator.services.report import DEFAULT_MIN_KEY_SIZE, ReportOptions
+from rotator.services.report_render import ReportFormat
+from rotator.services.report_rules import Severity
+from rotator.services.reporting import run_report
 from rotator.services.rotation import InstanceResult, Outcome
 from rotator.services.status import KeyStatus, instance_status, keyring_status
 
@@ -38,6 +43,16 @@ def parse_now(value: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     package.add_argument("--python", type=Path, metavar="PATH", help="the runtime's Python")
     package.set_defaults(run=None)
 
+    report = commands.add_parser(
+        "report", help="compliance expiry report: every key, its findings and their runbooks"
+    )
+    report.add_argument("--format", choices=[f.value for f in ReportFormat], default="md")
+    report.add_argument("--output", type=Path, metavar="FILE", help="write here (default stdout)")
+    report.add_argument("--fail-on", choices=[Severity.WARNING.value, Severity.CRITICAL.value])
+    report.add_argument(
+        "--min-key-size", type=positive_int, default=DEFAULT_MIN_KEY_SIZE, metavar="BITS"
+    )
+    report.add_argument("--now", type=parse_now, help="evaluate at this time (ISO 8601)")
+    report.set_defaults(run=run_report_command)
+
+    configure_runbook_parser(
+        commands.add_parser("runbook", help="list, show and run the on-call runbooks")
+    )
+
     serve = commands.add_parser("serve", help="run the scheduled jobs on a host (APScheduler)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
     serve.add_argument("--once", action="store_true", help="run every job once and exit")
@@ -159,6 +190,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         from rotator.sandbox.demo import run_demo
 
         return run_demo(out)
+    if args.command == "runbook" and args.runbook_action in ("list", "show"):
+        try:
+            return browse_runbooks(args, out)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "package":
         from rotator.packaging import run_package
 
@@ -305,6 +342,23 @@ def run_destroy(args: argparse.Namespace, adapters: Adapters, now: datetime, out
 def run_rollback(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
     message = adapters.rotation(actor()).rollback(args.instance_id, now)
     return _print_message(message, args.json, out)
+
+
+def run_report_command(
+    args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO
+) -> int:
+    options = ReportOptions.from_settings(adapters.settings, min_key_size=args.min_key_size)
+    return run_report(
+        adapters.keyring,
+        adapters.connect,
+        adapters.lock,
+        options,
+        now,
+        fmt=ReportFormat(args.format),
+        output=args.output,
+        fail_on=Severity(args.fail_on) if args.fail_on else None,
+        out=out,
+    )
 
 
 def run_verify(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:

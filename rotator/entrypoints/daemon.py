@@ -29,6 +29,9 @@ from rotator.config_file import RotatorConfig, cron_trigger, load_config
 from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
 from rotator.errors import ConfigError, ConnectKeyRotatorError
+from rotator.services.report import ReportOptions, make_report
+from rotator.services.report_render import ReportFormat, render
+from rotator.services.reporting import publish_report
 from rotator.services.rotation import InstanceResult, Outcome, RotationService
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2  # the CLI's exit codes
@@ -86,8 +89,46 @@ def rotation_job(context: JobContext) -> JobFunction:
     return run
 
 
+def report_job(context: JobContext) -> JobFunction:
+    """The compliance report, delivered to every destination of the config's [report] table:
+    HTML and JSON files in a directory, the HTML in S3, a summary on SNS. Findings do not
+    fail the job (they are the report's content); a delivery that fails does."""
+
+    def run(now: datetime) -> JobResult:
+        adapters, destinations = context.adapters, context.config.report
+        report = make_report(
+            adapters.keyring,
+            adapters.connect,
+            adapters.lock,
+            ReportOptions.from_settings(adapters.settings),
+            now,
+        )
+        delivered = 0
+        if destinations.directory is not None:
+            destinations.directory.mkdir(parents=True, exist_ok=True)
+            for fmt in (ReportFormat.HTML, ReportFormat.JSON):
+                target = destinations.directory / f"report-{now:%Y-%m-%d}.{fmt.value}"
+                target.write_text(render(report, fmt), encoding="utf-8")
+                delivered += 1
+        published = publish_report(
+            report,
+            s3_uri=destinations.s3_uri,
+            s3_client=adapters.s3() if destinations.s3_uri else None,
+            sns_client=adapters.sns() if destinations.sns_topic_arn else None,
+            topic_arn=destinations.sns_topic_arn,
+        )
+        delivered += (published.location is not None) + published.notified
+        counts = {f"findings {s.value}": n for s, n in report.counts().items()}
+        return JobResult(outcomes={**counts, "delivered": delivered})
+
+    return run
+
+
 # The jobs, by their key in [schedules]: adding a job is one entry here.
-JOBS: Mapping[str, Callable[[JobContext], JobFunction]] = {"rotation": rotation_job}
+JOBS: Mapping[str, Callable[[JobContext], JobFunction]] = {
+    "rotation": rotation_job,
+    "report": report_job,
+}
 
 
 def _initialise(

@@ -46,8 +46,8 @@ def import_key(
     material = load_key_material(private_key_pem, certificate_pem)
     existing = _existing(keyring, key_id, material.public_key_sha256)
     if existing is not None:
-        return ImportResult(
-            existing, created=False, warnings=[f"key {key_id} was already imported"]
+        return _again(
+            keyring, existing, material.private_key_pem, material.certificate_pem, material
         )
     warnings: list[str] = []
     state = _initial_state(keyring, material, instance_id, now, warnings)
@@ -101,11 +101,17 @@ def import_from_blog(
     _check_key_id(key_id)
     private_key = load_private_key(private_pem)
     fingerprint = public_key_sha256(private_key.public_key())
+    public_pem = (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+    pkcs8 = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
     existing = _existing(keyring, key_id, fingerprint)
     if existing is not None:
-        return ImportResult(
-            existing, created=False, warnings=[f"key {key_id} was already imported"]
-        )
+        return _again(keyring, existing, pkcs8, public_pem)
     warnings = ["no certificate given: expiry is unknown, so the key is due for rotation now"]
     state = KeyState.RETIRED
     if instance_id is not None:
@@ -113,9 +119,6 @@ def import_from_blog(
         state = KeyState.ACTIVE
     else:
         warnings.append("no --instance-id: imported as decrypt-only (retired)")
-    pkcs8 = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode("ascii")
     record = _record(
         key_id,
         fingerprint,
@@ -130,15 +133,43 @@ def import_from_blog(
     )
     keyring.create_private_key(key_id, pkcs8)
     keyring.put_record(record)
-    public_pem = (
-        private_key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
     verify_key_decrypts(keyring.ssm, keyring.layout.prefix, key_id, public_pem)
     if state is KeyState.ACTIVE and instance_id is not None:
         keyring.set_current(instance_id, key_id)
     return ImportResult(record, created=True, warnings=warnings)
+
+
+def _again(
+    keyring: SsmKeyring,
+    record: KeyRecord,
+    private_pem: str,
+    public_pem: str,
+    material: KeyMaterial | None = None,
+) -> ImportResult:
+    """The same key again: a no-op, unless its private key (or the certificate on record) was
+    deleted: that is restored and test-decrypted. A destroyed key is never brought back."""
+    key_id = record.key_id
+    layout = keyring.layout
+    restorable = {layout.private_key(key_id): private_pem}
+    if material is not None and material.certificate_sha256 == record.certificate_sha256:
+        restorable[layout.certificate(key_id)] = material.certificate_pem
+    missing = sorted(set(restorable) - keyring.existing(list(restorable)))
+    if not missing:
+        return ImportResult(record, created=False, warnings=[f"key {key_id} was already imported"])
+    if not record.decrypts:
+        raise KeyringConflict(f"key {key_id} was destroyed; a destroyed key is never restored")
+    for name in missing:  # certificate before private key, as everywhere
+        if name == layout.private_key(key_id):
+            keyring.create_private_key(key_id, private_pem)
+        else:
+            keyring.put_string(name, restorable[name])
+    verify_key_decrypts(keyring.ssm, layout.prefix, key_id, public_pem)
+    restored = " and ".join(name.rsplit("/", 1)[1] for name in missing)
+    return ImportResult(
+        record,
+        created=True,
+        warnings=[f"key {key_id} ({record.state}) had no {restored}: restored, test-decrypted"],
+    )
 
 
 def _initial_state(

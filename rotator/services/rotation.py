@@ -306,7 +306,9 @@ class RotationService:
             history=(Transition(KeyState.PENDING, now, self.actor, state.reason),),
         )
         self.keyring.store_key(key_id, material, record)
-        if self.keyring.read_material(key_id).public_key_sha256 != material.public_key_sha256:
+        # The staged PEM was validated in full; identical bytes read back need no second check.
+        stored = self.keyring.get_secret(self.keyring.layout.private_key(key_id))
+        if stored != material.private_key_pem:
             raise KeyringError(f"key {key_id} did not read back as stored")
         verify_key_decrypts(
             self.keyring.ssm, self.keyring.layout.prefix, key_id, material.certificate_pem
@@ -376,17 +378,21 @@ class RotationService:
             )
         retired_at = record.entered(KeyState.RETIRED) or record.created_at
         ends = retired_at + self.settings.retention
+        reason = "retention period over"
         if now < ends:
-            raise RotationRefused(
-                f"key {key_id} is retained until {ends:%Y-%m-%d %H:%M} UTC "
-                "(stored ciphertexts may still need it)"
-            )
+            # Retention keeps stored ciphertexts decryptable; a lost private key keeps nothing.
+            if self.keyring.existing([self.keyring.layout.private_key(key_id)]):
+                raise RotationRefused(
+                    f"key {key_id} is retained until {ends:%Y-%m-%d %H:%M} UTC "
+                    "(stored ciphertexts may still need it)"
+                )
+            reason = "its private key was lost before the retention period ended"
         if record.instance_id is not None:
             self._check_unreferenced(record.instance_id, key_id, "destroy")
             if any(a.association_id == key_id for a in self._associations(record.instance_id)):
                 raise RotationRefused(f"key {key_id} is still associated with Connect")
         # Metadata first: a crash before the delete already answers key_destroyed.
-        self._transition(key_id, KeyState.DESTROYED, now, "retention period over")
+        self._transition(key_id, KeyState.DESTROYED, now, reason)
         self.keyring.delete(self.keyring.layout.private_key(key_id))
         return f"key {key_id} destroyed: its private key is deleted, its record kept"
 
@@ -543,7 +549,8 @@ def _canary(material: KeyMaterial, *, provisional_key_id: str) -> None:
     ciphertext = encrypt_like_connect(
         b"canary", key_id=provisional_key_id, certificate_pem=material.certificate_pem
     )
-    key = ConnectKey.from_pem(provisional_key_id, material.private_key_pem, trusted=False)
+    # `material` was just read back and validated in full by load_key_material.
+    key = ConnectKey.from_pem(provisional_key_id, material.private_key_pem, trusted=True)
     if Decryptor(StaticKeys({provisional_key_id: key})).decrypt(ciphertext).plaintext != b"canary":
         raise VerificationFailed("the staged key did not decrypt its canary")
 

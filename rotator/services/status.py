@@ -10,6 +10,7 @@ from rotator.adapters.lock import SsmLock, stale_reason
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
+from rotator.domain.rotation import RotationState
 
 
 @dataclass(frozen=True)
@@ -89,27 +90,31 @@ class InstanceStatus:
 
 def instance_status(keyring: SsmKeyring, lock: SsmLock, now: datetime) -> list[InstanceStatus]:
     """Per managed instance: current key, managed flows, last rotation, and its lock."""
+    holders = lock.holders()
     rows = []
-    for instance in keyring.managed_instances():
-        instance_id = instance.instance_id
-        rotation = keyring.get_rotation(instance_id)
-        if rotation is None:
-            last = "never rotated"
-        elif rotation.finished:
-            last = f"last rotation {rotation.started_at:%Y-%m-%d} ({rotation.reason})"
-        else:
-            last = f"INTERRUPTED after step {rotation.step}: run rotator rotate to resume"
-        holder = lock.holder(instance_id)
+    for entry in keyring.instance_entries():
+        if entry.config is None:
+            continue
+        holder = holders.get(entry.instance_id)
         stale = stale_reason(holder, now) if holder else None
         held = "none" if holder is None else holder.describe()
         rows.append(
             InstanceStatus(
-                instance_id=instance_id,
-                current_key_id=keyring.get_current(instance_id),
-                managed=", ".join(str(ref) for ref in instance.refs),
-                rotation=last,
+                instance_id=entry.instance_id,
+                current_key_id=entry.current_key_id,
+                managed=", ".join(str(ref) for ref in entry.config.refs),
+                rotation=rotation_summary(entry.rotation),
                 lock=f"STALE ({stale}): {held}" if stale else held,
                 lock_stale=stale is not None,
             )
         )
     return rows
+
+
+def rotation_summary(rotation: RotationState | None) -> str:
+    """The instance's last rotation in one line; an interrupted one says how to resume it."""
+    if rotation is None:
+        return "never rotated"
+    if rotation.finished:
+        return f"last rotation {rotation.started_at:%Y-%m-%d} ({rotation.reason})"
+    return f"INTERRUPTED after step {rotation.step}: run rotator rotate to resume"

@@ -1,0 +1,138 @@
+"""The report's findings: severities, runbooks, and the one table that maps each finding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Severity(StrEnum):
+    """critical: contacts fail or will; warning: out of policy; info: housekeeping."""
+
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most severe."""
+        return list(Severity).index(self)
+
+
+class Runbook(StrEnum):
+    """The runbooks under runbooks/<name>.md."""
+
+    ROUTINE_ROTATION = "routine-rotation"
+    EMERGENCY_ROTATION = "emergency-rotation"
+    ROLLBACK = "rollback"
+    CERTIFICATE_EXPIRY = "certificate-expiry"
+    DECRYPT_FAILURES = "decrypt-failures"
+    STUCK_ROTATION = "stuck-rotation"
+    ADOPT_BLOG_DEPLOYMENT = "adopt-blog-deployment"
+    RESTORE_KEY_PARAMETER = "restore-key-parameter"
+    QUARTERLY_EVIDENCE = "quarterly-evidence"
+
+    @property
+    def path(self) -> str:
+        return f"runbooks/{self.value}.md"
+
+
+class FindingCode(StrEnum):
+    CERTIFICATE_EXPIRED = "certificate-expired"
+    CERTIFICATE_EXPIRING = "certificate-expiring"
+    CERTIFICATE_UNKNOWN = "certificate-unknown"
+    CRYPTOPERIOD_EXCEEDED = "cryptoperiod-exceeded"
+    REFERENCED_KEY_MISSING = "referenced-key-missing"
+    DESTROYED_KEY_REFERENCED = "destroyed-key-referenced"
+    ASSOCIATION_WITHOUT_PRIVATE_KEY = "association-without-private-key"
+    RETIRED_KEY_ASSOCIATED = "retired-key-associated"
+    GRACE_PERIOD_OVER = "grace-period-over"
+    KEY_BELOW_MINIMUM_SIZE = "key-below-minimum-size"
+    STALE_LOCK = "stale-lock"
+    INTERRUPTED_ROTATION = "interrupted-rotation"
+    KMS_KEY_MISMATCH = "kms-key-mismatch"
+    INSTANCE_UNREADABLE = "instance-unreadable"
+
+
+@dataclass(frozen=True)
+class Rule:
+    severity: Severity
+    runbook: Runbook
+    title: str
+
+
+# The one table: what each finding weighs and which runbook resolves it.
+RULES: dict[FindingCode, Rule] = {
+    FindingCode.CERTIFICATE_EXPIRED: Rule(
+        Severity.CRITICAL, Runbook.CERTIFICATE_EXPIRY, "certificate expired while active"
+    ),
+    FindingCode.CERTIFICATE_EXPIRING: Rule(
+        Severity.WARNING, Runbook.CERTIFICATE_EXPIRY, "certificate inside the renew window"
+    ),
+    FindingCode.CERTIFICATE_UNKNOWN: Rule(
+        Severity.WARNING, Runbook.ADOPT_BLOG_DEPLOYMENT, "active key without a known certificate"
+    ),
+    FindingCode.CRYPTOPERIOD_EXCEEDED: Rule(
+        Severity.WARNING, Runbook.ROUTINE_ROTATION, "cryptoperiod exceeded"
+    ),
+    FindingCode.REFERENCED_KEY_MISSING: Rule(
+        Severity.CRITICAL,
+        Runbook.RESTORE_KEY_PARAMETER,
+        "a flow uses a key whose private key is missing",
+    ),
+    FindingCode.DESTROYED_KEY_REFERENCED: Rule(
+        Severity.CRITICAL, Runbook.EMERGENCY_ROTATION, "a flow uses a destroyed key"
+    ),
+    FindingCode.ASSOCIATION_WITHOUT_PRIVATE_KEY: Rule(
+        Severity.WARNING, Runbook.DECRYPT_FAILURES, "association with no stored private key"
+    ),
+    FindingCode.RETIRED_KEY_ASSOCIATED: Rule(
+        Severity.WARNING, Runbook.ROUTINE_ROTATION, "retired key still associated"
+    ),
+    FindingCode.GRACE_PERIOD_OVER: Rule(
+        Severity.INFO, Runbook.ROUTINE_ROTATION, "previous key past its grace period"
+    ),
+    FindingCode.KEY_BELOW_MINIMUM_SIZE: Rule(
+        Severity.WARNING, Runbook.ROUTINE_ROTATION, "key below the minimum size"
+    ),
+    FindingCode.STALE_LOCK: Rule(Severity.WARNING, Runbook.STUCK_ROTATION, "stale rotation lock"),
+    FindingCode.INTERRUPTED_ROTATION: Rule(
+        Severity.WARNING, Runbook.STUCK_ROTATION, "interrupted rotation"
+    ),
+    FindingCode.KMS_KEY_MISMATCH: Rule(
+        Severity.WARNING, Runbook.ROUTINE_ROTATION, "not protected by the configured KMS key"
+    ),
+    FindingCode.INSTANCE_UNREADABLE: Rule(
+        Severity.CRITICAL, Runbook.QUARTERLY_EVIDENCE, "instance could not be read"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem; its severity and runbook come from RULES."""
+
+    code: FindingCode
+    instance_id: str | None
+    key_id: str | None
+    message: str
+
+    @property
+    def rule(self) -> Rule:
+        return RULES[self.code]
+
+    @property
+    def severity(self) -> Severity:
+        return self.rule.severity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity.value,
+            "code": self.code.value,
+            "title": self.rule.title,
+            "instance_id": self.instance_id,
+            "key_id": self.key_id,
+            "message": self.message,
+            "runbook": self.rule.runbook.value,
+        }
