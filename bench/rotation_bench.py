@@ -29,7 +29,7 @@ from rotator.domain.keys import (
     self_signed_material,
 )
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
-from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
+from rotator.sandbox.sample_flows import PaymentInstance, create_payment_instance
 from rotator.sandbox.server import Sandbox, start_sandbox
 from rotator.services.rotation import InstanceResult, Outcome
 
@@ -130,13 +130,6 @@ class TimedGenerator:
 
 
 @dataclass(frozen=True)
-class PaymentInstance:
-    instance_id: str
-    flow_id: str
-    module_id: str
-
-
-@dataclass(frozen=True)
 class RotationRun:
     """One `rotate` call: its wall time, the key generation inside it and its AWS calls."""
 
@@ -197,23 +190,7 @@ class Bench:
         return build_adapters(settings, ssm=self.ssm, connect=self.connect)
 
     def create_payment_instance(self, alias: str) -> PaymentInstance:
-        connect = self.setup_connect
-        instance_id = connect.create_instance(
-            IdentityManagementType="CONNECT_MANAGED",
-            InstanceAlias=alias,
-            InboundCallsEnabled=True,
-            OutboundCallsEnabled=False,
-        )["Id"]
-        flow_id = connect.create_contact_flow(
-            InstanceId=instance_id,
-            Name="Payment IVR",
-            Type="CONTACT_FLOW",
-            Content=payment_flow_content(None, None),
-        )["ContactFlowId"]
-        module_id = connect.create_contact_flow_module(
-            InstanceId=instance_id, Name="Card capture", Content=payment_module_content(None, None)
-        )["Id"]
-        return PaymentInstance(instance_id, flow_id, module_id)
+        return create_payment_instance(self.setup_connect, alias)
 
     def init_all(self, adapters: Adapters, instances: list[PaymentInstance]) -> float:
         """Put the instances under management with pre-made keys; returns the wall seconds."""

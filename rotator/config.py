@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,6 +40,12 @@ class RotatorEnv(StrEnum):
     RETENTION_DAYS = "ROTATOR_RETENTION_DAYS"
     SNS_TOPIC_ARN = "ROTATOR_SNS_TOPIC_ARN"
     METRICS_NAMESPACE = "ROTATOR_METRICS_NAMESPACE"
+    REPORT_S3_URI = "ROTATOR_REPORT_S3_URI"
+    REPORT_SNS_TOPIC_ARN = "ROTATOR_REPORT_SNS_TOPIC_ARN"
+
+
+# s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
+_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,10 @@ class Settings:
     # Scheduled runs: where failure notices go, and the CloudWatch namespace of their metrics.
     sns_topic_arn: str | None = None
     metrics_namespace: str = "ConnectKeyRotator"
+    # The scheduled Lambda's report job: where the HTML report is stored (None: not stored), and
+    # the topic of its summary (None: the sns_topic_arn above).
+    report_s3_uri: str | None = None
+    report_sns_topic_arn: str | None = None
     log_level: str = "WARNING"
 
     def __post_init__(self) -> None:
@@ -79,6 +90,10 @@ class Settings:
         ):
             if days <= 0:
                 raise ConfigError(setting, "must be a positive number of days")
+        if self.report_s3_uri is not None and not _S3_URI.fullmatch(self.report_s3_uri):
+            raise ConfigError(
+                RotatorEnv.REPORT_S3_URI, f"{self.report_s3_uri!r} is not like s3://bucket/prefix/"
+            )
         if self.renew_before_days >= self.validity_days:
             raise ConfigError(
                 RotatorEnv.RENEW_BEFORE_DAYS, "must be shorter than the certificate validity"
@@ -91,6 +106,11 @@ class Settings:
     @property
     def retention(self) -> timedelta:
         return timedelta(days=self.retention_days)
+
+    @property
+    def report_topic_arn(self) -> str | None:
+        """Where the report's summary goes: its own topic if set, else the alert topic."""
+        return self.report_sns_topic_arn or self.sns_topic_arn
 
     @property
     def policy(self) -> RotationPolicy:
@@ -114,6 +134,10 @@ class Settings:
             values["sns_topic_arn"] = env[RotatorEnv.SNS_TOPIC_ARN]
         if env.get(RotatorEnv.METRICS_NAMESPACE):
             values["metrics_namespace"] = env[RotatorEnv.METRICS_NAMESPACE]
+        if env.get(RotatorEnv.REPORT_S3_URI):
+            values["report_s3_uri"] = env[RotatorEnv.REPORT_S3_URI]
+        if env.get(RotatorEnv.REPORT_SNS_TOPIC_ARN):
+            values["report_sns_topic_arn"] = env[RotatorEnv.REPORT_SNS_TOPIC_ARN]
         if Env.LOG_LEVEL in env:
             values["log_level"] = env[Env.LOG_LEVEL].upper()
         for setting, field in (

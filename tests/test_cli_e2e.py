@@ -30,7 +30,7 @@ import pytest
 from lambda_decrypt import handler
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import EncryptingBlock, encrypting_blocks
-from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
+from rotator.sandbox.sample_flows import create_payment_instance
 
 DAY = timedelta(days=1)
 CLI_TIMEOUT = 90  # seconds for one command; a rotation makes one RSA-4096 key (< 1 s)
@@ -233,23 +233,9 @@ class Scenario:
     # -- Amazon Connect: the console set-up, and a caller reaching the encrypting block ------
 
     def create_instance(self) -> None:
-        self.instance_id = self.connect.create_instance(
-            IdentityManagementType="CONNECT_MANAGED",
-            InstanceAlias=f"payments{self.prefix.replace('/', '-')}",
-            InboundCallsEnabled=True,
-            OutboundCallsEnabled=False,
-        )["Id"]
-        self.flow_id = self.connect.create_contact_flow(
-            InstanceId=self.instance_id,
-            Name="Payment IVR",
-            Type="CONTACT_FLOW",
-            Content=payment_flow_content(None, None),
-        )["ContactFlowId"]
-        self.module_id = self.connect.create_contact_flow_module(
-            InstanceId=self.instance_id,
-            Name="Card capture",
-            Content=payment_module_content(None, None),
-        )["Id"]
+        payments = create_payment_instance(self.connect, f"payments{self.prefix.replace('/', '-')}")
+        self.instance_id, self.flow_id = payments.instance_id, payments.flow_id
+        self.module_id = payments.module_id
 
     def flow_content(self) -> str:
         return str(

@@ -123,3 +123,98 @@ def test_a_bad_now_in_the_event_is_answered_not_raised(world: World) -> None:
         "ok": False,
         "error": "configuration: event.now: 'tomorrow' is not an ISO 8601 time",
     }
+
+
+@pytest.fixture
+def report_bucket(observer: Observer, monkeypatch: pytest.MonkeyPatch) -> str:
+    bucket = f"reports-{observer.namespace.lower()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("ROTATOR_REPORT_S3_URI", f"s3://{bucket}/reports/")
+    return bucket
+
+
+def test_the_report_job_stores_html_notifies_and_publishes_findings(
+    world: World, observer: Observer, report_bucket: str
+) -> None:
+    at = NOW + 731 * DAY  # the certificate has expired while active: a critical finding
+    (key_id,) = [r.key_id for r in world.adapters.keyring.records()]
+    summary = handler({"job": "report", "now": at.isoformat()}, None)
+    key = f"reports/report-{at:%Y-%m-%d}.html"
+    assert summary["ok"] is True, summary
+    assert (summary["job"], summary["location"]) == ("report", f"s3://{report_bucket}/{key}")
+    assert summary["counts"]["critical"] >= 1
+    assert set(summary["counts"]) == {"critical", "warning", "info"}
+    assert json.loads(json.dumps(summary)) == summary
+    stored = boto3.client("s3").get_object(Bucket=report_bucket, Key=key)
+    html = stored["Body"].read().decode()
+    assert "<svg" in html and key_id in html
+    (notice,) = observer.notices()
+    assert notice["Subject"].startswith(f"connect-key-rotator report {at:%Y-%m-%d}: ")
+    assert f"Full report: s3://{report_bucket}/{key}" in notice["Message"]
+    assert "PRIVATE KEY" not in notice["Message"]
+    for severity, count in summary["counts"].items():
+        points = observer.cloudwatch.get_metric_statistics(
+            Namespace=observer.namespace,
+            MetricName="ReportFindings",
+            Dimensions=[{"Name": "Severity", "Value": severity}],
+            StartTime=at - timedelta(hours=1),
+            EndTime=at + timedelta(hours=1),
+            Period=3600,
+            Statistics=["Maximum"],
+        )["Datapoints"]
+        assert [p["Maximum"] for p in points] == [count], severity
+    assert observer.metric("RotationSuccess", at) is None  # the report rotates nothing
+    assert len(world.adapters.keyring.records()) == 1
+
+
+def test_the_report_summary_goes_to_its_own_topic_when_set(
+    world: World, observer: Observer, report_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = sns.create_topic(Name=f"report{observer.namespace}")["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"report{observer.namespace}")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=attributes["Attributes"]["QueueArn"])
+    monkeypatch.setenv("ROTATOR_REPORT_SNS_TOPIC_ARN", topic)
+    summary = handler({"job": "report", "now": NOW.isoformat()}, None)
+    assert (summary["ok"], summary["notified"]) == (True, True)
+    (message,) = sqs.receive_message(QueueUrl=queue)["Messages"]
+    assert json.loads(message["Body"])["Subject"].endswith(": 0 critical, 0 warning")
+    assert observer.notices() == []  # not on the alert topic
+
+
+def test_a_failed_delivery_is_answered_with_a_notice_on_the_alert_topic(
+    world: World, observer: Observer, report_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROTATOR_REPORT_S3_URI", f"s3://{report_bucket}-missing/reports/")
+    summary = handler({"job": "report", "now": NOW.isoformat()}, None)
+    assert (summary["ok"], summary["location"]) == (False, None)
+    assert summary["error"].startswith("delivery: ") and "s3:PutObject" in summary["error"]
+    assert summary["counts"] == {"critical": 0, "warning": 0, "info": 0}
+    (notice,) = observer.notices()
+    assert notice["Subject"] == "connect-key-rotator: compliance report failed"
+    assert "s3:PutObject" in notice["Message"]
+
+
+def test_no_job_or_the_rotation_job_rotates(world: World, observer: Observer) -> None:
+    at = NOW + 366 * DAY
+    first = handler({"job": "rotation", "now": at.isoformat()}, None)
+    assert first["counts"]["rotated"] == 1 and "job" not in first  # the summary as before
+    assert handler({"now": at.isoformat()}, None)["counts"]["not_due"] == 1
+
+
+@pytest.mark.parametrize("job", ["reports", "", 7, ["report"]])
+def test_a_bad_job_in_the_event_is_answered_not_raised(world: World, job: object) -> None:
+    answer = handler({"job": job}, None)
+    assert answer == {
+        "ok": False,
+        "error": f"configuration: event.job: {job!r} is not one of rotation, report",
+    }
+
+
+def test_a_bad_report_s3_uri_is_answered_not_raised(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROTATOR_REPORT_S3_URI", "https://bucket/reports/")
+    answer = handler({"job": "report"}, None)
+    assert answer["ok"] is False and "ROTATOR_REPORT_S3_URI" in answer["error"]

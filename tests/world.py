@@ -18,7 +18,7 @@ from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import encrypting_blocks
 from rotator.domain.keys import KeyMaterial, load_private_key, self_signed_material
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
-from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
+from rotator.sandbox.sample_flows import create_payment_instance
 from rotator.sandbox.server import Sandbox, start_sandbox
 from rotator.services.rotation import RotationService
 from tests.conftest import TEST_CARD
@@ -134,24 +134,11 @@ def build_world(box: Sandbox, key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch
     prefix = f"/connect-keys-{next(_worlds)}"
     monkeypatch.setenv("KEYRING_PREFIX", prefix)
     adapters = make_adapters(Settings(keyring_prefix=prefix))
-    connect = adapters.connect_client
-    instance_id = connect.create_instance(
-        IdentityManagementType="CONNECT_MANAGED",
-        InstanceAlias="payments",
-        InboundCallsEnabled=True,
-        OutboundCallsEnabled=False,
-    )["Id"]
-    flow_id = connect.create_contact_flow(
-        InstanceId=instance_id,
-        Name="Payment IVR",
-        Type="CONTACT_FLOW",
-        Content=payment_flow_content(None, None),
-    )["ContactFlowId"]
-    module_id = connect.create_contact_flow_module(
-        InstanceId=instance_id, Name="Card capture", Content=payment_module_content(None, None)
-    )["Id"]
+    payments = create_payment_instance(adapters.connect_client, "payments")
     service = adapters.rotation("test", generate=key_pool.generator())
-    return World(prefix, box, adapters, service, instance_id, flow_id, module_id)
+    return World(
+        prefix, box, adapters, service, payments.instance_id, payments.flow_id, payments.module_id
+    )
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ def _story(url: str, out: TextIO) -> int:
     from rotator.domain.connect_cipher import encrypt_like_connect
     from rotator.domain.flows import encrypting_blocks
     from rotator.entrypoints.cli import main as rotator
-    from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
+    from rotator.sandbox.sample_flows import create_payment_instance
 
     day0 = datetime.now(UTC).replace(microsecond=0)
 
@@ -75,21 +75,8 @@ def _story(url: str, out: TextIO) -> int:
     kms_key = boto3.client("kms").create_key(Description="connect-keys demo")["KeyMetadata"]
     os.environ["ROTATOR_KMS_KEY_ID"] = kms_key["KeyId"]
     connect = boto3.client("connect")
-    instance = connect.create_instance(
-        IdentityManagementType="CONNECT_MANAGED",
-        InstanceAlias="demo-payments",
-        InboundCallsEnabled=True,
-        OutboundCallsEnabled=False,
-    )["Id"]
-    flow = connect.create_contact_flow(
-        InstanceId=instance,
-        Name="Payment IVR",
-        Type="CONTACT_FLOW",
-        Content=payment_flow_content(None, None),
-    )["ContactFlowId"]
-    module = connect.create_contact_flow_module(
-        InstanceId=instance, Name="Card capture", Content=payment_module_content(None, None)
-    )["Id"]
+    payments = create_payment_instance(connect, "demo-payments")
+    instance, flow, module = payments.instance_id, payments.flow_id, payments.module_id
     say(0, "A Connect instance with a payment flow and a card-capture module, both with a")
     out.write("        'Store customer input' block that has no encryption key yet.\n")
 

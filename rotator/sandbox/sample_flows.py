@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_connect import ConnectClient
 
 FLOW_LANGUAGE_VERSION = "2019-10-30"  # the only version the flow language has
 # A placeholder in the sandbox's account (moto's default); a real flow names the deployed Lambda.
@@ -101,3 +105,33 @@ def _action(
         "Parameters": parameters or {},
         "Transitions": transitions,
     }
+
+
+@dataclass(frozen=True)
+class PaymentInstance:
+    """A Connect instance holding a payment flow and a card-capture module."""
+
+    instance_id: str
+    flow_id: str
+    module_id: str
+
+
+def create_payment_instance(connect: ConnectClient, alias: str) -> PaymentInstance:
+    """What an administrator sets up in the Connect console: an instance, a payment flow and a
+    card-capture module whose 'Store customer input' blocks have no encryption key yet."""
+    instance_id = connect.create_instance(
+        IdentityManagementType="CONNECT_MANAGED",
+        InstanceAlias=alias,
+        InboundCallsEnabled=True,
+        OutboundCallsEnabled=False,
+    )["Id"]
+    flow_id = connect.create_contact_flow(
+        InstanceId=instance_id,
+        Name="Payment IVR",
+        Type="CONTACT_FLOW",
+        Content=payment_flow_content(None, None),
+    )["ContactFlowId"]
+    module_id = connect.create_contact_flow_module(
+        InstanceId=instance_id, Name="Card capture", Content=payment_module_content(None, None)
+    )["Id"]
+    return PaymentInstance(instance_id, flow_id, module_id)
