@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -285,3 +286,64 @@ def test_cfn_lint_reports_nothing() -> None:
         [str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_report_schedule_invokes_the_rotator_with_the_report_job(
+    template: dict[str, Any],
+) -> None:
+    schedule = resources(template)["ReportSchedule"]["Properties"]
+    assert schedule["Target"]["Arn"] == {"Fn::GetAtt": ["RotatorFunction", "Arn"]}
+    assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert json.loads(schedule["Target"]["Input"]) == {"job": "report"}
+    assert schedule["ScheduleExpression"] == {"Ref": "ReportScheduleExpression"}
+    assert template["Parameters"]["ReportScheduleExpression"]["Default"] == "cron(0 6 ? * MON *)"
+    rotation = resources(template)["RotationSchedule"]["Properties"]["Target"]["Input"]
+    assert "job" not in json.loads(rotation)  # the rotation stays the default job
+
+
+def test_rotator_writes_reports_only_under_the_bucket_prefix(template: dict[str, Any]) -> None:
+    statements = role_statements(template, "RotatorRole")
+    s3 = [s for s in statements if any(a.startswith("s3:") for a in actions(s))]
+    assert [actions(s) for s in s3] == [["s3:putobject"]]
+    assert list(resource_strings(s3[0])) == ["${ReportBucket.Arn}/reports/*"]
+    (describe,) = [s for s in statements if "ssm:describeparameters" in actions(s)]
+    assert actions(describe) == ["ssm:describeparameters"]  # the one "*" SSM action: read-only
+    rotator = resources(template)["RotatorFunction"]["Properties"]["Environment"]["Variables"]
+    assert rotator[RotatorEnv.REPORT_S3_URI] == {"Fn::Sub": "s3://${ReportBucket}/reports/"}
+
+
+def test_report_bucket_is_private_encrypted_versioned_and_expires(
+    template: dict[str, Any],
+) -> None:
+    bucket = resources(template)["ReportBucket"]
+    assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain"
+    properties = bucket["Properties"]
+    (encryption,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert properties["VersioningConfiguration"]["Status"] == "Enabled"
+    assert set(properties["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(properties["PublicAccessBlockConfiguration"]) == 4
+    (rule,) = properties["LifecycleConfiguration"]["Rules"]
+    retention = {"Ref": "ReportRetentionDays"}
+    assert rule["ExpirationInDays"] == retention
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == retention
+    assert template["Parameters"]["ReportRetentionDays"]["Default"] == 400
+
+
+def test_decrypt_role_has_no_s3_access_or_ssm_write(template: dict[str, Any]) -> None:
+    granted = allowed_actions(template, "DecryptRole")
+    assert not [a for a in granted if a.startswith("s3:")]
+    assert {a for a in granted if a.startswith("ssm:")} <= {"ssm:getparameter", "ssm:getparameters"}
+
+
+def test_critical_report_findings_raise_an_alarm(template: dict[str, Any]) -> None:
+    (alarm,) = [
+        r["Properties"]
+        for r in resources(template).values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        and r["Properties"]["MetricName"] == "ReportFindings"
+    ]
+    assert alarm["Namespace"] == {"Ref": "MetricsNamespace"}
+    assert alarm["Dimensions"] == [{"Name": "Severity", "Value": "critical"}]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}]

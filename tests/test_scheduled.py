@@ -1,5 +1,6 @@
 """The rotator's scheduled Lambda on the sandbox: due by expiry or cryptoperiod, nothing due,
-failure metrics and notices, and a duplicate delivery that rotates once."""
+failure metrics and notices, a duplicate delivery that rotates once; and the report job (S3,
+SNS, ReportFindings metrics) with its failure answers."""
 
 from __future__ import annotations
 
