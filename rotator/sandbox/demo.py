@@ -41,6 +41,11 @@ def run_demo(out: TextIO) -> int:
     except ImportError:
         out.write("the demo needs the sandbox extra: pip install 'connect-key-rotator[sandbox]'\n")
         return 1
+    from lambda_decrypt.logs import configure_logging
+
+    # The story is told on stdout; log lines (the Lambda's warning for the bad ciphertext)
+    # would interleave with it, so only errors are logged during the demo.
+    configure_logging("ERROR", stream="stderr", force=True)
     with start_sandbox() as sandbox, demo_environment(sandbox.environment()):
         return _story(sandbox.url, out)
 
