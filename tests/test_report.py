@@ -31,7 +31,7 @@ from rotator.domain.lifecycle import KeyState, Transition
 from rotator.domain.rotation import RotationState, Step
 from rotator.entrypoints.bootstrap import Adapters
 from rotator.errors import ConfigError
-from rotator.sandbox.sample_flows import payment_flow_content
+from rotator.sandbox.sample_flows import create_payment_instance
 from rotator.services.importing import import_from_blog
 from rotator.services.report import (
     Report,
@@ -93,20 +93,8 @@ def report_schema() -> dict[str, Any]:
 
 
 def new_instance(world: World, alias: str) -> tuple[str, str]:
-    connect = world.connect
-    instance_id = connect.create_instance(
-        IdentityManagementType="CONNECT_MANAGED",
-        InstanceAlias=alias,
-        InboundCallsEnabled=True,
-        OutboundCallsEnabled=False,
-    )["Id"]
-    flow_id = connect.create_contact_flow(
-        InstanceId=instance_id,
-        Name="Payment IVR",
-        Type="CONTACT_FLOW",
-        Content=payment_flow_content(None, None),
-    )["ContactFlowId"]
-    return instance_id, flow_id
+    payments = create_payment_instance(world.connect, alias)
+    return payments.instance_id, payments.flow_id
 
 
 def rotated_key(results: list[Any]) -> str:
