@@ -27,13 +27,15 @@ class _Container:
 
 
 _container: _Container | None = None
+# Used only when the container cannot be built (a configuration error).
+_fallback_log = get_logger("lambda_decrypt.handler")
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, str]:
     """Decrypt the encrypted values of a Connect event; answer {"status": "ok"|"error", ...}."""
     started = time.perf_counter()
     contact_id = _contact_id(event)
-    log = get_logger("lambda_decrypt.handler")
+    log = _fallback_log
     try:
         container = _container_state()
         log = container.log
