@@ -16,7 +16,7 @@ from moto.server import ThreadedMotoServer
 
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.keys import KeyMaterial, generate_key_material
-from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.domain.lifecycle import KeyRecord, KeyState
 
 REGION = "us-east-1"
 KEYRING_PREFIX = "/connect-keys"
@@ -96,18 +96,14 @@ def seed_keys(*, blog_key_parameter: str, blog_key_id_parameter: str) -> SeededK
 
 def _active_record(key_id: str, material: KeyMaterial) -> KeyRecord:
     now = datetime.now(UTC)
-    return KeyRecord(
-        key_id=key_id,
+    return KeyRecord.for_material(
+        key_id,
+        material,
         instance_id="bench-instance",
         state=KeyState.ACTIVE,
-        key_size=material.key_size,
-        public_key_sha256=material.public_key_sha256,
-        certificate_sha256=material.certificate_sha256,
-        subject=material.subject,
-        not_before=material.not_before,
-        not_after=material.not_after,
-        created_at=now,
+        at=now,
+        actor="bench",
+        reason="seeded for the decrypt bench",
         source="bench",
         kms_key_id=None,
-        history=(Transition(KeyState.ACTIVE, now, "bench", "seeded for the decrypt bench"),),
     )

@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from lambda_decrypt import handler
 from rotator.domain.keys import KeyMaterial, generate_key_material
-from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.domain.lifecycle import KeyRecord, KeyState
 
 VECTORS = Path(__file__).parent / "vectors"
 REGION = "us-east-1"
@@ -73,20 +73,16 @@ def make_record(
     state: KeyState = KeyState.ACTIVE,
     instance_id: str | None = "instance-1",
 ) -> KeyRecord:
-    return KeyRecord(
-        key_id=key_id,
+    return KeyRecord.for_material(
+        key_id,
+        material,
         instance_id=instance_id,
         state=state,
-        key_size=material.key_size,
-        public_key_sha256=material.public_key_sha256,
-        certificate_sha256=material.certificate_sha256,
-        subject=material.subject,
-        not_before=material.not_before,
-        not_after=material.not_after,
-        created_at=NOW,
+        at=NOW,
+        actor="test",
+        reason="fixture",
         source="test",
         kms_key_id=None,
-        history=(Transition(state, NOW, "test", "fixture"),),
     )
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from rotator.domain.keys import KeyMaterial
 from rotator.errors import InvalidTransition, KeyringError
 
 
@@ -74,6 +75,37 @@ class KeyRecord:
     source: str
     kms_key_id: str | None
     history: tuple[Transition, ...]
+
+    @classmethod
+    def for_material(
+        cls,
+        key_id: str,
+        material: KeyMaterial,
+        *,
+        instance_id: str | None,
+        state: KeyState,
+        at: datetime,
+        actor: str,
+        reason: str,
+        source: str,
+        kms_key_id: str | None,
+    ) -> KeyRecord:
+        """The first record of a key: its material's facts and one recorded transition."""
+        return cls(
+            key_id=key_id,
+            instance_id=instance_id,
+            state=state,
+            key_size=material.key_size,
+            public_key_sha256=material.public_key_sha256,
+            certificate_sha256=material.certificate_sha256,
+            subject=material.subject,
+            not_before=material.not_before,
+            not_after=material.not_after,
+            created_at=at,
+            source=source,
+            kms_key_id=kms_key_id,
+            history=(Transition(state, at, actor, reason),),
+        )
 
     def transition(self, to: KeyState, *, at: datetime, actor: str, reason: str) -> KeyRecord:
         """The same record in state `to`, with the change appended to its history."""

@@ -23,7 +23,7 @@ from rotator.domain.keys import (
     load_key_material,
     public_key_sha256_of_pem,
 )
-from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import rotation_due
 from rotator.domain.rotation import ManagedInstance, RotationState, Step
 from rotator.errors import ConnectKeyRotatorError, KeyringError, NotFound
@@ -290,20 +290,16 @@ class RotationService:
     def _store(self, state: RotationState, now: datetime) -> RotationState:
         key_id = _new_key(state)
         material = self._require_staged(state)
-        record = self.keyring.find_record(key_id) or KeyRecord(
-            key_id=key_id,
+        record = self.keyring.find_record(key_id) or KeyRecord.for_material(
+            key_id,
+            material,
             instance_id=state.instance_id,
             state=KeyState.PENDING,
-            key_size=material.key_size,
-            public_key_sha256=material.public_key_sha256,
-            certificate_sha256=material.certificate_sha256,
-            subject=material.subject,
-            not_before=material.not_before,
-            not_after=material.not_after,
-            created_at=now,
+            at=now,
+            actor=self.actor,
+            reason=state.reason,
             source=f"rotation {state.rotation_id}",
             kms_key_id=self.keyring.kms_key_id,
-            history=(Transition(KeyState.PENDING, now, self.actor, state.reason),),
         )
         self.keyring.store_key(key_id, material, record)
         # The staged PEM was validated in full; identical bytes read back need no second check.
