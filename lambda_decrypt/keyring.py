@@ -81,6 +81,9 @@ class KeyringLayout:
     def staged_certificate(self, rotation_id: str) -> str:
         return f"{self.prefix}/staging/{rotation_id}/certificate"
 
+    def staging_root(self) -> str:
+        return f"{self.prefix}/staging"
+
     def key_id_of(self, parameter_name: str) -> str | None:
         """The key ID in a `{prefix}/keys/{key_id}/...` name, or None for any other name."""
         root = self.keys_root() + "/"

@@ -36,16 +36,37 @@ class Output:
         return json.loads(self.out)
 
 
+def unmark(output: Output, at: datetime | None) -> Output:
+    """Strip the lines and prefixes that say a run used simulated time, asserting they exist."""
+    if at is None:
+        return output
+    banner = f"simulated time (sandbox clock): {at.isoformat(timespec='seconds')}\n"
+    prefix = f"[simulated {at:%Y-%m-%d}] "
+    if not output.out and not output.err.startswith(banner):
+        return output  # refused before the clock was read (a configuration error)
+    if output.out.startswith("{"):  # JSON: the banner goes to stderr, the document is untouched
+        assert output.err.startswith(banner), output.err
+        return Output(output.out, output.err[len(banner) :])
+    lines = output.out.splitlines(keepends=True)
+    assert lines and lines[0] == banner, output.out
+    assert all(line.startswith(prefix) for line in lines[1:]), output.out
+    return Output("".join(line[len(prefix) :] for line in lines[1:]), output.err)
+
+
 @dataclass
 class Cli:
     world: World
     capsys: pytest.CaptureFixture[str]
 
-    def __call__(self, *argv: str, expect: int) -> Output:
+    def __call__(self, *argv: str, expect: int, at: datetime | None = None) -> Output:
+        """Run at the sandbox's simulated time `at` (the real time if None); the output comes
+        back without the simulated-time marks, after checking that every line carries one."""
+        if at is not None:
+            self.world.sandbox.clock.stand_at(at)
         self.capsys.readouterr()  # only this command's stderr below
         out = io.StringIO()
         code = main(list(argv), out)
-        output = Output(out.getvalue(), self.capsys.readouterr().err)
+        output = unmark(Output(out.getvalue(), self.capsys.readouterr().err), at)
         assert code == expect, f"rotator {' '.join(argv)} -> {code}: {output}"
         return output
 
@@ -59,8 +80,7 @@ class Cli:
             w.flow_id,
             "--flow-module-id",
             w.module_id,
-            "--now",
-            at(NOW),
+            at=NOW,
             *extra,
             expect=expect,
         )
@@ -76,9 +96,7 @@ class Cli:
         the contact's ciphertext)."""
         first = self.first_key()
         contact = self.world.caller_types()
-        (result,) = self("rotate", "--force", "--now", at(NOW + DAY), "--json", expect=0).json()[
-            "results"
-        ]
+        (result,) = self("rotate", "--force", "--json", at=NOW + DAY, expect=0).json()["results"]
         second = result["new_key_id"]
         assert second == self.world.flow_key_id() != first
         return first, second, contact
@@ -183,7 +201,7 @@ def test_configuration_errors_exit_2_and_name_the_setting(
     cli: Cli, world: World, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
     monkeypatch.setenv(variable, value)
-    output = cli("rotate", "--now", at(NOW), expect=2)
+    output = cli("rotate", at=NOW, expect=2)
     assert output.err.startswith(f"error: configuration: {variable}: ")
     assert output.out == ""
 
@@ -194,16 +212,16 @@ def test_configuration_errors_exit_2_and_name_the_setting(
 def test_rotate_an_unknown_instance_fails_clearly(cli: Cli, world: World) -> None:
     cli.init()
     before = cli.snapshot()
-    output = cli("rotate", "--instance-id", "unknown", "--now", at(NOW + 400 * DAY), expect=1)
+    output = cli("rotate", "--instance-id", "unknown", at=NOW + 400 * DAY, expect=1)
     assert output.out == ""
     assert output.err == "error: instance unknown is not managed (run rotator init first)\n"
     assert cli.snapshot() == before
 
 
 def test_rotate_with_nothing_managed_says_how_to_start(cli: Cli) -> None:
-    human = cli("rotate", "--now", at(NOW), expect=0).out
+    human = cli("rotate", at=NOW, expect=0).out
     assert human == "no managed instances (run rotator init first)\nsummary: nothing to do\n"
-    assert cli("rotate", "--now", at(NOW), "--json", expect=0).json() == {
+    assert cli("rotate", "--json", at=NOW, expect=0).json() == {
         "ok": True,
         "results": [],
     }
@@ -212,12 +230,12 @@ def test_rotate_with_nothing_managed_says_how_to_start(cli: Cli) -> None:
 def test_rotate_not_due_in_both_formats_changes_nothing(cli: Cli, world: World) -> None:
     key_id = cli.first_key()
     before = cli.snapshot()
-    human = cli("rotate", "--now", at(NOW + 30 * DAY), expect=0).out
+    human = cli("rotate", at=NOW + 30 * DAY, expect=0).out
     lines = human.splitlines()
     assert lines[0].startswith(f"{world.instance_id}: not_due: next rotation due ")
     assert lines[1:] == ["summary: 1 not due"]
 
-    payload = cli("rotate", "--now", at(NOW + 30 * DAY), "--json", expect=0).json()
+    payload = cli("rotate", "--json", at=NOW + 30 * DAY, expect=0).json()
     assert payload["ok"] is True
     (result,) = payload["results"]
     assert (result["outcome"], result["old_key_id"], result["new_key_id"]) == (
@@ -231,11 +249,11 @@ def test_rotate_not_due_in_both_formats_changes_nothing(cli: Cli, world: World) 
 def test_dry_run_in_both_formats_changes_nothing(cli: Cli, world: World) -> None:
     key_id = cli.first_key()
     before = cli.snapshot()
-    due = at(NOW + 366 * DAY)
-    human = cli("rotate", "--dry-run", "--now", due, expect=0).out
+    due = NOW + 366 * DAY
+    human = cli("rotate", "--dry-run", at=due, expect=0).out
     assert f"{world.instance_id}: would_rotate: would rotate (cryptoperiod ended" in human
     assert human.endswith("summary: 1 would rotate\n")
-    (result,) = cli("rotate", "--dry-run", "--now", due, "--json", expect=0).json()["results"]
+    (result,) = cli("rotate", "--dry-run", "--json", at=due, expect=0).json()["results"]
     assert (result["outcome"], result["old_key_id"], result["new_key_id"]) == (
         "would_rotate",
         key_id,
@@ -247,7 +265,7 @@ def test_dry_run_in_both_formats_changes_nothing(cli: Cli, world: World) -> None
 def test_due_rotation_prints_old_and_new_key(cli: Cli, world: World) -> None:
     first = cli.first_key()
     contact = world.caller_types()
-    out = cli("rotate", "--now", at(NOW + 366 * DAY), expect=0).out
+    out = cli("rotate", at=NOW + 366 * DAY, expect=0).out
     second = world.flow_key_id()
     assert second is not None and second != first
     assert out.startswith(f"{world.instance_id}: rotated: {first} -> {second} (cryptoperiod ")
@@ -261,22 +279,30 @@ def test_rotation_inside_the_grace_period_fails_in_both_formats_and_emergency_pr
 ) -> None:
     first, second, contact = cli.rotated_once()
     before = cli.snapshot()
-    in_grace = at(NOW + 2 * DAY)
+    in_grace = NOW + 2 * DAY
 
-    human = cli("rotate", "--force", "--now", in_grace, expect=1).out
+    human = cli("rotate", "--force", at=in_grace, expect=1).out
     assert f"{world.instance_id}: failed: two keys are associated" in human
     assert f"{first} is in its grace period until" in human and "nothing changed" in human
     assert human.endswith("summary: 1 failed\n")
-    payload = cli("rotate", "--force", "--now", in_grace, "--json", expect=1).json()
+    payload = cli("rotate", "--force", "--json", at=in_grace, expect=1).json()
     assert payload["ok"] is False
     (result,) = payload["results"]
     assert result["outcome"] == "failed" and "grace period" in result["detail"]
     assert cli.snapshot() == before
 
+    unexplained = cli("rotate", "--force", "--emergency", at=in_grace, expect=2)
+    assert "--emergency needs --reason TEXT (recorded in the history)" in unexplained.err
+    assert cli.snapshot() == before
+
     (emergency,) = cli(
-        "rotate", "--force", "--emergency", "--now", in_grace, "--json", expect=0
+        "rotate", "--force", "--emergency", "--reason", "INC-42", "--json", at=in_grace, expect=0
     ).json()["results"]
     assert emergency["outcome"] == "rotated" and "can no longer encrypt" in emergency["detail"]
+    assert "emergency (INC-42)" in emergency["detail"]
+    history = world.adapters.keyring.get_record(first).history
+    assert history[-1].reason == "freeing Connect's second key slot (emergency (INC-42): forced)"
+    assert history[-1].at == in_grace and "[simulated clock]" in history[-1].actor
     assert world.associations() == [emergency["new_key_id"]]
     assert state_of(world, first) == state_of(world, second) == "retired"
     assert world.lambda_decrypts(contact) == {"status": "ok", "Card": TEST_CARD}
@@ -288,43 +314,46 @@ def test_rotation_inside_the_grace_period_fails_in_both_formats_and_emergency_pr
 def test_retire_waits_for_the_grace_period(cli: Cli, world: World) -> None:
     first, second, contact = cli.rotated_once()
     before = cli.snapshot()
-    current = cli("retire", second, "--now", at(NOW + 9 * DAY), expect=1)
+    current = cli("retire", second, at=NOW + 9 * DAY, expect=1)
     assert current.err.startswith(f"error: key {second} is the current key of {world.instance_id}")
-    early = cli("retire", first, "--now", at(NOW + 2 * DAY), expect=1)
+    early = cli("retire", first, at=NOW + 2 * DAY, expect=1)
     assert early.err.startswith(f"error: key {first} is in its grace period until ")
     assert early.out == ""
     assert cli.snapshot() == before
 
-    done = cli("retire", first, "--now", at(NOW + 9 * DAY), expect=0)
+    done = cli("retire", first, at=NOW + 9 * DAY, expect=0)
     assert (
         done.out == f"key {first} retired: disassociated from {world.instance_id}, still decrypts\n"
     )
     assert world.associations() == [second]
     assert state_of(world, first) == "retired"
-    again = cli("retire", first, "--now", at(NOW + 9 * DAY), "--json", expect=0).json()
-    assert again == {"ok": True, "message": f"key {first} is retired (decrypt-only)"}
+    again = cli("retire", first, "--json", at=NOW + 9 * DAY, expect=0).json()
+    assert again == {"ok": True, "message": f"key {first} is retired (decrypt-only); nothing to do"}
     handler.reset_container()
     assert world.lambda_decrypts(contact) == {"status": "ok", "Card": TEST_CARD}
 
 
 def test_destroy_needs_yes_a_retired_key_and_the_retention_period(cli: Cli, world: World) -> None:
     first, second, contact = cli.rotated_once()
-    cli("retire", first, "--now", at(NOW + 9 * DAY), expect=0)
+    cli("retire", first, at=NOW + 9 * DAY, expect=0)
     before = cli.snapshot()
 
-    unconfirmed = cli("destroy", first, "--now", at(NOW + 200 * DAY), expect=2)
+    unconfirmed = cli("destroy", first, at=NOW + 200 * DAY, expect=2)
     assert "--yes is required" in unconfirmed.err
-    active = cli("destroy", second, "--yes", "--now", at(NOW + 200 * DAY), expect=1)
+    active = cli("destroy", second, "--yes", at=NOW + 200 * DAY, expect=1)
     assert active.err.startswith(f"error: key {second} is active; only retired keys")
-    kept = cli("destroy", first, "--yes", "--now", at(NOW + 10 * DAY), expect=1)
+    kept = cli("destroy", first, "--yes", at=NOW + 10 * DAY, expect=1)
     assert kept.err.startswith(f"error: key {first} is retained until ")
     assert cli.snapshot() == before
 
-    done = cli("destroy", first, "--yes", "--now", at(NOW + 100 * DAY), expect=0)
-    assert done.out == f"key {first} destroyed: its private key is deleted, its record kept\n"
+    done = cli("destroy", first, "--yes", at=NOW + 100 * DAY, expect=0)
+    assert (
+        done.out
+        == f"key {first} destroyed: its private key is deleted, its record kept (retention period over)\n"
+    )
     assert state_of(world, first) == "destroyed"
     assert f"{world.prefix}/keys/{first}/private-key" not in world.parameter_names()
-    again = cli("destroy", first, "--yes", "--now", at(NOW + 100 * DAY), "--json", expect=0)
+    again = cli("destroy", first, "--yes", "--json", at=NOW + 100 * DAY, expect=0)
     assert again.json() == {"ok": True, "message": f"key {first} is destroyed"}
 
     handler.reset_container()
@@ -334,22 +363,22 @@ def test_destroy_needs_yes_a_retired_key_and_the_retention_period(cli: Cli, worl
 
 def test_rollback_in_both_formats(cli: Cli, world: World) -> None:
     cli.first_key()
-    nothing = cli("rollback", "--instance-id", world.instance_id, "--now", at(NOW), expect=1)
+    nothing = cli("rollback", "--instance-id", world.instance_id, at=NOW, expect=1)
     assert nothing.err == (
         f"error: instance {world.instance_id} has no previous key to roll back to\n"
     )
-    unknown = cli("rollback", "--instance-id", "unknown", "--now", at(NOW), expect=1)
+    unknown = cli("rollback", "--instance-id", "unknown", at=NOW, expect=1)
     assert "instance unknown has no previous key" in unknown.err
 
     first, second, contact = rotated_on(cli, world)
-    back = cli("rollback", "--instance-id", world.instance_id, "--now", at(NOW + DAY), expect=0)
+    back = cli("rollback", "--instance-id", world.instance_id, at=NOW + DAY, expect=0)
     assert back.out == f"{world.instance_id}: flows point at {first} again; {second} is previous\n"
     assert world.flow_key_id() == first and first in world.module_content()
     assert (state_of(world, first), state_of(world, second)) == ("active", "previous")
     assert world.lambda_decrypts(contact) == {"status": "ok", "Card": TEST_CARD}
 
     forth = cli(
-        "rollback", "--instance-id", world.instance_id, "--now", at(NOW + DAY), "--json", expect=0
+        "rollback", "--instance-id", world.instance_id, "--json", at=NOW + DAY, expect=0
     ).json()
     assert forth == {
         "ok": True,
@@ -362,7 +391,7 @@ def rotated_on(cli: Cli, world: World) -> tuple[str, str, str]:
     """After `first_key`: a contact on the second key of a forced rotation a day later."""
     first = world.flow_key_id()
     assert first is not None
-    cli("rotate", "--force", "--now", at(NOW + DAY), expect=0)
+    cli("rotate", "--force", at=NOW + DAY, expect=0)
     second = world.flow_key_id()
     assert second is not None and second != first
     return first, second, world.caller_types()
@@ -373,13 +402,13 @@ def rotated_on(cli: Cli, world: World) -> tuple[str, str, str]:
 
 def test_verify_in_both_formats_when_every_invariant_holds(cli: Cli, world: World) -> None:
     key_id = cli.first_key()
-    human = cli("verify", "--now", at(NOW), expect=0).out.splitlines()
+    human = cli("verify", at=NOW, expect=0).out.splitlines()
     assert len(human) >= 6
     assert all(line.startswith("ok    ") for line in human[:-1]), human
     assert human[-1] == f"all invariants hold ({len(human) - 1} checks)"
     assert any(f"key {key_id} decrypts a canary" in line for line in human)
 
-    payload = cli("verify", "--now", at(NOW), "--json", expect=0).json()
+    payload = cli("verify", "--json", at=NOW, expect=0).json()
     assert payload["ok"] is True
     assert len(payload["findings"]) == len(human) - 1
     for finding in payload["findings"]:
@@ -391,19 +420,19 @@ def test_verify_reports_a_broken_invariant_in_both_formats(cli: Cli, world: Worl
     key_id = cli.first_key()
     world.ssm.delete_parameter(Name=f"{world.prefix}/keys/{key_id}/private-key")
 
-    human = cli("verify", "--now", at(NOW), expect=1).out.splitlines()
+    human = cli("verify", at=NOW, expect=1).out.splitlines()
     failed = [line for line in human if line.startswith("FAIL")]
     assert failed and human[-1].startswith(f"{len(failed)} invariant(s) broken (")
     assert any("private key stored" in line and key_id in line for line in failed)
 
-    payload = cli("verify", "--now", at(NOW), "--json", expect=1).json()
+    payload = cli("verify", "--json", at=NOW, expect=1).json()
     assert payload["ok"] is False
     broken = {f["check"] for f in payload["findings"] if not f["ok"]}
     assert {"private key stored", "every referenced key decrypts"} <= broken
 
 
 def test_verify_of_an_unmanaged_instance_fails(cli: Cli) -> None:
-    output = cli("verify", "--instance-id", "unknown", "--now", at(NOW), expect=1).out
+    output = cli("verify", "--instance-id", "unknown", at=NOW, expect=1).out
     assert output.splitlines() == [
         "FAIL  unknown  managed: instance is not managed",
         "1 invariant(s) broken (1 checks)",
@@ -412,7 +441,7 @@ def test_verify_of_an_unmanaged_instance_fails(cli: Cli) -> None:
 
 def test_status_in_both_formats_after_a_rotation(cli: Cli, world: World) -> None:
     first, second, _ = cli.rotated_once()
-    payload = cli("status", "--now", at(NOW + DAY), "--json", expect=0).json()
+    payload = cli("status", "--json", at=NOW + DAY, expect=0).json()
     keys = {row["key_id"]: row for row in payload["keys"]}
     assert set(keys) == {first, second}
     assert (keys[first]["state"], keys[first]["current"]) == ("previous", False)
@@ -420,7 +449,7 @@ def test_status_in_both_formats_after_a_rotation(cli: Cli, world: World) -> None
     assert keys[second]["key_size"] == 2048
     assert [i["current_key_id"] for i in payload["instances"]] == [second]
 
-    table = cli("status", "--now", at(NOW + DAY), expect=0).out.splitlines()
+    table = cli("status", at=NOW + DAY, expect=0).out.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("KEY ID"))
     rows = {line.split()[0]: line.split() for line in table[header + 1 :]}
     assert set(rows) == {first, second}

@@ -483,8 +483,10 @@ def emergency_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[st
     def check() -> None:
         assert (cli.state(first), cli.state(second)) == ("retired", "retired")
         assert cli.world.associations() == [cli.current()] != [second]
+        reasons = [t.reason for t in cli.world.adapters.keyring.get_record(first).history]
+        assert any("INC-7: key printed in a ticket" in reason for reason in reasons)
 
-    return {"INSTANCE_ID": cli.world.instance_id}, check
+    return {"INSTANCE_ID": cli.world.instance_id, "REASON": "INC-7: key printed in a ticket"}, check
 
 
 def emergency_previous(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
@@ -492,8 +494,10 @@ def emergency_previous(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dic
 
     def check() -> None:
         assert cli.state(first) == "retired" and cli.world.associations() == [second]
+        last = cli.world.adapters.keyring.get_record(first).history[-1]
+        assert last.reason == "emergency, grace period overridden: INC-8"
 
-    return {"INSTANCE_ID": cli.world.instance_id, "KEY_ID": first}, check
+    return {"INSTANCE_ID": cli.world.instance_id, "KEY_ID": first, "REASON": "INC-8"}, check
 
 
 def rollback_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
@@ -537,7 +541,8 @@ def expiry_free_slot(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[
         assert cli.state(second) == "retired" and cli.state(first) == "previous"
         assert cli.current() not in (first, second)
 
-    return {"INSTANCE_ID": cli.world.instance_id, "PREVIOUS_KEY_ID": second}, check
+    params = {"INSTANCE_ID": cli.world.instance_id, "PREVIOUS_KEY_ID": second, "REASON": "CHG-9"}
+    return params, check
 
 
 def decrypt_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
@@ -651,7 +656,7 @@ def restore_lost_current(
         last = cli.world.adapters.keyring.get_record(first).history[-1]
         assert last.reason == "its private key was lost before the retention period ended"
 
-    return {"INSTANCE_ID": cli.world.instance_id, "KEY_ID": first}, check
+    return {"INSTANCE_ID": cli.world.instance_id, "KEY_ID": first, "REASON": "lost"}, check
 
 
 def restore_lost_other(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
@@ -661,7 +666,7 @@ def restore_lost_other(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dic
     def check() -> None:
         assert cli.state(first) == "destroyed" and cli.world.associations() == [second]
 
-    return {"INSTANCE_ID": cli.world.instance_id, "KEY_ID": first}, check
+    return {"INSTANCE_ID": cli.world.instance_id, "KEY_ID": first, "REASON": "lost"}, check
 
 
 def evidence_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
@@ -763,11 +768,12 @@ def test_dry_run_runs_nothing_and_writes_no_audit_record(cli: Cli) -> None:
     cli.init(days_ago=400)
     before = cli.snapshot()
     instance = cli.world.instance_id
-    result = cli.run("emergency-rotation", "--dry-run", INSTANCE_ID=instance)
+    result = cli.run("emergency-rotation", "--dry-run", INSTANCE_ID=instance, REASON="INC-1")
     assert result.code == 0, result.err
     assert "dry run: nothing runs" in result.out
-    assert f"[3/5] rotator rotate --instance-id {instance} --force --emergency    (changes" in (
-        result.out
+    assert (
+        f"[3/5] rotator rotate --instance-id {instance} --force --emergency --reason INC-1    (ch"
+        in result.out
     )
     assert result.out.count("(changes state)") == 1 and result.out.count("(read-only)") == 4
     assert "would_rotate" not in result.out and "all invariants hold" not in result.out

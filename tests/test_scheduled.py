@@ -22,6 +22,7 @@ class Observer:
     """Reads what a run published: CloudWatch metrics and the SNS topic (via an SQS queue)."""
 
     def __init__(self, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.world = world
         self.namespace = f"Test{world.prefix.replace('/', '').replace('-', '')}"
         self.cloudwatch = boto3.client("cloudwatch")
         sns, sqs = boto3.client("sns"), boto3.client("sqs")
@@ -35,6 +36,11 @@ class Observer:
         monkeypatch.setenv("ROTATOR_SNS_TOPIC_ARN", topic)
         monkeypatch.setenv("ROTATOR_METRICS_NAMESPACE", self.namespace)
         monkeypatch.setenv("ROTATOR_KEY_SIZE", "2048")  # real generation, kept quick
+
+    def run(self, at: datetime, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A scheduled invocation at the sandbox's simulated time `at` (real, not a what-if)."""
+        self.world.sandbox.clock.stand_at(at)
+        return handler(event or {}, None)
 
     def notices(self) -> list[dict[str, str]]:
         messages = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10)
@@ -52,10 +58,6 @@ class Observer:
         return float(points[0][statistic]) if points else None
 
 
-def run(at: datetime) -> dict[str, Any]:
-    return handler({"now": at.isoformat()}, None)
-
-
 @pytest.fixture
 def observer(world: World, monkeypatch: pytest.MonkeyPatch) -> Observer:
     world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
@@ -66,7 +68,7 @@ def test_nothing_due_publishes_days_to_expiry_and_no_notice(
     world: World, observer: Observer
 ) -> None:
     at = NOW + 10 * DAY
-    summary = run(at)
+    summary = observer.run(at)
     assert summary["ok"] is True
     assert summary["counts"]["not_due"] == 1 and summary["counts"]["rotated"] == 0
     assert observer.metric("DaysToExpiry", at, "Minimum") == pytest.approx(720, abs=0.01)
@@ -79,7 +81,7 @@ def test_due_by_certificate_expiry(
 ) -> None:
     monkeypatch.setenv("ROTATOR_CRYPTOPERIOD_DAYS", "1000")  # so expiry comes first
     at = NOW + 710 * DAY  # 20 days before NotAfter: inside the 30-day renew window
-    summary = run(at)
+    summary = observer.run(at)
     assert summary["ok"] is True, summary
     (result,) = summary["results"]
     assert result["outcome"] == "rotated" and "renew window" in result["detail"]
@@ -89,13 +91,13 @@ def test_due_by_certificate_expiry(
 
 def test_due_by_cryptoperiod(world: World, observer: Observer) -> None:
     at = NOW + 366 * DAY
-    (result,) = run(at)["results"]
+    (result,) = observer.run(at)["results"]
     assert result["outcome"] == "rotated" and "cryptoperiod" in result["detail"]
 
 
 def test_a_duplicate_delivery_rotates_once(world: World, observer: Observer) -> None:
     at = NOW + 366 * DAY
-    first, second = run(at), run(at)
+    first, second = observer.run(at), observer.run(at)
     assert (first["counts"]["rotated"], second["counts"]["rotated"]) == (1, 0)
     assert second["counts"]["not_due"] == 1
     assert len(world.adapters.keyring.records()) == 2
@@ -107,7 +109,7 @@ def test_a_failed_rotation_publishes_a_failure_metric_and_a_notice(
     world.service.rotate(None, NOW + DAY, force=True)  # the old key is now in its grace period
     monkeypatch.setenv("ROTATOR_CRYPTOPERIOD_DAYS", "1")  # the new key is due at once
     at = NOW + 3 * DAY
-    summary = run(at)
+    summary = observer.run(at)
     assert summary["ok"] is False
     (result,) = summary["results"]
     assert result["outcome"] == "failed" and "grace period" in result["detail"]
@@ -139,7 +141,7 @@ def test_the_report_job_stores_html_notifies_and_publishes_findings(
 ) -> None:
     at = NOW + 731 * DAY  # the certificate has expired while active: a critical finding
     (key_id,) = [r.key_id for r in world.adapters.keyring.records()]
-    summary = handler({"job": "report", "now": at.isoformat()}, None)
+    summary = observer.run(at, {"job": "report"})
     key = f"reports/report-{at:%Y-%m-%d}.html"
     assert summary["ok"] is True, summary
     assert (summary["job"], summary["location"]) == ("report", f"s3://{report_bucket}/{key}")
@@ -177,7 +179,7 @@ def test_the_report_summary_goes_to_its_own_topic_when_set(
     attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=attributes["Attributes"]["QueueArn"])
     monkeypatch.setenv("ROTATOR_REPORT_SNS_TOPIC_ARN", topic)
-    summary = handler({"job": "report", "now": NOW.isoformat()}, None)
+    summary = observer.run(NOW, {"job": "report"})
     assert (summary["ok"], summary["notified"]) == (True, True)
     (message,) = sqs.receive_message(QueueUrl=queue)["Messages"]
     assert json.loads(message["Body"])["Subject"].endswith(": 0 critical, 0 warning")
@@ -188,7 +190,7 @@ def test_a_failed_delivery_is_answered_with_a_notice_on_the_alert_topic(
     world: World, observer: Observer, report_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROTATOR_REPORT_S3_URI", f"s3://{report_bucket}-missing/reports/")
-    summary = handler({"job": "report", "now": NOW.isoformat()}, None)
+    summary = observer.run(NOW, {"job": "report"})
     assert (summary["ok"], summary["location"]) == (False, None)
     assert summary["error"].startswith("delivery: ") and "s3:PutObject" in summary["error"]
     assert summary["counts"] == {"critical": 0, "warning": 0, "info": 0}
@@ -199,9 +201,9 @@ def test_a_failed_delivery_is_answered_with_a_notice_on_the_alert_topic(
 
 def test_no_job_or_the_rotation_job_rotates(world: World, observer: Observer) -> None:
     at = NOW + 366 * DAY
-    first = handler({"job": "rotation", "now": at.isoformat()}, None)
+    first = observer.run(at, {"job": "rotation"})
     assert first["counts"]["rotated"] == 1 and "job" not in first  # the summary as before
-    assert handler({"now": at.isoformat()}, None)["counts"]["not_due"] == 1
+    assert observer.run(at)["counts"]["not_due"] == 1
 
 
 @pytest.mark.parametrize("job", ["reports", "", 7, ["report"]])
@@ -219,3 +221,33 @@ def test_a_bad_report_s3_uri_is_answered_not_raised(
     monkeypatch.setenv("ROTATOR_REPORT_S3_URI", "https://bucket/reports/")
     answer = handler({"job": "report"}, None)
     assert answer["ok"] is False and "ROTATOR_REPORT_S3_URI" in answer["error"]
+
+
+def snapshot(world: World, observer: Observer) -> tuple[Any, ...]:
+    """Every parameter of the keyring (and its version), Connect's keys and flows, the notices."""
+    paginator = world.ssm.get_paginator("get_parameters_by_path")
+    versions = {
+        p["Name"]: p["Version"]
+        for page in paginator.paginate(Path=world.prefix, Recursive=True)
+        for p in page["Parameters"]
+    }
+    return versions, world.associations(), world.flow_content(), world.module_content()
+
+
+@pytest.mark.parametrize("job", ["rotation", "report"])
+def test_now_in_the_event_is_a_what_if_that_changes_publishes_and_delivers_nothing(
+    world: World, observer: Observer, report_bucket: str, job: str
+) -> None:
+    at = NOW + 731 * DAY  # due, and expired: a real run would rotate, alarm and deliver
+    before = snapshot(world, observer)
+    summary = handler({"job": job, "now": at.isoformat()}, None)
+    assert summary["ok"] is True and summary["what_if"] is True, summary
+    if job == "rotation":
+        assert summary["counts"]["would_rotate"] == 1 and summary["counts"]["rotated"] == 0
+    else:
+        assert summary["counts"]["critical"] >= 1 and summary["location"] is None
+    assert snapshot(world, observer) == before
+    assert observer.notices() == []
+    for name in ("DaysToExpiry", "RotationSuccess", "ReportFindings"):
+        assert observer.metric(name, at) is None, name
+    assert boto3.client("s3").list_objects_v2(Bucket=report_bucket).get("KeyCount", 0) == 0

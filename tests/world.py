@@ -130,6 +130,7 @@ def build_world(box: Sandbox, key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch
     moto is not reset: rebuilding its SSM backend costs about a second, a prefix costs nothing.
     """
     box.emulator.reset()
+    box.clock.reset()
     handler.reset_container()
     prefix = f"/connect-keys-{next(_worlds)}"
     monkeypatch.setenv("KEYRING_PREFIX", prefix)

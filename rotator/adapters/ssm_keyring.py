@@ -260,6 +260,33 @@ class SsmKeyring:
             found.update(self._get_many(names[start : start + 10], decrypt=False))
         return found
 
+    def staged_rotation_ids(self) -> set[str]:
+        """The rotation IDs that have anything under `{prefix}/staging/` (never decrypted)."""
+        root = self.layout.staging_root()
+        with aws_call("ssm:GetParametersByPath", root):
+            paginator = self.ssm.get_paginator("get_parameters_by_path")
+            pages = list(paginator.paginate(Path=root, Recursive=True, WithDecryption=False))
+        names = [p["Name"] for page in pages for p in page["Parameters"]]
+        return {name[len(root) + 1 :].partition("/")[0] for name in names}
+
+    def orphaned_staging(self) -> set[str]:
+        """Staged rotation IDs that no unfinished rotation owns. A rotation records its ID
+        before it stages, so a rotation running concurrently owns its staging."""
+        staged = self.staged_rotation_ids()
+        if not staged:
+            return set()
+        owned = {
+            entry.rotation.rotation_id
+            for entry in self.instance_entries()
+            if entry.rotation is not None and not entry.rotation.finished
+        }
+        return staged - owned
+
+    def delete_staging(self, rotation_id: str) -> None:
+        self.delete(
+            self.layout.staged_private_key(rotation_id), self.layout.staged_certificate(rotation_id)
+        )
+
     def delete(self, *names: str) -> None:
         """Delete parameters; ones already gone are fine (deletion is a step that may be redone)."""
         for start in range(0, len(names), 10):

@@ -1,4 +1,8 @@
-"""The `rotator` command: parse arguments, read the clock once, map errors to exit codes."""
+"""The `rotator` command: parse arguments, read the clock once, map errors to exit codes.
+
+Time rule (DESIGN invariant 9): every change happens at the clock's time (real time, or the
+sandbox's simulated clock). `--now` never changes anything: it makes the command a what-if that
+evaluates at that time, prints what would happen and says so."""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from lambda_decrypt.errors import ConfigError, ConnectKeyRotatorError
 from lambda_decrypt.logs import configure_logging, get_logger
+from rotator.clock import Clock, clock_from_environment
+from rotator.clock import describe as describe_clock
 from rotator.config import Settings
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
 from rotator.entrypoints.runbook import browse_runbooks, configure_runbook_parser
@@ -33,7 +40,34 @@ from rotator.services.status import KeyStatus, instance_status, keyring_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = get_logger("rotator.cli")
-Command = Callable[[argparse.Namespace, Adapters, datetime, TextIO], int]
+Command = Callable[[argparse.Namespace, Adapters, "Moment", TextIO], int]
+WHAT_IF_HELP = "what-if: evaluate at this time (ISO 8601) and change nothing"
+
+
+@dataclass(frozen=True)
+class Moment:
+    """The time a command runs at, and whether it may change anything at that time."""
+
+    now: datetime
+    what_if: bool = False  # --now: evaluate only
+    simulated: bool = False  # the sandbox's clock, not real time
+
+    @classmethod
+    def resolve(cls, requested: datetime | None, clock: Clock) -> Moment:
+        if requested is not None:
+            return cls(requested, what_if=True, simulated=clock.simulated)
+        return cls(clock.now(), simulated=clock.simulated)
+
+    def banner(self) -> str | None:
+        """The line printed before a what-if's or a simulated run's output."""
+        if self.what_if:
+            return (
+                f"what-if at {self.now.isoformat(timespec='seconds')}: evaluated only, "
+                "nothing was changed"
+            )
+        if self.simulated:
+            return describe_clock(self.now, simulated=True)
+        return None
 
 
 def parse_now(value: str) -> datetime:
@@ -81,12 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--key-parameter", default=BLOG_KEY_PARAMETER, metavar="NAME")
     imp.add_argument("--key-id-parameter", default=BLOG_KEY_ID_PARAMETER, metavar="NAME")
-    imp.add_argument("--now", type=parse_now, help="evaluate certificate validity at this time")
+    imp.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
     imp.add_argument("--json", action="store_true", help="machine-readable output")
     imp.set_defaults(run=run_import)
 
     status = commands.add_parser("status", help="keys, their state, dates, days to expiry")
-    status.add_argument("--now", type=parse_now, help="evaluate at this time (ISO 8601)")
+    status.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=run_status)
 
@@ -95,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--flow-id", action="append", default=[], metavar="FLOW", help="repeatable")
     init.add_argument(
         "--flow-module-id", action="append", default=[], metavar="MODULE", help="repeatable"
+    )
+    init.add_argument(
+        "--dry-run", action="store_true", help="say what would happen, change nothing"
     )
     _timed_json(init)
     init.set_defaults(run=run_init)
@@ -108,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--emergency",
         action="store_true",
-        help="key compromise: retire the previous key at once (contacts on it stop encrypting)",
+        help="key compromise: retire the previous key at once (contacts on it stop encrypting); "
+        "needs --reason",
     )
+    _reason(rotate)
     _timed_json(rotate)
     rotate.set_defaults(run=run_rotate)
 
@@ -117,7 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
         "retire", help="disassociate a previous key after its grace period"
     )
     retire.add_argument("key_id", metavar="KEY_ID")
-    retire.add_argument("--emergency", action="store_true", help="do not wait for the grace period")
+    retire.add_argument(
+        "--emergency",
+        action="store_true",
+        help="do not wait for the grace period; needs --reason",
+    )
+    retire.add_argument(
+        "--dry-run", action="store_true", help="check and say what would happen, change nothing"
+    )
+    _reason(retire)
     _timed_json(retire)
     retire.set_defaults(run=run_retire)
 
@@ -126,11 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     destroy.add_argument(
         "--yes", action="store_true", help="confirm: the key can never decrypt again"
     )
+    destroy.add_argument(
+        "--override-retention",
+        action="store_true",
+        help="destroy inside the retention period; needs --reason",
+    )
+    destroy.add_argument(
+        "--dry-run", action="store_true", help="check and say what would happen, change nothing"
+    )
+    _reason(destroy)
     _timed_json(destroy)
     destroy.set_defaults(run=run_destroy)
 
     rollback = commands.add_parser("rollback", help="point the flows back to the previous key")
     rollback.add_argument("--instance-id", required=True)
+    rollback.add_argument(
+        "--dry-run", action="store_true", help="check and say what would happen, change nothing"
+    )
     _timed_json(rollback)
     rollback.set_defaults(run=run_rollback)
 
@@ -156,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--min-key-size", type=positive_int, default=DEFAULT_MIN_KEY_SIZE, metavar="BITS"
     )
-    report.add_argument("--now", type=parse_now, help="evaluate at this time (ISO 8601)")
+    report.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
     report.set_defaults(run=run_report_command)
 
     configure_runbook_parser(
@@ -178,8 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _timed_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--now", type=parse_now, help="evaluate at this time (ISO 8601)")
+    parser.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _reason(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason", metavar="TEXT", help="why an override is used (recorded in the history)"
+    )
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -218,9 +283,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             keyring_prefix=args.prefix, kms_key_id=args.kms_key_id, log_level=args.log_level
         )
         configure_logging(settings.log_level, stream="stderr")
-        now = getattr(args, "now", None) or datetime.now(UTC)
+        moment = Moment.resolve(getattr(args, "now", None), clock_from_environment())
         command: Command = args.run
-        return command(args, build_adapters(settings), now, out)
+        machine = getattr(args, "json", False) or getattr(args, "format", None) in ("json", "csv")
+        banner = moment.banner()
+        if banner is not None:
+            # Machine output stays parseable; the banner then goes to stderr.
+            print(banner, file=sys.stderr if machine else out)
+        if moment.simulated and not machine:
+            out = cast(TextIO, SimulatedOutput(out, moment.now))
+        return command(args, build_adapters(settings), moment, out)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -239,6 +311,26 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return EXIT_FAILURE
 
 
+class SimulatedOutput:
+    """Every line printed under the sandbox's simulated clock says so."""
+
+    def __init__(self, out: TextIO, now: datetime) -> None:
+        self._out = out
+        self._prefix = f"[simulated {now:%Y-%m-%d}] "
+        self._line_start = True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            if self._line_start:
+                self._out.write(self._prefix)
+            self._out.write(piece)
+            self._line_start = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
 def actor() -> str:
     """Who made a change, for the audit trail."""
     try:
@@ -248,7 +340,8 @@ def actor() -> str:
     return f"{user}@{socket.gethostname()} (cli)"
 
 
-def run_import(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+def run_import(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
+    now = moment.now
     if args.from_blog_parameters:
         if args.key_id or args.private_key:
             raise ConfigError("import", "--from-blog-parameters reads the key and its ID from SSM")
@@ -262,7 +355,8 @@ def run_import(args: argparse.Namespace, adapters: Adapters, now: datetime, out:
             else None,
             instance_id=args.instance_id,
             now=now,
-            actor=actor(),
+            actor=_actor(moment),
+            dry_run=moment.what_if,
         )
     else:
         missing = [
@@ -285,13 +379,15 @@ def run_import(args: argparse.Namespace, adapters: Adapters, now: datetime, out:
             certificate_pem=_read_file(args.certificate, "--certificate"),
             instance_id=args.instance_id,
             now=now,
-            actor=actor(),
+            actor=_actor(moment),
+            dry_run=moment.what_if,
         )
     _print_import(result, args.json, out)
     return EXIT_OK
 
 
-def run_status(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+def run_status(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
+    now = moment.now
     rows = keyring_status(adapters.keyring, adapters.settings.policy, now)
     instances = instance_status(adapters.keyring, adapters.lock, now)
     if args.json:
@@ -312,41 +408,84 @@ def run_status(args: argparse.Namespace, adapters: Adapters, now: datetime, out:
     return EXIT_OK
 
 
-def run_init(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+def run_init(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
     if not args.flow_id and not args.flow_module_id:
         raise ConfigError("init", "name at least one --flow-id or --flow-module-id")
-    result = adapters.rotation(actor()).init(
-        args.instance_id, args.flow_id, args.flow_module_id, now
+    result = adapters.rotation(_actor(moment)).init(
+        args.instance_id,
+        args.flow_id,
+        args.flow_module_id,
+        moment.now,
+        dry_run=args.dry_run or moment.what_if,
     )
     return _print_results([result], args.json, out)
 
 
-def run_rotate(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
-    results = adapters.rotation(actor()).rotate(
-        args.instance_id, now, force=args.force, dry_run=args.dry_run, emergency=args.emergency
+def run_rotate(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
+    reason = _override_reason(args, "--emergency", args.emergency)
+    results = adapters.rotation(_actor(moment)).rotate(
+        args.instance_id,
+        moment.now,
+        force=args.force,
+        dry_run=args.dry_run or moment.what_if,
+        emergency=args.emergency,
+        override_reason=reason,
     )
     return _print_results(results, args.json, out)
 
 
-def run_retire(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
-    message = adapters.rotation(actor()).retire(args.key_id, now, emergency=args.emergency)
+def run_retire(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
+    reason = _override_reason(args, "--emergency", args.emergency)
+    message = adapters.rotation(_actor(moment)).retire(
+        args.key_id,
+        moment.now,
+        emergency=args.emergency,
+        override_reason=reason,
+        dry_run=args.dry_run or moment.what_if,
+    )
     return _print_message(message, args.json, out)
 
 
-def run_destroy(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
-    if not args.yes:
+def run_destroy(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
+    dry_run = args.dry_run or moment.what_if
+    if not args.yes and not dry_run:
         raise ConfigError("destroy", "--yes is required: a destroyed key never decrypts again")
-    return _print_message(adapters.rotation(actor()).destroy(args.key_id, now), args.json, out)
-
-
-def run_rollback(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
-    message = adapters.rotation(actor()).rollback(args.instance_id, now)
+    reason = _override_reason(args, "--override-retention", args.override_retention)
+    message = adapters.rotation(_actor(moment)).destroy(
+        args.key_id,
+        moment.now,
+        override_reason=reason,
+        dry_run=dry_run,
+    )
     return _print_message(message, args.json, out)
+
+
+def run_rollback(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
+    message = adapters.rotation(_actor(moment)).rollback(
+        args.instance_id, moment.now, dry_run=args.dry_run or moment.what_if
+    )
+    return _print_message(message, args.json, out)
+
+
+def _override_reason(args: argparse.Namespace, flag: str, used: bool) -> str | None:
+    """An override of a grace or retention period is recorded with a reason, never silent."""
+    reason = (args.reason or "").strip()
+    if used and not reason:
+        raise ConfigError(flag, f"{flag} needs --reason TEXT (recorded in the history)")
+    if reason and not used:
+        raise ConfigError("--reason", f"--reason goes with {flag}")
+    return reason or None
+
+
+def _actor(moment: Moment) -> str:
+    """Who made a change; a change made under the sandbox's simulated clock says so."""
+    return f"{actor()} [simulated clock]" if moment.simulated else actor()
 
 
 def run_report_command(
-    args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO
+    args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO
 ) -> int:
+    now = moment.now
     options = ReportOptions.from_settings(adapters.settings, min_key_size=args.min_key_size)
     return run_report(
         adapters.keyring,
@@ -361,8 +500,8 @@ def run_report_command(
     )
 
 
-def run_verify(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
-    findings = adapters.invariants().check(args.instance_id, now)
+def run_verify(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
+    findings = adapters.invariants().check(args.instance_id, moment.now)
     failed = [f for f in findings if not f.ok]
     if args.json:
         payload = {"ok": not failed, "findings": [vars(f) for f in findings]}
@@ -454,6 +593,8 @@ def _print_import(result: ImportResult, as_json: bool, out: TextIO) -> None:
     for warning in result.warnings:
         out.write(f"warning: {warning}\n")
     verb = "imported" if result.created else "already in the keyring"
+    if result.what_if:
+        verb = "would import"
     expiry = f", certificate valid until {record.not_after:%Y-%m-%d}" if record.not_after else ""
     out.write(
         f"{verb}: key {record.key_id} ({record.key_size} bits) state {record.state}{expiry}\n"

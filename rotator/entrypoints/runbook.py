@@ -68,7 +68,7 @@ def browse_runbooks(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def run_runbook(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+def run_runbook(args: argparse.Namespace, adapters: Adapters, moment: object, out: TextIO) -> int:
     """`runbook run NAME` (CLI signature: arguments, adapters, time, output stream)."""
     runbook = load_runbook(args.name)
     params: dict[str, list[str]] = {}

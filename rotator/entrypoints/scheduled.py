@@ -14,6 +14,7 @@ import boto3
 
 from lambda_decrypt.logs import configure_logging, get_logger
 from rotator.adapters.telemetry import Metric, Telemetry
+from rotator.clock import clock_from_environment
 from rotator.config import Settings
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
 from rotator.errors import ConfigError, ConnectKeyRotatorError
@@ -34,11 +35,12 @@ class Job(StrEnum):
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
     """The schedule's input may carry {"job": "rotation" | "report"} (no job: the rotation) and
-    {"now": ISO 8601} for a what-if run; otherwise the clock. Never raises for a bad input or a
-    failure of AWS calls: the summary's "ok" and "error", the metrics and the notices carry it."""
+    {"now": ISO 8601} for a what-if run that evaluates at that time and changes, publishes and
+    delivers nothing; otherwise the clock. Never raises for a bad input or a failure of AWS
+    calls: the summary's "ok" and "error", the metrics and the notices carry it."""
     try:
         job = _job(event)
-        now = _now(event)
+        requested = _requested_now(event)
         settings = Settings.load()
     except ConfigError as error:
         return {"ok": False, "error": str(error)}
@@ -50,23 +52,33 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         namespace=settings.metrics_namespace,
         topic_arn=settings.sns_topic_arn,
     )
+    clock = clock_from_environment()
+    what_if = requested is not None
+    now = requested if requested is not None else clock.now()
     if job is Job.REPORT:
-        return report_run(adapters, telemetry, now)
+        return report_run(adapters, telemetry, now, what_if=what_if)
     function = getattr(context, "function_name", None) or "rotator"
-    rotation = adapters.rotation(f"eventbridge-scheduler ({function})")
-    summary = scheduled_run(rotation, adapters.keyring, telemetry, settings.policy, now)
+    actor = f"eventbridge-scheduler ({function})"
+    rotation = adapters.rotation(f"{actor} [simulated clock]" if clock.simulated else actor)
+    summary = scheduled_run(
+        rotation, adapters.keyring, telemetry, settings.policy, now, what_if=what_if
+    )
     return summary.to_dict()
 
 
-def report_run(adapters: Adapters, telemetry: Telemetry, now: datetime) -> dict[str, Any]:
+def report_run(
+    adapters: Adapters, telemetry: Telemetry, now: datetime, *, what_if: bool = False
+) -> dict[str, Any]:
     """The compliance report at `now`: a ReportFindings metric per severity, the HTML in
     ROTATOR_REPORT_S3_URI, the summary on the report topic. Findings are the report's content,
-    not a failure; a report that cannot be built or delivered is (ok false, a notice)."""
+    not a failure; a report that cannot be built or delivered is (ok false, a notice).
+    A what-if builds the report and answers its counts; it publishes and delivers nothing."""
     settings = adapters.settings
     summary: dict[str, Any] = {
         "ok": False,
         "job": Job.REPORT.value,
         "now": now.isoformat(),
+        "what_if": what_if,
         "location": None,
         "notified": False,
         "counts": None,
@@ -78,6 +90,10 @@ def report_run(adapters: Adapters, telemetry: Telemetry, now: datetime) -> dict[
         return _report_failed(summary, telemetry, [f"building the report: {error}"])
     counts = report.counts()
     summary["counts"] = {severity.value: n for severity, n in counts.items()}
+    if what_if:
+        summary["ok"] = True
+        log.info("scheduled_report", **summary)
+        return summary
     errors: list[str] = []
     metrics = [
         Metric(REPORT_FINDINGS_METRIC, n, dimensions=(("Severity", severity.value),))
@@ -131,10 +147,11 @@ def _job(event: Any) -> Job:
     raise ConfigError("event.job", f"{raw!r} is not one of {', '.join(expected)}")
 
 
-def _now(event: Any) -> datetime:
+def _requested_now(event: Any) -> datetime | None:
+    """The what-if time the event asks for (None: a real run at the clock's time)."""
     raw = event.get("now") if isinstance(event, dict) else None
     if raw is None:
-        return datetime.now(UTC)
+        return None
     try:
         moment = datetime.fromisoformat(str(raw))
     except ValueError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import socket
@@ -9,11 +10,13 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from rotator.clock import SANDBOX_CLOCK_MARK, SANDBOX_CLOCK_PATH
 from rotator.sandbox.connect_emulator import ConnectEmulator, credential_scope
 
 if TYPE_CHECKING:
@@ -30,20 +33,80 @@ MOTO_SERVICES = "SSM, KMS, S3, SNS, CloudWatch, EventBridge, Scheduler"
 RESET_PATH = "/moto-api/reset"  # moto's own reset endpoint; the emulator is reset with it
 
 
-class SandboxApp:
-    """Requests signed for service `connect` go to the emulator, every other one to moto."""
+class SimulatedClock:
+    """Real time plus an offset that only the sandbox's owner moves (the demo, tests, curl);
+    `stand_at` stops it at one moment, so that tests can name exact times."""
 
-    def __init__(self, emulator: ConnectEmulator, moto_app: WSGIApplication) -> None:
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+        self._standing: datetime | None = None
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._standing or datetime.now(UTC) + self._offset
+
+    def advance(self, delta: timedelta) -> datetime:
+        with self._lock:
+            if self._standing is not None:
+                self._standing += delta
+            else:
+                self._offset += delta
+        return self.now()
+
+    def stand_at(self, moment: datetime) -> None:
+        with self._lock:
+            self._standing = moment
+
+    def reset(self) -> None:
+        with self._lock:
+            self._offset = timedelta(0)
+            self._standing = None
+
+    def answer(self) -> dict[str, str | bool]:
+        with self._lock:
+            moved = self._standing is not None or self._offset != timedelta(0)
+        return {"service": SANDBOX_CLOCK_MARK, "now": self.now().isoformat(), "simulated": moved}
+
+
+class SandboxApp:
+    """Requests signed for service `connect` go to the emulator, every other one to moto; the
+    simulated clock answers on its own path."""
+
+    def __init__(
+        self, emulator: ConnectEmulator, moto_app: WSGIApplication, clock: SimulatedClock
+    ) -> None:
         self.emulator = emulator
         self.moto_app = moto_app
+        self.clock = clock
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         scope = credential_scope(environ)
         if scope is not None and scope[1] == "connect":
             return self.emulator(environ, start_response)
+        if environ.get("PATH_INFO") == SANDBOX_CLOCK_PATH:
+            return self._clock(environ, start_response)
         if environ.get("PATH_INFO") == RESET_PATH and environ.get("REQUEST_METHOD") == "POST":
             self.emulator.state.reset()
+            self.clock.reset()
         return self.moto_app(environ, start_response)
+
+    def _clock(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """GET: the simulated time. POST {"advance_days": N}: move it forward (never back)."""
+        status = "200 OK"
+        if environ.get("REQUEST_METHOD") == "POST":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(min(length, 4096)))
+                days = float(body["advance_days"])
+                if not 0 <= days <= 36500:
+                    raise ValueError(days)
+                self.clock.advance(timedelta(days=days))
+            except (ValueError, KeyError, TypeError):
+                status = "400 Bad Request"
+        body = json.dumps(self.clock.answer()).encode()
+        start_response(status, [("Content-Type", "application/json")])
+        return [body]
 
 
 class Sandbox:
@@ -53,8 +116,11 @@ class Sandbox:
     backends per process), so two sandboxes in one process share SSM, KMS and the rest.
     """
 
-    def __init__(self, server: BaseWSGIServer, emulator: ConnectEmulator) -> None:
+    def __init__(
+        self, server: BaseWSGIServer, emulator: ConnectEmulator, clock: SimulatedClock
+    ) -> None:
         self.emulator = emulator
+        self.clock = clock
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="sandbox", daemon=True)
         self._thread.start()
@@ -118,7 +184,8 @@ def start_sandbox(port: int = 0, *, log_requests: bool = False) -> Sandbox:
                 super().log_request(code, size)
 
     emulator = ConnectEmulator()
-    app = SandboxApp(emulator, DomainDispatcherApplication(create_backend_app))
+    clock = SimulatedClock()
+    app = SandboxApp(emulator, DomainDispatcherApplication(create_backend_app), clock)
     # Bound here, not by werkzeug, which answers a busy port with sys.exit().
     listener = socket.create_server((HOST, port))
     try:
@@ -132,7 +199,7 @@ def start_sandbox(port: int = 0, *, log_requests: bool = False) -> Sandbox:
         )
     finally:
         listener.close()  # the server holds its own duplicate of the socket
-    return Sandbox(server, emulator)
+    return Sandbox(server, emulator, clock)
 
 
 def run_sandbox(port: int, out: TextIO) -> int:

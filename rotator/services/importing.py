@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 BLOG_KEY_PARAMETER = "CONNECT_INPUT_DECRYPTION_KEY"
 BLOG_KEY_ID_PARAMETER = "CONNECT_INPUT_KEY_ID"
+WHAT_IF_NOTHING_STORED = "what-if: every check passed; nothing was stored"
+WHAT_IF_ALREADY = "what-if: the key is already in the keyring; nothing was changed"
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class ImportResult:
     record: KeyRecord
     created: bool
     warnings: list[str] = field(default_factory=list)
+    what_if: bool = False
 
 
 def import_key(
@@ -40,11 +43,16 @@ def import_key(
     now: datetime,
     actor: str,
     source: str = "imported",
+    dry_run: bool = False,
 ) -> ImportResult:
-    """Store, read back and test-decrypt a validated pair; an expired one only as decrypt-only."""
+    """Store, read back and test-decrypt a validated pair; an expired one only as decrypt-only.
+
+    `dry_run` (a what-if): every check runs, nothing is stored."""
     _check_key_id(key_id)
     material = load_key_material(private_key_pem, certificate_pem)
     existing = _existing(keyring, key_id, material.public_key_sha256)
+    if existing is not None and dry_run:
+        return ImportResult(existing, created=False, warnings=[WHAT_IF_ALREADY])
     if existing is not None:
         return _again(
             keyring, existing, material.private_key_pem, material.certificate_pem, material
@@ -63,6 +71,10 @@ def import_key(
         keyring.kms_key_id,
         material,
     )
+    if dry_run:
+        return ImportResult(
+            record, created=False, warnings=[*warnings, WHAT_IF_NOTHING_STORED], what_if=True
+        )
     keyring.store_key(key_id, material, record)
     if keyring.read_material(key_id).public_key_sha256 != material.public_key_sha256:
         raise KeyringConflict(f"key {key_id} did not read back as stored")
@@ -82,6 +94,7 @@ def import_from_blog(
     instance_id: str | None,
     now: datetime,
     actor: str,
+    dry_run: bool = False,
 ) -> ImportResult:
     """Copy the blog's two parameters into the keyring; the parameters themselves are only read."""
     values = _read_parameters(ssm, [key_parameter, key_id_parameter])
@@ -97,6 +110,7 @@ def import_from_blog(
             now=now,
             actor=actor,
             source="blog",
+            dry_run=dry_run,
         )
     _check_key_id(key_id)
     private_key = load_private_key(private_pem)
@@ -110,6 +124,8 @@ def import_from_blog(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode("ascii")
     existing = _existing(keyring, key_id, fingerprint)
+    if existing is not None and dry_run:
+        return ImportResult(existing, created=False, warnings=[WHAT_IF_ALREADY])
     if existing is not None:
         return _again(keyring, existing, pkcs8, public_pem)
     warnings = ["no certificate given: expiry is unknown, so the key is due for rotation now"]
@@ -131,6 +147,10 @@ def import_from_blog(
         keyring.kms_key_id,
         None,
     )
+    if dry_run:
+        return ImportResult(
+            record, created=False, warnings=[*warnings, WHAT_IF_NOTHING_STORED], what_if=True
+        )
     keyring.create_private_key(key_id, pkcs8)
     keyring.put_record(record)
     verify_key_decrypts(keyring.ssm, keyring.layout.prefix, key_id, public_pem)

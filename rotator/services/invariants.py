@@ -45,6 +45,16 @@ class InvariantChecker:
             except ConnectKeyRotatorError as error:
                 findings.append(Finding("readable", instance.instance_id, False, str(error)))
         findings.extend(self._private_keys_present(records, instance_id))
+        for rotation_id in sorted(self.keyring.orphaned_staging()):
+            findings.append(
+                Finding(
+                    "no orphaned staged key",
+                    None,
+                    False,
+                    f"a private key is staged under rotation {rotation_id}, which no unfinished "
+                    "rotation owns (rotator rotate removes it)",
+                )
+            )
         return findings
 
     def _instance(
@@ -63,6 +73,8 @@ class InvariantChecker:
             current is not None and active == [current],
             f"current {current or 'none'}, active {', '.join(active) or 'none'}",
         )
+        if current is not None and current in records:
+            add("current certificate valid", *_certificate_valid(records[current], now))
 
         rotation = self.keyring.get_rotation(instance_id)
         add(
@@ -157,3 +169,17 @@ class InvariantChecker:
                     )
                 )
         return findings
+
+
+def _certificate_valid(record: KeyRecord, now: datetime) -> tuple[bool, str]:
+    """Connect encrypts with the certificate in the flow: it must be valid now."""
+    if record.not_before is not None and now < record.not_before:
+        return False, (
+            f"key {record.key_id}: certificate not valid before "
+            f"{record.not_before:%Y-%m-%d %H:%M} UTC"
+        )
+    if record.not_after is not None and now >= record.not_after:
+        return False, f"key {record.key_id}: certificate expired on {record.not_after:%Y-%m-%d}"
+    if record.not_after is None:
+        return True, f"key {record.key_id}: certificate unknown (adopted without it)"
+    return True, f"key {record.key_id}: valid until {record.not_after:%Y-%m-%d}"

@@ -170,6 +170,7 @@ def build_report(facts: KeyringFacts, options: ReportOptions, now: datetime) -> 
         *(f for row in rows for f in key_findings(row, options, now)),
         *(f for instance in facts.instances for f in instance_findings(instance, by_id)),
         *protection_findings(facts, options),
+        *staging_findings(facts),
     ]
     findings.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
     return Report(now, facts.prefix, options, facts.instances, tuple(rows), tuple(findings))
@@ -298,6 +299,12 @@ def _expiry_findings(
             FindingCode.CERTIFICATE_EXPIRED,
             f"certificate expired on {record.not_after:%Y-%m-%d} and the key is still active",
         )
+    elif record.not_before is not None and now < record.not_before:
+        yield finding(
+            FindingCode.CERTIFICATE_NOT_YET_VALID,
+            f"certificate is not valid before {record.not_before:%Y-%m-%d %H:%M} UTC and the key "
+            "is current: Connect may refuse to encrypt with it",
+        )
     elif row.renew_at is not None and now >= row.renew_at:
         yield finding(
             FindingCode.CERTIFICATE_EXPIRING,
@@ -353,6 +360,18 @@ def instance_findings(instance: InstanceFacts, by_id: Mapping[str, KeyRow]) -> I
                 "makes contacts that cannot be decrypted",
                 key_id,
             )
+
+
+def staging_findings(facts: KeyringFacts) -> Iterator[Finding]:
+    """Staged private keys that no unfinished rotation owns (`rotator rotate` removes them)."""
+    for rotation_id in facts.orphaned_staging:
+        yield Finding(
+            FindingCode.ORPHANED_STAGING,
+            None,
+            None,
+            f"a private key is staged under rotation {rotation_id}, which no unfinished rotation "
+            "owns; the next rotator rotate removes it",
+        )
 
 
 def protection_findings(facts: KeyringFacts, options: ReportOptions) -> Iterator[Finding]:

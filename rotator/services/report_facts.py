@@ -72,6 +72,7 @@ class KeyringFacts:
     current: Mapping[str, str]  # instance ID -> current key ID
     instances: tuple[InstanceFacts, ...]
     protection: Mapping[str, str]  # SecureString name -> KMS key ID as SSM reports it
+    orphaned_staging: tuple[str, ...] = ()  # staged rotation IDs no unfinished rotation owns
 
 
 def gather(
@@ -88,13 +89,26 @@ def gather(
         holder = holders.get(entry.instance_id)
         held = None if holder is None else LockFacts(holder.describe(), stale_reason(holder, now))
         instances.append(_instance_facts(connect, entry, entry.config, held))
+    protection = keyring.secure_parameters()
     return KeyringFacts(
         prefix=keyring.layout.prefix,
         records=tuple(keyring.records()),
         current={e.instance_id: e.current_key_id for e in entries if e.current_key_id},
         instances=tuple(instances),
-        protection=keyring.secure_parameters(),
+        protection=protection,
+        orphaned_staging=_orphaned_staging(keyring, entries, protection),
     )
+
+
+def _orphaned_staging(
+    keyring: SsmKeyring, entries: list[InstanceEntry], protection: Mapping[str, str]
+) -> tuple[str, ...]:
+    """From the SecureString sweep already made: staged keys whose rotation is not unfinished."""
+    root = keyring.layout.staging_root() + "/"
+    staged = {name[len(root) :].partition("/")[0] for name in protection if name.startswith(root)}
+    rotations = [e.rotation for e in entries if e.rotation is not None]
+    owned = {r.rotation_id for r in rotations if not r.finished}
+    return tuple(sorted(staged - owned))
 
 
 def _instance_facts(

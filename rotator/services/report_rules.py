@@ -40,6 +40,7 @@ class Runbook(StrEnum):
 
 class FindingCode(StrEnum):
     CERTIFICATE_EXPIRED = "certificate-expired"
+    CERTIFICATE_NOT_YET_VALID = "certificate-not-yet-valid"
     CERTIFICATE_EXPIRING = "certificate-expiring"
     CERTIFICATE_UNKNOWN = "certificate-unknown"
     CRYPTOPERIOD_EXCEEDED = "cryptoperiod-exceeded"
@@ -51,6 +52,7 @@ class FindingCode(StrEnum):
     KEY_BELOW_MINIMUM_SIZE = "key-below-minimum-size"
     STALE_LOCK = "stale-lock"
     INTERRUPTED_ROTATION = "interrupted-rotation"
+    ORPHANED_STAGING = "orphaned-staging"
     KMS_KEY_MISMATCH = "kms-key-mismatch"
     INSTANCE_UNREADABLE = "instance-unreadable"
 
@@ -66,6 +68,9 @@ class Rule:
 RULES: dict[FindingCode, Rule] = {
     FindingCode.CERTIFICATE_EXPIRED: Rule(
         Severity.CRITICAL, Runbook.CERTIFICATE_EXPIRY, "certificate expired while active"
+    ),
+    FindingCode.CERTIFICATE_NOT_YET_VALID: Rule(
+        Severity.CRITICAL, Runbook.CERTIFICATE_EXPIRY, "current certificate not yet valid"
     ),
     FindingCode.CERTIFICATE_EXPIRING: Rule(
         Severity.WARNING, Runbook.CERTIFICATE_EXPIRY, "certificate inside the renew window"
@@ -99,6 +104,9 @@ RULES: dict[FindingCode, Rule] = {
     FindingCode.STALE_LOCK: Rule(Severity.WARNING, Runbook.STUCK_ROTATION, "stale rotation lock"),
     FindingCode.INTERRUPTED_ROTATION: Rule(
         Severity.WARNING, Runbook.STUCK_ROTATION, "interrupted rotation"
+    ),
+    FindingCode.ORPHANED_STAGING: Rule(
+        Severity.WARNING, Runbook.STUCK_ROTATION, "staged private key no rotation owns"
     ),
     FindingCode.KMS_KEY_MISMATCH: Rule(
         Severity.WARNING, Runbook.ROUTINE_ROTATION, "not protected by the configured KMS key"

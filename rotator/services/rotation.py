@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -87,7 +87,13 @@ class RotationService:
     # -- init and rotate ---------------------------------------------------------------------
 
     def init(
-        self, instance_id: str, flows: list[str], modules: list[str], now: datetime
+        self,
+        instance_id: str,
+        flows: list[str],
+        modules: list[str],
+        now: datetime,
+        *,
+        dry_run: bool = False,
     ) -> InstanceResult:
         """The instance's first managed key: record the managed flows, then rotate into them."""
         wanted = ManagedInstance(instance_id, tuple(flows), tuple(modules))
@@ -111,6 +117,13 @@ class RotationService:
                 point_at_key(self.connect.flow_content(instance_id, ref), "probe", "probe")
             except FlowContentError as error:
                 raise RotationRefused(f"{ref} cannot be managed: {error}") from None
+        if dry_run:
+            return InstanceResult(
+                instance_id,
+                Outcome.WOULD_ROTATE,
+                f"would manage {_refs(wanted)} and rotate them onto a new key",
+                old_key_id=self.keyring.get_current(instance_id),
+            )
         self.keyring.put_instance(wanted)
         return self._rotate_instance(instance_id, now, force=True, dry_run=False, emergency=False)
 
@@ -122,8 +135,13 @@ class RotationService:
         force: bool = False,
         dry_run: bool = False,
         emergency: bool = False,
+        override_reason: str | None = None,
     ) -> list[InstanceResult]:
-        """Every managed instance (or one), each on its own: one failure does not stop the rest."""
+        """Every managed instance (or one), each on its own: one failure does not stop the rest.
+
+        `emergency` retires keys inside their grace period; its `override_reason` is recorded."""
+        if emergency and not override_reason and not dry_run:
+            raise RotationRefused("an emergency rotation needs a reason (recorded in the history)")
         if instance_id is not None:
             if self.keyring.get_instance(instance_id) is None:
                 raise NotFound(f"instance {instance_id} is not managed (run rotator init first)")
@@ -135,37 +153,74 @@ class RotationService:
             try:
                 results.append(
                     self._rotate_instance(
-                        target, now, force=force, dry_run=dry_run, emergency=emergency
+                        target,
+                        now,
+                        force=force,
+                        dry_run=dry_run,
+                        emergency=emergency,
+                        override_reason=override_reason,
                     )
                 )
             except ConnectKeyRotatorError as error:
                 log.error("rotation_failed", instance_id=target, error=str(error))
                 results.append(InstanceResult(target, Outcome.FAILED, str(error)))
+        if not dry_run:
+            self._remove_orphaned_staging()
         return results
 
+    def _remove_orphaned_staging(self) -> None:
+        """Staged keys that no unfinished rotation owns (a rotation cut short before its record
+        was kept, or a lock that was broken): never associated, so deleting them loses nothing.
+
+        A rotation records its ID before it stages, so a concurrent rotation's staging is owned."""
+        try:
+            orphans = self.keyring.orphaned_staging()
+            for rotation_id in sorted(orphans):
+                self.keyring.delete_staging(rotation_id)
+                log.warning("orphaned_staging_removed", rotation_id=rotation_id)
+        except ConnectKeyRotatorError as error:  # housekeeping: never fails a rotation run
+            log.warning("orphaned_staging_not_removed", error=str(error))
+
     def _rotate_instance(
-        self, instance_id: str, now: datetime, *, force: bool, dry_run: bool, emergency: bool
+        self,
+        instance_id: str,
+        now: datetime,
+        *,
+        force: bool,
+        dry_run: bool,
+        emergency: bool,
+        override_reason: str | None = None,
     ) -> InstanceResult:
+        finished = self._finish_retires(instance_id, dry_run=dry_run)
         if not dry_run:
             cleared = self.lock.clear_if_stale(instance_id, now)
             if cleared:
                 log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
         # Decided once outside the lock (the cheap daily "not due"), and again inside it,
         # because another rotator may have finished in between.
-        decision = self._decide(instance_id, now, force=force, emergency=emergency)
+        decision = self._decide(
+            instance_id, now, force=force, emergency=emergency, override_reason=override_reason
+        )
         if isinstance(decision, InstanceResult):
-            return decision
+            return _with_note(decision, finished)
         if dry_run:
-            return self._dry_run(decision)
+            return _with_note(self._dry_run(decision), finished)
         rotation_id = str(uuid.uuid4())
         with self._locked(instance_id, rotation_id, now):
-            decision = self._decide(instance_id, now, force=force, emergency=emergency)
+            decision = self._decide(
+                instance_id, now, force=force, emergency=emergency, override_reason=override_reason
+            )
             if isinstance(decision, InstanceResult):
-                return decision
+                return _with_note(decision, finished)
             if isinstance(decision, RotationState):
                 return self._run(decision, now, resumed=True)
             for key_id in decision.blocking:
-                self._retire(instance_id, key_id, now, "freeing Connect's second key slot")
+                self._retire(
+                    instance_id,
+                    key_id,
+                    now,
+                    f"freeing Connect's second key slot ({decision.reason})",
+                )
             state = RotationState(
                 rotation_id=rotation_id,
                 instance_id=instance_id,
@@ -180,7 +235,13 @@ class RotationService:
             return self._run(state, now, resumed=False)
 
     def _decide(
-        self, instance_id: str, now: datetime, *, force: bool, emergency: bool
+        self,
+        instance_id: str,
+        now: datetime,
+        *,
+        force: bool,
+        emergency: bool,
+        override_reason: str | None = None,
     ) -> InstanceResult | RotationState | _Plan:
         """Resume an interrupted rotation, report "not due", or plan a new rotation."""
         state = self.keyring.get_rotation(instance_id)
@@ -196,7 +257,7 @@ class RotationService:
         else:
             reason = "forced" if current is not None else "first key"
         if emergency:
-            reason = f"emergency: {reason}"
+            reason = f"emergency ({override_reason or 'no reason given'}): {reason}"
         blocking = self._blocking_associations(instance_id, current_id, now, emergency)
         return _Plan(instance_id, current_id, reason, blocking)
 
@@ -321,78 +382,139 @@ class RotationService:
         key_id = _new_key(state)
         self._transition(key_id, KeyState.ACTIVE, now, f"current key ({state.reason})")
         self.keyring.set_current(state.instance_id, key_id)
-        if state.old_key_id and state.old_key_id != key_id:
-            self._transition(state.old_key_id, KeyState.PREVIOUS, now, f"replaced by {key_id}")
+        old = self.keyring.find_record(state.old_key_id) if state.old_key_id else None
+        # An old key already retired (an emergency retire, or a retire that ran meanwhile)
+        # stays retired: the rotation must still finish.
+        if old is not None and old.key_id != key_id and old.state is KeyState.ACTIVE:
+            self._transition(old.key_id, KeyState.PREVIOUS, now, f"replaced by {key_id}")
         return state.advance(Step.PROMOTED)
 
     def _finish(self, state: RotationState, now: datetime) -> RotationState:
         if state.emergency and state.old_key_id:
-            self._retire(state.instance_id, state.old_key_id, now, "emergency rotation")
-        self.keyring.delete(
-            self.keyring.layout.staged_private_key(state.rotation_id),
-            self.keyring.layout.staged_certificate(state.rotation_id),
-        )
+            self._retire(state.instance_id, state.old_key_id, now, f"{state.reason}")
+        self.keyring.delete_staging(state.rotation_id)
         return state.advance(Step.DONE)
 
     # -- retire, destroy, rollback --------------------------------------------------------------
 
-    def retire(self, key_id: str, now: datetime, *, emergency: bool = False) -> str:
-        """Disassociate a previous key after its grace period (at once with `emergency`)."""
+    def retire(
+        self,
+        key_id: str,
+        now: datetime,
+        *,
+        emergency: bool = False,
+        override_reason: str | None = None,
+        dry_run: bool = False,
+    ) -> str:
+        """Disassociate a previous key after its grace period (at once with `emergency` and a
+        recorded reason). A retired key still associated (a retire cut short) is finished."""
         record = self.keyring.get_record(key_id)
         if record.state is KeyState.DESTROYED:
             raise RotationRefused(f"key {key_id} is destroyed")
+        self._refuse_if_rotating(record, "retire")
         instance_id = record.instance_id
         if instance_id is None or record.state is KeyState.RETIRED:
-            if instance_id is not None:
-                self._disassociate(instance_id, key_id)
-            return f"key {key_id} is retired (decrypt-only)"
+            return self._finish_retired(record, dry_run=dry_run)
         if record.state is KeyState.ACTIVE:
             raise RotationRefused(
                 f"key {key_id} is the current key of {instance_id}; rotate first "
-                "(rotator rotate --emergency after a compromise)"
+                "(rotator rotate --emergency --reason TEXT after a compromise)"
             )
-        if record.state is KeyState.PREVIOUS and not emergency:
-            ends = self._grace_ends(record)
-            if ends is not None and now < ends:
+        reason = "grace period over"
+        ends = self._grace_ends(record)
+        if ends is not None and now < ends:
+            if not emergency:
                 raise RotationRefused(
                     f"key {key_id} is in its grace period until {ends:%Y-%m-%d %H:%M} UTC; "
-                    "retire after that, or --emergency"
+                    "retire after that, or --emergency --reason TEXT"
                 )
+            if not override_reason:
+                raise RotationRefused("retiring inside the grace period needs a reason")
+            reason = f"emergency, grace period overridden: {override_reason}"
+        if dry_run:
+            self._check_unreferenced(instance_id, key_id, "retire")
+            return f"would retire key {key_id}: disassociate it from {instance_id} ({reason})"
         with self._locked(instance_id, f"retire-{key_id}", now):
-            self._retire(instance_id, key_id, now, "emergency" if emergency else "grace over")
+            self._retire(instance_id, key_id, now, reason)
         return f"key {key_id} retired: disassociated from {instance_id}, still decrypts"
 
-    def destroy(self, key_id: str, now: datetime) -> str:
-        """Delete a retired key's private key after its retention period; metadata stays."""
+    def _finish_retired(self, record: KeyRecord, *, dry_run: bool) -> str:
+        """A decrypt-only key: disassociate it wherever Connect still holds it, and say so."""
+        key_id = record.key_id
+        held_by = [
+            instance_id
+            for instance_id in self._instances_to_check(record)
+            if any(a.association_id == key_id for a in self._associations(instance_id))
+        ]
+        if not held_by:
+            return f"key {key_id} is retired (decrypt-only); nothing to do"
+        for instance_id in held_by:
+            self._check_unreferenced(instance_id, key_id, "retire")
+        where = ", ".join(held_by)
+        if dry_run:
+            return f"key {key_id} is retired but still associated with {where}: would disassociate"
+        for instance_id in held_by:
+            self._disassociate(instance_id, key_id)
+        return (
+            f"key {key_id} is retired (decrypt-only) but was still associated with {where}: "
+            "disassociated now, still decrypts"
+        )
+
+    def destroy(
+        self,
+        key_id: str,
+        now: datetime,
+        *,
+        override_reason: str | None = None,
+        dry_run: bool = False,
+    ) -> str:
+        """Delete a retired key's private key after its retention period; metadata stays.
+
+        Refused while Connect holds the key on any instance or any managed flow uses it,
+        however the key came into the keyring. Inside the retention period only with an
+        override and a recorded reason (or when the private key is already lost)."""
         record = self.keyring.get_record(key_id)
+        private_key = self.keyring.layout.private_key(key_id)
         if record.state is KeyState.DESTROYED:
-            self.keyring.delete(self.keyring.layout.private_key(key_id))
+            if dry_run:
+                return f"key {key_id} is destroyed; nothing to do"
+            self.keyring.delete(private_key)
             return f"key {key_id} is destroyed"
         if record.state is not KeyState.RETIRED:
             raise RotationRefused(
                 f"key {key_id} is {record.state}; only retired keys are destroyed"
             )
+        self._refuse_if_rotating(record, "destroy")
+        for instance_id in self._instances_to_check(record):
+            self._check_unreferenced(instance_id, key_id, "destroy")
+            if any(a.association_id == key_id for a in self._associations(instance_id)):
+                raise RotationRefused(
+                    f"cannot destroy key {key_id}: it is still associated with {instance_id} "
+                    f"(rotator retire {key_id} disassociates it)"
+                )
         retired_at = record.entered(KeyState.RETIRED) or record.created_at
         ends = retired_at + self.settings.retention
         reason = "retention period over"
         if now < ends:
-            # Retention keeps stored ciphertexts decryptable; a lost private key keeps nothing.
-            if self.keyring.existing([self.keyring.layout.private_key(key_id)]):
+            if not self.keyring.existing([private_key]):
+                # Retention keeps stored ciphertexts decryptable; a lost private key keeps nothing.
+                reason = "its private key was lost before the retention period ended"
+            elif override_reason:
+                reason = f"retention period overridden: {override_reason}"
+            else:
                 raise RotationRefused(
                     f"key {key_id} is retained until {ends:%Y-%m-%d %H:%M} UTC "
-                    "(stored ciphertexts may still need it)"
+                    "(stored ciphertexts may still need it); --override-retention --reason TEXT "
+                    "destroys it earlier"
                 )
-            reason = "its private key was lost before the retention period ended"
-        if record.instance_id is not None:
-            self._check_unreferenced(record.instance_id, key_id, "destroy")
-            if any(a.association_id == key_id for a in self._associations(record.instance_id)):
-                raise RotationRefused(f"key {key_id} is still associated with Connect")
+        if dry_run:
+            return f"would destroy key {key_id}: delete its private key, keep its record ({reason})"
         # Metadata first: a crash before the delete already answers key_destroyed.
         self._transition(key_id, KeyState.DESTROYED, now, reason)
-        self.keyring.delete(self.keyring.layout.private_key(key_id))
-        return f"key {key_id} destroyed: its private key is deleted, its record kept"
+        self.keyring.delete(private_key)
+        return f"key {key_id} destroyed: its private key is deleted, its record kept ({reason})"
 
-    def rollback(self, instance_id: str, now: datetime) -> str:
+    def rollback(self, instance_id: str, now: datetime, *, dry_run: bool = False) -> str:
         """Point the flows back to the previous key while it is still associated."""
         state = self.keyring.get_rotation(instance_id)
         if state is not None and not state.finished:
@@ -412,6 +534,11 @@ class RotationService:
         if not any(a.association_id == target.key_id for a in self._associations(instance_id)):
             raise RotationRefused(f"previous key {target.key_id} is no longer associated")
         certificate = self.keyring.read_certificate(target.key_id)
+        if dry_run:
+            return (
+                f"would point the flows of {instance_id} back at {target.key_id}; "
+                f"{current_id} would become previous"
+            )
         with self._locked(instance_id, f"rollback-{target.key_id}", now):
             verify_key_decrypts(
                 self.keyring.ssm,
@@ -484,7 +611,62 @@ class RotationService:
 
     def _disassociate(self, instance_id: str, key_id: str) -> None:
         if any(a.association_id == key_id for a in self._associations(instance_id)):
-            self.connect.disassociate_security_key(instance_id, key_id)
+            try:
+                self.connect.disassociate_security_key(instance_id, key_id)
+            except NotFound:
+                # A retried call whose first attempt took effect: the association is gone.
+                if any(a.association_id == key_id for a in self._associations(instance_id)):
+                    raise
+
+    def _finish_retires(self, instance_id: str, *, dry_run: bool) -> str | None:
+        """Disassociate keys recorded as retired that Connect still holds (a retire cut short
+        between its record and Connect's answer): every run converges on the recorded state."""
+        pending = [
+            a.association_id
+            for a in self._associations(instance_id)
+            if (record := self.keyring.find_record(a.association_id)) is not None
+            and record.state in (KeyState.RETIRED, KeyState.DESTROYED)
+        ]
+        if not pending:
+            return None
+        if dry_run:
+            return f"would finish retiring {', '.join(pending)} (still associated)"
+        for key_id in pending:
+            self._check_unreferenced(instance_id, key_id, "retire")
+            self._disassociate(instance_id, key_id)
+            log.warning("retire_finished", instance_id=instance_id, key_id=key_id)
+        return f"finished retiring {', '.join(pending)} (was still associated)"
+
+    def _refuse_if_rotating(self, record: KeyRecord, action: str) -> None:
+        """A key that an unfinished rotation is moving is that rotation's to finish."""
+        if record.state is KeyState.PENDING:
+            raise RotationRefused(
+                f"cannot {action} key {record.key_id}: it is pending, part of an unfinished "
+                "rotation; run rotator rotate to finish it"
+            )
+        if record.instance_id is None:
+            return
+        state = self.keyring.get_rotation(record.instance_id)
+        if (
+            state is not None
+            and not state.finished
+            and record.key_id
+            in (
+                state.old_key_id,
+                state.new_key_id,
+            )
+        ):
+            raise RotationRefused(
+                f"cannot {action} key {record.key_id}: rotation {state.rotation_id} of "
+                f"{record.instance_id} is unfinished; run rotator rotate to finish it first"
+            )
+
+    def _instances_to_check(self, record: KeyRecord) -> list[str]:
+        """Every instance that could hold or use this key: its own and every managed one."""
+        instances = {m.instance_id for m in self.keyring.managed_instances()}
+        if record.instance_id is not None:
+            instances.add(record.instance_id)
+        return sorted(instances)
 
     def _associations(self, instance_id: str) -> list[SecurityKey]:
         return self.connect.list_security_keys(instance_id)
@@ -549,6 +731,10 @@ def _canary(material: KeyMaterial, *, provisional_key_id: str) -> None:
     key = ConnectKey.from_pem(provisional_key_id, material.private_key_pem, trusted=True)
     if Decryptor(StaticKeys({provisional_key_id: key})).decrypt(ciphertext).plaintext != b"canary":
         raise VerificationFailed("the staged key did not decrypt its canary")
+
+
+def _with_note(result: InstanceResult, note: str | None) -> InstanceResult:
+    return result if note is None else replace(result, detail=f"{result.detail}; {note}")
 
 
 def _refs(instance: ManagedInstance) -> str:

@@ -24,17 +24,21 @@ class RunSummary:
     still_due: list[str] = field(default_factory=list)
     notified: bool = False
     telemetry_error: str | None = None
+    what_if: bool = False
 
     @property
     def ok(self) -> bool:
         failed = any(r.outcome is Outcome.FAILED for r in self.results)
-        return not failed and not self.still_due and self.telemetry_error is None
+        # A what-if rotates nothing, so a key it finds due is its answer, not a failure.
+        left_due = bool(self.still_due) and not self.what_if
+        return not failed and not left_due and self.telemetry_error is None
 
     def to_dict(self) -> dict[str, Any]:
         counts = {o.value: sum(r.outcome is o for r in self.results) for o in Outcome}
         return {
             "ok": self.ok,
             "now": self.now.isoformat(),
+            "what_if": self.what_if,
             "counts": counts,
             "results": [vars(r) | {"outcome": r.outcome.value} for r in self.results],
             "still_due": self.still_due,
@@ -49,10 +53,14 @@ def scheduled_run(
     telemetry: Telemetry,
     policy: RotationPolicy,
     now: datetime,
+    *,
+    what_if: bool = False,
 ) -> RunSummary:
-    """Safe under at-least-once delivery: the lock and "not due" make a repeat a no-op."""
+    """Safe under at-least-once delivery: the lock and "not due" make a repeat a no-op.
+
+    A what-if evaluates at `now` (a dry run) and publishes no metric and no notice."""
     try:
-        results = rotation.rotate(None, now)
+        results = rotation.rotate(None, now, dry_run=what_if)
     except ConnectKeyRotatorError as error:  # the instance list itself could not be read
         results = [InstanceResult("*", Outcome.FAILED, str(error))]
     still_due: list[str] = []
@@ -66,7 +74,10 @@ def scheduled_run(
         Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
         Metric("KeysDueNotRotated", len(still_due)),
     ]
-    summary = RunSummary(now, results, still_due)
+    summary = RunSummary(now, results, still_due, what_if=what_if)
+    if what_if:
+        log.info("scheduled_run", **{k: v for k, v in summary.to_dict().items() if k != "results"})
+        return summary
     telemetry_error = None
     notified = False
     try:
