@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from rotator.domain.flows import FlowKind, FlowRef
+from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock, static_block_identifiers
 from rotator.errors import KeyringError
 
 
@@ -70,11 +70,20 @@ class RotationState:
 
 @dataclass(frozen=True)
 class ManagedInstance:
-    """An instance under management: which flows and modules hold its encrypting blocks."""
+    """An instance under management: its flows and modules, and the blocks in them that the
+    rotator points at each new key. A record written before blocks were recorded has blocks
+    None (legacy): it manages every block that encrypts with a static key."""
 
     instance_id: str
     flows: tuple[str, ...]
     modules: tuple[str, ...] = ()
+    blocks: tuple[ManagedBlock, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.blocks is not None:
+            outside = sorted({str(b.ref) for b in self.blocks} - {str(r) for r in self.refs})
+            if outside:
+                raise ValueError(f"managed blocks in unmanaged flows: {', '.join(outside)}")
 
     @property
     def refs(self) -> list[FlowRef]:
@@ -82,16 +91,47 @@ class ManagedInstance:
             FlowRef(FlowKind.MODULE, m) for m in self.modules
         ]
 
+    def recorded_blocks(self, ref: FlowRef) -> tuple[str, ...] | None:
+        """The identifiers recorded for this flow, or None for a legacy record."""
+        if self.blocks is None:
+            return None
+        return tuple(b.identifier for b in self.blocks if b.ref == ref)
+
+    def managed_identifiers(self, ref: FlowRef, content: str) -> list[str]:
+        """The blocks of this flow to manage, given its current content."""
+        recorded = self.recorded_blocks(ref)
+        return static_block_identifiers(content) if recorded is None else list(recorded)
+
     def to_json(self) -> str:
-        return json.dumps(
-            {"instance_id": self.instance_id, "flows": self.flows, "modules": self.modules},
-            sort_keys=True,
-        )
+        data: dict[str, Any] = {
+            "instance_id": self.instance_id,
+            "flows": self.flows,
+            "modules": self.modules,
+        }
+        if self.blocks is not None:  # a legacy record stays byte for byte what it was
+            data["blocks"] = [
+                {"kind": str(b.ref.kind), "flow_id": b.ref.flow_id, "identifier": b.identifier}
+                for b in self.blocks
+            ]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str) -> ManagedInstance:
         try:
             data = json.loads(raw)
-            return cls(data["instance_id"], tuple(data["flows"]), tuple(data.get("modules", ())))
+            blocks = data.get("blocks")
+            return cls(
+                data["instance_id"],
+                tuple(data["flows"]),
+                tuple(data.get("modules", ())),
+                None if blocks is None else tuple(_managed_block(b) for b in blocks),
+            )
         except (ValueError, KeyError, TypeError) as error:
             raise KeyringError(f"instance record is not readable: {type(error).__name__}") from None
+
+
+def _managed_block(data: dict[str, Any]) -> ManagedBlock:
+    kind, flow_id, identifier = data["kind"], data["flow_id"], data["identifier"]
+    if not all(isinstance(value, str) for value in (flow_id, identifier)):
+        raise TypeError("a managed block's flow_id and identifier are strings")
+    return ManagedBlock(FlowRef(FlowKind(kind), flow_id), identifier)
