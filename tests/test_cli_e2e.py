@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import boto3
 import pytest
 
 from lambda_decrypt import handler
+from rotator.clock import SANDBOX_CLOCK_PATH
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import EncryptingBlock, encrypting_blocks
 from rotator.sandbox.sample_flows import create_payment_instance
@@ -157,6 +159,23 @@ class CliRun:
         return json.loads(self.stdout)
 
 
+def unmark(run: CliRun, at: datetime | None) -> CliRun:
+    """Strip the banner and line prefixes of a simulated-time run, asserting they are there."""
+    if at is None:
+        return run
+    banner = f"simulated time (sandbox clock): {at.isoformat(timespec='seconds')}\n"
+    prefix = f"[simulated {at:%Y-%m-%d}] "
+    if not run.stdout and not run.stderr.startswith(banner):
+        return run
+    if run.stdout.startswith("{"):
+        assert run.stderr.startswith(banner), run.stderr
+        return replace(run, stderr=run.stderr[len(banner) :])
+    lines = run.stdout.splitlines(keepends=True)
+    assert lines and lines[0] == banner, run.stdout
+    assert all(line.startswith(prefix) for line in lines[1:]), run.stdout
+    return replace(run, stdout="".join(line[len(prefix) :] for line in lines[1:]))
+
+
 @dataclass
 class Scenario:
     """One Connect instance with a payment flow and module, and a keyring prefix of its own."""
@@ -173,6 +192,15 @@ class Scenario:
 
     # -- the rotator, through its command only ---------------------------------------------
 
+    def stand_clock_at(self, moment: datetime | None) -> None:
+        """The sandbox's simulated clock at `moment`; None: back on real time."""
+        body = {"stand_at": moment.isoformat()} if moment else {"real_time": True}
+        request = urllib.request.Request(
+            self.sandbox.url + SANDBOX_CLOCK_PATH, data=json.dumps(body).encode()
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert json.loads(answer.read())["simulated"] is (moment is not None)
+
     def cli_environment(self, **overrides: str | None) -> dict[str, str]:
         environment = {
             **self.sandbox.base_environment,
@@ -186,7 +214,17 @@ class Scenario:
                 environment[name] = value
         return environment
 
-    def rotator(self, *argv: str, expect: int, environment: dict[str, str] | None = None) -> CliRun:
+    def rotator(
+        self,
+        *argv: str,
+        expect: int,
+        environment: dict[str, str] | None = None,
+        at: datetime | None = None,
+    ) -> CliRun:
+        """`rotator ARGV` as a user runs it; with `at`, at that simulated time of the sandbox
+        (the output comes back without the marks that say so, after checking every line)."""
+        if at is not None:
+            self.stand_clock_at(at)
         completed = subprocess.run(
             [*rotator_command(), *argv],
             cwd=self.sandbox.workdir,
@@ -196,7 +234,9 @@ class Scenario:
             text=True,
             timeout=CLI_TIMEOUT,
         )
-        run = CliRun(tuple(argv), completed.returncode, completed.stdout, completed.stderr)
+        run = unmark(
+            CliRun(tuple(argv), completed.returncode, completed.stdout, completed.stderr), at
+        )
         self.runs.append(run)
         self.remember_private_keys()
         assert run.code == expect, (
@@ -364,6 +404,7 @@ def new_scenario(
         },
     )
     handler.reset_container()
+    scenario.stand_clock_at(None)  # each scenario starts on real time
     yield scenario
     handler.reset_container()
 
@@ -446,12 +487,12 @@ def test_full_key_lifecycle_through_the_cli(lifecycle: Scenario) -> None:
     assert s.snapshot() == unchanged
 
     # A dry run at a time when it is due says so and changes nothing.
-    dry = s.rotator("rotate", "--dry-run", "--now", at(due), expect=0).stdout
+    dry = s.rotator("rotate", "--dry-run", at=due, expect=0).stdout
     assert f"{s.instance_id}: would_rotate: would rotate (cryptoperiod ended" in dry
     assert s.snapshot() == unchanged
 
     # Due: rotated; the contact encrypted before still decrypts, warm and in a new container.
-    rotated = s.rotator("rotate", "--now", at(due), "--json", expect=0).json()
+    rotated = s.rotator("rotate", "--json", at=due, expect=0).json()
     (result,) = rotated["results"]
     assert result["outcome"] == "rotated" and "cryptoperiod" in result["detail"]
     assert result["old_key_id"] == first
@@ -464,47 +505,47 @@ def test_full_key_lifecycle_through_the_cli(lifecycle: Scenario) -> None:
     after = s.caller_types(CARD_AFTER)
     assert lambda_decrypts(after) == ok(CARD_AFTER)
 
-    rows = keys_by_id(s.rotator("status", "--json", "--now", at(due), expect=0))
+    rows = keys_by_id(s.rotator("status", "--json", at=due, expect=0))
     assert (rows[first]["state"], rows[first]["current"]) == ("previous", False)
     assert (rows[second]["state"], rows[second]["current"]) == ("active", True)
-    table = s.rotator("status", "--now", at(due), expect=0).stdout
+    table = s.rotator("status", at=due, expect=0).stdout
     assert table_row(table, first)[2] == "previous"
     assert table_row(table, second)[2:4] == ["active", "yes"]
 
     # Inside the grace period: a forced rotation is refused, and nothing changes.
     unchanged = s.snapshot()
-    refused = s.rotator("rotate", "--force", "--now", at(in_grace), expect=1)
+    refused = s.rotator("rotate", "--force", at=in_grace, expect=1)
     assert f"{s.instance_id}: failed: two keys are associated" in refused.stdout
     assert f"{first} is in its grace period" in refused.stdout
     assert "nothing changed" in refused.stdout and "summary: 1 failed" in refused.stdout
     assert s.snapshot() == unchanged
 
     # Retire waits for the grace period; destroy needs --yes, then a retired key.
-    early = s.rotator("retire", first, "--now", at(in_grace), expect=1)
+    early = s.rotator("retire", first, at=in_grace, expect=1)
     assert f"error: key {first} is in its grace period until" in early.stderr
     assert s.snapshot() == unchanged
-    unconfirmed = s.rotator("destroy", first, "--now", at(after_retention), expect=2)
+    unconfirmed = s.rotator("destroy", first, at=after_retention, expect=2)
     assert "--yes is required" in unconfirmed.stderr
     assert s.snapshot() == unchanged
 
-    retired = s.rotator("retire", first, "--now", at(after_grace), expect=0).stdout
+    retired = s.rotator("retire", first, at=after_grace, expect=0).stdout
     assert f"key {first} retired: disassociated from {s.instance_id}" in retired
     assert s.associations() == [second]
     assert s.flow_block().key_id == second
     assert lambda_decrypts(before, new_container=True) == ok(CARD_BEFORE)  # still decrypts
 
     unchanged = s.snapshot()
-    kept = s.rotator("destroy", first, "--yes", "--now", at(retained), expect=1)
+    kept = s.rotator("destroy", first, "--yes", at=retained, expect=1)
     assert f"error: key {first} is retained until" in kept.stderr
     assert s.snapshot() == unchanged
     assert lambda_decrypts(before, new_container=True) == ok(CARD_BEFORE)
 
-    destroyed = s.rotator("destroy", first, "--yes", "--now", at(after_retention), expect=0)
+    destroyed = s.rotator("destroy", first, "--yes", at=after_retention, expect=0)
     assert f"key {first} destroyed" in destroyed.stdout
     names = s.parameter_versions()
     assert f"{s.prefix}/keys/{first}/private-key" not in names
     assert f"{s.prefix}/keys/{first}/metadata" in names
-    rows = keys_by_id(s.rotator("status", "--json", "--now", at(after_retention), expect=0))
+    rows = keys_by_id(s.rotator("status", "--json", at=after_retention, expect=0))
     assert rows[first]["state"] == "destroyed" and rows[second]["state"] == "active"
 
     # The old contact now answers key_destroyed; contacts on the current key still decrypt.
@@ -554,19 +595,17 @@ def test_rollback_through_the_cli_on_a_fresh_instance(rollback: Scenario) -> Non
     assert s.snapshot() == unchanged
 
     on_first = s.caller_types(CARD_BEFORE)
-    (result,) = s.rotator("rotate", "--force", "--now", at(later), "--json", expect=0).json()[
-        "results"
-    ]
+    (result,) = s.rotator("rotate", "--force", "--json", at=later, expect=0).json()["results"]
     second = result["new_key_id"]
     assert (result["outcome"], result["old_key_id"]) == ("rotated", first)
     assert s.flow_block().key_id == second
     on_second = s.caller_types(CARD_AFTER)
 
-    back = s.rotator("rollback", "--instance-id", s.instance_id, "--now", at(later), expect=0)
+    back = s.rotator("rollback", "--instance-id", s.instance_id, at=later, expect=0)
     assert f"{s.instance_id}: flows point at {first} again; {second} is previous" in back.stdout
     assert s.flow_block().key_id == first and s.module_block().key_id == first
     assert s.associations() == sorted([first, second])
-    rows = keys_by_id(s.rotator("status", "--json", "--now", at(later), expect=0))
+    rows = keys_by_id(s.rotator("status", "--json", at=later, expect=0))
     assert (rows[first]["state"], rows[first]["current"]) == ("active", True)
     assert (rows[second]["state"], rows[second]["current"]) == ("previous", False)
 
@@ -576,7 +615,7 @@ def test_rollback_through_the_cli_on_a_fresh_instance(rollback: Scenario) -> Non
     again = s.caller_types(CARD_ROLLBACK)
     assert lambda_decrypts(again) == ok(CARD_ROLLBACK)
 
-    verified = s.rotator("verify", "--json", "--now", at(later), expect=0).json()
+    verified = s.rotator("verify", "--json", at=later, expect=0).json()
     assert verified["ok"] is True and all(f["ok"] for f in verified["findings"])
     s.assert_no_secret_in_any_output(expected_keys=2)
 

@@ -129,7 +129,9 @@ def test_rotation_inside_the_grace_period_is_refused_and_emergency_proceeds(worl
     assert (world.flow_content(), world.parameter_names()) == (flow_before, names_before)
     assert len(world.associations()) == 2
 
-    (emergency,) = world.service.rotate(None, NOW + 2 * DAY, force=True, emergency=True)
+    (emergency,) = world.service.rotate(
+        None, NOW + 2 * DAY, force=True, emergency=True, override_reason="test"
+    )
     assert emergency.outcome is Outcome.ROTATED, emergency.detail
     assert "can no longer encrypt" in emergency.detail
     assert world.associations() == [emergency.new_key_id]

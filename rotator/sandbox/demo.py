@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rotator.sandbox.server import Sandbox
 
 DEMO_CARD = "4111111111111111"  # the well-known Visa test number, not a real card
 SECOND_CARD = "5555555555554444"  # the well-known Mastercard test number
@@ -47,10 +50,10 @@ def run_demo(out: TextIO) -> int:
     # would interleave with it, so only errors are logged during the demo.
     configure_logging("ERROR", stream="stderr", force=True)
     with start_sandbox() as sandbox, demo_environment(sandbox.environment()):
-        return _story(sandbox.url, out)
+        return _story(sandbox, out)
 
 
-def _story(url: str, out: TextIO) -> int:
+def _story(sandbox: Sandbox, out: TextIO) -> int:
     import boto3
 
     from lambda_decrypt import handler
@@ -72,11 +75,14 @@ def _story(url: str, out: TextIO) -> int:
         out.writelines(f"          {line}\n" for line in printed.getvalue().splitlines())
         return code
 
-    def at(days: int) -> str:
-        return (day0 + timedelta(days=days)).isoformat()
+    def at(days: int) -> None:
+        """Move the sandbox's simulated clock; the rotator runs at its time and says so."""
+        sandbox.clock.stand_at(day0 + timedelta(days=days))
 
-    say(None, f"A local sandbox is running at {url}: SSM, KMS and the rest by moto, Amazon")
-    out.write("        Connect's security-key and flow APIs by this project's emulator.\n")
+    say(None, f"A local sandbox is running at {sandbox.url}: SSM, KMS and the rest by moto,")
+    out.write("        Amazon Connect's security-key and flow APIs by this project's emulator.\n")
+    out.write("        Its clock is simulated, so that a key's year fits in seconds: every\n")
+    out.write("        rotator line printed under simulated time says so.\n")
     kms_key = boto3.client("kms").create_key(Description="connect-keys demo")["KeyMetadata"]
     os.environ["ROTATOR_KMS_KEY_ID"] = kms_key["KeyId"]
     connect = boto3.client("connect")
@@ -87,8 +93,8 @@ def _story(url: str, out: TextIO) -> int:
 
     say(0, "init: make an RSA-4096 key, store it in SSM (KMS-encrypted), read it back, prove")
     out.write("        it decrypts, associate it with Connect, point the flow and module at it.\n")
-    if run("init", "--instance-id", instance, "--flow-id", flow, "--flow-module-id", module,
-           "--now", at(0)) != 0:  # fmt: skip
+    at(0)
+    if run("init", "--instance-id", instance, "--flow-id", flow, "--flow-module-id", module) != 0:
         return 1
 
     def caller_types(digits: str) -> tuple[str, str]:
@@ -118,7 +124,8 @@ def _story(url: str, out: TextIO) -> int:
 
     say(366, "A year on, caller 1's contact is still in flight (say, queued for an agent).")
     out.write("        The key is past its 365-day cryptoperiod, so the daily run rotates it:\n")
-    if run("rotate", "--now", at(366)) != 0:
+    at(366)
+    if run("rotate") != 0:
         return 1
 
     second_call, second_key = caller_types(SECOND_CARD)
@@ -131,7 +138,8 @@ def _story(url: str, out: TextIO) -> int:
     out.write(
         "        keyring keeps it, so stored ciphertexts still decrypt until it is destroyed.\n"
     )
-    if run("retire", first_key, "--now", at(374)) != 0:
+    at(374)
+    if run("retire", first_key) != 0:
         return 1
     late = lambda_answer(first_call)
     out.write(f"        Caller 1's ciphertext after retirement: {late}\n")
@@ -141,8 +149,8 @@ def _story(url: str, out: TextIO) -> int:
     out.write(f"        truncated ciphertext -> {lambda_answer(blog)}\n")
 
     say(374, "Every promise checked against the live state, then the keyring:")
-    verified = run("verify", "--now", at(374))
-    run("status", "--now", at(374))
+    verified = run("verify")
+    run("status")
     handler.reset_container()
 
     ok = (

@@ -92,17 +92,25 @@ class SandboxApp:
         return self.moto_app(environ, start_response)
 
     def _clock(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """GET: the simulated time. POST {"advance_days": N}: move it forward (never back)."""
+        """GET: the simulated time. POST {"advance_days": N} moves it forward; POST
+        {"stand_at": ISO 8601} stops it at that moment (tests name exact times); POST
+        {"real_time": true} puts it back on real time."""
         status = "200 OK"
         if environ.get("REQUEST_METHOD") == "POST":
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
                 body = json.loads(environ["wsgi.input"].read(min(length, 4096)))
-                days = float(body["advance_days"])
-                if not 0 <= days <= 36500:
-                    raise ValueError(days)
-                self.clock.advance(timedelta(days=days))
-            except (ValueError, KeyError, TypeError):
+                if body.get("real_time") is True:
+                    self.clock.reset()
+                elif "stand_at" in body:
+                    moment = datetime.fromisoformat(str(body["stand_at"]))
+                    self.clock.stand_at(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+                else:
+                    days = float(body["advance_days"])
+                    if not 0 <= days <= 36500:
+                        raise ValueError(days)
+                    self.clock.advance(timedelta(days=days))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 status = "400 Bad Request"
         body = json.dumps(self.clock.answer()).encode()
         start_response(status, [("Content-Type", "application/json")])
@@ -224,6 +232,10 @@ def run_sandbox(port: int, out: TextIO) -> int:
             out.write(
                 f"# sandbox on {sandbox.url}: moto ({MOTO_SERVICES}) and the Connect emulator, "
                 "empty until you create something; Ctrl-C stops it and forgets everything\n"
+            )
+            out.write(
+                f"# simulated clock (rotator commands run at its time, and say so): "
+                f"curl -d '{{\"advance_days\": 30}}' {sandbox.url}{SANDBOX_CLOCK_PATH}\n"
             )
             out.flush()
             stopping.wait()
