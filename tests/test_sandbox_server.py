@@ -97,10 +97,14 @@ def test_connect_requests_reach_the_emulator(sandbox: Sandbox, sandbox_env: None
     )["Id"]
     # moto has no security-key API: an answer here can only come from the emulator.
     assert connect.list_security_keys(InstanceId=instance_id)["SecurityKeys"] == []
-    with pytest.raises(connect.exceptions.ResourceNotFoundException):
+    [listed] = connect.list_instances()["InstanceSummaryList"]
+    assert listed["Arn"] == f"arn:aws:connect:us-east-1:123456789012:instance/{instance_id}"
+    with pytest.raises(connect.exceptions.ResourceNotFoundException) as raised:
         connect.describe_contact_flow(InstanceId=instance_id, ContactFlowId="missing")
-    with pytest.raises(connect.exceptions.ResourceNotFoundException):
+    assert "missing" in raised.value.response["Error"]["Message"]
+    with pytest.raises(connect.exceptions.ResourceNotFoundException) as raised:
         connect.describe_contact_flow(InstanceId="another-instance", ContactFlowId="missing")
+    assert "another-instance" in raised.value.response["Error"]["Message"]
 
 
 def test_reset_empties_moto_and_the_emulator(sandbox: Sandbox, sandbox_env: None) -> None:

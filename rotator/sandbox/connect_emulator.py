@@ -1,41 +1,52 @@
-"""Amazon Connect emulator: security keys, contact flows and flow modules over REST-JSON.
+"""Amazon Connect emulator: instances, security keys, contact flows and flow modules over REST-JSON.
 
 moto has no Connect security-key or contact-flow API. This module serves exactly the operations
-the project needs, on the wire as botocore's model describes them (method, path, query-string
-and body members, output and error shapes), so an unmodified boto3 `connect` client runs against
-it: AssociateSecurityKey, ListSecurityKeys, DisassociateSecurityKey, CreateInstance,
-DescribeInstance, CreateContactFlow, ListContactFlows, DescribeContactFlow,
-UpdateContactFlowContent, CreateContactFlowModule, ListContactFlowModules,
-DescribeContactFlowModule, UpdateContactFlowModuleContent. State is in memory, behind one lock;
-tests read it through `ConnectState.update_count` (how often a flow was written) and `reset`.
+the project needs, on the wire as botocore's Connect model describes them, so an unmodified boto3
+`connect` client runs against it. The wire details are read from that model, not copied: each
+operation's HTTP method and request URI, its query-string members, the largest MaxResults it
+takes, the errors it may answer and each error's HTTP status. The emulator only adds a handler
+per supported operation, keyed by operation name (`ConnectState.operations`). State is in memory,
+behind one lock; tests read it through `ConnectState.update_count` (how often a flow was written)
+and `reset`.
 
 Connect's rules it enforces:
 - at most two security keys per instance (ServiceQuotaExceededException, HTTP 402 as modelled);
 - a security key is an RSA public key PEM of at most 1024 characters;
 - the same public key (compared by its numbers, not its text) is associated once; a ClientToken
   repeated with the same key returns the first AssociationId, with another key is refused;
-- flow and module content is flow-language JSON: Version 2019-10-30, a StartAction and every
-  NextAction naming an action, each action an object with a unique Identifier, a Type and
-  Parameters and Transitions objects; a GetParticipantInput that has InputEncryption stores its
-  input (StoreInput "True"), names an AssociationId of this instance as EncryptionKeyId and
-  carries as Key a certificate holding that security key's public key.
+- flow and module content is flow-language JSON (Connect's flow-language reference): Version
+  2019-10-30, a StartAction and every NextAction naming an action, each action an object with a
+  unique Identifier, a Type, a Transitions object and a Parameters object, which the actions that
+  take no parameters (`TransferContactToQueue`, `DisconnectParticipant`, ...) may leave out;
+- a GetParticipantInput with InputEncryption stores its input (StoreInput "True", or "true" as
+  the Set Touchtone Buffer Behavior block writes it) and validates it with
+  InputValidation.CustomValidation (never PhoneNumberValidation); the Stop-and-Clear variant of
+  that block (EnableDTMFBuffer "false") stores and encrypts the buffer without any validation;
+- EncryptionKeyId and Key are each either a JSONPath (`$.Attributes.KeyId`: dynamic, resolved
+  per contact, so not checked here) or static: a static EncryptionKeyId is an AssociationId of
+  this instance, a static Key a certificate PEM, and when both are static the certificate holds
+  that security key's public key.
 
 Error codes where Connect's documentation does not say which one it returns (decisions):
 - a parameter value Connect refuses (a PEM over 1024 characters or not an RSA public key,
   MaxResults out of range, an unknown NextToken, flow type or status): InvalidParameterException,
-  whose modelled meaning is "one or more of the specified parameters are not valid".
-  InvalidRequestException is kept for a request that cannot be read (body not a JSON object,
-  a required member missing, an unknown IdentityManagementType).
+  whose modelled meaning is "one or more of the specified parameters are not valid", or
+  InvalidRequestException where the operation does not model it (ListInstances).
+  InvalidRequestException is also the answer to a request that cannot be read (body not a JSON
+  object, a required member missing, an unknown IdentityManagementType).
 - the same public key twice, or a ClientToken reused with another key: ResourceConflictException,
   the only conflict error AssociateSecurityKey models (it has no IdempotencyException).
 - a flow or module name already used in the instance: DuplicateResourceException.
 - invalid content: InvalidContactFlowException with `problems`, or
   InvalidContactFlowModuleException with `Problems` (the two shapes spell it differently).
-- a method and path no operation serves: UnknownOperationException, HTTP 404.
+- an unknown instance, flow, module or security key: ResourceNotFoundException whose message
+  names the kind and the ID that was not found.
+- a method and path no operation serves: UnknownOperationException, HTTP 404 (not modelled).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -46,6 +57,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import botocore.session
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -56,15 +68,17 @@ from werkzeug.wrappers import Request, Response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from botocore.model import ServiceModel
 
 ACCOUNT_ID = "123456789012"  # moto's default account, so ARNs agree across the sandbox
 DEFAULT_REGION = "us-east-1"
-# Connect's own limits (botocore's model: PEM max 1024, MaxResult2). Deliberately not imported
-# from rotator.domain: the emulator stands for Connect, so a change on our side cannot loosen it.
+# Connect's own limits (botocore's model: PEM max 1024; the quota of two keys an instance).
+# Deliberately not imported from rotator.domain: the emulator stands for Connect, so a change on
+# our side cannot loosen it.
 PEM_LIMIT = 1024
 MAX_SECURITY_KEYS = 2
-MAX_PAGE = 1000  # MaxResult1000 of the list operations
-MAX_PROBLEMS = 50  # the longest Problems list an invalid-flow error carries
+MAX_PROBLEMS = 50  # the longest Problems list an invalid-flow error carries (model: max 50)
+PROBLEM_LIMIT = 256  # the longest message of one problem (model: ProblemMessageString max 256)
 FLOW_LANGUAGE_VERSION = "2019-10-30"  # the only version of the flow language
 FLOW_TYPES = frozenset(
     {
@@ -82,53 +96,28 @@ FLOW_TYPES = frozenset(
 )
 FLOW_STATUSES = frozenset({"PUBLISHED", "SAVED"})
 IDENTITY_TYPES = frozenset({"SAML", "CONNECT_MANAGED", "EXISTING_DIRECTORY"})
-# The HTTP status of each error shape in botocore's model (UnknownOperation is not modelled).
-ERROR_STATUS = {
-    "InvalidRequestException": 400,
-    "InvalidParameterException": 400,
-    "InvalidContactFlowException": 400,
-    "InvalidContactFlowModuleException": 400,
-    "ServiceQuotaExceededException": 402,
-    "ResourceNotFoundException": 404,
-    "UnknownOperationException": 404,
-    "ResourceConflictException": 409,
-    "DuplicateResourceException": 409,
-}
-# Method and requestUri of each operation, as in botocore's model.
-OPERATIONS = (
-    ("CreateInstance", "PUT", "/instance"),
-    ("DescribeInstance", "GET", "/instance/<InstanceId>"),
-    ("AssociateSecurityKey", "PUT", "/instance/<InstanceId>/security-key"),
-    ("ListSecurityKeys", "GET", "/instance/<InstanceId>/security-keys"),
-    ("DisassociateSecurityKey", "DELETE", "/instance/<InstanceId>/security-key/<AssociationId>"),
-    ("CreateContactFlow", "PUT", "/contact-flows/<InstanceId>"),
-    ("ListContactFlows", "GET", "/contact-flows-summary/<InstanceId>"),
-    ("DescribeContactFlow", "GET", "/contact-flows/<InstanceId>/<ContactFlowId>"),
-    ("UpdateContactFlowContent", "POST", "/contact-flows/<InstanceId>/<ContactFlowId>/content"),
-    ("CreateContactFlowModule", "PUT", "/contact-flow-modules/<InstanceId>"),
-    ("ListContactFlowModules", "GET", "/contact-flow-modules-summary/<InstanceId>"),
-    (
-        "DescribeContactFlowModule",
-        "GET",
-        "/contact-flow-modules/<InstanceId>/<ContactFlowModuleId>",
-    ),
-    (
-        "UpdateContactFlowModuleContent",
-        "POST",
-        "/contact-flow-modules/<InstanceId>/<ContactFlowModuleId>/content",
-    ),
+# Actions whose flow-language reference says "No parameters are expected" (or shows `{}`):
+# Connect's own sample flows leave their Parameters out.
+PARAMETERLESS_ACTIONS = frozenset(
+    {
+        "CheckOutboundCallStatus",
+        "DisconnectParticipant",
+        "DistributeByPercentage",
+        "EndFlowExecution",
+        "EndFlowModuleExecution",
+        "ResumeContact",
+        "StartVoiceIdStream",
+        "TransferContactToAgent",
+        "TransferContactToQueue",
+    }
 )
-ROUTES = Map([Rule(path, methods=[method], endpoint=name) for name, method, path in OPERATIONS])
-# Query-string members by their wire names (locationName in the model).
-QUERY_MEMBERS = {
-    "maxResults": "MaxResults",
-    "nextToken": "NextToken",
-    "clientToken": "ClientToken",
-    "contactFlowTypes": "ContactFlowTypes",
-    "state": "ContactFlowModuleState",
-}
-LIST_MEMBERS = frozenset({"ContactFlowTypes"})
+# "True" in the Store customer input block, "true" in Set Touchtone Buffer Behavior.
+STORE_INPUT_VALUES = frozenset({"True", "true"})
+# A value "defined dynamically": one JSONPath reference, `$.Attributes.KeyId` or `$.External['x']`.
+_JSONPATH = re.compile(r"\$(?:\.[A-Za-z_][\w-]*|\['[^']+'\]|\[\"[^\"]+\"\])+")
+UNKNOWN_OPERATION = "UnknownOperationException"
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/\s,]+/\d{8}/([^/\s,]+)/([^/\s,]+)/aws4_request")
+_URI_LABEL = re.compile(r"\{(\w+)(\+?)\}")
 T = TypeVar("T")
 
 
@@ -136,6 +125,58 @@ def credential_scope(environ: Mapping[str, Any]) -> tuple[str, str] | None:
     """(region, service) of a SigV4 Authorization header, or None for any other request."""
     match = _CREDENTIAL_SCOPE.search(str(environ.get("HTTP_AUTHORIZATION", "")))
     return (match.group(1), match.group(2)) if match else None
+
+
+@functools.cache
+def connect_model() -> ServiceModel:
+    """botocore's Connect service model, loaded once (about 0.2 s)."""
+    return botocore.session.get_session().get_service_model("connect")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What botocore's model says about one operation: where it is served, what it answers."""
+
+    name: str
+    method: str
+    request_uri: str
+    errors: frozenset[str]
+    query: Mapping[str, str]  # wire name -> member name
+    list_query: frozenset[str]  # query members that repeat (lists)
+    page_limit: int | None  # the largest MaxResults, for the list operations
+
+    @classmethod
+    def from_model(cls, name: str) -> Operation:
+        model = connect_model().operation_model(name)
+        members = model.input_shape.members if model.input_shape else {}
+        query = {
+            member.serialization["name"]: member_name
+            for member_name, member in members.items()
+            if member.serialization.get("location") == "querystring"
+        }
+        max_results = members.get("MaxResults")
+        return cls(
+            name=name,
+            method=model.http["method"],
+            request_uri=model.http["requestUri"],
+            errors=frozenset(shape.name for shape in model.error_shapes),
+            query=query,
+            list_query=frozenset(n for n in query.values() if members[n].type_name == "list"),
+            page_limit=max_results.metadata["max"] if max_results is not None else None,
+        )
+
+    def rule(self) -> Rule:
+        """The werkzeug rule of the request URI: `{InstanceId}` becomes `<InstanceId>`."""
+        path = self.request_uri.split("?", 1)[0]
+        pattern = _URI_LABEL.sub(lambda m: f"<{'path:' if m[2] else ''}{m[1]}>", path)
+        return Rule(pattern, methods=[self.method], endpoint=self.name)
+
+
+def error_status(code: str) -> int:
+    """The HTTP status botocore's model gives an error shape."""
+    if code == UNKNOWN_OPERATION:
+        return 404
+    return int(connect_model().shape_for(code).metadata["error"]["httpStatusCode"])
 
 
 class ConnectError(Exception):
@@ -151,8 +192,14 @@ class ConnectError(Exception):
         body: dict[str, Any] = {"Message": self.message}
         if self.problems is not None:
             name = "problems" if self.code == "InvalidContactFlowException" else "Problems"
-            body[name] = [{"message": problem} for problem in self.problems[:MAX_PROBLEMS]]
+            body[name] = [
+                {"message": problem[:PROBLEM_LIMIT]} for problem in self.problems[:MAX_PROBLEMS]
+            ]
         return body
+
+
+def _not_found(kind: str, resource_id: str, where: str = "") -> ConnectError:
+    return ConnectError("ResourceNotFoundException", f"{kind} not found: {resource_id}{where}")
 
 
 @dataclass
@@ -190,11 +237,31 @@ class Instance:
     flows: dict[str, Flow] = field(default_factory=dict)
     modules: dict[str, Flow] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """The members InstanceSummary (ListInstances) and Instance (DescribeInstance) share."""
+        summary: dict[str, Any] = {
+            "Id": self.id,
+            "Arn": self.arn,
+            "IdentityManagementType": self.identity_type,
+            "CreatedTime": self.created,
+            # Connect's service-linked role, one per instance.
+            "ServiceRole": f"arn:aws:iam::{ACCOUNT_ID}:role/aws-service-role/connect.amazonaws.com/"
+            f"AWSServiceRoleForAmazonConnect_{self.id.replace('-', '')[:20]}",
+            "InstanceStatus": "ACTIVE",
+            "InboundCallsEnabled": self.inbound,
+            "OutboundCallsEnabled": self.outbound,
+        }
+        if self.alias:
+            summary["InstanceAlias"] = self.alias
+            summary["InstanceAccessUrl"] = f"https://{self.alias}.my.connect.aws"
+        return summary
+
 
 class Params:
-    """One request's members by model name: JSON body, query string and URI labels merged."""
+    """One request's members by model name (JSON body, query string and URI labels merged)."""
 
-    def __init__(self, members: dict[str, Any], region: str) -> None:
+    def __init__(self, operation: Operation, members: dict[str, Any], region: str) -> None:
+        self.operation = operation
         self.members = members
         self.region = region
 
@@ -207,6 +274,12 @@ class Params:
     def optional(self, name: str) -> Any:
         return self.members.get(name)
 
+    def invalid(self, message: str) -> ConnectError:
+        """A refused parameter value, as the operation's model lets it be answered."""
+        if "InvalidParameterException" in self.operation.errors:
+            return ConnectError("InvalidParameterException", message)
+        return ConnectError("InvalidRequestException", message)
+
 
 class ConnectState:
     """Every instance with its keys, flows and modules; each operation runs under one lock."""
@@ -215,8 +288,9 @@ class ConnectState:
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
         self._updates: Counter[tuple[str, str]] = Counter()
-        self._operations: dict[str, Callable[[Params], dict[str, Any]]] = {
+        self.operations: dict[str, Callable[[Params], dict[str, Any]]] = {
             "CreateInstance": self._create_instance,
+            "ListInstances": self._list_instances,
             "DescribeInstance": self._describe_instance,
             "AssociateSecurityKey": self._associate_security_key,
             "ListSecurityKeys": self._list_security_keys,
@@ -231,9 +305,9 @@ class ConnectState:
             "UpdateContactFlowModuleContent": self._update_contact_flow_module_content,
         }
 
-    def handle(self, operation: str, params: Params) -> dict[str, Any]:
+    def handle(self, params: Params) -> dict[str, Any]:
         with self._lock:
-            return self._operations[operation](params)
+            return self.operations[params.operation.name](params)
 
     def reset(self) -> None:
         """Forget everything, as a new sandbox would."""
@@ -265,26 +339,18 @@ class ConnectState:
         )
         return {"Id": instance_id, "Arn": arn}
 
+    def _list_instances(self, p: Params) -> dict[str, Any]:
+        instances, next_token = _page(list(self._instances.values()), p)
+        listed = [instance.summary() for instance in instances]
+        return _with_token({"InstanceSummaryList": listed}, next_token)
+
     def _describe_instance(self, p: Params) -> dict[str, Any]:
-        instance = self._instance(p)
-        described: dict[str, Any] = {
-            "Id": instance.id,
-            "Arn": instance.arn,
-            "IdentityManagementType": instance.identity_type,
-            "CreatedTime": instance.created,
-            "InstanceStatus": "ACTIVE",
-            "InboundCallsEnabled": instance.inbound,
-            "OutboundCallsEnabled": instance.outbound,
-        }
-        if instance.alias:
-            described["InstanceAlias"] = instance.alias
-            described["InstanceAccessUrl"] = f"https://{instance.alias}.my.connect.aws"
-        return {"Instance": described}
+        return {"Instance": self._instance(p).summary()}
 
     def _associate_security_key(self, p: Params) -> dict[str, Any]:
         instance = self._instance(p)
         pem = p.required("Key")
-        numbers = _public_key_numbers(pem)
+        numbers = _public_key_numbers(pem, p)
         token = p.optional("ClientToken")
         if isinstance(token, str) and token in instance.tokens:
             first_numbers, first_id = instance.tokens[token]
@@ -312,7 +378,7 @@ class ConnectState:
         return {"AssociationId": association_id}
 
     def _list_security_keys(self, p: Params) -> dict[str, Any]:
-        keys, next_token = _page(list(self._instance(p).keys.values()), p, MAX_SECURITY_KEYS)
+        keys, next_token = _page(list(self._instance(p).keys.values()), p)
         listed = [
             {"AssociationId": k.association_id, "Key": k.pem, "CreationTime": k.created}
             for k in keys
@@ -323,20 +389,17 @@ class ConnectState:
         instance = self._instance(p)
         association_id = p.required("AssociationId")
         if instance.keys.pop(association_id, None) is None:
-            raise ConnectError(
-                "ResourceNotFoundException",
-                f"security key {association_id} is not associated with instance {instance.id}",
-            )
+            raise _not_found("Security key", association_id, f" in instance {instance.id}")
         return {}
 
     def _create_contact_flow(self, p: Params) -> dict[str, Any]:
         instance = self._instance(p)
         flow_type = p.required("Type")
         if flow_type not in FLOW_TYPES:
-            raise ConnectError("InvalidParameterException", f"unknown flow Type {flow_type!r}")
+            raise p.invalid(f"unknown flow Type {flow_type!r}")
         status = p.optional("Status") or "PUBLISHED"
         if status not in FLOW_STATUSES:
-            raise ConnectError("InvalidParameterException", f"unknown flow Status {status!r}")
+            raise p.invalid(f"unknown flow Status {status!r}")
         flow = self._create(
             instance, instance.flows, p, "contact-flow", "InvalidContactFlowException"
         )
@@ -347,7 +410,7 @@ class ConnectState:
     def _list_contact_flows(self, p: Params) -> dict[str, Any]:
         types = p.optional("ContactFlowTypes")
         flows = [f for f in self._instance(p).flows.values() if not types or f.flow_type in types]
-        page, next_token = _page(flows, p, MAX_PAGE)
+        page, next_token = _page(flows, p)
         summaries = [
             {
                 "Id": f.id,
@@ -363,7 +426,7 @@ class ConnectState:
 
     def _describe_contact_flow(self, p: Params) -> dict[str, Any]:
         instance = self._instance(p)
-        flow = _find(instance.flows, p.required("ContactFlowId"), "contact flow", instance)
+        flow = _find(instance.flows, p.required("ContactFlowId"), "Contact flow", instance)
         described = _described(flow)
         described["Type"] = flow.flow_type
         described["Status"] = flow.status
@@ -371,7 +434,7 @@ class ConnectState:
 
     def _update_contact_flow_content(self, p: Params) -> dict[str, Any]:
         instance = self._instance(p)
-        flow = _find(instance.flows, p.required("ContactFlowId"), "contact flow", instance)
+        flow = _find(instance.flows, p.required("ContactFlowId"), "Contact flow", instance)
         self._updates[(instance.id, flow.id)] += 1
         content = p.required("Content")
         _check_content(content, instance, "InvalidContactFlowException")
@@ -389,20 +452,20 @@ class ConnectState:
         # Every module here is ACTIVE, so a filter for ARCHIVED ones finds none.
         archived = p.optional("ContactFlowModuleState") == "ARCHIVED"
         modules = [] if archived else list(self._instance(p).modules.values())
-        page, next_token = _page(modules, p, MAX_PAGE)
+        page, next_token = _page(modules, p)
         summaries = [{"Id": m.id, "Arn": m.arn, "Name": m.name, "State": "ACTIVE"} for m in page]
         return _with_token({"ContactFlowModulesSummaryList": summaries}, next_token)
 
     def _describe_contact_flow_module(self, p: Params) -> dict[str, Any]:
         instance = self._instance(p)
-        module = _find(instance.modules, p.required("ContactFlowModuleId"), "module", instance)
+        module = _find(instance.modules, p.required("ContactFlowModuleId"), "Flow module", instance)
         described = _described(module)
         described["Status"] = "PUBLISHED"
         return {"ContactFlowModule": described}
 
     def _update_contact_flow_module_content(self, p: Params) -> dict[str, Any]:
         instance = self._instance(p)
-        module = _find(instance.modules, p.required("ContactFlowModuleId"), "module", instance)
+        module = _find(instance.modules, p.required("ContactFlowModuleId"), "Flow module", instance)
         self._updates[(instance.id, module.id)] += 1
         # Content is optional in the model: a call may change only the module's Settings.
         content = p.optional("Content")
@@ -415,7 +478,7 @@ class ConnectState:
         instance_id = p.required("InstanceId")
         instance = self._instances.get(instance_id)
         if instance is None:
-            raise ConnectError("ResourceNotFoundException", f"instance {instance_id} not found")
+            raise _not_found("Instance", instance_id)
         return instance
 
     @staticmethod
@@ -443,6 +506,8 @@ class ConnectEmulator:
 
     def __init__(self, state: ConnectState | None = None) -> None:
         self.state = state or ConnectState()
+        self.operations = {name: Operation.from_model(name) for name in self.state.operations}
+        self._routes = Map([operation.rule() for operation in self.operations.values()])
 
     def reset(self) -> None:
         self.state.reset()
@@ -450,42 +515,37 @@ class ConnectEmulator:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
         try:
-            operation, labels = _route(request)
-            params = _params(request, labels)
-            response = _json_response(200, self.state.handle(operation, params))
+            params = self._params(request)
+            response = _json_response(200, self.state.handle(params))
         except ConnectError as error:
             response = _error_response(error)
         return response(environ, start_response)
 
-
-def _route(request: Request) -> tuple[str, Mapping[str, Any]]:
-    try:
-        operation, labels = ROUTES.bind_to_environ(request.environ).match()
-    except HTTPException:
-        raise ConnectError(
-            "UnknownOperationException",
-            f"the Connect emulator serves no {request.method} {request.path}",
-        ) from None
-    return str(operation), labels
-
-
-def _params(request: Request, labels: Mapping[str, Any]) -> Params:
-    members: dict[str, Any] = {}
-    body = request.get_data()
-    if body:
+    def _params(self, request: Request) -> Params:
         try:
-            members = json.loads(body)
-        except ValueError:
-            raise ConnectError("InvalidRequestException", "the body is not JSON") from None
-        if not isinstance(members, dict):
-            raise ConnectError("InvalidRequestException", "the body is not a JSON object")
-    for wire_name, name in QUERY_MEMBERS.items():
-        values = request.args.getlist(wire_name)
-        if values:
-            members[name] = values if name in LIST_MEMBERS else values[0]
-    members.update(labels)
-    scope = credential_scope(request.environ)
-    return Params(members, scope[0] if scope else DEFAULT_REGION)
+            name, labels = self._routes.bind_to_environ(request.environ).match()
+        except HTTPException:
+            raise ConnectError(
+                UNKNOWN_OPERATION, f"the Connect emulator serves no {request.method} {request.path}"
+            ) from None
+        operation = self.operations[str(name)]
+        members: dict[str, Any] = {}
+        body = request.get_data()
+        if body:
+            try:
+                members = json.loads(body)
+            except ValueError:
+                raise ConnectError("InvalidRequestException", "the body is not JSON") from None
+            if not isinstance(members, dict):
+                raise ConnectError("InvalidRequestException", "the body is not a JSON object")
+        for wire_name, member_name in operation.query.items():
+            values = request.args.getlist(wire_name)
+            if values:
+                listed = member_name in operation.list_query
+                members[member_name] = values if listed else values[0]
+        members.update(labels)
+        scope = credential_scope(request.environ)
+        return Params(operation, members, scope[0] if scope else DEFAULT_REGION)
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Response:
@@ -495,24 +555,24 @@ def _json_response(status: int, body: dict[str, Any]) -> Response:
 
 
 def _error_response(error: ConnectError) -> Response:
-    response = _json_response(ERROR_STATUS[error.code], error.body())
+    response = _json_response(error_status(error.code), error.body())
     response.headers["x-amzn-ErrorType"] = error.code
     return response
 
 
-def _page(items: list[T], p: Params, limit: int) -> tuple[list[T], str | None]:
+def _page(items: list[T], p: Params) -> tuple[list[T], str | None]:
     """One page and the token of the next; tokens are offsets, opaque to clients."""
+    limit = p.operation.page_limit
+    assert limit is not None, f"{p.operation.name} takes no MaxResults"
     try:
         size = int(p.optional("MaxResults") or limit)
         start = int(p.optional("NextToken") or 0)
     except ValueError:
-        raise ConnectError(
-            "InvalidParameterException", "MaxResults or NextToken is not valid"
-        ) from None
+        raise p.invalid("MaxResults or NextToken is not valid") from None
     if not 1 <= size <= limit:
-        raise ConnectError("InvalidParameterException", f"MaxResults must be 1 to {limit}")
+        raise p.invalid(f"MaxResults must be 1 to {limit}")
     if not 0 <= start <= len(items):
-        raise ConnectError("InvalidParameterException", "NextToken is not valid")
+        raise p.invalid("NextToken is not valid")
     end = start + size
     return items[start:end], str(end) if end < len(items) else None
 
@@ -526,9 +586,7 @@ def _with_token(body: dict[str, Any], next_token: str | None) -> dict[str, Any]:
 def _find(flows: dict[str, Flow], flow_id: str, kind: str, instance: Instance) -> Flow:
     flow = flows.get(flow_id)
     if flow is None:
-        raise ConnectError(
-            "ResourceNotFoundException", f"{kind} {flow_id} not found in instance {instance.id}"
-        )
+        raise _not_found(kind, flow_id, f" in instance {instance.id}")
     return flow
 
 
@@ -545,18 +603,15 @@ def _described(flow: Flow) -> dict[str, Any]:
     return described
 
 
-def _public_key_numbers(pem: str) -> rsa.RSAPublicNumbers:
+def _public_key_numbers(pem: str, p: Params) -> rsa.RSAPublicNumbers:
     if len(pem) > PEM_LIMIT:
-        raise ConnectError(
-            "InvalidParameterException",
-            f"Key is {len(pem)} characters; a security key PEM has at most {PEM_LIMIT}",
-        )
+        raise p.invalid(f"Key is {len(pem)} characters; a security key PEM has at most {PEM_LIMIT}")
     try:
         public_key = serialization.load_pem_public_key(pem.encode("utf-8"))
     except (ValueError, UnsupportedAlgorithm):
-        raise ConnectError("InvalidParameterException", "Key is not a PEM public key") from None
+        raise p.invalid("Key is not a PEM public key") from None
     if not isinstance(public_key, rsa.RSAPublicKey):
-        raise ConnectError("InvalidParameterException", "Key is not an RSA public key")
+        raise p.invalid("Key is not an RSA public key")
     return public_key.public_numbers()
 
 
@@ -611,43 +666,65 @@ def _action_problems(
         problems.append(f"{label}: Identifier is not unique")
     else:
         identifiers.add(identifier)
-    if not isinstance(action.get("Type"), str):
+    action_type = action.get("Type")
+    if not isinstance(action_type, str):
         problems.append(f"{label}: Type must be a string")
-    problems.extend(
-        f"{label}: {member} must be an object"
-        for member in ("Parameters", "Transitions")
-        if not isinstance(action.get(member), dict)
-    )
+    if not isinstance(action.get("Transitions"), dict):
+        problems.append(f"{label}: Transitions must be an object")
     parameters = action.get("Parameters")
-    if (
-        action.get("Type") == "GetParticipantInput"
-        and isinstance(parameters, dict)
-        and "InputEncryption" in parameters
-    ):
-        problems.extend(f"{label}: {p}" for p in _encryption_problems(parameters, keys))
+    if "Parameters" in action or action_type not in PARAMETERLESS_ACTIONS:
+        if not isinstance(parameters, dict):
+            problems.append(f"{label}: Parameters must be an object")
+        elif action_type == "GetParticipantInput" and "InputEncryption" in parameters:
+            problems.extend(f"{label}: {p}" for p in _encryption_problems(parameters, keys))
     return problems
 
 
 def _encryption_problems(parameters: dict[str, Any], keys: Mapping[str, SecurityKey]) -> list[str]:
     problems = []
-    if parameters.get("StoreInput") != "True":
+    if parameters.get("StoreInput") not in STORE_INPUT_VALUES:
         problems.append('InputEncryption needs StoreInput "True"')
+    if not _stops_touchtone_buffer(parameters):
+        validation = parameters.get("InputValidation")
+        if not (
+            isinstance(validation, dict)
+            and isinstance(validation.get("CustomValidation"), dict)
+            and "PhoneNumberValidation" not in validation
+        ):
+            problems.append(
+                "InputEncryption may only be given with InputValidation.CustomValidation"
+            )
     encryption = parameters["InputEncryption"]
     if not isinstance(encryption, dict):
         return [*problems, "InputEncryption must be an object"]
-    key_id = encryption.get("EncryptionKeyId")
-    key = keys.get(key_id) if isinstance(key_id, str) else None
-    if key is None:
-        return [*problems, f"EncryptionKeyId {key_id!r} is not a security key of this instance"]
-    certificate_pem = encryption.get("Key")
+    key_id, certificate_pem = encryption.get("EncryptionKeyId"), encryption.get("Key")
+    key = None
+    if not _is_dynamic(key_id):
+        key = keys.get(key_id) if isinstance(key_id, str) else None
+        if key is None:
+            return [*problems, f"EncryptionKeyId {key_id!r} is not a security key of this instance"]
+    if _is_dynamic(certificate_pem):
+        return problems
     try:
         certificate = x509.load_pem_x509_certificate(str(certificate_pem).encode("utf-8"))
         public_key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
         return [*problems, "Key is not a PEM X.509 certificate"]
-    if not isinstance(public_key, rsa.RSAPublicKey) or public_key.public_numbers() != key.numbers:
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        problems.append("Key is not a certificate for an RSA key")
+    elif key is not None and public_key.public_numbers() != key.numbers:
         problems.append(f"Key is not a certificate for security key {key_id}")
     return problems
+
+
+def _stops_touchtone_buffer(parameters: dict[str, Any]) -> bool:
+    """The Set Touchtone Buffer Behavior block's Stop-and-Clear mode (EnableDTMFBuffer false)."""
+    return str(parameters.get("EnableDTMFBuffer", "")).lower() == "false"
+
+
+def _is_dynamic(value: Any) -> bool:
+    """A value "defined dynamically": one JSONPath reference, resolved when a contact runs."""
+    return isinstance(value, str) and _JSONPATH.fullmatch(value) is not None
 
 
 def _next_actions(transitions: dict[str, Any]) -> list[Any]:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from importlib import resources
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 DEMO_CARD = "4111111111111111"  # the well-known Visa test number, not a real card
 SECOND_CARD = "5555555555554444"  # the well-known Mastercard test number
-VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
+# Package data, so that the demo runs from an installed wheel as well as from a checkout.
+DATA = resources.files("rotator.sandbox") / "data"
 DEMO_ENV = ("KEYRING_PREFIX", "ROTATOR_KMS_KEY_ID", "RESPONSE_MODE")
 
 
@@ -144,7 +145,7 @@ def _story(sandbox: Sandbox, out: TextIO) -> int:
     late = lambda_answer(first_call)
     out.write(f"        Caller 1's ciphertext after retirement: {late}\n")
 
-    blog = (VECTORS / "blog-truncated.b64").read_text().strip()
+    blog = (DATA / "blog-truncated.b64").read_text(encoding="ascii").strip()
     say(374, "Bad input gets a stable error code, never a stack trace: the AWS blog's")
     out.write(f"        truncated ciphertext -> {lambda_answer(blog)}\n")
 
