@@ -11,58 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from lambda_decrypt.config import Env
 from rotator.config import RotatorEnv
 from rotator.packaging import DEFAULT_TEMPLATE, Target, read_target
+from tests.cfn_policy import TEMPLATE, load_template, resources
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "template.yaml"
 DECRYPT_ALLOWED = {
     "ssm:getparameter",
     "ssm:getparameters",
+    "ssm:getparametersbypath",
     "kms:decrypt",
     "logs:createlogstream",
     "logs:putlogevents",
 }
 KEYRING_WRITES = ("ssm:put*", "ssm:delete*", "ssm:label*", "ssm:addtags*", "ssm:removetags*")
-
-
-class CfnLoader(yaml.SafeLoader):
-    """PyYAML with CloudFormation's short tags (!Ref, !Sub, !GetAtt, ...) as plain mappings."""
-
-
-def _intrinsic(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _intrinsic)
+PARAMETER = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${KeyringPrefix}"
 
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)  # noqa: S506
-    return loaded
-
-
-def resources(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every resource, the ones inside Fn::ForEach loops under their logical ID templates."""
-    found: dict[str, dict[str, Any]] = {}
-    for name, body in template["Resources"].items():
-        if name.startswith("Fn::ForEach::"):
-            found.update(body[2])
-        else:
-            found[name] = body
-    return found
+    return load_template()
 
 
 def roles(template: dict[str, Any]) -> list[str]:
@@ -103,13 +72,22 @@ def resource_strings(statement: dict[str, Any]) -> Iterator[str]:
 
 def test_decrypt_role_can_only_read_private_keys_and_metadata(template: dict[str, Any]) -> None:
     granted = allowed_actions(template, "DecryptRole")
-    assert granted <= DECRYPT_ALLOWED
-    assert "ssm:getparameters" in granted and "kms:decrypt" in granted
-    for statement in role_statements(template, "DecryptRole"):
-        if any(a.startswith("ssm:") for a in actions(statement)):
-            for resource in resource_strings(statement):
-                assert "parameter${KeyringPrefix}/keys/" in resource
-                assert resource.endswith(("/private-key", "/metadata"))
+    assert granted == DECRYPT_ALLOWED
+    by_sid = {s.get("Sid"): s for s in role_statements(template, "DecryptRole")}
+    read = by_sid["ReadKeyringKeys"]
+    assert set(actions(read)) == {"ssm:getparameter", "ssm:getparameters"}
+    assert list(resource_strings(read)) == [
+        f"{PARAMETER}/keys/*/private-key",
+        f"{PARAMETER}/keys/*/metadata",
+    ]
+    # Which key IDs the keyring holds, learnt at cold start: a listing of {prefix}/keys only.
+    listing = by_sid["ListKeyringKeyIds"]
+    assert actions(listing) == ["ssm:getparametersbypath"]
+    assert list(resource_strings(listing)) == [f"{PARAMETER}/keys", f"{PARAMETER}/keys/*"]
+    ssm_statements = [
+        s for s in role_statements(template, "DecryptRole") if actions(s)[0].startswith("ssm:")
+    ]
+    assert [s["Sid"] for s in ssm_statements] == ["ReadKeyringKeys", "ListKeyringKeyIds"]
 
 
 def test_decrypt_role_has_no_write_permission_on_the_keyring(template: dict[str, Any]) -> None:
@@ -139,6 +117,17 @@ def test_only_the_rotator_writes_the_keyring_or_calls_connect(template: dict[str
         "connect:associatesecuritykey",
         "connect:updatecontactflowcontent",
     } <= allowed_actions(template, "RotatorRole")
+    # Its keyring and Connect rights are OperatorPolicy's, attached to it (one place).
+    operator = resources(template)["OperatorPolicy"]
+    assert operator["Type"] == "AWS::IAM::ManagedPolicy"
+    assert operator["Properties"]["Roles"] == [{"Ref": "RotatorRole"}]
+    inline = {
+        a
+        for policy in resources(template)["RotatorRole"]["Properties"]["Policies"]
+        for s in policy["PolicyDocument"]["Statement"]
+        for a in actions(s)
+    }
+    assert not [a for a in inline if a.startswith(("ssm:", "connect:", "kms:"))]
 
 
 def test_connect_permissions_are_scoped_to_the_instances(template: dict[str, Any]) -> None:
@@ -159,6 +148,20 @@ def test_connect_permissions_are_scoped_to_the_instances(template: dict[str, Any
     for statement in connect:
         assert statement["Resource"] != "*"
         assert "ConnectInstanceArns" in str(statement["Resource"])
+    flows = operator_statements(template)["ManagedFlows"]
+    condition, listed, every_flow = flows["Resource"]["Fn::If"]
+    assert (condition, listed) == ("HasManagedFlows", {"Ref": "ManagedFlowArns"})
+    # instance/ID/*: the flows and modules of each instance (the only resource types of these
+    # four actions), one ARN per instance.
+    assert every_flow == {
+        "Fn::Split": [
+            ",",
+            {"Fn::Join": ["", [{"Fn::Join": ["/*,", {"Ref": "ConnectInstanceArns"}]}, "/*"]]},
+        ]
+    }
+    parameter = template["Parameters"]["ManagedFlowArns"]
+    assert (parameter["Type"], parameter["Default"]) == ("CommaDelimitedList", "")
+    assert "(contact-flow|flow-module)" in parameter["AllowedPattern"]
 
 
 def test_metrics_permission_is_limited_to_the_namespace(template: dict[str, Any]) -> None:
@@ -169,6 +172,55 @@ def test_metrics_permission_is_limited_to_the_namespace(template: dict[str, Any]
     ]
     condition = metrics["Condition"]["StringEquals"]["cloudwatch:namespace"]
     assert condition == {"Ref": "MetricsNamespace"}
+
+
+KEY_ADMINISTRATION = {
+    "kms:describekey",
+    "kms:getkeypolicy",
+    "kms:getkeyrotationstatus",
+    "kms:listkeypolicies",
+    "kms:listkeyrotations",
+    "kms:listgrants",
+    "kms:listresourcetags",
+    "kms:putkeypolicy",
+    "kms:updatekeydescription",
+    "kms:createalias",
+    "kms:updatealias",
+    "kms:deletealias",
+    "kms:tagresource",
+    "kms:untagresource",
+    "kms:enablekey",
+    "kms:disablekey",
+    "kms:enablekeyrotation",
+    "kms:rotatekeyondemand",
+    "kms:revokegrant",
+    "kms:schedulekeydeletion",
+    "kms:cancelkeydeletion",
+}
+KEY_USE = (
+    "kms:encrypt",
+    "kms:decrypt",
+    "kms:reencryptfrom",
+    "kms:reencryptto",
+    "kms:generatedatakey",
+    "kms:generatedatakeywithoutplaintext",
+    "kms:generatedatakeypair",
+    "kms:creategrant",
+)
+
+
+def test_key_administrators_cannot_use_the_key_or_grant_its_use(template: dict[str, Any]) -> None:
+    statements = resources(template)["KeyringKey"]["Properties"]["KeyPolicy"]["Statement"]
+    (admin,) = [s for s in statements if s.get("Sid") == "KeyAdministration"]
+    granted = actions(admin)
+    assert len(granted) == len(set(granted))
+    assert set(granted) == KEY_ADMINISTRATION  # an explicit list: no wildcard at all
+    for use in KEY_USE:
+        assert not [g for g in granted if fnmatch.fnmatch(use, g)], use
+    root = "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"
+    for statement in statements:
+        if statement.get("Sid") != "KeyAdministration":
+            assert statement.get("Principal") != {"AWS": {"Fn::Sub": root}}
 
 
 def test_key_policy_lets_only_the_two_roles_use_the_key(template: dict[str, Any]) -> None:
@@ -273,6 +325,7 @@ def test_alarms_cover_expiry_rotation_failures_and_decrypt_errors(
         r["Properties"]
         for r in resources(template).values()
         if r["Type"] == "AWS::Logs::MetricFilter"
+        and r["Properties"]["MetricTransformations"][0]["MetricName"] == "DecryptFailures"
     ]
     assert metric_filter["FilterPattern"] == '{ $.outcome = "error" }'
     assert metric_filter["LogGroupName"] == {"Ref": "DecryptLogGroup"}
@@ -308,6 +361,12 @@ def test_rotator_writes_reports_only_under_the_bucket_prefix(template: dict[str,
     assert list(resource_strings(s3[0])) == ["${ReportBucket.Arn}/reports/*"]
     (describe,) = [s for s in statements if "ssm:describeparameters" in actions(s)]
     assert actions(describe) == ["ssm:describeparameters"]  # the one "*" SSM action: read-only
+    assert describe["Resource"] == "*"
+    star = [s for s in statements if s["Resource"] == "*" and s["Effect"] == "Allow"]
+    assert {a for s in star for a in actions(s)} == {
+        "ssm:describeparameters",
+        "cloudwatch:putmetricdata",  # limited to the namespace by its condition
+    }
     rotator = resources(template)["RotatorFunction"]["Properties"]["Environment"]["Variables"]
     assert rotator[RotatorEnv.REPORT_S3_URI] == {"Fn::Sub": "s3://${ReportBucket}/reports/"}
 
@@ -333,7 +392,11 @@ def test_report_bucket_is_private_encrypted_versioned_and_expires(
 def test_decrypt_role_has_no_s3_access_or_ssm_write(template: dict[str, Any]) -> None:
     granted = allowed_actions(template, "DecryptRole")
     assert not [a for a in granted if a.startswith("s3:")]
-    assert {a for a in granted if a.startswith("ssm:")} <= {"ssm:getparameter", "ssm:getparameters"}
+    assert {a for a in granted if a.startswith("ssm:")} == {
+        "ssm:getparameter",
+        "ssm:getparameters",
+        "ssm:getparametersbypath",
+    }
 
 
 def test_critical_report_findings_raise_an_alarm(template: dict[str, Any]) -> None:
@@ -347,3 +410,243 @@ def test_critical_report_findings_raise_an_alarm(template: dict[str, Any]) -> No
     assert alarm["Dimensions"] == [{"Name": "Severity", "Value": "critical"}]
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
     assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}]
+
+
+# -- OperatorPolicy, statement by statement -------------------------------------------------
+
+
+def operator_statements(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    document = resources(template)["OperatorPolicy"]["Properties"]["PolicyDocument"]
+    by_sid = {s["Sid"]: s for s in document["Statement"]}
+    assert len(by_sid) == len(document["Statement"])  # every statement has its own Sid
+    return by_sid
+
+
+def suffixes(statement: dict[str, Any]) -> list[str]:
+    """The keyring-relative part of each resource ("/keys/*/metadata")."""
+    found = []
+    for resource in resource_strings(statement):
+        assert resource.startswith(PARAMETER), resource
+        found.append(resource.removeprefix(PARAMETER))
+    return found
+
+
+PROTECTED = ["/keys/*/private-key", "/staging/*/private-key", "/history/*"]
+OVERWRITE_ABSENT_OR_FALSE = {"StringEqualsIfExists": {"ssm:Overwrite": "false"}}
+PRESENT_AND_NOT_FALSE = {
+    "Null": {"ssm:Overwrite": "false"},
+    "StringNotEquals": {"ssm:Overwrite": "false"},
+}
+
+
+def test_operator_policy_reads_the_keyring_and_describes_parameters(
+    template: dict[str, Any],
+) -> None:
+    by_sid = operator_statements(template)
+    read = by_sid["ReadKeyring"]
+    assert (read["Effect"], suffixes(read)) == ("Allow", ["/*"])
+    assert set(actions(read)) == {
+        "ssm:getparameter",
+        "ssm:getparameters",
+        "ssm:getparametersbypath",
+        "ssm:getparameterhistory",
+    }
+    describe = by_sid["ReportParameterProtection"]
+    assert (actions(describe), describe["Resource"]) == (["ssm:describeparameters"], "*")
+
+
+def test_private_keys_and_history_are_created_once_never_overwritten(
+    template: dict[str, Any],
+) -> None:
+    by_sid = operator_statements(template)
+    create = by_sid["CreatePrivateKeysAndHistoryOnce"]
+    assert (create["Effect"], actions(create)) == ("Allow", ["ssm:putparameter"])
+    assert suffixes(create) == PROTECTED
+    assert create["Condition"] == OVERWRITE_ABSENT_OR_FALSE
+    never = by_sid["NeverOverwritePrivateKeysOrHistory"]
+    assert (never["Effect"], actions(never)) == ("Deny", ["ssm:putparameter"])
+    assert suffixes(never) == PROTECTED
+    assert never["Condition"] == PRESENT_AND_NOT_FALSE
+    records = by_sid["WriteKeyringRecords"]
+    assert (records["Effect"], actions(records), "Condition" in records) == (
+        "Allow",
+        ["ssm:putparameter"],
+        False,
+    )
+    assert suffixes(records) == [
+        "/keys/*/metadata",
+        "/keys/*/certificate",
+        "/instances/*",
+        "/staging/*/certificate",
+        "/locks/*",
+    ]
+    # No other statement lets a parameter be written, and no path is both.
+    writers = [s for s in by_sid.values() if "ssm:putparameter" in actions(s)]
+    assert {s["Sid"] for s in writers} == {
+        "CreatePrivateKeysAndHistoryOnce",
+        "NeverOverwritePrivateKeysOrHistory",
+        "NeverAttachParameterPolicies",
+        "WriteKeyringRecords",
+    }
+    assert not set(suffixes(records)) & set(PROTECTED)
+    assert not [s for s in suffixes(records) if s.startswith(("/audit", "/history"))]
+
+
+def test_no_parameter_policy_can_be_attached(template: dict[str, Any]) -> None:
+    deny = operator_statements(template)["NeverAttachParameterPolicies"]
+    assert (deny["Effect"], actions(deny), suffixes(deny)) == ("Deny", ["ssm:putparameter"], ["/*"])
+    assert deny["Condition"] == {
+        "Null": {"ssm:Policies": "false"},
+        "StringNotEquals": {"ssm:Policies": "false"},
+    }
+    granted = {a for s in operator_statements(template).values() for a in actions(s)}
+    assert not [a for a in granted if a.startswith(("ssm:label", "ssm:addtags", "ssm:putres"))]
+
+
+def test_only_what_the_lifecycle_deletes_can_be_deleted(template: dict[str, Any]) -> None:
+    by_sid = operator_statements(template)
+    delete = by_sid["DeleteWhatTheLifecycleDeletes"]
+    assert delete["Effect"] == "Allow" and "Condition" not in delete
+    assert set(actions(delete)) == {"ssm:deleteparameter", "ssm:deleteparameters"}
+    assert suffixes(delete) == ["/staging/*", "/locks/*", "/keys/*/private-key"]
+    evidence = by_sid["NeverDeleteEvidence"]
+    assert evidence["Effect"] == "Deny" and "Condition" not in evidence
+    assert set(actions(evidence)) == {"ssm:deleteparameter", "ssm:deleteparameters"}
+    assert suffixes(evidence) == [
+        "/keys/*/metadata",
+        "/keys/*/certificate",
+        "/instances/*",
+        "/history/*",
+        "/audit/*",
+    ]
+    deleters = [
+        s["Sid"] for s in by_sid.values() if any(a.startswith("ssm:delete") for a in actions(s))
+    ]
+    assert deleters == ["DeleteWhatTheLifecycleDeletes", "NeverDeleteEvidence"]
+
+
+def test_blog_parameters_are_read_only_and_never_by_the_rotator_lambda(
+    template: dict[str, Any],
+) -> None:
+    blog = operator_statements(template)["ReadBlogParametersToAdopt"]
+    assert (blog["Effect"], actions(blog)) == ("Allow", ["ssm:getparameters"])
+    base = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/"
+    assert list(resource_strings(blog)) == [
+        f"{base}CONNECT_INPUT_DECRYPTION_KEY",
+        f"{base}CONNECT_INPUT_KEY_ID",
+    ]
+    assert blog["Condition"] == {
+        "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["RotatorRole", "Arn"]}}
+    }
+
+
+def test_operator_policy_uses_the_key_only_through_ssm_for_private_keys(
+    template: dict[str, Any],
+) -> None:
+    key = operator_statements(template)["KeyringKeyThroughSsm"]
+    assert set(actions(key)) == {"kms:encrypt", "kms:decrypt", "kms:generatedatakey"}
+    assert key["Resource"] == {"Fn::GetAtt": ["KeyringKey", "Arn"]}
+    assert key["Condition"]["StringEquals"] == {
+        "kms:ViaService": {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"}
+    }
+    contexts = key["Condition"]["StringLike"]["kms:EncryptionContext:PARAMETER_ARN"]
+    assert [c["Fn::Sub"].removeprefix(PARAMETER) for c in contexts] == [
+        "/keys/*/private-key",
+        "/staging/*/private-key",
+    ]
+    security = operator_statements(template)["SecurityKeys"]
+    assert security["Resource"] == {"Ref": "ConnectInstanceArns"}
+
+
+def test_operator_policy_is_an_output(template: dict[str, Any]) -> None:
+    output = template["Outputs"]["OperatorPolicyArn"]
+    assert output["Value"] == {"Ref": "OperatorPolicy"}  # a managed policy's Ref is its ARN
+    rotator = resources(template)["RotatorFunction"]
+    assert rotator["DependsOn"] == "OperatorPolicy"
+
+
+# -- the keyring key and the decrypt Lambda raise alarms ------------------------------------
+
+
+def _rule(template: dict[str, Any], name: str) -> dict[str, Any]:
+    rule = resources(template)[name]
+    assert rule["Type"] == "AWS::Events::Rule"
+    properties: dict[str, Any] = rule["Properties"]
+    assert properties["State"] == "ENABLED"
+    pattern = properties["EventPattern"]
+    assert pattern["source"] == ["aws.kms"]
+    assert pattern["detail-type"] == ["AWS API Call via CloudTrail"]
+    assert pattern["detail"]["eventSource"] == ["kms.amazonaws.com"]
+    key_arn = {"Fn::GetAtt": ["KeyringKey", "Arn"]}
+    assert pattern["detail"]["$or"] == [
+        {"resources": {"ARN": [key_arn]}},
+        {"requestParameters": {"keyId": [{"Ref": "KeyringKey"}, key_arn]}},
+    ]
+    (target,) = properties["Targets"]
+    assert target["Arn"] == {"Ref": "AlertTopic"}
+    paths = target["InputTransformer"]["InputPathsMap"]
+    assert paths["event"] == "$.detail.eventName"
+    assert paths["caller"] == "$.detail.userIdentity.arn"
+    message = target["InputTransformer"]["InputTemplate"]["Fn::Sub"]
+    assert message.startswith('"') and message.endswith('"')  # one JSON string for SNS
+    assert "<event>" in message and "<caller>" in message and "${KeyringKey.Arn}" in message
+    return properties
+
+
+def test_disabling_or_scheduling_deletion_of_the_keyring_key_alerts(
+    template: dict[str, Any],
+) -> None:
+    loss = _rule(template, "KeyringKeyLossRule")
+    assert loss["EventPattern"]["detail"]["eventName"] == ["ScheduleKeyDeletion", "DisableKey"]
+    policy = _rule(template, "KeyringKeyPolicyRule")
+    assert policy["EventPattern"]["detail"]["eventName"] == ["PutKeyPolicy", "CreateGrant"]
+    rules = [n for n, r in resources(template).items() if r["Type"] == "AWS::Events::Rule"]
+    assert sorted(rules) == ["KeyringKeyLossRule", "KeyringKeyPolicyRule"]
+
+
+def test_alert_topic_lets_the_rules_and_the_alarms_publish(template: dict[str, Any]) -> None:
+    (policy,) = [
+        r["Properties"]
+        for r in resources(template).values()
+        if r["Type"] == "AWS::SNS::TopicPolicy"
+    ]
+    assert policy["Topics"] == [{"Ref": "AlertTopic"}]
+    by_sid = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert set(by_sid) == {"AlarmsOfThisAccount", "KeyringKeyRules"}
+    for statement in by_sid.values():
+        assert (statement["Effect"], actions(statement)) == ("Allow", ["sns:publish"])
+        assert statement["Resource"] == {"Ref": "AlertTopic"}
+    rules = by_sid["KeyringKeyRules"]
+    assert rules["Principal"] == {"Service": "events.amazonaws.com"}
+    assert rules["Condition"] == {
+        "ArnEquals": {
+            "aws:SourceArn": [
+                {"Fn::GetAtt": ["KeyringKeyLossRule", "Arn"]},
+                {"Fn::GetAtt": ["KeyringKeyPolicyRule", "Arn"]},
+            ]
+        }
+    }
+    alarms = by_sid["AlarmsOfThisAccount"]
+    assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert alarms["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+
+
+def test_a_decrypt_configuration_error_raises_an_alarm(template: dict[str, Any]) -> None:
+    found = resources(template)
+    metric_filter = found["DecryptConfigErrorMetricFilter"]["Properties"]
+    assert metric_filter["FilterPattern"] == '{ $.error = "config" }'
+    assert metric_filter["LogGroupName"] == {"Ref": "DecryptLogGroup"}
+    (transformation,) = metric_filter["MetricTransformations"]
+    assert transformation["MetricName"] == "DecryptConfigErrors"
+    assert transformation["MetricNamespace"] == {"Ref": "MetricsNamespace"}
+    alarm = _alarm(template, "DecryptConfigErrors", {"Ref": "MetricsNamespace"})
+    assert (alarm["Statistic"], alarm["ComparisonOperator"], alarm["Threshold"]) == (
+        "Sum",
+        "GreaterThanThreshold",
+        0,
+    )
+    # The filter watches the log group the function really writes to.
+    log_group = found["DecryptLogGroup"]["Properties"]
+    assert log_group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-decrypt"}
+    logging = found["DecryptFunction"]["Properties"]["LoggingConfig"]
+    assert logging["LogGroup"] == {"Ref": "DecryptLogGroup"}
