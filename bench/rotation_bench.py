@@ -29,7 +29,7 @@ from rotator.domain.keys import (
     self_signed_material,
 )
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
-from rotator.sandbox.sample_flows import PaymentInstance, create_payment_instance
+from rotator.sandbox.sample_flows import PaymentInstance, card_blocks, create_payment_instance
 from rotator.sandbox.server import Sandbox, start_sandbox
 from rotator.services.rotation import InstanceResult, Outcome
 
@@ -198,7 +198,11 @@ class Bench:
         started = time.perf_counter()
         for instance in instances:
             result = service.init(
-                instance.instance_id, [instance.flow_id], [instance.module_id], self.now
+                instance.instance_id,
+                [instance.flow_id],
+                [instance.module_id],
+                self.now,
+                encrypt_blocks=card_blocks(instance.flow_id, instance.module_id),
             )
             expect_rotated([result], 1)
         return time.perf_counter() - started

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.triggers.cron import CronTrigger
 
 from lambda_decrypt.config import Env
 from rotator.config import RotatorEnv, Settings
+from rotator.domain.connect_ids import encrypt_block_of, flow_id_of, instance_id_of
+from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock
 from rotator.domain.rotation import ManagedInstance
 from rotator.errors import ConfigError
 
@@ -50,12 +52,11 @@ DEFAULT_SCHEDULES: Mapping[str, str] = MappingProxyType(
     {"rotation": "0 3 * * *", "report": "0 6 * * 1"}
 )
 TABLES = ("settings", "instances", "schedules", "report")
-INSTANCE_KEYS = ("id", "flows", "modules")
+INSTANCE_KEYS = ("id", "flows", "modules", "encrypt_blocks")
 REPORT_KEYS = ("directory", "s3_uri", "sns_topic_arn")
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
-# Connect IDs are UUIDs; the keyring uses an instance ID as one path segment.
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+T = TypeVar("T")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
 _SNS_ARN = re.compile(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
 
@@ -223,26 +224,42 @@ def _instance(entry: Any, number: int, path: Path) -> ManagedInstance:
     _only_known(entry, INSTANCE_KEYS, path, where)
     if "id" not in entry:
         raise _error(path, where, "missing key 'id' (the Connect instance ID)")
-    instance_id = _identifier(entry["id"], path, f"{where} id")
+    instance_id = _parsed(entry["id"], path, f"{where} id", instance_id_of)
     flows = _identifiers(entry.get("flows", []), path, f"{where} flows")
     modules = _identifiers(entry.get("modules", []), path, f"{where} modules")
     if not flows and not modules:
         raise _error(path, where, "name at least one flow or module (flows = [...])")
-    return ManagedInstance(instance_id, flows, modules)
+    named = _strings(entry.get("encrypt_blocks", []), path, f"{where} encrypt_blocks")
+    blocks = []
+    for value in named:
+        flow_id, identifier = _parsed(value, path, f"{where} encrypt_blocks", encrypt_block_of)
+        kind = FlowKind.FLOW if flow_id in flows else FlowKind.MODULE
+        if flow_id not in flows and flow_id not in modules:
+            raise _error(path, f"{where} encrypt_blocks", f"{flow_id!r} is not in flows or modules")
+        blocks.append(ManagedBlock(FlowRef(kind, flow_id), identifier))
+    # The blocks recorded here are the ones the operator named; init adds those that already
+    # encrypt with a static key.
+    return ManagedInstance(instance_id, flows, modules, tuple(blocks) if blocks else None)
 
 
 def _identifiers(values: Any, path: Path, where: str) -> tuple[str, ...]:
+    return tuple(_parsed(value, path, where, flow_id_of) for value in _strings(values, path, where))
+
+
+def _strings(values: Any, path: Path, where: str) -> list[Any]:
     if not isinstance(values, list):
         raise _error(path, where, f"must be an array of IDs, got {_kind(values)}")
-    return tuple(_identifier(value, path, where) for value in values)
+    return values
 
 
-def _identifier(value: Any, path: Path, where: str) -> str:
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise _error(
-            path, where, f"{value!r} is not an ID (letters, digits, '-', '_', '.'; not an ARN)"
-        )
-    return value
+def _parsed(value: Any, path: Path, where: str, parse: Callable[[str, str], T]) -> T:
+    """A Connect ID (or the console's ARN of it), or an `ID:BLOCK` pair."""
+    if not isinstance(value, str):
+        raise _error(path, where, f"{value!r} is not an ID (letters, digits, '-', '_', '.')")
+    try:
+        return parse(value, where)
+    except ConfigError as error:
+        raise _error(path, where, str(error).split(": ", 2)[-1]) from None
 
 
 def _schedules(table: Mapping[str, Any], path: Path) -> dict[str, str]:

@@ -32,7 +32,7 @@ from lambda_decrypt import handler
 from rotator.clock import SANDBOX_CLOCK_PATH
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import EncryptingBlock, encrypting_blocks
-from rotator.sandbox.sample_flows import create_payment_instance
+from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, create_payment_instance
 
 DAY = timedelta(days=1)
 CLI_TIMEOUT = 90  # seconds for one command; a rotation makes one RSA-4096 key (< 1 s)
@@ -451,6 +451,10 @@ def test_full_key_lifecycle_through_the_cli(lifecycle: Scenario) -> None:
         s.flow_id,
         "--flow-module-id",
         s.module_id,
+        "--encrypt-block",
+        f"{s.flow_id}:{CARD_INPUT_ACTION}",
+        "--encrypt-block",
+        f"{s.module_id}:{CARD_INPUT_ACTION}",
         "--json",
         expect=0,
     ).json()
@@ -582,6 +586,10 @@ def test_rollback_through_the_cli_on_a_fresh_instance(rollback: Scenario) -> Non
         s.flow_id,
         "--flow-module-id",
         s.module_id,
+        "--encrypt-block",
+        f"{s.flow_id}:{CARD_INPUT_ACTION}",
+        "--encrypt-block",
+        f"{s.module_id}:{CARD_INPUT_ACTION}",
         expect=0,
     ).stdout
     first = s.flow_block().key_id
@@ -639,6 +647,10 @@ def test_per_service_endpoint_variables_are_enough(
         s.flow_id,
         "--flow-module-id",
         s.module_id,
+        "--encrypt-block",
+        f"{s.flow_id}:{CARD_INPUT_ACTION}",
+        "--encrypt-block",
+        f"{s.module_id}:{CARD_INPUT_ACTION}",
         expect=0,
         environment=environment,
     )

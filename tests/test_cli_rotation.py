@@ -17,6 +17,7 @@ import pytest
 
 from lambda_decrypt import handler
 from rotator.entrypoints.cli import main
+from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from tests.conftest import NOW, TEST_CARD
 from tests.world import World
 
@@ -80,8 +81,12 @@ class Cli:
             w.flow_id,
             "--flow-module-id",
             w.module_id,
-            at=NOW,
+            "--encrypt-block",
+            f"{w.flow_id}:{CARD_INPUT_ACTION}",
+            "--encrypt-block",
+            f"{w.module_id}:{CARD_INPUT_ACTION}",
             *extra,
+            at=NOW,
             expect=expect,
         )
 
@@ -347,9 +352,9 @@ def test_destroy_needs_yes_a_retired_key_and_the_retention_period(cli: Cli, worl
     assert cli.snapshot() == before
 
     done = cli("destroy", first, "--yes", at=NOW + 100 * DAY, expect=0)
-    assert (
-        done.out
-        == f"key {first} destroyed: its private key is deleted, its record kept (retention period over)\n"
+    assert done.out == (
+        f"key {first} destroyed: its private key is deleted, its record kept "
+        "(retention period over)\n"
     )
     assert state_of(world, first) == "destroyed"
     assert f"{world.prefix}/keys/{first}/private-key" not in world.parameter_names()

@@ -26,10 +26,10 @@ from rotator.domain.flows import (
     OldFlowFormat,
     UnknownBlock,
     ValidationKind,
+    encrypting_blocks,
     flow_drift,
     managed_blocks,
     planned_changes,
-    point_at_key,
     point_blocks_at_key,
     storing_blocks,
 )
@@ -238,7 +238,7 @@ def test_an_unnamed_dynamic_reference_is_refused() -> None:
         lambda c: managed_blocks(ref("old"), c, set()),
         lambda c: point_blocks_at_key(c, {"x"}, NEW_KEY_ID, CERTIFICATE),
         lambda c: flow_drift(ref("old"), c, {"x"}, NEW_KEY_ID),
-        lambda c: point_at_key(c, NEW_KEY_ID, CERTIFICATE),
+        lambda c: encrypting_blocks(c),
     ],
 )
 def test_an_old_format_export_is_named_with_what_to_do(call: Any) -> None:

@@ -31,7 +31,7 @@ from rotator.domain.lifecycle import KeyState, Transition
 from rotator.domain.rotation import RotationState, Step
 from rotator.entrypoints.bootstrap import Adapters
 from rotator.errors import ConfigError
-from rotator.sandbox.sample_flows import create_payment_instance
+from rotator.sandbox.sample_flows import card_blocks, create_payment_instance
 from rotator.services.importing import import_from_blog
 from rotator.services.report import (
     Report,
@@ -136,7 +136,13 @@ def seed(world: World, key_pool: KeyPool) -> Seeded:
         modules = [world.module_id] if name == "expiring" else []
         if not flows:
             flows = [f["Id"] for f in list_flows(world, instance_id)]
-        return rotated_key([rotator.init(instance_id, flows, modules, at)])
+        return rotated_key(
+            [
+                rotator.init(
+                    instance_id, flows, modules, at, encrypt_blocks=card_blocks(*flows, *modules)
+                )
+            ]
+        )
 
     # Expiring inside the renew window (20 days left) and past the cryptoperiod.
     keys["expiring"] = init("expiring", NOW)
@@ -408,7 +414,17 @@ class TagCollector(HTMLParser):
 
 
 def test_fail_on_critical_passes_with_warnings_only(world: World) -> None:
-    key_id = rotated_key([world.service.init(world.instance_id, [world.flow_id], [], NOW)])
+    key_id = rotated_key(
+        [
+            world.service.init(
+                world.instance_id,
+                [world.flow_id],
+                [],
+                NOW,
+                encrypt_blocks=card_blocks(world.flow_id),
+            )
+        ]
+    )
     a = world.adapters
     options = ReportOptions.from_settings(a.settings)
 
@@ -447,7 +463,17 @@ def test_fail_on_critical_passes_with_warnings_only(world: World) -> None:
 
 
 def test_an_unreadable_instance_is_a_finding_not_a_crash(world: World) -> None:
-    rotated_key([world.service.init(world.instance_id, [world.flow_id], [], NOW)])
+    rotated_key(
+        [
+            world.service.init(
+                world.instance_id,
+                [world.flow_id],
+                [],
+                NOW,
+                encrypt_blocks=card_blocks(world.flow_id),
+            )
+        ]
+    )
     world.sandbox.emulator.reset()  # Connect forgets the instance
     a = world.adapters
     report = make_report(a.keyring, a.connect, a.lock, ReportOptions(), NOW)
@@ -457,7 +483,17 @@ def test_an_unreadable_instance_is_a_finding_not_a_crash(world: World) -> None:
 
 
 def test_publish_puts_the_report_in_s3_and_a_summary_on_sns(world: World) -> None:
-    rotated_key([world.service.init(world.instance_id, [world.flow_id], [], NOW)])
+    rotated_key(
+        [
+            world.service.init(
+                world.instance_id,
+                [world.flow_id],
+                [],
+                NOW,
+                encrypt_blocks=card_blocks(world.flow_id),
+            )
+        ]
+    )
     a, expired = world.adapters, NOW + 731 * DAY
     report = make_report(a.keyring, a.connect, a.lock, ReportOptions(), expired)
     s3, sns, sqs = boto3.client("s3"), boto3.client("sns"), boto3.client("sqs")

@@ -16,6 +16,7 @@ from lambda_decrypt import handler
 from rotator.adapters.lock import LockHolder
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints.cli import main
+from rotator.sandbox.sample_flows import card_blocks
 from rotator.services.rotation import Outcome, RotationRefused
 from tests.conftest import NOW, TEST_CARD
 from tests.world import World
@@ -24,7 +25,13 @@ DAY = timedelta(days=1)
 
 
 def init(world: World) -> str:
-    result = world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    result = world.service.init(
+        world.instance_id,
+        [world.flow_id],
+        [world.module_id],
+        NOW,
+        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
+    )
     assert result.outcome is Outcome.ROTATED, result.detail
     assert result.new_key_id is not None
     return result.new_key_id
@@ -56,7 +63,13 @@ def test_init_points_flow_and_module_at_a_stored_verified_key(world: World) -> N
 def test_init_again_changes_nothing(world: World) -> None:
     key_id = init(world)
     flow_before, names_before = world.flow_content(), world.parameter_names()
-    again = world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    again = world.service.init(
+        world.instance_id,
+        [world.flow_id],
+        [world.module_id],
+        NOW,
+        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
+    )
     assert again.outcome is Outcome.NOT_DUE
     assert key_id in again.detail
     assert (world.flow_content(), world.parameter_names()) == (flow_before, names_before)

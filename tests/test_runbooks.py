@@ -30,7 +30,7 @@ from rotator.domain.runbook import parse_runbook
 from rotator.entrypoints.cli import main
 from rotator.entrypoints.runbook import validate_command
 from rotator.errors import AwsCallError, ConfigError
-from rotator.sandbox.sample_flows import payment_flow_content
+from rotator.sandbox.sample_flows import card_blocks, payment_flow_content
 from rotator.services.importing import import_from_blog
 from rotator.services.runbook_runner import (
     Console,
@@ -367,7 +367,11 @@ class Cli:
     def init(self, days_ago: float) -> str:
         w = self.world
         result = w.service.init(
-            w.instance_id, [w.flow_id], [w.module_id], self.now - days_ago * DAY
+            w.instance_id,
+            [w.flow_id],
+            [w.module_id],
+            self.now - days_ago * DAY,
+            encrypt_blocks=card_blocks(w.flow_id, w.module_id),
         )
         assert result.new_key_id is not None, result.detail
         return result.new_key_id
@@ -611,7 +615,9 @@ def adopt_retire(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str,
     blog = blog_deployment(cli, tmp, key)
     adopted(cli, blog, days_ago=11)
     w = cli.world
-    w.service.init(w.instance_id, [w.flow_id], [], cli.now - 10 * DAY)
+    w.service.init(
+        w.instance_id, [w.flow_id], [], cli.now - 10 * DAY, encrypt_blocks=card_blocks(w.flow_id)
+    )
 
     def check() -> None:
         assert cli.state(blog["BLOG_KEY_ID"]) == "retired"

@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from rotator.entrypoints.scheduled import handler
+from rotator.sandbox.sample_flows import card_blocks
 from tests.conftest import NOW
 from tests.world import World
 
@@ -60,7 +61,13 @@ class Observer:
 
 @pytest.fixture
 def observer(world: World, monkeypatch: pytest.MonkeyPatch) -> Observer:
-    world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    world.service.init(
+        world.instance_id,
+        [world.flow_id],
+        [world.module_id],
+        NOW,
+        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
+    )
     return Observer(world, monkeypatch)
 
 

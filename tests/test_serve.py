@@ -36,6 +36,7 @@ from rotator.domain.flows import FlowKind, FlowRef
 from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints.daemon import JOBS, Daemon, JobResult, ScheduledJob, run_serve
 from rotator.errors import ConfigError, KeyringError
+from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, card_blocks
 from tests.conftest import NOW
 from tests.world import World
 
@@ -54,8 +55,15 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def instance_toml(instance_id: str, flows: list[str], modules: tuple[str, ...] = ()) -> str:
-    return f"[[instances]]\nid = {instance_id!r}\nflows = {flows!r}\nmodules = {list(modules)!r}\n"
+def instance_toml(
+    instance_id: str, flows: list[str], modules: tuple[str, ...] = (), *, card: bool = False
+) -> str:
+    """An [[instances]] entry; `card` names the sample flows' card-number blocks to encrypt."""
+    named = [f"{i}:{CARD_INPUT_ACTION}" for i in (*flows, *modules)] if card else []
+    return (
+        f"[[instances]]\nid = {instance_id!r}\nflows = {flows!r}\nmodules = {list(modules)!r}\n"
+        f"encrypt_blocks = {named!r}\n"
+    )
 
 
 @pytest.fixture
@@ -181,7 +189,17 @@ def test_a_bad_file_value_names_the_file_unless_the_environment_overrides_it(
         (
             "[[instances]]\nid = 'arn:aws:connect:us-east-1:1:instance/i'\nflows = ['f']\n",
             "[[instances]] #1 id",
-            "not an ARN",
+            "is not an instance ID or instance ARN",
+        ),
+        (
+            "[[instances]]\nid = 'i'\nflows = ['f']\nencrypt_blocks = ['g:card']\n",
+            "[[instances]] #1 encrypt_blocks",
+            "'g' is not in flows or modules",
+        ),
+        (
+            "[[instances]]\nid = 'i'\nflows = ['f']\nencrypt_blocks = ['f']\n",
+            "[[instances]] #1 encrypt_blocks",
+            "'f' is not FLOW_ID:BLOCK_IDENTIFIER",
         ),
         ("[[instances]]\nid = 'i'\nflows = ['f']\nq = 1\n", "[[instances]] #1", "unknown key 'q'"),
         (
@@ -271,7 +289,9 @@ def serve_once(config: Path | None, at: datetime) -> tuple[int, str]:
 def test_once_initialises_a_configured_instance_then_finds_it_not_due(
     world: World, tmp_path: Path, logs: list[MutableMapping[str, Any]]
 ) -> None:
-    config = write(tmp_path, instance_toml(world.instance_id, [world.flow_id], (world.module_id,)))
+    config = write(
+        tmp_path, instance_toml(world.instance_id, [world.flow_id], (world.module_id,), card=True)
+    )
     code, out = serve_once(config, NOW)
     assert code == 0, out
     assert out.startswith(f"rotation at {NOW.isoformat()}: ok in ") and "(1 rotated)" in out
@@ -305,7 +325,13 @@ def test_once_initialises_a_configured_instance_then_finds_it_not_due(
 
 @pytest.mark.usefixtures("quick_keys")
 def test_once_without_a_config_rotates_what_init_put_under_management(world: World) -> None:
-    world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    world.service.init(
+        world.instance_id,
+        [world.flow_id],
+        [world.module_id],
+        NOW,
+        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
+    )
     old_key = world.flow_key_id()
     code, out = serve_once(None, NOW + 366 * DAY)  # past the cryptoperiod
     assert code == 0 and "(1 rotated)" in out, out
@@ -330,7 +356,7 @@ def test_once_reports_failing_instances_and_still_handles_the_others(
         tmp_path,
         instance_toml(other, [plain])
         + instance_toml(absent, [world.flow_id])
-        + instance_toml(world.instance_id, [world.flow_id], (world.module_id,)),
+        + instance_toml(world.instance_id, [world.flow_id], (world.module_id,), card=True),
     )
     code, out = serve_once(config, NOW)
     assert code == 1
@@ -481,7 +507,13 @@ def test_a_signal_stops_serve_cleanly_in_a_child_process(tmp_path: Path, sig: in
 
 @pytest.mark.usefixtures("quick_keys")
 def test_the_report_job_delivers_to_a_directory_s3_and_sns(world: World, tmp_path: Path) -> None:
-    world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    world.service.init(
+        world.instance_id,
+        [world.flow_id],
+        [world.module_id],
+        NOW,
+        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
+    )
     s3, sns, sqs = boto3.client("s3"), boto3.client("sns"), boto3.client("sqs")
     bucket = f"evidence{world.prefix.replace('/', '').replace('-', '')}"
     s3.create_bucket(Bucket=bucket)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from rotator.adapters.aws import aws_call
 from rotator.domain.flows import FlowKind, FlowRef
 from rotator.errors import AwsCallError, NotFound
@@ -111,5 +113,15 @@ class ConnectGateway:
                 return method(**kwargs)
         except AwsCallError as error:
             if error.reason == "ResourceNotFoundException":
-                raise NotFound(f"connect:{operation}: {resource} not found") from error
+                raise NotFound(
+                    f"connect:{operation}: {resource} not found{_what(error.__cause__)}"
+                ) from error
             raise
+
+
+def _what(error: BaseException | None) -> str:
+    """Connect's own words on which ID it did not find ("Instance not found: ID"), if it said."""
+    if not isinstance(error, ClientError):
+        return ""
+    message = str(error.response.get("Error", {}).get("Message", ""))[:200]
+    return f" ({message})" if message else ""

@@ -362,52 +362,32 @@ def flow_drift(
     return found
 
 
-# -- compatibility: the services' calls before managed blocks (every storing block) -----------
+# -- what Connect encrypts with ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class EncryptingBlock:
-    """A `GetParticipantInput` with `StoreInput: "True"`; key_id None until encryption is set."""
+    """A block that encrypts with a static key: the key ID and certificate Connect uses."""
 
     identifier: str
-    key_id: str | None
-    certificate_pem: str | None
+    key_id: str
+    certificate_pem: str
 
 
 def encrypting_blocks(content: str) -> list[EncryptingBlock]:
-    blocks = []
-    for action in _storing_actions(_document(content, "flow content")):
-        encryption = action["Parameters"].get("InputEncryption") or {}
-        blocks.append(
-            EncryptingBlock(
-                identifier=str(action.get("Identifier", "?")),
-                key_id=encryption.get("EncryptionKeyId"),
-                certificate_pem=encryption.get("Key"),
-            )
-        )
-    return blocks
+    """Every block that encrypts with a static key, in the flow's order."""
+    return [
+        EncryptingBlock(b.identifier, b.encryption.key_id, b.encryption.certificate_pem)
+        for b in storing_blocks(content)
+        if b.encryption.kind is EncryptionKind.STATIC
+        and b.encryption.key_id is not None
+        and b.encryption.certificate_pem is not None
+    ]
 
 
 def referenced_key_ids(content: str) -> set[str]:
-    return {b.key_id for b in encrypting_blocks(content) if b.key_id}
-
-
-def point_at_key(content: str, key_id: str, certificate_pem: str) -> str | None:
-    """The content with every storing block set to this key, or None if nothing changes."""
-    document = _document(content, "flow content")
-    actions = _storing_actions(document)
-    if not actions:
-        raise FlowContentError("no 'Store customer input' block (GetParticipantInput, StoreInput)")
-    changed = False
-    for action in actions:
-        encryption = action["Parameters"].setdefault("InputEncryption", {})
-        if not isinstance(encryption, dict):
-            raise FlowContentError("InputEncryption is not an object")
-        if encryption.get("EncryptionKeyId") != key_id or encryption.get("Key") != certificate_pem:
-            encryption["EncryptionKeyId"] = key_id
-            encryption["Key"] = certificate_pem
-            changed = True
-    return json.dumps(document, ensure_ascii=False) if changed else None
+    """The static key IDs the flow encrypts with (a dynamic reference names no key here)."""
+    return {b.key_id for b in encrypting_blocks(content)}
 
 
 # -- reading the document ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lambda_decrypt.logs import configure_logging, get_logger
 from rotator.clock import Clock, clock_from_environment
 from rotator.clock import describe as describe_clock
 from rotator.config import Settings
+from rotator.domain.connect_ids import encrypt_block_of, flow_id_of, instance_id_of
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
 from rotator.entrypoints.runbook import browse_runbooks, configure_runbook_parser
 from rotator.services.importing import (
@@ -79,6 +80,23 @@ def parse_now(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser that raises ConfigError (the message, without the flag)."""
+
+    def convert(value: str) -> Any:
+        try:
+            return parse(value)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error).split(": ", 2)[-1]) from None
+
+    return convert
+
+
+instance_id_arg = _argument(instance_id_of)
+flow_id_arg = _argument(flow_id_of)
+encrypt_block_arg = _argument(encrypt_block_of)
+
+
 def positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -107,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--key-id", help="the key ID Connect writes into message headers")
     imp.add_argument("--private-key", type=Path, metavar="FILE", help="PEM private key file")
     imp.add_argument("--certificate", type=Path, metavar="FILE", help="PEM certificate file")
-    imp.add_argument("--instance-id", help="make it the current key of this Connect instance")
+    imp.add_argument(
+        "--instance-id", type=instance_id_arg, help="make it the current key of this instance"
+    )
     imp.add_argument(
         "--from-blog-parameters",
         action="store_true",
@@ -125,11 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=run_status)
 
     init = commands.add_parser("init", help="first key for an instance, into its managed flows")
-    init.add_argument("--instance-id", required=True)
-    init.add_argument("--flow-id", action="append", default=[], metavar="FLOW", help="repeatable")
+    init.add_argument("--instance-id", required=True, type=instance_id_arg, help="ID or ARN")
     init.add_argument(
-        "--flow-module-id", action="append", default=[], metavar="MODULE", help="repeatable"
-    )
+        "--flow-id", action="append", default=[], type=flow_id_arg, metavar="FLOW",
+        help="repeatable; ID or ARN",
+    )  # fmt: skip
+    init.add_argument(
+        "--flow-module-id", action="append", default=[], type=flow_id_arg, metavar="MODULE",
+        help="repeatable; ID or ARN",
+    )  # fmt: skip
+    init.add_argument(
+        "--encrypt-block", action="append", default=[], type=encrypt_block_arg,
+        metavar="ID:BLOCK",
+        help="also manage this block (flow or module ID, the action's Identifier); repeatable. "
+        "Blocks that already encrypt with a static key are managed anyway; nothing else is touched",
+    )  # fmt: skip
+    init.add_argument(
+        "--abandon-key", action="append", default=[], metavar="KEY_ID",
+        help="let the flows move off a key that is not in the keyring (its contacts become "
+        "undecryptable); needs --reason",
+    )  # fmt: skip
+    _reason(init)
     init.add_argument(
         "--dry-run", action="store_true", help="say what would happen, change nothing"
     )
@@ -137,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(run=run_init)
 
     rotate = commands.add_parser("rotate", help="rotate every managed instance whose key is due")
-    rotate.add_argument("--instance-id", help="only this instance")
+    rotate.add_argument("--instance-id", type=instance_id_arg, help="only this instance")
     rotate.add_argument("--force", action="store_true", help="rotate even if not due")
     rotate.add_argument(
         "--dry-run", action="store_true", help="say what would happen, change nothing"
@@ -186,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     destroy.set_defaults(run=run_destroy)
 
     rollback = commands.add_parser("rollback", help="point the flows back to the previous key")
-    rollback.add_argument("--instance-id", required=True)
+    rollback.add_argument("--instance-id", required=True, type=instance_id_arg)
     rollback.add_argument(
         "--dry-run", action="store_true", help="check and say what would happen, change nothing"
     )
@@ -194,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(run=run_rollback)
 
     verify = commands.add_parser("verify", help="check every invariant against the live state")
-    verify.add_argument("--instance-id", help="only this instance")
+    verify.add_argument("--instance-id", type=instance_id_arg, help="only this instance")
     _timed_json(verify)
     verify.set_defaults(run=run_verify)
 
@@ -411,11 +447,17 @@ def run_status(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
 def run_init(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
     if not args.flow_id and not args.flow_module_id:
         raise ConfigError("init", "name at least one --flow-id or --flow-module-id")
+    reason = _override_reason(args, "--abandon-key", bool(args.abandon_key))
+    named: dict[str, set[str]] = {}
+    for flow_id, block in args.encrypt_block:
+        named.setdefault(flow_id, set()).add(block)
     result = adapters.rotation(_actor(moment)).init(
         args.instance_id,
         args.flow_id,
         args.flow_module_id,
         moment.now,
+        encrypt_blocks=named,
+        abandon=dict.fromkeys(args.abandon_key, reason or ""),
         dry_run=args.dry_run or moment.what_if,
     )
     return _print_results([result], args.json, out)

@@ -138,8 +138,15 @@ def _initialise(
     try:
         managed = keyring.get_instance(instance.instance_id)
         if managed is None:
+            named: dict[str, set[str]] = {}
+            for block in instance.blocks or ():
+                named.setdefault(block.ref.flow_id, set()).add(block.identifier)
             return service.init(
-                instance.instance_id, list(instance.flows), list(instance.modules), now
+                instance.instance_id,
+                list(instance.flows),
+                list(instance.modules),
+                now,
+                encrypt_blocks=named,
             )
     except ConnectKeyRotatorError as error:
         log.error("init_failed", instance_id=instance.instance_id, error=str(error))

@@ -93,9 +93,12 @@ def _story(sandbox: Sandbox, out: TextIO) -> int:
     out.write("        'Store customer input' block that has no encryption key yet.\n")
 
     say(0, "init: make an RSA-4096 key, store it in SSM (KMS-encrypted), read it back, prove")
-    out.write("        it decrypts, associate it with Connect, point the flow and module at it.\n")
+    out.write("        it decrypts, associate it with Connect, point the two card-number blocks\n")
+    out.write("        at it (named with --encrypt-block: nothing else in a flow is touched).\n")
     at(0)
-    if run("init", "--instance-id", instance, "--flow-id", flow, "--flow-module-id", module) != 0:
+    blocks = payments.encrypt_block_args()
+    if run("init", "--instance-id", instance, "--flow-id", flow, "--flow-module-id", module,
+           *blocks) != 0:  # fmt: skip
         return 1
 
     def caller_types(digits: str) -> tuple[str, str]:

@@ -115,6 +115,17 @@ class PaymentInstance:
     flow_id: str
     module_id: str
 
+    def encrypt_block_args(self, *flow_ids: str) -> list[str]:
+        """`--encrypt-block` for the card-number block of each of these flows (default: both):
+        the blocks have no encryption yet, so the operator names them."""
+        ids = flow_ids or (self.flow_id, self.module_id)
+        return [arg for i in ids for arg in ("--encrypt-block", f"{i}:{CARD_INPUT_ACTION}")]
+
+
+def card_blocks(*flow_ids: str) -> dict[str, set[str]]:
+    """The card-number block of each of these flows or modules, to name for encryption."""
+    return {flow_id: {CARD_INPUT_ACTION} for flow_id in flow_ids}
+
 
 def create_payment_instance(connect: ConnectClient, alias: str) -> PaymentInstance:
     """What an administrator sets up in the Connect console: an instance, a payment flow and a

@@ -8,13 +8,16 @@ from datetime import datetime
 from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock, stale_reason
 from rotator.adapters.ssm_keyring import SsmKeyring
-from rotator.domain.flows import encrypting_blocks
+from rotator.domain.flows import EncryptionKind, flow_drift, storing_blocks
 from rotator.domain.keys import public_key_sha256_of_pem
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.errors import ConnectKeyRotatorError
+from rotator.services.report_rules import Runbook
 from rotator.services.verify import verify_key_decrypts
 
 ASSOCIATED_STATES = frozenset({KeyState.ACTIVE, KeyState.PREVIOUS})
+# Where an operator learns what a drifted or dynamic block means and what to do about it.
+FLOW_DRIFT_RUNBOOK = Runbook.FLOW_DRIFT.path
 
 
 @dataclass(frozen=True)
@@ -124,14 +127,22 @@ class InvariantChecker:
         instance = self.keyring.get_instance(instance_id)
         referenced: set[str] = set()
         for ref in instance.refs if instance else []:
-            for block in encrypting_blocks(self.connect.flow_content(instance_id, ref)):
-                referenced.add(block.key_id or "")
-                add(
-                    "flows use the current key",
-                    block.key_id == current,
-                    f"{ref} block {block.identifier} -> {block.key_id or 'no key'}",
-                )
-        for key_id in sorted(referenced - {""}):
+            content = self.connect.flow_content(instance_id, ref)
+            managed = instance.managed_identifiers(ref, content) if instance else []
+            drifts = flow_drift(ref, content, managed, current)
+            drifted = {d.identifier for d in drifts}
+            for drift in drifts:
+                add("flows as managed", False, f"{drift} (runbook: {FLOW_DRIFT_RUNBOOK})")
+            for block in storing_blocks(content):
+                if block.encryption.kind is EncryptionKind.STATIC and block.encryption.key_id:
+                    referenced.add(block.encryption.key_id)
+                if block.identifier in managed and block.identifier not in drifted:
+                    add(
+                        "flows use the current key",
+                        True,
+                        f"{ref} block {block.identifier} -> {current}",
+                    )
+        for key_id in sorted(referenced):
             add("every referenced key decrypts", *self._decrypts(key_id, records))
         return found
 

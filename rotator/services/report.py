@@ -331,6 +331,9 @@ def instance_findings(instance: InstanceFacts, by_id: Mapping[str, KeyRow]) -> I
         )
     if instance.rotation_interrupted and (lock is None or lock.stale_reason is not None):
         yield finding(FindingCode.INTERRUPTED_ROTATION, instance.rotation)
+    for flow in instance.flows:
+        for drift in flow.drift:
+            yield finding(FindingCode.FLOW_DRIFT, f"{drift}: the rotator did not make this change")
     referenced: defaultdict[str, list[str]] = defaultdict(list)
     for flow in instance.flows:
         for key_id in flow.key_ids:

@@ -10,7 +10,7 @@ from typing import Any
 from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock, stale_reason
 from rotator.adapters.ssm_keyring import InstanceEntry, SsmKeyring
-from rotator.domain.flows import referenced_key_ids
+from rotator.domain.flows import FlowRef, flow_drift, referenced_key_ids
 from rotator.domain.lifecycle import KeyRecord
 from rotator.domain.rotation import ManagedInstance
 from rotator.errors import ConnectKeyRotatorError
@@ -23,6 +23,7 @@ class FlowKeys:
 
     flow: str
     key_ids: tuple[str, ...]
+    drift: tuple[str, ...] = ()  # how the flow differs from what the rotator manages in it
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,10 @@ class InstanceFacts:
             if self.lock is None
             else {"holder": self.lock.description, "stale_reason": self.lock.stale_reason},
             "associations": list(self.associations),
-            "flows": [{"flow": f.flow, "key_ids": list(f.key_ids)} for f in self.flows],
+            "flows": [
+                {"flow": f.flow, "key_ids": list(f.key_ids), "drift": list(f.drift)}
+                for f in self.flows
+            ],
             "unreadable": self.unreadable,
         }
 
@@ -111,6 +115,16 @@ def _orphaned_staging(
     return tuple(sorted(staged - owned))
 
 
+def _flow_keys(
+    ref: FlowRef, content: str, config: ManagedInstance, current_key_id: str | None
+) -> FlowKeys:
+    managed = config.managed_identifiers(ref, content)
+    drift = flow_drift(ref, content, managed, current_key_id)
+    return FlowKeys(
+        str(ref), tuple(sorted(referenced_key_ids(content))), tuple(str(d) for d in drift)
+    )
+
+
 def _instance_facts(
     connect: ConnectGateway, entry: InstanceEntry, config: ManagedInstance, lock: LockFacts | None
 ) -> InstanceFacts:
@@ -121,9 +135,7 @@ def _instance_facts(
     try:
         associations = tuple(k.association_id for k in connect.list_security_keys(instance_id))
         flows = tuple(
-            FlowKeys(
-                str(ref), tuple(sorted(referenced_key_ids(connect.flow_content(instance_id, ref))))
-            )
+            _flow_keys(ref, connect.flow_content(instance_id, ref), config, entry.current_key_id)
             for ref in config.refs
         )
     except ConnectKeyRotatorError as error:  # one unreadable instance does not stop the report

@@ -32,6 +32,7 @@ class Runbook(StrEnum):
     ADOPT_BLOG_DEPLOYMENT = "adopt-blog-deployment"
     RESTORE_KEY_PARAMETER = "restore-key-parameter"
     QUARTERLY_EVIDENCE = "quarterly-evidence"
+    FLOW_DRIFT = "flow-drift"
 
     @property
     def path(self) -> str:
@@ -53,6 +54,7 @@ class FindingCode(StrEnum):
     STALE_LOCK = "stale-lock"
     INTERRUPTED_ROTATION = "interrupted-rotation"
     ORPHANED_STAGING = "orphaned-staging"
+    FLOW_DRIFT = "flow-drift"
     KMS_KEY_MISMATCH = "kms-key-mismatch"
     INSTANCE_UNREADABLE = "instance-unreadable"
 
@@ -107,6 +109,9 @@ RULES: dict[FindingCode, Rule] = {
     ),
     FindingCode.ORPHANED_STAGING: Rule(
         Severity.WARNING, Runbook.STUCK_ROTATION, "staged private key no rotation owns"
+    ),
+    FindingCode.FLOW_DRIFT: Rule(
+        Severity.CRITICAL, Runbook.FLOW_DRIFT, "managed flow changed outside the rotator"
     ),
     FindingCode.KMS_KEY_MISMATCH: Rule(
         Severity.WARNING, Runbook.ROUTINE_ROTATION, "not protected by the configured KMS key"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -16,7 +16,16 @@ from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
-from rotator.domain.flows import FlowContentError, point_at_key, referenced_key_ids
+from rotator.domain.flows import (
+    EncryptionKind,
+    FlowContentError,
+    ManagedBlock,
+    managed_blocks,
+    planned_changes,
+    point_blocks_at_key,
+    referenced_key_ids,
+    storing_blocks,
+)
 from rotator.domain.keys import (
     KeyMaterial,
     generate_key_material,
@@ -93,12 +102,28 @@ class RotationService:
         modules: list[str],
         now: datetime,
         *,
+        encrypt_blocks: Mapping[str, Collection[str]] | None = None,
+        abandon: Mapping[str, str] | None = None,
         dry_run: bool = False,
     ) -> InstanceResult:
-        """The instance's first managed key: record the managed flows, then rotate into them."""
-        wanted = ManagedInstance(instance_id, tuple(flows), tuple(modules))
+        """The instance's first managed key: record the managed blocks, then rotate into them.
+
+        A block is managed when it already encrypts with a static key, or when it is named in
+        `encrypt_blocks` (flow or module ID -> block identifiers); nothing else is touched.
+        A key that a managed block uses must be in the keyring (its contacts would otherwise
+        become undecryptable), unless it is abandoned on purpose: `abandon` maps its key ID to
+        the recorded reason."""
+        named = {ref_id: set(ids) for ref_id, ids in (encrypt_blocks or {}).items()}
+        abandon = dict(abandon or {})
+        unknown_refs = sorted(set(named) - set(flows) - set(modules))
+        if unknown_refs:
+            raise RotationRefused(
+                f"--encrypt-block names {', '.join(unknown_refs)}, which is not among the "
+                "--flow-id / --flow-module-id given"
+            )
+        refs = ManagedInstance(instance_id, tuple(flows), tuple(modules)).refs
         existing = self.keyring.get_instance(instance_id)
-        if existing is not None and (set(existing.refs) != set(wanted.refs)):
+        if existing is not None and (set(existing.refs) != set(refs)):
             raise RotationRefused(
                 f"instance {instance_id} is already managed with {_refs(existing)}; "
                 "init does not change the managed flows"
@@ -112,20 +137,60 @@ class RotationService:
                 f"already initialised: current key {current}",
                 old_key_id=current,
             )
-        for ref in wanted.refs:
+        contents = {ref: self.connect.flow_content(instance_id, ref) for ref in refs}
+        blocks: list[ManagedBlock] = []
+        in_use: dict[str, list[str]] = {}  # static key ID -> the blocks that use it
+        for ref, content in contents.items():
             try:
-                point_at_key(self.connect.flow_content(instance_id, ref), "probe", "probe")
+                managed = managed_blocks(ref, content, named.get(ref.flow_id, set()))
+                encryption = {b.identifier: b.encryption for b in storing_blocks(content)}
             except FlowContentError as error:
                 raise RotationRefused(f"{ref} cannot be managed: {error}") from None
+            blocks += managed
+            for block in managed:
+                used = encryption[block.identifier]
+                if used.kind is EncryptionKind.STATIC and used.key_id:
+                    in_use.setdefault(used.key_id, []).append(str(block))
+        reason = "first key"
+        for key_id, users in sorted(in_use.items()):
+            if self.keyring.find_record(key_id) is not None:
+                continue
+            if key_id not in abandon:
+                raise RotationRefused(
+                    f"{', '.join(users)} encrypts with key {key_id}, which is not in the "
+                    "keyring: moving the flows off it would leave every contact encrypted with it "
+                    "undecryptable. Adopt it first: rotator import --key-id "
+                    f"{key_id} --private-key FILE --certificate FILE --instance-id {instance_id} "
+                    "(or --from-blog-parameters); or give it up on purpose with "
+                    f"--abandon-key {key_id} --reason TEXT. Nothing was changed."
+                )
+            reason += f"; abandons key {key_id} ({abandon.pop(key_id)})"
+        if abandon:
+            raise RotationRefused(
+                f"--abandon-key {', '.join(sorted(abandon))}: no managed block uses it"
+            )
+        wanted = ManagedInstance(instance_id, tuple(flows), tuple(modules), tuple(blocks))
         if dry_run:
+            plan = [
+                str(change)
+                for ref, content in contents.items()
+                for change in planned_changes(
+                    ref, content, wanted.managed_identifiers(ref, content)
+                )
+            ]
             return InstanceResult(
                 instance_id,
                 Outcome.WOULD_ROTATE,
-                f"would manage {_refs(wanted)} and rotate them onto a new key",
+                f"would manage {len(blocks)} block(s) and point them at a new key ({reason}): "
+                + "; ".join(plan),
                 old_key_id=self.keyring.get_current(instance_id),
             )
         self.keyring.put_instance(wanted)
-        return self._rotate_instance(instance_id, now, force=True, dry_run=False, emergency=False)
+        if reason != "first key":
+            log.warning("key_abandoned", instance_id=instance_id, reason=reason)
+        return self._rotate_instance(
+            instance_id, now, force=True, dry_run=False, emergency=False, first_reason=reason
+        )
 
     def rotate(
         self,
@@ -190,6 +255,7 @@ class RotationService:
         dry_run: bool,
         emergency: bool,
         override_reason: str | None = None,
+        first_reason: str = "first key",
     ) -> InstanceResult:
         finished = self._finish_retires(instance_id, dry_run=dry_run)
         if not dry_run:
@@ -199,7 +265,12 @@ class RotationService:
         # Decided once outside the lock (the cheap daily "not due"), and again inside it,
         # because another rotator may have finished in between.
         decision = self._decide(
-            instance_id, now, force=force, emergency=emergency, override_reason=override_reason
+            instance_id,
+            now,
+            force=force,
+            emergency=emergency,
+            override_reason=override_reason,
+            first_reason=first_reason,
         )
         if isinstance(decision, InstanceResult):
             return _with_note(decision, finished)
@@ -208,7 +279,12 @@ class RotationService:
         rotation_id = str(uuid.uuid4())
         with self._locked(instance_id, rotation_id, now):
             decision = self._decide(
-                instance_id, now, force=force, emergency=emergency, override_reason=override_reason
+                instance_id,
+                now,
+                force=force,
+                emergency=emergency,
+                override_reason=override_reason,
+                first_reason=first_reason,
             )
             if isinstance(decision, InstanceResult):
                 return _with_note(decision, finished)
@@ -242,6 +318,7 @@ class RotationService:
         force: bool,
         emergency: bool,
         override_reason: str | None = None,
+        first_reason: str = "first key",
     ) -> InstanceResult | RotationState | _Plan:
         """Resume an interrupted rotation, report "not due", or plan a new rotation."""
         state = self.keyring.get_rotation(instance_id)
@@ -255,7 +332,7 @@ class RotationService:
                 return InstanceResult(instance_id, Outcome.NOT_DUE, due.reason, current_id)
             reason = due.reason
         else:
-            reason = "forced" if current is not None else "first key"
+            reason = "forced" if current is not None else first_reason
         if emergency:
             reason = f"emergency ({override_reason or 'no reason given'}): {reason}"
         blocking = self._blocking_associations(instance_id, current_id, now, emergency)
@@ -298,6 +375,9 @@ class RotationService:
                 step=state.step,
             )
         detail = f"{state.old_key_id or 'no key'} -> {state.new_key_id} ({state.reason})"
+        finished = self._finish_retires(state.instance_id, dry_run=False)
+        if finished:
+            detail += f"; {finished}"
         if resumed:
             detail = f"resumed rotation {state.rotation_id} and completed it: {detail}"
         if state.emergency and state.old_key_id:
@@ -589,9 +669,14 @@ class RotationService:
         return material
 
     def _point_instance_flows(self, instance_id: str, key_id: str, certificate: str) -> None:
+        """Exactly the managed blocks of the managed flows; a flow already there is not written."""
         instance = self.keyring.get_instance(instance_id)
-        for ref in instance.refs if instance else []:
-            updated = point_at_key(self.connect.flow_content(instance_id, ref), key_id, certificate)
+        if instance is None:
+            return
+        for ref in instance.refs:
+            content = self.connect.flow_content(instance_id, ref)
+            identifiers = instance.managed_identifiers(ref, content)
+            updated = point_blocks_at_key(content, identifiers, key_id, certificate)
             if updated is not None:
                 self.connect.update_flow_content(instance_id, ref, updated)
                 log.info("flow_updated", instance_id=instance_id, flow=str(ref), key_id=key_id)
@@ -627,12 +712,14 @@ class RotationService:
             if (record := self.keyring.find_record(a.association_id)) is not None
             and record.state in (KeyState.RETIRED, KeyState.DESTROYED)
         ]
+        if pending:  # a key a managed flow still uses waits until the flows have moved off it
+            in_use = self._referenced_keys(instance_id)
+            pending = [key_id for key_id in pending if key_id not in in_use]
         if not pending:
             return None
         if dry_run:
             return f"would finish retiring {', '.join(pending)} (still associated)"
         for key_id in pending:
-            self._check_unreferenced(instance_id, key_id, "retire")
             self._disassociate(instance_id, key_id)
             log.warning("retire_finished", instance_id=instance_id, key_id=key_id)
         return f"finished retiring {', '.join(pending)} (was still associated)"
@@ -676,6 +763,14 @@ class RotationService:
         for ref in instance.refs if instance else []:
             if key_id in referenced_key_ids(self.connect.flow_content(instance_id, ref)):
                 raise RotationRefused(f"cannot {action} key {key_id}: {ref} still uses it")
+
+    def _referenced_keys(self, instance_id: str) -> set[str]:
+        instance = self.keyring.get_instance(instance_id)
+        return {
+            key_id
+            for ref in (instance.refs if instance else [])
+            for key_id in referenced_key_ids(self.connect.flow_content(instance_id, ref))
+        }
 
     def _grace_ends(self, record: KeyRecord) -> datetime | None:
         since = record.entered(KeyState.PREVIOUS)
