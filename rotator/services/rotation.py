@@ -12,7 +12,7 @@ from enum import StrEnum
 from lambda_decrypt import ConnectKey, Decryptor, StaticKeys
 from lambda_decrypt.logs import get_logger
 from rotator.adapters.connect import ConnectGateway, SecurityKey
-from rotator.adapters.lock import SsmLock
+from rotator.adapters.lock import Lease, LockHeld, SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
@@ -42,6 +42,7 @@ class Outcome(StrEnum):
     NOT_DUE = "not_due"
     WOULD_ROTATE = "would_rotate"
     FAILED = "failed"
+    SKIPPED = "skipped"  # another run holds the instance's lock: not a failure
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,10 @@ class RotationService:
                         target, now, force=force, dry_run=dry_run, emergency=emergency
                     )
                 )
+            except LockHeld as held:
+                detail = f"skipped: another rotation is running (lock {held.holder})"
+                log.info("rotation_skipped", instance_id=target, detail=detail)
+                results.append(InstanceResult(target, Outcome.SKIPPED, detail))
             except ConnectKeyRotatorError as error:
                 log.error("rotation_failed", instance_id=target, error=str(error))
                 results.append(InstanceResult(target, Outcome.FAILED, str(error)))
@@ -147,7 +152,7 @@ class RotationService:
         self, instance_id: str, now: datetime, *, force: bool, dry_run: bool, emergency: bool
     ) -> InstanceResult:
         if not dry_run:
-            cleared = self.lock.clear_if_stale(instance_id, now)
+            cleared = self.lock.clear_if_stale(instance_id)
             if cleared:
                 log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
         # Decided once outside the lock (the cheap daily "not due"), and again inside it,
@@ -158,13 +163,14 @@ class RotationService:
         if dry_run:
             return self._dry_run(decision)
         rotation_id = str(uuid.uuid4())
-        with self._locked(instance_id, rotation_id, now):
+        with self._locked(instance_id, rotation_id) as lease:
             decision = self._decide(instance_id, now, force=force, emergency=emergency)
             if isinstance(decision, InstanceResult):
                 return decision
             if isinstance(decision, RotationState):
-                return self._run(decision, now, resumed=True)
+                return self._run(decision, now, lease, resumed=True)
             for key_id in decision.blocking:
+                lease.check()
                 self._retire(instance_id, key_id, now, "freeing Connect's second key slot")
             state = RotationState(
                 rotation_id=rotation_id,
@@ -176,8 +182,9 @@ class RotationService:
                 emergency=emergency,
                 reason=decision.reason,
             )
+            lease.check()
             self.keyring.put_rotation(state)
-            return self._run(state, now, resumed=False)
+            return self._run(state, now, lease, resumed=False)
 
     def _decide(
         self, instance_id: str, now: datetime, *, force: bool, emergency: bool
@@ -218,7 +225,9 @@ class RotationService:
             decision.instance_id, Outcome.WOULD_ROTATE, detail, decision.current_id
         )
 
-    def _run(self, state: RotationState, now: datetime, *, resumed: bool) -> InstanceResult:
+    def _run(
+        self, state: RotationState, now: datetime, lease: Lease, *, resumed: bool
+    ) -> InstanceResult:
         steps: dict[Step, Callable[[RotationState, datetime], RotationState]] = {
             Step.STARTED: self._stage,
             Step.STAGED: self._associate,
@@ -228,6 +237,7 @@ class RotationService:
             Step.PROMOTED: self._finish,
         }
         while not state.finished:
+            lease.check()  # fenced: a run whose lock was taken over writes nothing more
             state = steps[state.step](state, now)
             self.keyring.put_rotation(state)
             log.info(
@@ -358,7 +368,8 @@ class RotationService:
                     f"key {key_id} is in its grace period until {ends:%Y-%m-%d %H:%M} UTC; "
                     "retire after that, or --emergency"
                 )
-        with self._locked(instance_id, f"retire-{key_id}", now):
+        with self._locked(instance_id, f"retire-{key_id}") as lease:
+            lease.check()
             self._retire(instance_id, key_id, now, "emergency" if emergency else "grace over")
         return f"key {key_id} retired: disassociated from {instance_id}, still decrypts"
 
@@ -412,13 +423,14 @@ class RotationService:
         if not any(a.association_id == target.key_id for a in self._associations(instance_id)):
             raise RotationRefused(f"previous key {target.key_id} is no longer associated")
         certificate = self.keyring.read_certificate(target.key_id)
-        with self._locked(instance_id, f"rollback-{target.key_id}", now):
+        with self._locked(instance_id, f"rollback-{target.key_id}") as lease:
             verify_key_decrypts(
                 self.keyring.ssm,
                 self.keyring.layout.prefix,
                 target.key_id,
                 certificate,
             )
+            lease.check()
             self._point_instance_flows(instance_id, target.key_id, certificate)
             self._transition(target.key_id, KeyState.ACTIVE, now, f"rollback from {current_id}")
             self.keyring.set_current(instance_id, target.key_id)
@@ -436,12 +448,24 @@ class RotationService:
         )
 
     @contextmanager
-    def _locked(self, instance_id: str, purpose: str, now: datetime) -> Iterator[None]:
-        holder = self.lock.acquire(instance_id, purpose, now)
+    def _locked(self, instance_id: str, purpose: str) -> Iterator[Lease]:
+        """Hold the instance's lock; `lease.check()` goes before each write made under it."""
+        lease = self.lock.acquire(instance_id, purpose)
         try:
-            yield
-        finally:
-            self.lock.release(instance_id, holder)
+            yield lease
+        except BaseException as error:
+            try:
+                lease.release()
+            except ConnectKeyRotatorError as release_error:
+                # The first error is the one to act on; a lock left behind expires on its own.
+                log.warning(
+                    "lock_release_failed",
+                    instance_id=instance_id,
+                    error=str(release_error),
+                    after=type(error).__name__,
+                )
+            raise
+        lease.release()
 
     def _staged(self, state: RotationState, *, validated: bool = False) -> KeyMaterial | None:
         key_name = self.keyring.layout.staged_private_key(state.rotation_id)
