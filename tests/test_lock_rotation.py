@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,16 +52,15 @@ def initialised(world: World) -> str:
     return result.new_key_id
 
 
-def another_run(world: World) -> LockHolder:
+def another_run(world: World) -> None:
     """A rotation running on another machine: its lock is live and cannot be proved gone."""
-    holder = LockHolder.this_process("manual-run", DEFAULT_LEASE)
+    holder = replace(LockHolder.this_process("manual-run", DEFAULT_LEASE), host="ops-laptop")
     world.ssm.put_parameter(
         Name=world.adapters.lock.layout.lock(world.instance_id),
-        Value=LockHolder(**{**vars(holder), "host": "ops-laptop", "pid": 4242}).to_json(),
+        Value=replace(holder, pid=4242).to_json(),
         Type="String",
         Overwrite=True,
     )
-    return holder
 
 
 def test_a_lock_conflict_is_skipped_not_failed(world: World) -> None:
@@ -87,6 +87,13 @@ def test_a_lock_conflict_is_skipped_not_failed(world: World) -> None:
     assert main(["rotate", "--force", "--json"], out) == 0
     (printed,) = json.loads(out.getvalue())["results"]
     assert printed["outcome"] == "skipped"
+
+
+def test_an_init_under_a_held_lock_is_skipped_too(world: World) -> None:
+    another_run(world)
+    result = world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    assert result.outcome is Outcome.SKIPPED, result.detail
+    assert world.associations() == [] and world.adapters.keyring.records() == []
 
 
 def test_a_run_whose_lock_is_taken_over_stops_before_its_next_write(world: World) -> None:

@@ -113,7 +113,12 @@ class RotationService:
             except FlowContentError as error:
                 raise RotationRefused(f"{ref} cannot be managed: {error}") from None
         self.keyring.put_instance(wanted)
-        return self._rotate_instance(instance_id, now, force=True, dry_run=False, emergency=False)
+        try:
+            return self._rotate_instance(
+                instance_id, now, force=True, dry_run=False, emergency=False
+            )
+        except LockHeld as held:
+            return _skipped(instance_id, held)
 
     def rotate(
         self,
@@ -140,9 +145,7 @@ class RotationService:
                     )
                 )
             except LockHeld as held:
-                detail = f"skipped: another rotation is running (lock {held.holder})"
-                log.info("rotation_skipped", instance_id=target, detail=detail)
-                results.append(InstanceResult(target, Outcome.SKIPPED, detail))
+                results.append(_skipped(target, held))
             except ConnectKeyRotatorError as error:
                 log.error("rotation_failed", instance_id=target, error=str(error))
                 results.append(InstanceResult(target, Outcome.FAILED, str(error)))
@@ -549,6 +552,13 @@ class RotationService:
                 )
             blocking.append(record.key_id)
         return blocking
+
+
+def _skipped(instance_id: str, held: LockHeld) -> InstanceResult:
+    """Another run holds the lock: not a failure (no alarm, no notice, exit 0)."""
+    detail = f"skipped: another rotation is running (lock {held.holder})"
+    log.info("rotation_skipped", instance_id=instance_id, detail=detail)
+    return InstanceResult(instance_id, Outcome.SKIPPED, detail)
 
 
 def _new_key(state: RotationState) -> str:
