@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -25,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rotator.adapters.lock import LockHolder
+from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.config import Settings
 from rotator.domain.lifecycle import KeyState, Transition
 from rotator.domain.rotation import RotationState, Step
@@ -150,10 +149,10 @@ def seed(world: World, key_pool: KeyPool) -> Seeded:
     keys["expired"] = init("expired", NOW - 40 * DAY)
     # A stale lock and the rotation it interrupted; an association with no private key.
     keys["locked"] = init("locked", T - 10 * DAY)
-    stale = LockHolder(socket.gethostname(), dead_pid(), T.isoformat(), T.isoformat(), "crashed")
+    stale = replace(LockHolder.this_process("crashed", DEFAULT_LEASE), pid=dead_pid())
     ssm.put_parameter(
         Name=f"{world.prefix}/locks/{instances['locked']}",
-        Value=json.dumps(vars(stale)),
+        Value=stale.to_json(),
         Type="String",
     )
     keyring.put_rotation(

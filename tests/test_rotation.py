@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import threading
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from lambda_decrypt import handler
-from rotator.adapters.lock import LockHolder
+from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints.cli import main
 from rotator.sandbox.sample_flows import card_blocks
@@ -233,16 +233,10 @@ def test_status_and_verify_report_a_stale_lock(world: World) -> None:
     init(world)
     gone = subprocess.Popen(["true"])  # noqa: S607 - a process that has exited
     gone.wait()
-    stale = LockHolder(
-        host=socket.gethostname(),
-        pid=gone.pid,
-        started_at=NOW.isoformat(),
-        expires_at=(NOW + DAY).isoformat(),
-        rotation_id="crashed",
-    )
+    stale = replace(LockHolder.this_process("crashed", DEFAULT_LEASE), pid=gone.pid)
     world.ssm.put_parameter(
         Name=f"{world.prefix}/locks/{world.instance_id}",
-        Value=json.dumps(vars(stale)),
+        Value=stale.to_json(),
         Type="String",
     )
     out = io.StringIO()

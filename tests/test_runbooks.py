@@ -13,9 +13,10 @@ import io
 import json
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rotator.adapters.lock import LockHolder
+from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.domain.keys import KeyMaterial, self_signed_material
 from rotator.domain.rotation import RotationState, Step
 from rotator.domain.runbook import parse_runbook
@@ -560,19 +561,19 @@ def decrypt_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str,
 
 
 def stuck_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
-    """A rotator that died right after starting a rotation, holding the lock (lease expired)."""
+    """A rotator on this machine that died right after starting a rotation, holding the lock."""
     w = cli.world
     first = cli.init(days_ago=1)
     started = cli.now - timedelta(hours=1)
     w.adapters.keyring.put_rotation(
         RotationState("rot-crashed", w.instance_id, Step.STARTED, started, "gone", first)
     )
-    holder = LockHolder(
-        "ip-10-1-2-3", 4242, started.isoformat(), started.isoformat(), "rot-crashed"
-    )
+    gone = subprocess.Popen(["true"])  # its process has exited
+    gone.wait()
+    holder = replace(LockHolder.this_process("rot-crashed", DEFAULT_LEASE), pid=gone.pid)
     w.ssm.put_parameter(
         Name=w.adapters.lock.layout.lock(w.instance_id),
-        Value=json.dumps(asdict(holder)),
+        Value=holder.to_json(),
         Type="String",
     )
 

@@ -90,7 +90,7 @@ class InvariantChecker:
         )
 
         holder = self.lock.holder(instance_id)
-        stale = stale_reason(holder, now) if holder else None
+        stale = stale_reason(holder) if holder else None
         add(
             "no stale lock",
             stale is None,

@@ -91,7 +91,7 @@ def gather(
         if entry.config is None:
             continue
         holder = holders.get(entry.instance_id)
-        held = None if holder is None else LockFacts(holder.describe(), stale_reason(holder, now))
+        held = None if holder is None else LockFacts(holder.describe(), stale_reason(holder))
         instances.append(_instance_facts(connect, entry, entry.config, held))
     protection = keyring.secure_parameters()
     return KeyringFacts(

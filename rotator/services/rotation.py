@@ -12,7 +12,7 @@ from enum import StrEnum
 from lambda_decrypt import ConnectKey, Decryptor, StaticKeys
 from lambda_decrypt.logs import get_logger
 from rotator.adapters.connect import ConnectGateway, SecurityKey
-from rotator.adapters.lock import SsmLock
+from rotator.adapters.lock import Lease, LockHeld, SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
@@ -51,6 +51,7 @@ class Outcome(StrEnum):
     NOT_DUE = "not_due"
     WOULD_ROTATE = "would_rotate"
     FAILED = "failed"
+    SKIPPED = "skipped"  # another run holds the instance's lock: not a failure
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,12 @@ class RotationService:
         self.keyring.put_instance(wanted)
         if reason != "first key":
             log.warning("key_abandoned", instance_id=instance_id, reason=reason)
-        return self._rotate_instance(
-            instance_id, now, force=True, dry_run=False, emergency=False, first_reason=reason
-        )
+        try:
+            return self._rotate_instance(
+                instance_id, now, force=True, dry_run=False, emergency=False, first_reason=reason
+            )
+        except LockHeld as held:
+            return _skipped(instance_id, held)
 
     def rotate(
         self,
@@ -226,6 +230,8 @@ class RotationService:
                         override_reason=override_reason,
                     )
                 )
+            except LockHeld as held:
+                results.append(_skipped(target, held))
             except ConnectKeyRotatorError as error:
                 log.error("rotation_failed", instance_id=target, error=str(error))
                 results.append(InstanceResult(target, Outcome.FAILED, str(error)))
@@ -259,7 +265,7 @@ class RotationService:
     ) -> InstanceResult:
         finished = self._finish_retires(instance_id, dry_run=dry_run)
         if not dry_run:
-            cleared = self.lock.clear_if_stale(instance_id, now)
+            cleared = self.lock.clear_if_stale(instance_id)
             if cleared:
                 log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
         # Decided once outside the lock (the cheap daily "not due"), and again inside it,
@@ -277,7 +283,7 @@ class RotationService:
         if dry_run:
             return _with_note(self._dry_run(decision), finished)
         rotation_id = str(uuid.uuid4())
-        with self._locked(instance_id, rotation_id, now):
+        with self._locked(instance_id, rotation_id) as lease:
             decision = self._decide(
                 instance_id,
                 now,
@@ -289,8 +295,9 @@ class RotationService:
             if isinstance(decision, InstanceResult):
                 return _with_note(decision, finished)
             if isinstance(decision, RotationState):
-                return self._run(decision, now, resumed=True)
+                return self._run(decision, now, lease, resumed=True)
             for key_id in decision.blocking:
+                lease.check()
                 self._retire(
                     instance_id,
                     key_id,
@@ -307,8 +314,9 @@ class RotationService:
                 emergency=emergency,
                 reason=decision.reason,
             )
+            lease.check()
             self.keyring.put_rotation(state)
-            return self._run(state, now, resumed=False)
+            return self._run(state, now, lease, resumed=False)
 
     def _decide(
         self,
@@ -356,7 +364,9 @@ class RotationService:
             decision.instance_id, Outcome.WOULD_ROTATE, detail, decision.current_id
         )
 
-    def _run(self, state: RotationState, now: datetime, *, resumed: bool) -> InstanceResult:
+    def _run(
+        self, state: RotationState, now: datetime, lease: Lease, *, resumed: bool
+    ) -> InstanceResult:
         steps: dict[Step, Callable[[RotationState, datetime], RotationState]] = {
             Step.STARTED: self._stage,
             Step.STAGED: self._associate,
@@ -366,6 +376,7 @@ class RotationService:
             Step.PROMOTED: self._finish,
         }
         while not state.finished:
+            lease.check()  # fenced: a run whose lock was taken over writes nothing more
             state = steps[state.step](state, now)
             self.keyring.put_rotation(state)
             log.info(
@@ -514,7 +525,8 @@ class RotationService:
         if dry_run:
             self._check_unreferenced(instance_id, key_id, "retire")
             return f"would retire key {key_id}: disassociate it from {instance_id} ({reason})"
-        with self._locked(instance_id, f"retire-{key_id}", now):
+        with self._locked(instance_id, f"retire-{key_id}") as lease:
+            lease.check()
             self._retire(instance_id, key_id, now, reason)
         return f"key {key_id} retired: disassociated from {instance_id}, still decrypts"
 
@@ -619,13 +631,14 @@ class RotationService:
                 f"would point the flows of {instance_id} back at {target.key_id}; "
                 f"{current_id} would become previous"
             )
-        with self._locked(instance_id, f"rollback-{target.key_id}", now):
+        with self._locked(instance_id, f"rollback-{target.key_id}") as lease:
             verify_key_decrypts(
                 self.keyring.ssm,
                 self.keyring.layout.prefix,
                 target.key_id,
                 certificate,
             )
+            lease.check()
             self._point_instance_flows(instance_id, target.key_id, certificate)
             self._transition(target.key_id, KeyState.ACTIVE, now, f"rollback from {current_id}")
             self.keyring.set_current(instance_id, target.key_id)
@@ -643,12 +656,24 @@ class RotationService:
         )
 
     @contextmanager
-    def _locked(self, instance_id: str, purpose: str, now: datetime) -> Iterator[None]:
-        holder = self.lock.acquire(instance_id, purpose, now)
+    def _locked(self, instance_id: str, purpose: str) -> Iterator[Lease]:
+        """Hold the instance's lock; `lease.check()` goes before each write made under it."""
+        lease = self.lock.acquire(instance_id, purpose)
         try:
-            yield
-        finally:
-            self.lock.release(instance_id, holder)
+            yield lease
+        except BaseException as error:
+            try:
+                lease.release()
+            except ConnectKeyRotatorError as release_error:
+                # The first error is the one to act on; a lock left behind expires on its own.
+                log.warning(
+                    "lock_release_failed",
+                    instance_id=instance_id,
+                    error=str(release_error),
+                    after=type(error).__name__,
+                )
+            raise
+        lease.release()
 
     def _staged(self, state: RotationState, *, validated: bool = False) -> KeyMaterial | None:
         key_name = self.keyring.layout.staged_private_key(state.rotation_id)
@@ -802,6 +827,13 @@ class RotationService:
                 )
             blocking.append(record.key_id)
         return blocking
+
+
+def _skipped(instance_id: str, held: LockHeld) -> InstanceResult:
+    """Another run holds the lock: not a failure (no alarm, no notice, exit 0)."""
+    detail = f"skipped: another rotation is running (lock {held.holder})"
+    log.info("rotation_skipped", instance_id=instance_id, detail=detail)
+    return InstanceResult(instance_id, Outcome.SKIPPED, detail)
 
 
 def _new_key(state: RotationState) -> str:

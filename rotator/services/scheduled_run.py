@@ -65,8 +65,10 @@ def scheduled_run(
         results = [InstanceResult("*", Outcome.FAILED, str(error))]
     still_due: list[str] = []
     metrics: list[Metric] = []
+    # Skipped: another run holds the instance's lock and is rotating it right now.
+    busy = {r.instance_id for r in results if r.outcome is Outcome.SKIPPED}
     try:
-        metrics, still_due = _key_metrics(keyring, policy, now)
+        metrics, still_due = _key_metrics(keyring, policy, now, busy)
     except ConnectKeyRotatorError as error:
         results.append(InstanceResult("*", Outcome.FAILED, f"reading the keyring: {error}"))
     metrics += [
@@ -92,7 +94,7 @@ def scheduled_run(
 
 
 def _key_metrics(
-    keyring: SsmKeyring, policy: RotationPolicy, now: datetime
+    keyring: SsmKeyring, policy: RotationPolicy, now: datetime, busy: set[str]
 ) -> tuple[list[Metric], list[str]]:
     metrics: list[Metric] = []
     still_due: list[str] = []
@@ -108,7 +110,7 @@ def _key_metrics(
         if record.state is KeyState.ACTIVE:
             active_days.append(days)
             due = rotation_due(record, policy, now)
-            if due.due:
+            if due.due and record.instance_id not in busy:
                 still_due.append(f"{record.instance_id}/{record.key_id}: {due.reason}")
     if active_days:
         # Dimensionless minimum: the one series the days-to-expiry alarm watches.

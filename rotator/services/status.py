@@ -96,7 +96,7 @@ def instance_status(keyring: SsmKeyring, lock: SsmLock, now: datetime) -> list[I
         if entry.config is None:
             continue
         holder = holders.get(entry.instance_id)
-        stale = stale_reason(holder, now) if holder else None
+        stale = stale_reason(holder) if holder else None
         held = "none" if holder is None else holder.describe()
         rows.append(
             InstanceStatus(
