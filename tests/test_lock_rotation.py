@@ -47,7 +47,7 @@ class RecordingTelemetry(Telemetry):
 
 
 def initialised(world: World) -> str:
-    result = world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    result = world.init(NOW)
     assert result.outcome is Outcome.ROTATED and result.new_key_id, result.detail
     return result.new_key_id
 
@@ -91,7 +91,7 @@ def test_a_lock_conflict_is_skipped_not_failed(world: World) -> None:
 
 def test_an_init_under_a_held_lock_is_skipped_too(world: World) -> None:
     another_run(world)
-    result = world.service.init(world.instance_id, [world.flow_id], [world.module_id], NOW)
+    result = world.init(NOW)
     assert result.outcome is Outcome.SKIPPED, result.detail
     assert world.associations() == [] and world.adapters.keyring.records() == []
 

@@ -18,9 +18,9 @@ from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import encrypting_blocks
 from rotator.domain.keys import KeyMaterial, load_private_key, self_signed_material
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
-from rotator.sandbox.sample_flows import create_payment_instance
+from rotator.sandbox.sample_flows import card_blocks, create_payment_instance
 from rotator.sandbox.server import Sandbox, start_sandbox
-from rotator.services.rotation import RotationService
+from rotator.services.rotation import InstanceResult, RotationService
 from tests.conftest import TEST_CARD
 
 _worlds = itertools.count(1)
@@ -69,6 +69,16 @@ class World:
             self.connect.describe_contact_flow_module(
                 InstanceId=self.instance_id, ContactFlowModuleId=self.module_id
             )["ContactFlowModule"]["Content"]
+        )
+
+    def init(self, now: datetime) -> InstanceResult:
+        """`rotator init` of the payment flow and module, their card-number blocks named."""
+        return self.service.init(
+            self.instance_id,
+            [self.flow_id],
+            [self.module_id],
+            now,
+            encrypt_blocks=card_blocks(self.flow_id, self.module_id),
         )
 
     def flow_key_id(self) -> str | None:
