@@ -20,9 +20,11 @@ class Env(StrEnum):
     DECRYPT_ATTRIBUTES = "DECRYPT_ATTRIBUTES"
     RESPONSE_MODE = "RESPONSE_MODE"
     KEY_CACHE_TTL_SECONDS = "KEY_CACHE_TTL_SECONDS"
+    KEY_CHECK_SECONDS = "KEY_CHECK_SECONDS"
     NEGATIVE_CACHE_TTL_SECONDS = "NEGATIVE_CACHE_TTL_SECONDS"
     MAX_KEY_LOOKUPS_PER_MINUTE = "MAX_KEY_LOOKUPS_PER_MINUTE"
     MAX_MESSAGE_BYTES = "MAX_MESSAGE_BYTES"
+    SSM_TIMEOUT_SECONDS = "SSM_TIMEOUT_SECONDS"
     LOG_LEVEL = "LOG_LEVEL"
 
 
@@ -40,10 +42,14 @@ class DecryptConfig:
     decrypt_attributes: tuple[str, ...] = ()
     response_mode: str = "plaintext"
     key_cache_ttl_seconds: float = 900.0
+    # How often a cached key's state is re-read (no KMS call): the bound on a destroyed key.
+    key_check_seconds: float = 60.0
     negative_cache_ttl_seconds: float = 60.0
     max_key_lookups_per_minute: int = 30
     # Connect's messages are < 1.5 KB; the cap refuses anything absurd before any work is done.
     max_message_bytes: int = 8192
+    # Connect and read timeout of one SSM attempt; None: derived from the function's timeout.
+    ssm_timeout_seconds: float | None = None
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -52,11 +58,13 @@ class DecryptConfig:
             raise ConfigError(Env.RESPONSE_MODE, f"must be one of {', '.join(RESPONSE_MODES)}")
         for setting, value in (
             (Env.KEY_CACHE_TTL_SECONDS, self.key_cache_ttl_seconds),
+            (Env.KEY_CHECK_SECONDS, self.key_check_seconds),
             (Env.NEGATIVE_CACHE_TTL_SECONDS, self.negative_cache_ttl_seconds),
             (Env.MAX_KEY_LOOKUPS_PER_MINUTE, self.max_key_lookups_per_minute),
             (Env.MAX_MESSAGE_BYTES, self.max_message_bytes),
+            (Env.SSM_TIMEOUT_SECONDS, self.ssm_timeout_seconds),
         ):
-            if not (value > 0 and math.isfinite(value)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ConfigError(setting, "must be a finite number greater than zero")
         validate_log_level(self.log_level, Env.LOG_LEVEL)
 
@@ -78,9 +86,11 @@ class DecryptConfig:
             values["response_mode"] = env[Env.RESPONSE_MODE].strip().lower()
         for setting, field, kind in (
             (Env.KEY_CACHE_TTL_SECONDS, "key_cache_ttl_seconds", float),
+            (Env.KEY_CHECK_SECONDS, "key_check_seconds", float),
             (Env.NEGATIVE_CACHE_TTL_SECONDS, "negative_cache_ttl_seconds", float),
             (Env.MAX_KEY_LOOKUPS_PER_MINUTE, "max_key_lookups_per_minute", int),
             (Env.MAX_MESSAGE_BYTES, "max_message_bytes", int),
+            (Env.SSM_TIMEOUT_SECONDS, "ssm_timeout_seconds", float),
         ):
             if setting in env:
                 values[field] = parse_number(setting, env[setting], kind)

@@ -22,7 +22,7 @@ from lambda_decrypt.errors import (
     TamperedMessage,
     UnsupportedSuite,
 )
-from lambda_decrypt.keyring import KeyringReader
+from lambda_decrypt.keyring import DEFAULT_SSM_TIMEOUT_SECONDS, KeyringReader
 from lambda_decrypt.keys import ConnectKey
 from lambda_decrypt.message import ConnectHeader, decode_base64, read_header
 
@@ -67,8 +67,10 @@ class Decryptor:
         keyring = KeyringReader(
             config.keyring_prefix,
             ttl_seconds=config.key_cache_ttl_seconds,
+            check_seconds=config.key_check_seconds,
             negative_ttl_seconds=config.negative_cache_ttl_seconds,
             max_lookups_per_minute=config.max_key_lookups_per_minute,
+            ssm_timeout_seconds=config.ssm_timeout_seconds or DEFAULT_SSM_TIMEOUT_SECONDS,
         )
         return cls(keyring, max_message_bytes=config.max_message_bytes)
 

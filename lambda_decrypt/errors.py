@@ -90,6 +90,10 @@ class KeyringUnavailable(DecryptError):
     code = "internal"
 
 
+class KeyringAccessDenied(KeyringUnavailable):
+    """The function's role may not read the keyring: a deployment (IAM) error, not an outage."""
+
+
 class KeyUnusable(DecryptError):
     """A stored private key cannot be loaded as an RSA key of an accepted size."""
 

@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from lambda_decrypt.config import DecryptConfig
+from lambda_decrypt.config import DecryptConfig, Env
 from lambda_decrypt.decrypt import Decryptor
-from lambda_decrypt.errors import ConnectKeyRotatorError, DecryptError, MalformedMessage
-from lambda_decrypt.logs import configure_logging, get_logger
+from lambda_decrypt.errors import (
+    ConfigError,
+    ConnectKeyRotatorError,
+    DecryptError,
+    KeyringAccessDenied,
+    MalformedMessage,
+)
+from lambda_decrypt.keyring import DEFAULT_SSM_TIMEOUT_SECONDS, ssm_time_limit
+from lambda_decrypt.logs import clip, configure_logging, get_logger
 from lambda_decrypt.message import looks_like_sdk_message
 
 RESERVED_NAMES = frozenset({"status", "error"})
+# Kept back from the function's remaining time for the answer and its log line.
+DEADLINE_MARGIN_SECONDS = 0.25
+MIN_SSM_TIMEOUT_SECONDS = 0.1
+# At most this many parameter names in a log line (each clipped like every event field).
+LOGGED_NAMES = 16
+REASON_LIMIT = 512
 
 
 class _Container:
     """Built on the first invocation and kept for the container's life: keys load once, and
     the logger is bound once (after configuration) instead of resolved on every call."""
 
-    def __init__(self) -> None:
-        self.config = DecryptConfig.from_env()
-        configure_logging(self.config.log_level)
+    def __init__(self, seconds_left: float | None) -> None:
+        try:
+            config = DecryptConfig.from_env()
+        except ConfigError:
+            # JSON whatever the broken setting: the error line must reach the metric filter.
+            configure_logging()
+            raise
+        configure_logging(config.log_level)
+        self.config = replace(config, ssm_timeout_seconds=ssm_timeout(config, seconds_left))
         self.decryptor = Decryptor.from_config(self.config)
         self.log = get_logger("lambda_decrypt.handler").bind()
 
@@ -34,18 +55,25 @@ _fallback_log = get_logger("lambda_decrypt.handler")
 def lambda_handler(event: Any, context: Any) -> dict[str, str]:
     """Decrypt the encrypted values of a Connect event; answer {"status": "ok"|"error", ...}."""
     started = time.perf_counter()
+    seconds_left = _seconds_left(context)
     contact_id = _contact_id(event)
     log = _fallback_log
     try:
-        container = _container_state()
+        container = _container_state(seconds_left)
         log = container.log
         values = _encrypted_values(event, container.config)
         response: dict[str, str] = {"status": "ok"}
         key_ids = []
-        for name, ciphertext in values.items():
-            decrypted = container.decryptor.decrypt(ciphertext)
-            key_ids.append(decrypted.key_id)
-            response.update(_answer(name, decrypted.text(), container.config.response_mode))
+        with ssm_time_limit(seconds_left):
+            for name, ciphertext in values.items():
+                decrypted = container.decryptor.decrypt(ciphertext)
+                key_ids.append(decrypted.key_id)
+                response.update(_answer(name, decrypted.text(), container.config.response_mode))
+    except ConfigError as error:
+        return _fail(log, "internal", str(error), contact_id, started, setting=error.setting)
+    except KeyringAccessDenied as error:
+        # The role may not read the keyring: the deployment is misconfigured, not SSM down.
+        return _fail(log, "internal", str(error), contact_id, started, config=True)
     except DecryptError as error:
         return _fail(log, error.code, str(error), contact_id, started)
     except ConnectKeyRotatorError as error:
@@ -57,10 +85,30 @@ def lambda_handler(event: Any, context: Any) -> dict[str, str]:
         outcome="ok",
         contact_id=contact_id,
         key_ids=sorted(set(key_ids)),
-        parameters=sorted(values),
+        parameters=_logged_names(values),
         latency_ms=round((time.perf_counter() - started) * 1000, 3),
     )
     return response
+
+
+def ssm_timeout(config: DecryptConfig, seconds_left: float | None) -> float:
+    """The connect and read timeout of one SSM attempt.
+
+    Unset, it is a quarter of the time the first invocation has (at most 1 s), so two attempts
+    on a silent endpoint fit in the function's timeout; set, it must fit once at least.
+    """
+    chosen = config.ssm_timeout_seconds
+    if chosen is None:
+        if seconds_left is None:
+            return DEFAULT_SSM_TIMEOUT_SECONDS
+        return min(DEFAULT_SSM_TIMEOUT_SECONDS, max(MIN_SSM_TIMEOUT_SECONDS, seconds_left / 4))
+    if seconds_left is not None and 2 * chosen > seconds_left:
+        raise ConfigError(
+            Env.SSM_TIMEOUT_SECONDS,
+            f"an SSM attempt may take {2 * chosen:g} s (connect + read timeout) and the "
+            f"function has {seconds_left:g} s for it: lower it or raise the function's timeout",
+        )
+    return chosen
 
 
 def reset_container() -> None:
@@ -69,11 +117,25 @@ def reset_container() -> None:
     _container = None
 
 
-def _container_state() -> _Container:
+def _container_state(seconds_left: float | None) -> _Container:
     global _container
     if _container is None:
-        _container = _Container()
+        _container = _Container(seconds_left)
     return _container
+
+
+def _seconds_left(context: Any) -> float | None:
+    """What this invocation may still spend on SSM, from the Lambda context; None outside one."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if not callable(remaining):
+        return None
+    try:
+        millis = float(remaining())
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(millis):
+        return None
+    return millis / 1000 - DEADLINE_MARGIN_SECONDS
 
 
 def _encrypted_values(event: Any, config: DecryptConfig) -> dict[str, str]:
@@ -137,17 +199,38 @@ def _contact_id(event: Any) -> str | None:
         contact_id = event["Details"]["ContactData"]["ContactId"]
     except (KeyError, TypeError):
         return None
-    return contact_id if isinstance(contact_id, str) else None
+    return clip(contact_id) if isinstance(contact_id, str) else None
+
+
+def _logged_names(values: Mapping[str, str]) -> list[str]:
+    names = [clip(name) for name in sorted(values)[:LOGGED_NAMES]]
+    if len(values) > LOGGED_NAMES:
+        names.append(f"...[truncated, {len(values)} names]")
+    return names
 
 
 def _fail(
-    log: Any, code: str, reason: str, contact_id: str | None, started: float
+    log: Any,
+    code: str,
+    reason: str,
+    contact_id: str | None,
+    started: float,
+    *,
+    config: bool = False,
+    setting: str | None = None,
 ) -> dict[str, str]:
+    """Log the failure and answer it. A failure caused by configuration (a `setting`, or the
+    role's permissions) is logged as error "config", the field the deployment's alarm counts."""
+    fields: dict[str, Any] = {"error": code}
+    if config or setting is not None:
+        fields = {"error": "config", "answer": code}
+    if setting is not None:
+        fields["setting"] = setting
     log.warning(
         "decrypt",
         outcome="error",
-        error=code,
-        reason=reason,
+        **fields,
+        reason=clip(reason, REASON_LIMIT),
         contact_id=contact_id,
         latency_ms=round((time.perf_counter() - started) * 1000, 3),
     )

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lambda_decrypt.errors import (
     AwsCallError,
     DecryptError,
     KeyDestroyed,
+    KeyringAccessDenied,
     KeyringUnavailable,
     UnknownKey,
     aws_reason,
@@ -23,10 +28,23 @@ from lambda_decrypt.logs import get_logger
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
+    from mypy_boto3_ssm.type_defs import GetParametersByPathResultTypeDef
 
+_T = TypeVar("_T")
 DESTROYED = "destroyed"
 NEGATIVE_CACHE_CAPACITY = 1024
+# Past the lookup budget, the keyring's list of key IDs is read again at most this often: a
+# flood of invented key IDs costs one listing per interval, a brand-new key waits at most this.
+LISTING_REFRESH_SECONDS = 30.0
+LISTING_PAGE_SIZE = 10  # the most GetParametersByPath returns per page
+DEFAULT_SSM_TIMEOUT_SECONDS = 1.0
+MAX_SSM_ATTEMPTS = 3
+RETRY_BACKOFF_SECONDS = 0.05
+ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
+THROTTLED = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
 log = get_logger("lambda_decrypt.keyring")
+# The time.monotonic() by which every SSM call of the current invocation must be over.
+_deadline: ContextVar[float | None] = ContextVar("lambda_decrypt_ssm_deadline", default=None)
 
 
 @dataclass(frozen=True)
@@ -93,23 +111,49 @@ class KeyringLayout:
         return key_id or None
 
 
-def default_ssm_client() -> SSMClient:
-    """An SSM client with short timeouts: the decrypt path runs inside Connect's 8 s budget."""
+@contextmanager
+def ssm_time_limit(seconds: float | None) -> Iterator[None]:
+    """Every SSM call made inside the block is over within `seconds` (None: the attempt cap).
+
+    An attempt starts only if its worst case (connect timeout + read timeout) fits in the time
+    left, so a silent SSM endpoint costs an `internal` answer in time, never a Lambda timeout.
+    """
+    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def default_ssm_client(timeout_seconds: float = DEFAULT_SSM_TIMEOUT_SECONDS) -> SSMClient:
+    """An SSM client making one attempt per call: the reader retries within its deadline."""
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": 3}, connect_timeout=1, read_timeout=2
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=timeout_seconds,
+        read_timeout=timeout_seconds,
     )
     return boto3.client("ssm", config=config)
 
 
-class KeyringReader:
-    """Private keys by key ID from SSM: loaded once, kept for a TTL, unknown IDs remembered.
+@dataclass(frozen=True)
+class _Cached:
+    key: ConnectKey
+    check_at: float  # next re-read of the key's state; never later than expires_at
+    expires_at: float  # full reload
 
-    A warm invocation for a cached key makes no AWS call. Unknown key IDs are cached for a
-    shorter time, and lookups of uncached IDs are capped per minute, so a flood of bad
-    messages cannot turn into a flood of SSM calls.
+
+class KeyringReader:
+    """Private keys by key ID from SSM: loaded once, re-checked, kept for a TTL, misses remembered.
+
+    A warm invocation for a cached key makes no AWS call. Every `check_seconds` a cached key's
+    state is re-read on its next use, without decryption (no KMS call), so a destroyed key
+    stops decrypting within that time. Unknown key IDs are cached for a shorter time, and
+    lookups of key IDs the keyring is not known to hold are capped per minute, so a flood of
+    bad messages cannot turn into a flood of SSM calls; past the cap, one listing of the
+    keyring tells genuine key IDs apart, so a container that meets many keys refuses none.
     """
 
     def __init__(
@@ -118,94 +162,228 @@ class KeyringReader:
         *,
         ssm_client_factory: Callable[[], SSMClient] | None = None,
         ttl_seconds: float = 900.0,
+        check_seconds: float = 60.0,
         negative_ttl_seconds: float = 60.0,
         max_lookups_per_minute: int = 30,
+        ssm_timeout_seconds: float = DEFAULT_SSM_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.layout = KeyringLayout(prefix)
-        self._client_factory = ssm_client_factory or default_ssm_client
+        # default_ssm_client is looked up when the client is built (tests replace it).
+        self._client_factory = ssm_client_factory or (
+            lambda: default_ssm_client(ssm_timeout_seconds)
+        )
         self._client: SSMClient | None = None
         self._ttl = ttl_seconds
+        self._check_interval = check_seconds
         self._negative_ttl = negative_ttl_seconds
         self._max_lookups = max_lookups_per_minute
+        # One attempt's worst case on a silent endpoint: the connect, then the read timeout.
+        self._attempt_seconds = 2 * ssm_timeout_seconds
         self._clock = clock
-        self._keys: dict[str, tuple[ConnectKey, float]] = {}
+        self._keys: dict[str, _Cached] = {}
         self._misses: OrderedDict[str, tuple[DecryptError, float]] = OrderedDict()
         self._lookups: deque[float] = deque()
+        self._held: set[str] = set()  # key IDs with a private key: listed, or loaded
+        self._listed_at: float | None = None
         self._lock = threading.Lock()
 
     def get(self, key_id: str) -> ConnectKey:
         """The key for `key_id`; raises UnknownKey, KeyDestroyed or KeyringUnavailable."""
         now = self._clock()
         cached = self._keys.get(key_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None and cached.check_at > now:
+            return cached.key
         with self._lock:
-            miss = self._misses.get(key_id)
-            if miss is not None and miss[1] > now:
-                raise miss[0]
-            self._spend_lookup(now, key_id)
-            try:
-                key = self._load(key_id)
-            except (UnknownKey, KeyDestroyed) as error:
-                self._remember_miss(key_id, error, now)
-                raise
-            self._keys[key_id] = (key, now + self._ttl)
-            self._misses.pop(key_id, None)
-            return key
+            return self._refresh(key_id, now)
 
     def forget(self, key_id: str | None = None) -> None:
-        """Drop one cached key, or all of them (positive and negative)."""
+        """Drop one cached key, or everything the reader knows (as in a new container)."""
         with self._lock:
             if key_id is None:
                 self._keys.clear()
                 self._misses.clear()
+                self._held.clear()
+                self._listed_at = None
             else:
                 self._keys.pop(key_id, None)
                 self._misses.pop(key_id, None)
 
-    def _spend_lookup(self, now: float, key_id: str) -> None:
-        while self._lookups and self._lookups[0] <= now - 60.0:
-            self._lookups.popleft()
-        if len(self._lookups) >= self._max_lookups:
-            log.warning("key_lookup_budget_exhausted", key_id=key_id, budget=self._max_lookups)
-            raise UnknownKey(f"no private key for key ID {key_id} (lookup budget exhausted)")
-        self._lookups.append(now)
+    def _refresh(self, key_id: str, now: float) -> ConnectKey:
+        cached = self._keys.get(key_id)
+        if cached is not None and cached.check_at > now:
+            return cached.key  # another thread got here first
+        if cached is not None and cached.expires_at > now:
+            return self._check(key_id, cached, now)
+        miss = self._misses.get(key_id)
+        if miss is not None and miss[1] > now:
+            raise miss[0]
+        if key_id not in self._held:
+            self._spend_lookup(now, key_id)
+        try:
+            key = self._load(key_id)
+        except (UnknownKey, KeyDestroyed) as error:
+            self._withdraw(key_id, error, now)
+            raise
+        check_at = min(now + self._check_interval, now + self._ttl)
+        self._keys[key_id] = _Cached(key, check_at=check_at, expires_at=now + self._ttl)
+        self._held.add(key_id)
+        self._misses.pop(key_id, None)
+        return key
 
-    def _remember_miss(self, key_id: str, error: DecryptError, now: float) -> None:
+    def _check(self, key_id: str, cached: _Cached, now: float) -> ConnectKey:
+        """Re-read a cached key's state: its metadata and whether its private key still exists."""
+        next_check = replace(cached, check_at=min(now + self._check_interval, cached.expires_at))
+        try:
+            found = self._get_parameters(key_id, with_decryption=False)
+        except KeyringUnavailable as error:
+            # Served on until its TTL: an SSM outage must not stop warm containers at once.
+            log.warning("key_check_failed", key_id=key_id, reason=str(error))
+            self._keys[key_id] = next_check
+            return cached.key
+        try:
+            self._state(key_id, found)
+        except (UnknownKey, KeyDestroyed) as error:
+            log.info("key_withdrawn", key_id=key_id, outcome=error.code)
+            self._withdraw(key_id, error, now)
+            raise
+        self._keys[key_id] = next_check
+        return cached.key
+
+    def _withdraw(self, key_id: str, error: DecryptError, now: float) -> None:
+        self._keys.pop(key_id, None)
+        self._held.discard(key_id)
         self._misses[key_id] = (error, now + self._negative_ttl)
         self._misses.move_to_end(key_id)
         while len(self._misses) > NEGATIVE_CACHE_CAPACITY:
             self._misses.popitem(last=False)
+
+    def _spend_lookup(self, now: float, key_id: str) -> None:
+        while self._lookups and self._lookups[0] <= now - 60.0:
+            self._lookups.popleft()
+        if len(self._lookups) < self._max_lookups:
+            self._lookups.append(now)
+            return
+        # Past the budget only key IDs the keyring holds are looked up; which those are, one
+        # listing says (read again at most every LISTING_REFRESH_SECONDS).
+        if self._listed_at is None or now - self._listed_at >= LISTING_REFRESH_SECONDS:
+            self._list_key_ids(now)
+            if key_id in self._held:
+                return
+        log.warning("key_lookup_budget_exhausted", key_id=key_id, budget=self._max_lookups)
+        raise UnknownKey(f"no private key for key ID {key_id} (lookup budget exhausted)")
+
+    def _list_key_ids(self, now: float) -> None:
+        """Every key ID with a private key: `{prefix}/keys` recursively, SecureStrings only,
+        without decryption (no KMS call), ten keys a page."""
+        self._listed_at = now  # a failed listing is not retried before the interval either
+        root = self.layout.keys_root()
+        held: set[str] = set()
+        token: str | None = None
+        pages = 0
+        while True:
+            response = self._call("ssm:GetParametersByPath", root, partial(_list_page, root, token))
+            pages += 1
+            for parameter in response.get("Parameters", []):
+                key_id = self.layout.key_id_of(parameter["Name"])
+                if key_id is not None and parameter["Name"] == self.layout.private_key(key_id):
+                    held.add(key_id)
+            token = response.get("NextToken")
+            if not token:
+                break
+        self._held = held
+        log.info("keyring_listed", keys=len(held), pages=pages)
 
     def _ssm(self) -> SSMClient:
         if self._client is None:
             self._client = self._client_factory()
         return self._client
 
-    def _load(self, key_id: str) -> ConnectKey:
-        private_name = self.layout.private_key(key_id)
-        metadata_name = self.layout.metadata(key_id)
-        try:
-            response = self._ssm().get_parameters(
-                Names=[private_name, metadata_name], WithDecryption=True
+    def _call(self, call: str, resource: str, send: Callable[[SSMClient], _T]) -> _T:
+        """One SSM request; retried (throttling, 5xx, network) while an attempt still fits
+        before the invocation's deadline, at most MAX_SSM_ATTEMPTS times."""
+        client = self._ssm()
+        deadline = _deadline.get()
+        failure: Exception | None = None
+        attempts = 0
+        while attempts < MAX_SSM_ATTEMPTS:
+            pause = 0.0
+            if attempts:
+                # Full jitter: containers throttled together do not retry together.
+                pause = random.uniform(0, RETRY_BACKOFF_SECONDS * 2**attempts)  # noqa: S311
+            if deadline is not None and time.monotonic() + pause + self._attempt_seconds > deadline:
+                break
+            time.sleep(pause)
+            attempts += 1
+            try:
+                return send(client)
+            except Exception as error:  # noqa: BLE001 - translated below, with the call and resource
+                failure = error
+                if not _retryable(error):
+                    break
+        if failure is None:
+            reason = (
+                f"not attempted: less than {self._attempt_seconds:g} s left before the deadline"
             )
-        except Exception as error:  # noqa: BLE001 - any SDK failure is "keyring unavailable"
-            raise KeyringUnavailable(
-                str(AwsCallError("ssm:GetParameters", private_name, aws_reason(error)))
-            ) from error
-        found = {p["Name"]: p["Value"] for p in response.get("Parameters", [])}
-        state = _state_from_metadata(found.get(metadata_name))
+        else:
+            reason = f"{aws_reason(failure)} after {attempts} attempt(s)"
+        denied = failure is not None and aws_reason(failure) in ACCESS_DENIED
+        kind = KeyringAccessDenied if denied else KeyringUnavailable
+        raise kind(str(AwsCallError(call, resource, reason))) from failure
+
+    def _get_parameters(self, key_id: str, *, with_decryption: bool) -> dict[str, str]:
+        names = [self.layout.private_key(key_id), self.layout.metadata(key_id)]
+        response = self._call(
+            "ssm:GetParameters",
+            names[0],
+            lambda client: client.get_parameters(Names=names, WithDecryption=with_decryption),
+        )
+        return {p["Name"]: p["Value"] for p in response.get("Parameters", [])}
+
+    def _state(self, key_id: str, found: dict[str, str]) -> str | None:
+        """The key's recorded state; raises KeyDestroyed or UnknownKey if it cannot decrypt."""
+        state = _state_from_metadata(found.get(self.layout.metadata(key_id)))
         if state == DESTROYED:
             raise KeyDestroyed(f"key ID {key_id} was destroyed")
-        pem = found.get(private_name)
-        if pem is None:
+        if self.layout.private_key(key_id) not in found:
             if state is not None:
                 log.error("keyring_inconsistent", key_id=key_id, state=state, missing="private-key")
             raise UnknownKey(f"no private key for key ID {key_id}")
+        return state
+
+    def _load(self, key_id: str) -> ConnectKey:
+        found = self._get_parameters(key_id, with_decryption=True)
+        state = self._state(key_id, found)
+        pem = found[self.layout.private_key(key_id)]
         key = ConnectKey.from_pem(key_id, pem, trusted=True)
         log.info("key_loaded", key_id=key_id, state=state, key_size=key.key_size)
         return key
+
+
+def _list_page(root: str, token: str | None, client: SSMClient) -> GetParametersByPathResultTypeDef:
+    paging = {"NextToken": token} if token else {}
+    return client.get_parameters_by_path(
+        Path=root,
+        Recursive=True,
+        WithDecryption=False,
+        MaxResults=LISTING_PAGE_SIZE,
+        ParameterFilters=[{"Key": "Type", "Option": "Equals", "Values": ["SecureString"]}],
+        **paging,
+    )
+
+
+def _retryable(error: Exception) -> bool:
+    """Worth another attempt: the connection failed or timed out, or SSM throttled or failed."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(error, BotoConnectionError | HTTPClientError):
+        return True
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in THROTTLED or status >= 500
+    return False
 
 
 def _state_from_metadata(raw: str | None) -> str | None:

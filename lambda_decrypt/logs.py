@@ -9,6 +9,8 @@ from typing import Any, Literal
 import structlog
 
 _configured = False
+# Longest value of a field that comes from outside (an event) in a log line.
+FIELD_LIMIT = 128
 # Third-party loggers that may describe key or data-key handling at DEBUG level.
 QUIET_LIBRARIES = ("botocore", "boto3", "urllib3")
 Stream = Literal["stdout", "stderr"]
@@ -58,3 +60,10 @@ def configure_logging(
 def get_logger(name: str) -> Any:
     """A lazily bound structlog logger (configuration may happen after import)."""
     return structlog.get_logger(name)
+
+
+def clip(value: str, limit: int = FIELD_LIMIT) -> str:
+    """`value` as a log field: at most `limit` characters, saying so when it was cut."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...[truncated, {len(value)} chars]"

@@ -30,6 +30,8 @@ def test_decrypt_defaults() -> None:
     assert config.decrypt_attributes == ()
     assert config.response_mode == "plaintext"
     assert config.key_cache_ttl_seconds == 900.0
+    assert config.key_check_seconds == 60.0
+    assert config.ssm_timeout_seconds is None  # derived from the function's timeout
     assert config.negative_cache_ttl_seconds == 60.0
     assert config.max_key_lookups_per_minute == 30
     assert config.max_message_bytes == 8192
@@ -128,6 +130,8 @@ def test_decrypt_good_prefix(prefix: str) -> None:
         ("MAX_KEY_LOOKUPS_PER_MINUTE", "thirty"),
         ("MAX_MESSAGE_BYTES", "8 KB"),
         ("MAX_MESSAGE_BYTES", "1e4"),
+        ("KEY_CHECK_SECONDS", "1m"),
+        ("SSM_TIMEOUT_SECONDS", "inf"),
     ],
 )
 def test_decrypt_bad_numbers_name_the_setting(setting: str, raw: str) -> None:
@@ -144,6 +148,8 @@ def test_decrypt_bad_numbers_name_the_setting(setting: str, raw: str) -> None:
         "NEGATIVE_CACHE_TTL_SECONDS",
         "MAX_KEY_LOOKUPS_PER_MINUTE",
         "MAX_MESSAGE_BYTES",
+        "KEY_CHECK_SECONDS",
+        "SSM_TIMEOUT_SECONDS",
     ],
 )
 @pytest.mark.parametrize("raw", ["0", "-1"])
@@ -198,9 +204,11 @@ def test_env_names_are_the_documented_ones() -> None:
         "DECRYPT_ATTRIBUTES",
         "RESPONSE_MODE",
         "KEY_CACHE_TTL_SECONDS",
+        "KEY_CHECK_SECONDS",
         "NEGATIVE_CACHE_TTL_SECONDS",
         "MAX_KEY_LOOKUPS_PER_MINUTE",
         "MAX_MESSAGE_BYTES",
+        "SSM_TIMEOUT_SECONDS",
         "LOG_LEVEL",
     }
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 import pytest
 
 import lambda_decrypt
 from lambda_decrypt import handler, keyring
 from lambda_decrypt.handler import lambda_handler, luhn_valid
+from lambda_decrypt.keyring import default_ssm_client as keyring_default_client
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
-from tests.conftest import NOW, REGION, TEST_CARD, Vector, make_record
+from tests.conftest import NOW, TEST_CARD, Vector, make_record
 
 KEY_A = "11111111-1111-4111-8111-111111111111"
 KEY_B = "22222222-2222-4222-8222-222222222222"
@@ -36,8 +36,8 @@ class CallCounter:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def factory(self) -> Any:
-        client = boto3.client("ssm", region_name=REGION)
+    def factory(self, timeout_seconds: float = 1.0) -> Any:
+        client = keyring_default_client(timeout_seconds)
         client.meta.events.register(
             "before-call.ssm.*", lambda model, **_: self.calls.append(model.name)
         )

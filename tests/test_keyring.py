@@ -12,8 +12,13 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from lambda_decrypt.errors import KeyDestroyed, KeyringUnavailable, UnknownKey
-from lambda_decrypt.keyring import KeyringLayout, KeyringReader
+from lambda_decrypt.errors import KeyDestroyed, KeyringAccessDenied, KeyringUnavailable, UnknownKey
+from lambda_decrypt.keyring import (
+    LISTING_REFRESH_SECONDS,
+    KeyringLayout,
+    KeyringReader,
+    ssm_time_limit,
+)
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyRecord, KeyState
@@ -361,20 +366,23 @@ class CountingFactory:
     def __init__(self, client_builder: Callable[[], Any]) -> None:
         self._build = client_builder
         self.calls: list[str] = []
+        self.requests: list[dict[str, Any]] = []
         self.clients = 0
 
     def __call__(self) -> Any:
         client = self._build()
-        client.meta.events.register("before-call.ssm.*", self._count)
+        client.meta.events.register("before-parameter-build.ssm.*", self._count)
         self.clients += 1
         return client
 
-    def _count(self, model: Any, **_: Any) -> None:
+    def _count(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         self.calls.append(model.name)
+        self.requests.append(dict(params))
 
     def take(self) -> int:
         count = len(self.calls)
         self.calls.clear()
+        self.requests.clear()
         return count
 
 
@@ -414,7 +422,7 @@ def test_reader_caches_a_loaded_key_until_the_ttl(
     ssm: Any, counting: CountingFactory, clock: FakeClock, material_a: KeyMaterial
 ) -> None:
     SsmKeyring(ssm, PREFIX).store_key(KEY_A, material_a, make_record(KEY_A, material_a))
-    keys = reader(counting, clock, ttl_seconds=900.0)
+    keys = reader(counting, clock, ttl_seconds=900.0, check_seconds=900.0)
     assert counting.clients == 0  # lazy: no client before the first lookup
 
     key = keys.get(KEY_A)
@@ -482,12 +490,19 @@ def test_reader_lookup_budget(counting: CountingFactory, clock: FakeClock) -> No
     with pytest.raises(UnknownKey, match="budget") as exhausted:
         keys.get(unknown[3])
     assert exhausted.value.code == "unknown_key"
-    assert counting.take() == 0
+    assert counting.calls == ["GetParametersByPath"]  # the keyring holds none of them
+    counting.take()
 
-    clock.advance(56.0)  # 59 s after the first lookup: still inside the window
+    clock.advance(LISTING_REFRESH_SECONDS - 1.0)  # the listing is fresh: no call at all
     with pytest.raises(UnknownKey, match="budget"):
         keys.get(unknown[4])
     assert counting.take() == 0
+
+    clock.advance(57.0 - LISTING_REFRESH_SECONDS)  # 59 s after the first lookup
+    with pytest.raises(UnknownKey, match="budget"):
+        keys.get(unknown[5])
+    assert counting.calls == ["GetParametersByPath"]  # a stale listing is read again, once
+    counting.take()
 
     clock.advance(1.0)  # 60 s after the first lookup: one slot frees up
     with pytest.raises(UnknownKey) as resumed:
@@ -507,7 +522,7 @@ def test_reader_budget_does_not_touch_cached_keys(
     with pytest.raises(UnknownKey, match="budget"):
         keys.get(KEY_B)
     assert keys.get(KEY_A).key_id == KEY_A  # cached: served despite the exhausted budget
-    assert counting.take() == 2
+    assert counting.calls == ["GetParameters", "GetParameters", "GetParametersByPath"]
 
 
 def test_reader_destroyed_key(
@@ -577,11 +592,11 @@ def test_reader_ssm_failure_is_keyring_unavailable(unreachable_ssm: Any, clock: 
     message = str(error)
     assert "ssm:GetParameters" in message
     assert KeyringLayout(PREFIX).private_key(KEY_A) in message
-    assert "EndpointConnectionError" in message
+    assert "EndpointConnectionError after 3 attempt(s)" in message
     # an outage is not remembered as "unknown key": the next call tries again
     with pytest.raises(KeyringUnavailable):
         keys.get(KEY_A)
-    assert calls == ["GetParameters", "GetParameters"]
+    assert calls == ["GetParameters"] * 6  # a refused connection is retried twice
 
 
 def test_reader_forget(
@@ -601,3 +616,202 @@ def test_reader_forget(
     with pytest.raises(UnknownKey):
         keys.get(UNKNOWN)
     assert counting.take() == 2
+
+
+# -- KeyringReader: a keyring larger than the lookup budget ------------------------------------
+
+
+def store_many(ssm: Any, material: KeyMaterial, count: int) -> list[str]:
+    """`count` key IDs sharing one session key: the reader only cares about the IDs."""
+    keyring = SsmKeyring(ssm, PREFIX)
+    key_ids = [f"{index:08d}-1111-4111-8111-111111111111" for index in range(count)]
+    for key_id in key_ids:
+        keyring.store_key(key_id, material, make_record(key_id, material))
+    return key_ids
+
+
+def test_reader_past_the_budget_looks_up_every_key_the_keyring_holds(
+    ssm: Any, counting: CountingFactory, clock: FakeClock, material_a: KeyMaterial
+) -> None:
+    key_ids = store_many(ssm, material_a, 12)
+    keys = reader(counting, clock, max_lookups_per_minute=2)
+    assert [keys.get(key_id).key_id for key_id in key_ids] == key_ids
+    # two lookups on the budget, then one listing (two pages of private keys), then the rest
+    assert (
+        counting.calls
+        == ["GetParameters"] * 2 + ["GetParametersByPath"] * 2 + ["GetParameters"] * 10
+    )
+    listing = [r for r in counting.requests if "Path" in r]
+    assert listing[0] == {
+        "Path": f"{PREFIX}/keys",
+        "Recursive": True,
+        "WithDecryption": False,  # no KMS call: names only matter
+        "MaxResults": 10,
+        "ParameterFilters": [{"Key": "Type", "Option": "Equals", "Values": ["SecureString"]}],
+    }
+    counting.take()
+
+    # an invented key ID is still refused without a lookup: the listing is fresh
+    with pytest.raises(UnknownKey, match="budget"):
+        keys.get(UNKNOWN)
+    assert counting.take() == 0
+
+
+def test_reader_reads_the_listing_again_for_a_key_created_after_it(
+    ssm: Any, counting: CountingFactory, clock: FakeClock, material_a: KeyMaterial
+) -> None:
+    keys = reader(counting, clock, max_lookups_per_minute=1)
+    with pytest.raises(UnknownKey):
+        keys.get(UNKNOWN)  # spends the budget
+    with pytest.raises(UnknownKey, match="budget"):
+        keys.get(KEY_B)  # lists the keyring: empty
+    SsmKeyring(ssm, PREFIX).store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    counting.take()
+
+    clock.advance(LISTING_REFRESH_SECONDS - 0.1)
+    with pytest.raises(UnknownKey, match="budget"):
+        keys.get(KEY_A)  # not in the listing, which is too fresh to read again
+    assert counting.take() == 0
+
+    clock.advance(0.1)
+    assert keys.get(KEY_A).key_id == KEY_A  # not remembered as unknown: found at once
+    assert counting.calls == ["GetParametersByPath", "GetParameters"]
+
+
+def test_reader_listing_failure_is_keyring_unavailable(
+    unreachable_ssm: Any, clock: FakeClock
+) -> None:
+    keys = reader(lambda: unreachable_ssm, clock, max_lookups_per_minute=1)
+    with pytest.raises(KeyringUnavailable):
+        keys.get(UNKNOWN)
+    with pytest.raises(KeyringUnavailable, match="ssm:GetParametersByPath") as caught:
+        keys.get(KEY_A)
+    assert f"{PREFIX}/keys" in str(caught.value)
+    # a failed listing is not read again before the interval: the budget answers meanwhile
+    with pytest.raises(UnknownKey, match="budget"):
+        keys.get(KEY_B)
+
+
+# -- KeyringReader: a destroyed key stops decrypting within check_seconds ---------------------
+
+
+def destroy(ssm: Any, material: KeyMaterial, key_id: str) -> None:
+    """What `rotator destroy` leaves: metadata state destroyed, the private key deleted."""
+    record = make_record(key_id, material, state=KeyState.RETIRED)
+    SsmKeyring(ssm, PREFIX).put_record(
+        record.transition(KeyState.DESTROYED, at=NOW, actor="runbook", reason="retention over")
+    )
+    ssm.delete_parameter(Name=KeyringLayout(PREFIX).private_key(key_id))
+
+
+def test_a_cached_key_is_rechecked_and_stops_when_destroyed(
+    ssm: Any, counting: CountingFactory, clock: FakeClock, material_a: KeyMaterial
+) -> None:
+    SsmKeyring(ssm, PREFIX).store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    keys = reader(counting, clock, ttl_seconds=900.0, check_seconds=60.0)
+    key = keys.get(KEY_A)
+    clock.advance(60.0)
+    assert keys.get(KEY_A) is key  # checked and still there: the same key object
+    assert counting.calls == ["GetParameters", "GetParameters"]
+    assert [r["WithDecryption"] for r in counting.requests] == [True, False]  # no KMS to check
+    counting.take()
+
+    destroy(ssm, material_a, KEY_A)
+    clock.advance(59.9)
+    assert keys.get(KEY_A) is key  # inside the interval: served from memory, no call
+    assert counting.take() == 0
+
+    clock.advance(0.1)  # 60 s after the last check
+    with pytest.raises(KeyDestroyed, match=KEY_A):
+        keys.get(KEY_A)
+    with pytest.raises(KeyDestroyed):  # remembered: no more calls
+        keys.get(KEY_A)
+    assert counting.take() == 1
+
+
+@pytest.mark.parametrize("how", ["metadata only", "private key deleted"])
+def test_a_cached_key_stops_when_either_sign_of_destruction_appears(
+    ssm: Any, counting: CountingFactory, clock: FakeClock, material_a: KeyMaterial, how: str
+) -> None:
+    keyring = SsmKeyring(ssm, PREFIX)
+    record = make_record(KEY_A, material_a, state=KeyState.RETIRED)
+    keyring.store_key(KEY_A, material_a, record)
+    keys = reader(counting, clock, check_seconds=10.0)
+    keys.get(KEY_A)
+    if how == "metadata only":
+        keyring.put_record(
+            record.transition(KeyState.DESTROYED, at=NOW, actor="runbook", reason="retention")
+        )
+        expected: type[Exception] = KeyDestroyed
+    else:
+        ssm.delete_parameter(Name=KeyringLayout(PREFIX).private_key(KEY_A))
+        expected = UnknownKey
+    clock.advance(10.0)
+    with pytest.raises(expected):
+        keys.get(KEY_A)
+
+
+def test_a_failed_check_serves_the_key_until_its_ttl_and_no_longer(
+    ssm: Any, counting: CountingFactory, clock: FakeClock, material_a: KeyMaterial
+) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    SsmKeyring(ssm, PREFIX).store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    keys = reader(counting, clock, ttl_seconds=300.0, check_seconds=60.0)
+    key = keys.get(KEY_A)
+    outage = {"on": True}
+
+    def unreachable(**_: Any) -> None:
+        if outage["on"]:
+            raise EndpointConnectionError(endpoint_url="https://ssm.us-east-1.amazonaws.com")
+
+    keys._ssm().meta.events.register("before-call.ssm.GetParameters", unreachable)
+    counting.take()
+
+    clock.advance(60.0)
+    assert keys.get(KEY_A) is key  # the check failed: served on (an outage is not a destruction)
+    assert counting.take() == 3  # one check, three attempts
+    clock.advance(59.9)
+    assert keys.get(KEY_A) is key  # and not checked again on every call
+    assert counting.take() == 0
+
+    clock.advance(300.0 - 119.9)  # the TTL: the key must be read again, and SSM is down
+    with pytest.raises(KeyringUnavailable):
+        keys.get(KEY_A)
+    outage["on"] = False
+    assert keys.get(KEY_A).key_id == KEY_A
+
+
+# -- KeyringReader: every SSM call ends before the invocation's deadline -----------------------
+
+
+def test_no_attempt_starts_that_could_end_after_the_deadline(
+    counting: CountingFactory, clock: FakeClock
+) -> None:
+    keys = reader(counting, clock, ssm_timeout_seconds=0.5)  # an attempt may take 1 s
+    with ssm_time_limit(0.9), pytest.raises(KeyringUnavailable, match="not attempted"):
+        keys.get(KEY_A)
+    assert counting.take() == 0
+    with ssm_time_limit(1.1), pytest.raises(UnknownKey):
+        keys.get(KEY_A)
+    assert counting.take() == 1
+    with pytest.raises(UnknownKey):  # no limit outside the block
+        keys.get(KEY_B)
+
+
+def test_access_denied_is_its_own_error_and_not_retried(
+    counting: CountingFactory, clock: FakeClock
+) -> None:
+    keys = reader(counting, clock)
+    keys._ssm().meta.events.register("before-call.ssm.GetParameters", deny_access)
+    with pytest.raises(KeyringAccessDenied, match="AccessDeniedException after 1 attempt"):
+        keys.get(KEY_A)
+    assert counting.take() == 1
+
+
+def deny_access(**_: Any) -> tuple[Any, dict[str, Any]]:
+    """What SSM answers a role without permission on the parameter."""
+    return _Response(), {
+        "Error": {"Code": "AccessDeniedException", "Message": "not authorized"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
