@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=run_report_command)
 
     configure_runbook_parser(
-        commands.add_parser("runbook", help="list, show and run the on-call runbooks")
+        commands.add_parser("runbook", help="list, show, run and audit the on-call runbooks")
     )
 
     serve = commands.add_parser("serve", help="run the scheduled jobs on a host (APScheduler)")

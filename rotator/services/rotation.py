@@ -176,7 +176,7 @@ class RotationService:
                 emergency=emergency,
                 reason=decision.reason,
             )
-            self.keyring.put_rotation(state)
+            self.keyring.put_rotation(state, at=now)
             return self._run(state, now, resumed=False)
 
     def _decide(
@@ -229,7 +229,7 @@ class RotationService:
         }
         while not state.finished:
             state = steps[state.step](state, now)
-            self.keyring.put_rotation(state)
+            self.keyring.put_rotation(state, at=now)
             log.info(
                 "rotation_step",
                 instance_id=state.instance_id,
