@@ -181,10 +181,10 @@ def loopback_call_ms(samples: int) -> float:
 def call_bound(instances: int, keys: int) -> int:
     """Connect: one list per instance and one read per managed flow or module. SSM: paginated
     sweeps of the keys (3 parameters each) and the instances (3 each), 10 a page, of the locks,
-    and of the SecureStrings (50 a page on AWS; moto serves 10). A page more per sweep for the
-    empty last page moto sends after a full one."""
+    of the history (none seeded: one page), and of the SecureStrings (50 a page on AWS; moto
+    serves 10). A page more per sweep for the empty last page moto sends after a full one."""
     connect = instances * (1 + REFS_PER_INSTANCE)
-    ssm = (3 * keys // 10 + 1) + (3 * instances // 10 + 1) + 1 + (keys // MOTO_PAGE_SIZE + 1)
+    ssm = (3 * keys // 10 + 1) + (3 * instances // 10 + 1) + 1 + 1 + (keys // MOTO_PAGE_SIZE + 1)
     return connect + ssm
 
 

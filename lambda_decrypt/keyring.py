@@ -89,8 +89,20 @@ class KeyringLayout:
         return f"{self.locks_root()}/{instance_id}"
 
     def runbook_audit(self) -> str:
-        """Who ran which runbook, when, and how each step ended (versioned: the audit trail)."""
+        """Legacy runbook audit (each run a version; SSM keeps 100): read, no longer written."""
         return f"{self.prefix}/audit/runbook-runs"
+
+    def history_root(self) -> str:
+        """Append-only history: one parameter per event, created once, never overwritten."""
+        return f"{self.prefix}/history"
+
+    def history_scope(self, scope: str) -> str:
+        """One scope's events: an instance ID, `keyring` (keys of no instance) or `runbooks`."""
+        return f"{self.history_root()}/{scope}"
+
+    def history_event(self, scope: str, stamp: str, event_id: str) -> str:
+        """`stamp` is `YYYYMMDDTHHMMSSffffffZ`, so names sort in time order within a scope."""
+        return f"{self.history_scope(scope)}/{stamp}-{event_id}"
 
     def staged_private_key(self, rotation_id: str) -> str:
         """A new key before Connect has given it a key ID (DESIGN invariant 1: stored first)."""

@@ -192,7 +192,7 @@ def test_reading_a_missing_key_raises_not_found(
     with pytest.raises(NotFound, match=KEY_B):
         keyring.read_private_key_pem(KEY_B)
     with pytest.raises(NotFound, match=KEY_B):
-        keyring.history(KEY_B)
+        keyring.metadata_versions(KEY_B)
     assert keyring.find_record(KEY_B) is None
     # a private key without certificate: the certificate is what is missing
     keyring.create_private_key(KEY_A, material_a.private_key_pem)
@@ -226,7 +226,7 @@ def test_put_record_versions_only_changes_and_history_is_the_audit_trail(
     keyring.put_record(previous)
     assert version(ssm, name) == 3
 
-    history = keyring.history(KEY_A)
+    history = keyring.metadata_versions(KEY_A)
     assert history == [pending, active, previous]
     assert [r.state for r in history] == [KeyState.PENDING, KeyState.ACTIVE, KeyState.PREVIOUS]
     assert [t.reason for t in history[-1].history] == ["fixture", "verified", "next key"]
@@ -343,7 +343,7 @@ def test_unreachable_ssm_becomes_an_aws_call_error(unreachable_ssm: Any) -> None
     with pytest.raises(AwsCallError, match="ssm:GetParametersByPath"):
         keyring.records()
     with pytest.raises(AwsCallError, match="ssm:GetParameterHistory"):
-        keyring.history(KEY_A)
+        keyring.metadata_versions(KEY_A)
 
 
 # -- KeyringReader -----------------------------------------------------------------------------

@@ -156,7 +156,8 @@ def seed(world: World, key_pool: KeyPool) -> Seeded:
         Type="String",
     )
     keyring.put_rotation(
-        RotationState("crashed", instances["locked"], Step.STAGED, T - DAY, "test", keys["locked"])
+        RotationState("crashed", instances["locked"], Step.STAGED, T - DAY, "test", keys["locked"]),
+        at=T - DAY,
     )
     stray = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     keys["orphan"] = world.connect.associate_security_key(
@@ -226,7 +227,7 @@ def test_one_batched_read_finds_every_finding_and_lists_every_key(seeded: Seeded
     calls = count_calls(a)
     facts = gather(a.keyring, a.connect, a.lock, T)
     report = build_report(facts, seeded.options(), T)
-    assert_calls_bounded(calls, report)
+    assert_calls_bounded(calls, report, len(facts.events))
     assert_findings(seeded, report)
     assert_key_facts(seeded, report)
 
@@ -255,9 +256,10 @@ def count_calls(adapters: Adapters) -> Counter[str]:
     return calls
 
 
-def assert_calls_bounded(calls: Counter[str], report: Report) -> None:
+def assert_calls_bounded(calls: Counter[str], report: Report, events: int) -> None:
     """Connect: one list per instance, one read per managed flow. SSM: a few paginated sweeps
-    (keys 3 parameters each and instances up to 3, 10 a page; SecureStrings 50 a page; locks)."""
+    (keys 3 parameters each, instances up to 3 and history events, 10 a page; SecureStrings
+    50 a page; locks)."""
     instances, keys = len(report.instances), len([r for r in report.keys if r.record])
     refs = sum(len(i.managed) for i in report.instances)
     assert calls["connect:ListSecurityKeys"] == instances
@@ -266,6 +268,7 @@ def assert_calls_bounded(calls: Counter[str], report: Report) -> None:
     # A page more per sweep: moto sends an empty last page after a full one (and serves
     # DescribeParameters 10 a page; AWS 50). One more instance holds only a current pointer.
     pages = (3 * keys // 10 + 1) + (3 * (instances + 1) // 10 + 1) + 1 + (keys // 10 + 1)
+    pages += events // 10 + 1
     assert ssm_calls <= pages
     assert {name for name in calls if name.startswith("ssm:")} == {
         "ssm:GetParametersByPath",

@@ -10,7 +10,6 @@ at the real time, as on call.
 from __future__ import annotations
 
 import io
-import json
 import re
 import shlex
 import subprocess
@@ -25,6 +24,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
+from rotator.adapters.runbook_audit import SsmRunbookAudit
+from rotator.domain.history import HistoryEvent
 from rotator.domain.keys import KeyMaterial, self_signed_material
 from rotator.domain.rotation import RotationState, Step
 from rotator.domain.runbook import parse_runbook
@@ -312,7 +313,11 @@ def test_ctrl_c_at_the_question_stops_and_is_recorded(fakes: Fakes) -> None:
 
 def test_the_record_before_the_first_step_lists_the_plan(fakes: Fakes) -> None:
     assert run_fake(fakes, fakes.console(), yes=True) == 0
-    start, end = (json.loads(r.to_json()) for r in fakes.records)
+    events = [HistoryEvent.from_json(r.event().to_json()) for r in fakes.records]
+    assert [(e.kind, e.scope) for e in events] == [("runbook_run", "runbooks")] * 2
+    start, end = (e.details for e in events)
+    assert events[0].at.isoformat() == start["started_at"]
+    assert events[1].at.isoformat() == end["finished_at"]
     assert start["outcome"] == "running" and start["steps"] == []
     assert start["planned"] == [
         "rotator status",
@@ -356,12 +361,7 @@ class Cli:
         return self(*argv, stdin=stdin)
 
     def audit(self) -> list[dict[str, Any]]:
-        name = f"{self.world.prefix}/audit/runbook-runs"
-        try:
-            history = self.world.ssm.get_parameter_history(Name=name)["Parameters"]
-        except self.world.ssm.exceptions.ParameterNotFound:
-            return []
-        return [json.loads(p["Value"]) for p in history]
+        return SsmRunbookAudit(self.world.ssm, self.world.prefix).records()
 
     # -- states built in the past with the pool keys --------------------------------------------
 
@@ -395,7 +395,7 @@ class Cli:
             p["Name"]: p["Version"]
             for page in paginator.paginate(Path=w.prefix, Recursive=True)
             for p in page["Parameters"]
-            if "/audit/" not in p["Name"]
+            if "/history/runbooks/" not in p["Name"]
         }
         return (w.flow_content(), w.module_content(), w.associations(), versions)
 
@@ -566,7 +566,8 @@ def stuck_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, A
     first = cli.init(days_ago=1)
     started = cli.now - timedelta(hours=1)
     w.adapters.keyring.put_rotation(
-        RotationState("rot-crashed", w.instance_id, Step.STARTED, started, "gone", first)
+        RotationState("rot-crashed", w.instance_id, Step.STARTED, started, "gone", first),
+        at=started,
     )
     gone = subprocess.Popen(["true"])  # its process has exited
     gone.wait()

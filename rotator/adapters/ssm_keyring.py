@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lambda_decrypt.keyring import KeyringLayout
 from rotator.adapters.aws import aws_call
+from rotator.adapters.history import SsmHistory
+from rotator.domain.history import Clock, key_transition_events, rotation_step_event
 from rotator.domain.keys import KeyMaterial, load_key_material
-from rotator.domain.lifecycle import KeyRecord
+from rotator.domain.lifecycle import KeyRecord, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
 from rotator.errors import AwsCallError, KeyringConflict, NotFound
 
@@ -36,13 +39,24 @@ class SsmKeyring:
     """Reads and writes `{prefix}/keys/...` and `{prefix}/instances/...` (see KeyringLayout).
 
     A private key parameter is only ever created, never overwritten: a key ID names one key
-    for life. Metadata is overwritten, so its parameter history is the key's audit trail.
+    for life. Metadata and the rotation record are overwritten (the latest state, cached);
+    each change they record is first appended to `history` (see SsmHistory), the audit trail.
+    `clock` says which clock the times passed in come from, for the events.
     """
 
-    def __init__(self, ssm: SSMClient, prefix: str, *, kms_key_id: str | None = None) -> None:
+    def __init__(
+        self,
+        ssm: SSMClient,
+        prefix: str,
+        *,
+        kms_key_id: str | None = None,
+        clock: Clock = Clock.REAL,
+    ) -> None:
         self.ssm = ssm
         self.layout = KeyringLayout(prefix)
         self.kms_key_id = kms_key_id
+        self.clock = clock
+        self.history = SsmHistory(ssm, prefix)
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -110,15 +124,21 @@ class SsmKeyring:
     # -- metadata ----------------------------------------------------------------------------
 
     def put_record(self, record: KeyRecord) -> None:
-        """Write a new metadata version unless nothing changed (history stays meaningful)."""
-        name = self.layout.metadata(record.key_id)
-        existing = self._get_many([name], decrypt=False).get(name)
-        if existing is not None and KeyRecord.from_json(existing) == record:
-            return
-        self._put(name, record.to_json(), overwrite=True)
+        """Write a new metadata version unless nothing changed (versions stay meaningful)."""
+        existing = self.find_record(record.key_id)
+        if existing != record:
+            self._write_record(() if existing is None else existing.history, record)
 
     def write_record(self, record: KeyRecord) -> None:
-        """Write a metadata version the caller knows to be a change (one call, no read)."""
+        """Write a metadata version the caller knows to be one transition (its last), without
+        reading the stored record first; put_record finds any number of new transitions."""
+        self._write_record(record.history[:-1], record)
+
+    def _write_record(self, recorded: Sequence[Transition], record: KeyRecord) -> None:
+        """History first: a crash in between leaves an event the metadata does not show yet
+        (the redo records the transition again), never a transition without its event."""
+        for event in key_transition_events(recorded, record, self.clock):
+            self.history.append(event)
         self._put(self.layout.metadata(record.key_id), record.to_json(), overwrite=True)
 
     def get_record(self, key_id: str) -> KeyRecord:
@@ -144,8 +164,9 @@ class SsmKeyring:
         ]
         return sorted(found, key=lambda r: (r.instance_id or "", r.created_at, r.key_id))
 
-    def history(self, key_id: str) -> list[KeyRecord]:
-        """Every stored version of a key's metadata, oldest first: its audit trail."""
+    def metadata_versions(self, key_id: str) -> list[KeyRecord]:
+        """The stored versions of a key's metadata, oldest first (SSM keeps the last 100; the
+        audit trail is `history`)."""
         name = self.layout.metadata(key_id)
         versions: list[KeyRecord] = []
         try:
@@ -210,8 +231,10 @@ class SsmKeyring:
         raw = self.get_string(self.layout.rotation(instance_id))
         return None if raw is None else RotationState.from_json(raw)
 
-    def put_rotation(self, state: RotationState) -> None:
-        """Every step changes the record, so it is written without reading it first."""
+    def put_rotation(self, state: RotationState, *, at: datetime) -> None:
+        """Record that the rotation reached `state.step` at `at`: a rotation_step event, then
+        the instance's rotation record (every step changes it, so it is not read first)."""
+        self.history.append(rotation_step_event(state, at, self.clock))
         self._put(self.layout.rotation(state.instance_id), state.to_json(), overwrite=True)
 
     # -- plumbing ----------------------------------------------------------------------------

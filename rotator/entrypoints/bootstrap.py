@@ -12,6 +12,7 @@ from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
+from rotator.domain.history import Clock
 from rotator.services.invariants import InvariantChecker
 from rotator.services.rotation import KeyGenerator, RotationService
 
@@ -51,9 +52,14 @@ class Adapters:
 
 
 def build_adapters(
-    settings: Settings, *, ssm: SSMClient | None = None, connect: ConnectClient | None = None
+    settings: Settings,
+    *,
+    ssm: SSMClient | None = None,
+    connect: ConnectClient | None = None,
+    simulated_clock: bool = False,
 ) -> Adapters:
-    """Real clients unless given; AWS_ENDPOINT_URL(_<SERVICE>) points them at a sandbox."""
+    """Real clients unless given; AWS_ENDPOINT_URL(_<SERVICE>) points them at a sandbox.
+    `simulated_clock`: the times passed in come from the sandbox's clock (the history says so)."""
     ssm_client = ssm if ssm is not None else boto3.client("ssm", config=RETRY_CONFIG)
     connect_client = (
         connect if connect is not None else boto3.client("connect", config=RETRY_CONFIG)
@@ -62,7 +68,12 @@ def build_adapters(
         settings=settings,
         ssm=ssm_client,
         connect_client=connect_client,
-        keyring=SsmKeyring(ssm_client, settings.keyring_prefix, kms_key_id=settings.kms_key_id),
+        keyring=SsmKeyring(
+            ssm_client,
+            settings.keyring_prefix,
+            kms_key_id=settings.kms_key_id,
+            clock=Clock.SIMULATED if simulated_clock else Clock.REAL,
+        ),
         connect=ConnectGateway(connect_client),
         lock=SsmLock(ssm_client, settings.keyring_prefix),
     )

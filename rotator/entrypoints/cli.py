@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=run_report_command)
 
     configure_runbook_parser(
-        commands.add_parser("runbook", help="list, show and run the on-call runbooks")
+        commands.add_parser("runbook", help="list, show, run and audit the on-call runbooks")
     )
 
     serve = commands.add_parser("serve", help="run the scheduled jobs on a host (APScheduler)")
@@ -328,7 +328,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             print(banner, file=sys.stderr if machine else out)
         if moment.simulated and not machine:
             out = cast(TextIO, SimulatedOutput(out, moment.now))
-        return command(args, build_adapters(settings), moment, out)
+        adapters = build_adapters(settings, simulated_clock=moment.simulated)
+        return command(args, adapters, moment, out)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

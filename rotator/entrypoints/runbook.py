@@ -1,4 +1,5 @@
-"""`rotator runbook list|show|run`: the on-call runbooks, each step run through the CLI itself."""
+"""`rotator runbook list|show|run|audit`: the on-call runbooks, each step run through the CLI
+itself, and the audit trail of their runs."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import argparse
 import contextlib
 import getpass
 import io
+import json
 import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.domain.runbook import MAIN, PLACEHOLDER
@@ -46,6 +48,9 @@ def configure_runbook_parser(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--dry-run", action="store_true", help="print the checked steps; run nothing, audit nothing"
     )
+    audit = actions.add_parser("audit", help="every recorded run: when, by whom, how it ended")
+    audit.add_argument("--json", action="store_true", help="every audit record, as JSON")
+    audit.set_defaults(run=show_audit)
     parser.set_defaults(run=run_runbook)
 
 
@@ -86,13 +91,34 @@ def run_runbook(args: argparse.Namespace, adapters: Adapters, moment: object, ou
     console = Console(
         execute=cli_executor(global_options, out),
         confirm=stdin_confirm(out),
-        audit=lambda record: audit.write(record.to_json()),
+        audit=lambda record: audit.write(record.event()),
         clock=lambda: datetime.now(UTC),
         out=out,
     )
     return run_procedure(
         runbook, procedure, planned, params, console, actor=operator(), assume_yes=args.yes
     )
+
+
+def show_audit(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+    """`runbook audit`: one line per run, as its latest record tells (`--json`: every record)."""
+    records = SsmRunbookAudit(adapters.ssm, adapters.settings.keyring_prefix).records()
+    if args.json:
+        out.write(json.dumps({"records": records}, indent=2) + "\n")
+        return 0
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        latest[str(record.get("run_id"))] = record
+    for record in latest.values():
+        ran = sum(s.get("exit_code") is not None for s in record.get("steps", []))
+        out.write(
+            f"{record.get('started_at')}  {record.get('outcome', '?'):<11} "
+            f"{record.get('runbook')} ({record.get('procedure')})  "
+            f"{ran}/{len(record.get('planned', []))} steps run  by {record.get('actor')}  "
+            f"run {record.get('run_id')}\n"
+        )
+    out.write(f"{len(latest)} run(s)\n")
+    return 0
 
 
 def validate_command(argv: Sequence[str]) -> str | None:

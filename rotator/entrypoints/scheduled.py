@@ -45,14 +45,14 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     except ConfigError as error:
         return {"ok": False, "error": str(error)}
     configure_logging(settings.log_level)
-    adapters = build_adapters(settings)
+    clock = clock_from_environment()
+    adapters = build_adapters(settings, simulated_clock=clock.simulated)
     telemetry = Telemetry(
         boto3.client("cloudwatch", config=RETRY_CONFIG),
         boto3.client("sns", config=RETRY_CONFIG),
         namespace=settings.metrics_namespace,
         topic_arn=settings.sns_topic_arn,
     )
-    clock = clock_from_environment()
     what_if = requested is not None
     now = requested if requested is not None else clock.now()
     if job is Job.REPORT:

@@ -13,6 +13,7 @@ from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
+from rotator.domain.history import key_history, transitions_by_key
 from rotator.domain.keys import ALLOWED_KEY_SIZES
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.domain.policy import (
@@ -69,10 +70,7 @@ class KeyRow:
     cryptoperiod_ends: datetime | None = None
     renew_at: datetime | None = None
     grace_ends: datetime | None = None
-
-    @property
-    def history(self) -> tuple[Transition, ...]:
-        return () if self.record is None else self.record.history
+    history: tuple[Transition, ...] = ()  # from the history events (see key_history)
 
     def to_dict(self) -> dict[str, Any]:
         record = self.record
@@ -188,6 +186,7 @@ def key_rows(facts: KeyringFacts, options: ReportOptions, now: datetime) -> list
             for key_id in flow.key_ids:
                 flows[key_id].append(flow.flow)
                 seen_in.setdefault(key_id, instance.instance_id)
+    transitions = transitions_by_key(facts.events)
     rows = []
     for record in facts.records:
         private_key = layout.private_key(record.key_id)
@@ -200,6 +199,7 @@ def key_rows(facts: KeyringFacts, options: ReportOptions, now: datetime) -> list
                 associated=record.key_id in associated,
                 kms_key_id=facts.protection.get(private_key),
                 flows=tuple(flows.get(record.key_id, ())),
+                history=key_history(transitions.get(record.key_id, []), record.history),
             )
         )
     known = {r.key_id for r in facts.records}
@@ -215,6 +215,7 @@ def key_rows(facts: KeyringFacts, options: ReportOptions, now: datetime) -> list
                 kms_key_id=facts.protection.get(layout.private_key(key_id)),
                 flows=tuple(flows.get(key_id, ())),
                 record=None,
+                history=tuple(transitions.get(key_id, ())),
             )
         )
     return rows
@@ -229,6 +230,7 @@ def _record_row(
     associated: bool,
     kms_key_id: str | None,
     flows: tuple[str, ...],
+    history: tuple[Transition, ...],
 ) -> KeyRow:
     previous_since = record.entered(KeyState.PREVIOUS)
     return KeyRow(
@@ -248,6 +250,7 @@ def _record_row(
         grace_ends=None
         if record.state is not KeyState.PREVIOUS or previous_since is None
         else previous_since + options.grace,
+        history=history,
     )
 
 

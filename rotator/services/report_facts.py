@@ -1,4 +1,4 @@
-"""What the report reads, in batches: keyring, locks, and each managed instance in Connect."""
+"""What the report reads, in batches: keyring, history, locks, each managed instance in Connect."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock, stale_reason
 from rotator.adapters.ssm_keyring import InstanceEntry, SsmKeyring
 from rotator.domain.flows import FlowRef, flow_drift, referenced_key_ids
+from rotator.domain.history import HistoryEvent, RotationRun, rotation_runs
 from rotator.domain.lifecycle import KeyRecord
 from rotator.domain.rotation import ManagedInstance
 from rotator.errors import ConnectKeyRotatorError
@@ -47,6 +48,8 @@ class InstanceFacts:
     associations: tuple[str, ...] = ()
     flows: tuple[FlowKeys, ...] = ()
     unreadable: str | None = None  # why Connect could not be read
+    rotations: tuple[RotationRun, ...] = ()  # every rotation, oldest first
+    history: tuple[HistoryEvent, ...] = ()  # every event of the instance's history scope
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,8 @@ class InstanceFacts:
                 for f in self.flows
             ],
             "unreadable": self.unreadable,
+            "rotations": [r.to_dict() for r in self.rotations],
+            "history": [e.to_dict() for e in self.history],
         }
 
 
@@ -77,22 +82,29 @@ class KeyringFacts:
     instances: tuple[InstanceFacts, ...]
     protection: Mapping[str, str]  # SecureString name -> KMS key ID as SSM reports it
     orphaned_staging: tuple[str, ...] = ()  # staged rotation IDs no unfinished rotation owns
+    events: tuple[HistoryEvent, ...] = ()  # the whole history, oldest first
 
 
 def gather(
     keyring: SsmKeyring, connect: ConnectGateway, lock: SsmLock, now: datetime
 ) -> KeyringFacts:
-    """Batched reads: keys and instances by path, SecureStrings by one DescribeParameters sweep,
-    locks by path; per managed instance one ListSecurityKeys and one read per managed flow."""
+    """Batched reads: keys, instances and the history by path, SecureStrings by one
+    DescribeParameters sweep, locks by path; per managed instance one ListSecurityKeys and one
+    read per managed flow."""
     entries = keyring.instance_entries()
     holders = lock.holders()
+    events = tuple(keyring.history.events())
+    scopes: dict[str, list[HistoryEvent]] = {}
+    for event in events:
+        scopes.setdefault(event.scope, []).append(event)
     instances = []
     for entry in entries:
         if entry.config is None:
             continue
         holder = holders.get(entry.instance_id)
         held = None if holder is None else LockFacts(holder.describe(), stale_reason(holder))
-        instances.append(_instance_facts(connect, entry, entry.config, held))
+        history = scopes.get(entry.instance_id, [])
+        instances.append(_instance_facts(connect, entry, entry.config, held, history))
     protection = keyring.secure_parameters()
     return KeyringFacts(
         prefix=keyring.layout.prefix,
@@ -101,6 +113,7 @@ def gather(
         instances=tuple(instances),
         protection=protection,
         orphaned_staging=_orphaned_staging(keyring, entries, protection),
+        events=events,
     )
 
 
@@ -125,8 +138,23 @@ def _flow_keys(
     )
 
 
+def _rotations(history: list[HistoryEvent], entry: InstanceEntry) -> tuple[RotationRun, ...]:
+    """The rotations the history records, and the latest one from the instance's rotation
+    record if no event records it (a rotation made before the history existed)."""
+    runs = rotation_runs(history)
+    latest = entry.rotation
+    if latest is not None and all(r.rotation_id != latest.rotation_id for r in runs):
+        runs.append(RotationRun.from_state(latest))
+        runs.sort(key=lambda run: (run.started_at, run.rotation_id))
+    return tuple(runs)
+
+
 def _instance_facts(
-    connect: ConnectGateway, entry: InstanceEntry, config: ManagedInstance, lock: LockFacts | None
+    connect: ConnectGateway,
+    entry: InstanceEntry,
+    config: ManagedInstance,
+    lock: LockFacts | None,
+    history: list[HistoryEvent],
 ) -> InstanceFacts:
     instance_id = entry.instance_id
     unreadable = None
@@ -150,4 +178,6 @@ def _instance_facts(
         associations=associations,
         flows=flows,
         unreadable=unreadable,
+        rotations=_rotations(history, entry),
+        history=tuple(history),
     )

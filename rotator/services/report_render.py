@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from html import escape
 
+from rotator.domain.history import RotationRun
 from rotator.domain.lifecycle import Transition
 from rotator.services.report import KeyRow, Report
 from rotator.services.report_rules import Finding, Severity
@@ -36,6 +37,16 @@ CSV_COLUMNS = (
     "kms_key_id",
     "history",
     "findings",
+)
+ROTATION_COLUMNS = (
+    "instance",
+    "started",
+    "rotation",
+    "from key",
+    "to key",
+    "reason",
+    "outcome",
+    "by",
 )
 # Renders an optional identifier (key, instance, KMS key) for one output format.
 IdFormatter = Callable[[str | None], str]
@@ -138,6 +149,9 @@ def render_markdown(report: Report) -> str:
             ],
         )
     )
+    lines += ["", "## Rotation history", ""]
+    rotations = _rotation_rows(report, _md_code)
+    lines.append(_md_table(ROTATION_COLUMNS, rotations) if rotations else "No rotation recorded.")
     lines += ["", "## Keys", ""]
     lines.append(
         _md_table(
@@ -211,6 +225,18 @@ def render_html(report: Report) -> str:
                 for i in report.instances
             ],
             empty="No managed instances.",
+        ),
+        "<h2>Rotation history</h2>",
+        _html_table(
+            ROTATION_COLUMNS,
+            [
+                tuple(
+                    cell if index in (0, 2, 3, 4) else escape(cell)
+                    for index, cell in enumerate(row)
+                )
+                for row in _rotation_rows(report, _html_code)
+            ],
+            empty="No rotation recorded.",
         ),
         "<h2>Keys</h2>",
         _html_table(
@@ -293,6 +319,30 @@ def _transition_text(transition: Transition) -> str:
         f"{transition.state.value} {transition.at.isoformat()} by {transition.actor}"
         f" ({transition.reason})"
     )
+
+
+def _rotation_rows(report: Report, code: IdFormatter) -> list[tuple[str, ...]]:
+    """Every rotation of every instance, from the history; identifier cells through `code`."""
+    return [
+        (
+            code(instance.instance_id),
+            run.started_at.isoformat(),
+            code(run.rotation_id),
+            code(run.old_key_id),
+            code(run.new_key_id),
+            run.reason + (" (emergency)" if run.emergency else ""),
+            _rotation_progress(run),
+            run.actor,
+        )
+        for instance in report.instances
+        for run in instance.rotations
+    ]
+
+
+def _rotation_progress(run: RotationRun) -> str:
+    if run.finished:
+        return "done" if run.updated_at is None else f"done {run.updated_at.isoformat()}"
+    return f"unfinished (last step: {run.step})"
 
 
 def _key_cells(report: Report, key: KeyRow, code: IdFormatter) -> tuple[str, ...]:

@@ -315,7 +315,7 @@ class RotationService:
                 reason=decision.reason,
             )
             lease.check()
-            self.keyring.put_rotation(state)
+            self.keyring.put_rotation(state, at=now)
             return self._run(state, now, lease, resumed=False)
 
     def _decide(
@@ -378,7 +378,7 @@ class RotationService:
         while not state.finished:
             lease.check()  # fenced: a run whose lock was taken over writes nothing more
             state = steps[state.step](state, now)
-            self.keyring.put_rotation(state)
+            self.keyring.put_rotation(state, at=now)
             log.info(
                 "rotation_step",
                 instance_id=state.instance_id,

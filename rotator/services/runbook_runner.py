@@ -3,7 +3,6 @@ failure, with an audit record written before the first step and after the last."
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +12,7 @@ from enum import StrEnum
 from typing import Any, TextIO
 
 from lambda_decrypt.logs import get_logger
+from rotator.domain.history import EventKind, HistoryEvent
 from rotator.domain.runbook import Procedure, Runbook, Step, render
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 
@@ -72,23 +72,30 @@ class RunRecord:
     finished_at: datetime | None = None
     message: str = ""
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "schema": 1,
-                "run_id": self.run_id,
-                "runbook": self.runbook,
-                "procedure": self.procedure,
-                "actor": self.actor,
-                "parameters": {k: list(v) for k, v in sorted(self.parameters.items())},
-                "planned": list(self.planned),
-                "started_at": self.started_at.isoformat(),
-                "outcome": self.outcome,
-                "steps": [s.to_dict() for s in self.steps],
-                "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-                "message": self.message,
-            },
-            separators=(",", ":"),
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "run_id": self.run_id,
+            "runbook": self.runbook,
+            "procedure": self.procedure,
+            "actor": self.actor,
+            "parameters": {k: list(v) for k, v in sorted(self.parameters.items())},
+            "planned": list(self.planned),
+            "started_at": self.started_at.isoformat(),
+            "outcome": self.outcome.value,
+            "steps": [s.to_dict() for s in self.steps],
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "message": self.message,
+        }
+
+    def event(self) -> HistoryEvent:
+        """The record as a history event: written when the run starts and when it ends."""
+        return HistoryEvent(
+            kind=EventKind.RUNBOOK_RUN,
+            at=self.finished_at or self.started_at,
+            actor=self.actor,
+            reason=self.message or f"{self.runbook} ({self.procedure}) {self.outcome.value}",
+            details=self.to_dict(),
         )
 
 
