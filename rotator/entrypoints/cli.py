@@ -393,6 +393,7 @@ def run_import(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
             instance_id=args.instance_id,
             now=now,
             actor=_actor(moment),
+            connect=adapters.connect,
             dry_run=moment.what_if,
         )
     else:
@@ -417,6 +418,7 @@ def run_import(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
             instance_id=args.instance_id,
             now=now,
             actor=_actor(moment),
+            connect=adapters.connect,
             dry_run=moment.what_if,
         )
     _print_import(result, args.json, out)

@@ -10,10 +10,17 @@ from cryptography.hazmat.primitives import serialization
 
 from lambda_decrypt.message import is_valid_key_id
 from rotator.adapters.aws import aws_call
+from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.ssm_keyring import SsmKeyring
-from rotator.domain.keys import KeyMaterial, load_key_material, load_private_key, public_key_sha256
+from rotator.domain.keys import (
+    KeyMaterial,
+    load_key_material,
+    load_private_key,
+    public_key_sha256,
+    public_key_sha256_of_pem,
+)
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
-from rotator.errors import KeyMaterialError, KeyringConflict, NotFound
+from rotator.errors import ConnectKeyRotatorError, KeyMaterialError, KeyringConflict, NotFound
 from rotator.services.verify import verify_key_decrypts
 
 if TYPE_CHECKING:
@@ -42,14 +49,18 @@ def import_key(
     instance_id: str | None,
     now: datetime,
     actor: str,
+    connect: ConnectGateway | None = None,
     source: str = "imported",
     dry_run: bool = False,
 ) -> ImportResult:
     """Store, read back and test-decrypt a validated pair; an expired one only as decrypt-only.
 
+    With `instance_id`, Connect must hold this key ID on the instance with this very public
+    key (else nothing is stored); a key ID Connect does not list is stored decrypt-only.
     `dry_run` (a what-if): every check runs, nothing is stored."""
     _check_key_id(key_id)
     material = load_key_material(private_key_pem, certificate_pem)
+    held = _held_by_connect(connect, instance_id, key_id, material.public_key_sha256)
     existing = _existing(keyring, key_id, material.public_key_sha256)
     if existing is not None and dry_run:
         return ImportResult(existing, created=False, warnings=[WHAT_IF_ALREADY])
@@ -58,7 +69,7 @@ def import_key(
             keyring, existing, material.private_key_pem, material.certificate_pem, material
         )
     warnings: list[str] = []
-    state = _initial_state(keyring, material, instance_id, now, warnings)
+    state = _initial_state(keyring, material, instance_id, now, warnings, held=held)
     record = _record(
         key_id,
         material.public_key_sha256,
@@ -94,9 +105,11 @@ def import_from_blog(
     instance_id: str | None,
     now: datetime,
     actor: str,
+    connect: ConnectGateway | None = None,
     dry_run: bool = False,
 ) -> ImportResult:
-    """Copy the blog's two parameters into the keyring; the parameters themselves are only read."""
+    """Copy the blog's two parameters into the keyring; the parameters themselves are only read.
+    Connect is checked as for `import_key`."""
     values = _read_parameters(ssm, [key_parameter, key_id_parameter])
     key_id = values[key_id_parameter].strip()
     private_pem = values[key_parameter]
@@ -109,12 +122,14 @@ def import_from_blog(
             instance_id=instance_id,
             now=now,
             actor=actor,
+            connect=connect,
             source="blog",
             dry_run=dry_run,
         )
     _check_key_id(key_id)
     private_key = load_private_key(private_pem)
     fingerprint = public_key_sha256(private_key.public_key())
+    held = _held_by_connect(connect, instance_id, key_id, fingerprint)
     public_pem = (
         private_key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -130,11 +145,13 @@ def import_from_blog(
         return _again(keyring, existing, pkcs8, public_pem)
     warnings = ["no certificate given: expiry is unknown, so the key is due for rotation now"]
     state = KeyState.RETIRED
-    if instance_id is not None:
+    if instance_id is None:
+        warnings.append("no --instance-id: imported as decrypt-only (retired)")
+    elif not held:
+        warnings.append(_not_listed(instance_id, key_id))
+    else:
         _check_no_other_current(keyring, instance_id, key_id)
         state = KeyState.ACTIVE
-    else:
-        warnings.append("no --instance-id: imported as decrypt-only (retired)")
     record = _record(
         key_id,
         fingerprint,
@@ -198,6 +215,8 @@ def _initial_state(
     instance_id: str | None,
     now: datetime,
     warnings: list[str],
+    *,
+    held: bool,
 ) -> KeyState:
     try:
         material.check_registrable(now)
@@ -207,8 +226,47 @@ def _initial_state(
     if instance_id is None:
         warnings.append("no --instance-id: imported as decrypt-only (retired)")
         return KeyState.RETIRED
+    if not held:
+        warnings.append(_not_listed(instance_id, key_id=None))
+        return KeyState.RETIRED
     _check_no_other_current(keyring, instance_id, None)
     return KeyState.ACTIVE
+
+
+class ImportRefused(ConnectKeyRotatorError):
+    """The key does not match what Connect holds under its key ID; nothing was stored."""
+
+
+def _held_by_connect(
+    connect: ConnectGateway | None, instance_id: str | None, key_id: str, fingerprint: str
+) -> bool:
+    """Whether Connect holds this key ID on the instance; refused if it holds another key.
+
+    A private key that does not match Connect's public key would become current and make every
+    contact answer `tampered`: the pair is checked before anything is stored."""
+    if instance_id is None:
+        return False
+    if connect is None:
+        raise ImportRefused(f"checking key {key_id} against instance {instance_id} needs Connect")
+    held = {k.association_id: k for k in connect.list_security_keys(instance_id)}.get(key_id)
+    if held is None:
+        return False
+    theirs = public_key_sha256_of_pem(held.public_key_pem)
+    if theirs != fingerprint:
+        raise ImportRefused(
+            f"the private key does not match the public key Connect holds for key {key_id} on "
+            f"instance {instance_id} (Connect's public key SHA-256 {theirs}, this key's "
+            f"{fingerprint}); nothing was stored. Find the private key that belongs to {key_id}"
+        )
+    return True
+
+
+def _not_listed(instance_id: str, key_id: str | None) -> str:
+    what = f"key {key_id}" if key_id else "this key ID"
+    return (
+        f"Connect does not list {what} on instance {instance_id}: imported as decrypt-only "
+        "(retired), never as current"
+    )
 
 
 def _check_no_other_current(keyring: SsmKeyring, instance_id: str, key_id: str | None) -> None:
