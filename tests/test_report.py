@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -23,12 +24,15 @@ import jsonschema
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from structlog.testing import capture_logs
 
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.config import Settings
+from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState, Transition
 from rotator.domain.rotation import RotationState, Step
 from rotator.entrypoints.bootstrap import Adapters
+from rotator.entrypoints.scheduled import handler
 from rotator.errors import ConfigError
 from rotator.sandbox.sample_flows import card_blocks, create_payment_instance
 from rotator.services.importing import import_from_blog
@@ -44,7 +48,7 @@ from rotator.services.report_render import CSV_COLUMNS, ReportFormat, render
 from rotator.services.report_rules import RULES, FindingCode, Runbook, Severity
 from rotator.services.reporting import Published, publish_report, report_object, run_report
 from rotator.services.rotation import Outcome, RotationService
-from tests.conftest import NOW
+from tests.conftest import NOW, make_record
 from tests.world import KeyPool, World, make_adapters
 
 DAY = timedelta(days=1)
@@ -562,3 +566,64 @@ def test_quick_report_bench_reports_its_figures() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| report: AWS calls" in result.stdout
     assert "MISS" not in result.stdout, result.stdout
+
+
+def one_key_report(material: KeyMaterial, at: datetime) -> Report:
+    record = make_record("k", material, instance_id="i")
+    facts = KeyringFacts(
+        prefix="/p",
+        records=(record,),
+        current={"i": "k"},
+        instances=(),
+        protection={"/p/keys/k/private-key": "alias/aws/ssm"},
+    )
+    return build_report(facts, ReportOptions(), at)
+
+
+def badges(html: str) -> list[tuple[str, str]]:
+    """(class, text) of each severity badge in the headline."""
+    headline = html.split("<p class='headline'>", 1)[1].split("</p>", 1)[0]
+    return re.findall(r"<span class='([a-z ]+)'>([^<]+)</span>", headline)
+
+
+def test_html_badges_are_grey_at_zero_and_coloured_otherwise(material_a: KeyMaterial) -> None:
+    quiet = render(one_key_report(material_a, NOW + DAY), ReportFormat.HTML)
+    assert badges(quiet) == [
+        ("sev zero", "0 critical"),
+        ("sev zero", "0 warning"),
+        ("sev zero", "0 info"),
+    ]
+    due = one_key_report(material_a, NOW + 400 * DAY)  # past the cryptoperiod: a warning
+    assert due.counts()[Severity.WARNING] == 1
+    assert badges(render(due, ReportFormat.HTML)) == [
+        ("sev zero", "0 critical"),
+        ("sev warning", "1 warning"),
+        ("sev zero", "0 info"),
+    ]
+    assert ".sev.zero{background:#8a8a8a}" in quiet
+
+
+def test_the_age_column_is_never_negative(material_a: KeyMaterial) -> None:
+    report = one_key_report(material_a, NOW - 8 * DAY)  # a key "from the future" (clock skew)
+    (key,) = report.keys
+    assert key.age_days is not None and key.age_days < -7
+    for fmt in (ReportFormat.MD, ReportFormat.HTML):
+        rendered = render(report, fmt)
+        assert "0 / 365 days" in rendered and "-8 / 365" not in rendered
+    (row,) = csv.DictReader(io.StringIO(render(report, ReportFormat.CSV)))
+    assert row["age_days"] == "0.0"
+    later = one_key_report(material_a, NOW + 10 * DAY)
+    assert "10 / 365 days" in render(later, ReportFormat.MD)
+
+
+def test_the_lambda_report_job_warns_when_it_delivers_nowhere(world: World) -> None:
+    with capture_logs() as logs:
+        summary = handler({"job": "report"}, None)  # no S3 URI, no topic
+    warning = (
+        "the report was delivered nowhere: no destination is configured (set "
+        "ROTATOR_REPORT_S3_URI, ROTATOR_REPORT_SNS_TOPIC_ARN or ROTATOR_SNS_TOPIC_ARN)"
+    )
+    assert (summary["ok"], summary["location"], summary["notified"]) == (True, None, False)
+    assert summary["warnings"] == [warning]
+    (line,) = [e for e in logs if e["event"] == "scheduled_report"]
+    assert (line["log_level"], line["warnings"]) == ("warning", [warning])

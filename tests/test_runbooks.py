@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -591,9 +592,13 @@ def stuck_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, A
 def adopt_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
     blog = blog_deployment(cli, tmp, key)
     blog_key = blog.pop("BLOG_KEY_ID")
+    keyring = cli.world.adapters.keyring
+    kms_key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    cli.monkeypatch.setenv("ROTATOR_KMS_KEY_ID", kms_key)  # the runbook's first step
 
     def check() -> None:
         assert cli.current() == blog_key and cli.state(blog_key) == "active"
+        assert keyring.secure_parameters()[keyring.layout.private_key(blog_key)] == kms_key
 
     return {**blog, "INSTANCE_ID": cli.world.instance_id}, check
 

@@ -22,6 +22,7 @@ import boto3
 import pytest
 import structlog
 from apscheduler.triggers.cron import CronTrigger
+from botocore.exceptions import NoCredentialsError, NoRegionError
 from structlog.testing import capture_logs
 
 from lambda_decrypt.logs import configure_logging
@@ -34,8 +35,8 @@ from rotator.config_file import (
 )
 from rotator.domain.flows import FlowKind, FlowRef
 from rotator.domain.rotation import ManagedInstance
-from rotator.entrypoints.daemon import JOBS, Daemon, JobResult, ScheduledJob, run_serve
-from rotator.errors import ConfigError, KeyringError
+from rotator.entrypoints.daemon import JOBS, Console, Daemon, JobResult, ScheduledJob, run_serve
+from rotator.errors import AwsCallError, ConfigError, KeyringError
 from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, card_blocks
 from tests.conftest import NOW
 from tests.world import World
@@ -294,8 +295,19 @@ def test_once_initialises_a_configured_instance_then_finds_it_not_due(
     )
     code, out = serve_once(config, NOW)
     assert code == 0, out
-    assert out.startswith(f"rotation at {NOW.isoformat()}: ok in ") and "(1 rotated)" in out
+    initialised, summary, report = out.splitlines()
     key_id = world.adapters.keyring.get_current(world.instance_id)
+    assert initialised.startswith(f"rotation: instance {world.instance_id} initialised: ")
+    assert key_id is not None and key_id in initialised
+    assert summary.startswith(f"rotation at {NOW.isoformat()}: ok in ") and "(1 rotated)" in out
+    assert report.startswith(f"report at {NOW.isoformat()}: ok in ")
+    assert report.endswith(
+        "0 delivered); warning: the report was delivered nowhere: no destination is configured "
+        "(set directory, s3_uri or sns_topic_arn in the config's [report] table)"
+    )
+    (report_run,) = [e for e in logs if e["event"] == "job_run" and e["job"] == "report"]
+    assert report_run["log_level"] == "warning" and report_run["ok"] is True
+    assert report_run["warnings"] == [report.split("; warning: ")[1]]
     assert key_id is not None and world.flow_key_id() == key_id and key_id in world.module_content()
     actor = world.adapters.keyring.get_record(key_id).history[0].actor
     assert actor == f"rotator serve@{socket.gethostname()}"
@@ -361,6 +373,10 @@ def test_once_reports_failing_instances_and_still_handles_the_others(
     code, out = serve_once(config, NOW)
     assert code == 1
     assert ": FAILED in " in out and "(2 failed, 1 rotated)" in out, out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"rotation: instance {other} could not be initialised: ")
+    assert lines[1].startswith(f"rotation: instance {absent} could not be initialised: ")
+    assert lines[2].startswith(f"rotation: instance {world.instance_id} initialised: ")
     assert f"; {other}: {FlowKind.FLOW} {plain} cannot be managed" in out
     assert f"; {absent}: " in out and "not found" in out
     assert world.flow_key_id() == world.adapters.keyring.get_current(world.instance_id)
@@ -377,6 +393,32 @@ def test_a_config_error_exits_2_before_anything_runs(
     code = run_serve(path, once=True, out=io.StringIO(), adapters_factory=no_adapters)
     assert code == 2
     assert f"error: configuration: {path} [schedules] rotation: " in capsys.readouterr().err
+
+
+def test_serve_without_a_region_exits_2_and_names_aws_region(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_region(settings: object) -> Any:
+        raise NoRegionError()
+
+    assert run_serve(None, once=True, out=io.StringIO(), adapters_factory=no_region) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: configuration: AWS_REGION: no AWS region is configured: set AWS_REGION"
+    )
+
+
+def test_a_job_without_credentials_says_what_to_set() -> None:
+    def unsigned(now: datetime) -> JobResult:
+        raise AwsCallError("ssm:GetParametersByPath", "/k", "NoCredentialsError") from (
+            NoCredentialsError()
+        )
+
+    out = io.StringIO()
+    assert Daemon([job("rotation", unsigned)], Console(out), _now).run_once() is False
+    assert "FAILED" in out.getvalue()
+    assert "; configuration: AWS credentials: no AWS credentials found: set AWS_PROFILE" in (
+        out.getvalue()
+    )
 
 
 def job(name: str, run: Any) -> ScheduledJob:
@@ -399,7 +441,8 @@ def test_once_runs_every_job_after_one_fails_and_reports_each() -> None:
         return JobResult({"not_due": 2})
 
     out = io.StringIO()
-    daemon = Daemon([job("crash", crash), job("refused", refused), job("fine", fine)], out, _now)
+    jobs = [job("crash", crash), job("refused", refused), job("fine", fine)]
+    daemon = Daemon(jobs, Console(out), _now)
     assert daemon.run_once() is False
     assert ran == ["crash", "refused", "fine"]
     lines = out.getvalue().splitlines()
@@ -407,7 +450,7 @@ def test_once_runs_every_job_after_one_fails_and_reports_each() -> None:
     assert "unexpected RuntimeError" in lines[0] and "secret" not in out.getvalue()
     assert lines[1].endswith("(nothing to do); the keyring is unreadable")
     assert ": ok in " in lines[2] and lines[2].endswith("(2 not due)")
-    assert Daemon([job("fine", fine)], io.StringIO(), _now).run_once() is True
+    assert Daemon([job("fine", fine)], Console(io.StringIO()), _now).run_once() is True
 
 
 def _now() -> datetime:
@@ -443,7 +486,7 @@ def test_serve_never_runs_a_job_twice_at_once_survives_crashes_and_waits_on_stop
         raise RuntimeError("boom")
 
     out = io.StringIO()
-    daemon = Daemon([job("slow", slow), job("crash", crash)], out, _now)
+    daemon = Daemon([job("slow", slow), job("crash", crash)], Console(out), _now)
     before = signal.getsignal(signal.SIGTERM)
     safety = threading.Timer(20, daemon.stop)
     safety.start()
@@ -540,4 +583,5 @@ def test_the_report_job_delivers_to_a_directory_s3_and_sns(world: World, tmp_pat
     assert b"<svg" in stored["Body"].read()
     (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     assert "connect-key-rotator" in json.loads(message["Body"])["Subject"]
-    assert "report at " in out and "delivered" in out
+    assert "report at " in out and "(0 findings critical" in out and "4 delivered)" in out
+    assert "delivered nowhere" not in out

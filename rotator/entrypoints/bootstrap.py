@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import (
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
 
 from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.history import Clock
+from rotator.errors import ConfigError
 from rotator.services.invariants import InvariantChecker
 from rotator.services.rotation import KeyGenerator, RotationService
 
@@ -45,10 +53,16 @@ class Adapters:
 
     def s3(self) -> S3Client:
         """Made on demand: only the report job's S3 destination needs it."""
-        return boto3.client("s3", config=RETRY_CONFIG)
+        return boto3.client("s3", config=RETRY_CONFIG, region_name=aws_region())
 
     def sns(self) -> SNSClient:
-        return boto3.client("sns", config=RETRY_CONFIG)
+        return boto3.client("sns", config=RETRY_CONFIG, region_name=aws_region())
+
+
+def aws_region() -> str | None:
+    """AWS_REGION, which the AWS CLI and the other SDKs read first and boto3 does not (it reads
+    AWS_DEFAULT_REGION and the profile): None leaves the choice to boto3."""
+    return os.environ.get("AWS_REGION") or None
 
 
 def build_adapters(
@@ -60,9 +74,14 @@ def build_adapters(
 ) -> Adapters:
     """Real clients unless given; AWS_ENDPOINT_URL(_<SERVICE>) points them at a sandbox.
     `simulated_clock`: the times passed in come from the sandbox's clock (the history says so)."""
-    ssm_client = ssm if ssm is not None else boto3.client("ssm", config=RETRY_CONFIG)
+    region = aws_region()
+    ssm_client = (
+        ssm if ssm is not None else boto3.client("ssm", config=RETRY_CONFIG, region_name=region)
+    )
     connect_client = (
-        connect if connect is not None else boto3.client("connect", config=RETRY_CONFIG)
+        connect
+        if connect is not None
+        else boto3.client("connect", config=RETRY_CONFIG, region_name=region)
     )
     return Adapters(
         settings=settings,
@@ -77,3 +96,35 @@ def build_adapters(
         connect=ConnectGateway(connect_client),
         lock=SsmLock(ssm_client, settings.keyring_prefix),
     )
+
+
+# What to set when botocore finds no region or no credentials: these are configuration
+# errors (exit 2), not failures of a call.
+NO_REGION = (
+    "no AWS region is configured: set AWS_REGION (for example `export AWS_REGION=eu-west-1`), "
+    "or AWS_DEFAULT_REGION, or a region for your AWS_PROFILE in ~/.aws/config"
+)
+NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_PROFILE (a profile from `aws configure` or "
+    "`aws sso login`), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN "
+    "for temporary credentials), or run where an IAM role provides them"
+)
+
+
+def environment_problem(error: BaseException) -> ConfigError | None:
+    """The missing region, credentials or profile behind an error (botocore's own, or wrapped
+    in an AwsCallError), as a ConfigError naming what to set; None for any other error."""
+    cause: BaseException | None = error
+    seen: set[int] = set()  # a chain can loop back on itself
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, NoRegionError):
+            return ConfigError("AWS_REGION", NO_REGION)
+        if isinstance(cause, NoCredentialsError | PartialCredentialsError):
+            return ConfigError("AWS credentials", NO_CREDENTIALS)
+        if isinstance(cause, ProfileNotFound):
+            return ConfigError(
+                "AWS_PROFILE", f"{cause}: set AWS_PROFILE to a profile of ~/.aws/config"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None

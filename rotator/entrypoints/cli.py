@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import shlex
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -23,21 +24,28 @@ from rotator.clock import Clock, clock_from_environment
 from rotator.clock import describe as describe_clock
 from rotator.config import Settings
 from rotator.domain.connect_ids import encrypt_block_of, flow_id_of, instance_id_of
-from rotator.entrypoints.bootstrap import Adapters, build_adapters
+from rotator.entrypoints.bootstrap import Adapters, build_adapters, environment_problem
 from rotator.entrypoints.runbook import browse_runbooks, configure_runbook_parser
 from rotator.services.importing import (
     BLOG_KEY_ID_PARAMETER,
     BLOG_KEY_PARAMETER,
     ImportResult,
+    KmsProtection,
     import_from_blog,
     import_key,
+    kms_protection,
 )
 from rotator.services.report import DEFAULT_MIN_KEY_SIZE, ReportOptions
 from rotator.services.report_render import ReportFormat
 from rotator.services.report_rules import Severity
 from rotator.services.reporting import run_report
 from rotator.services.rotation import InstanceResult, Outcome
-from rotator.services.status import KeyStatus, instance_status, keyring_status
+from rotator.services.status import (
+    KeyStatus,
+    UnmanagedInstance,
+    keyring_overview,
+    unmanaged_instances,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = get_logger("rotator.cli")
@@ -112,13 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rotator",
         description="Key rotation and multi-key decryption for Amazon Connect encrypted input.",
     )
-    parser.add_argument(
-        "--prefix", help="keyring prefix in SSM (env KEYRING_PREFIX, default /connect-keys)"
-    )
-    parser.add_argument("--kms-key-id", help="KMS key for private keys (env ROTATOR_KMS_KEY_ID)")
-    parser.add_argument(
-        "--log-level", help="log level for the JSON log on stderr (default WARNING)"
-    )
+    add_global_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     imp = commands.add_parser("import", help="adopt an existing key pair into the keyring")
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=run_import)
 
     status = commands.add_parser("status", help="keys, their state, dates, days to expiry")
+    status.add_argument(
+        "--instance-id", type=instance_id_arg, help="only this instance: its keys and its state"
+    )
     status.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=run_status)
@@ -269,7 +274,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the main job on an embedded local sandbox")
     demo.set_defaults(run=None)
+    _add_to_subcommands(parser)
     return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """--prefix, --kms-key-id, --log-level. On the subcommands their default is SUPPRESS, so a
+    value given before the command is kept and one given after it (`status --log-level DEBUG`)
+    wins."""
+    parser.add_argument(
+        "--prefix",
+        default=default,
+        help="keyring prefix in SSM (env KEYRING_PREFIX, default /connect-keys)",
+    )
+    parser.add_argument(
+        "--kms-key-id", default=default, help="KMS key for private keys (env ROTATOR_KMS_KEY_ID)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        help="log level for the JSON log on stderr (default WARNING)",
+    )
+
+
+def _add_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    """The global options on every subcommand, at every depth (`runbook run` too)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                add_global_options(sub, default=argparse.SUPPRESS)
+                _add_to_subcommands(sub)
 
 
 def _timed_json(parser: argparse.ArgumentParser) -> None:
@@ -333,19 +367,29 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except ConnectKeyRotatorError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - a clear line instead of a traceback
-        log.debug("unexpected_error", exc_info=True)
-        print(
-            f"error: unexpected {type(error).__name__} (LOG_LEVEL=DEBUG logs details)",
-            file=sys.stderr,
-        )
+        return _failed(error)
+
+
+def _failed(error: Exception) -> int:
+    """A missing region or credentials is a configuration error (exit 2) that names what to
+    set; the project's errors say what failed (exit 1); anything else is named by type."""
+    problem = environment_problem(error)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(error, ConnectKeyRotatorError):
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    log.debug("unexpected_error", exc_info=True)
+    print(
+        f"error: unexpected {type(error).__name__} (LOG_LEVEL=DEBUG logs details)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
 
 
 class SimulatedOutput:
@@ -421,29 +465,90 @@ def run_import(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
             connect=adapters.connect,
             dry_run=moment.what_if,
         )
-    _print_import(result, args.json, out)
+    kms = _kms_check(adapters, result, args)
+    _print_import(result, kms, args.json, out)
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class KmsCheck:
+    """The import's KMS protection as printed: the KMS key, warnings, and the commands that
+    re-protect the private key."""
+
+    kms_key_id: str | None
+    warnings: list[str]
+    commands: list[str]
+
+
+def _kms_check(adapters: Adapters, result: ImportResult, args: argparse.Namespace) -> KmsCheck:
+    """After the import: is its private key under the keyring's KMS key? If not: a warning, and
+    the restore path's commands that store it again under that key. A check that cannot be
+    made is a warning too: the import itself is done."""
+    try:
+        protection = kms_protection(adapters.keyring, result.record.key_id)
+    except ConnectKeyRotatorError as error:
+        problem = f"could not check which KMS key protects the private key: {error}"
+        return KmsCheck(None, [problem], [])
+    if protection is None:
+        return KmsCheck(None, [], [])
+    if not protection.mismatch:
+        return KmsCheck(protection.protected_by, [], [])
+    warning = (
+        f"{protection.warning()}. To re-protect it (the restore path, "
+        "runbooks/restore-key-parameter.md), delete its private key parameter and import the "
+        f"key again from its source under {protection.expected} (restored, read back and "
+        "test-decrypted):"
+    )
+    commands = reprotect_commands(protection, args, adapters.settings.keyring_prefix)
+    return KmsCheck(protection.protected_by, [warning], commands)
+
+
+def reprotect_commands(
+    protection: KmsProtection, args: argparse.Namespace, prefix: str
+) -> list[str]:
+    """The restore path (runbooks/restore-key-parameter.md): delete the private key parameter;
+    the same import again, under the expected KMS key, restores it, reads it back and
+    test-decrypts it."""
+    again = ["rotator", "import"]
+    if args.from_blog_parameters:
+        again += ["--from-blog-parameters", "--key-parameter", args.key_parameter]
+        again += ["--key-id-parameter", args.key_id_parameter]
+        if args.certificate:
+            again += ["--certificate", str(args.certificate)]
+    else:
+        again += ["--key-id", protection.key_id, "--private-key", str(args.private_key)]
+        again += ["--certificate", str(args.certificate)]
+    again += ["--prefix", prefix, "--kms-key-id", str(protection.expected)]
+    return [
+        shlex.join(["aws", "ssm", "delete-parameter", "--name", protection.parameter]),
+        shlex.join(again),
+    ]
 
 
 def run_status(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
     now = moment.now
-    rows = keyring_status(adapters.keyring, adapters.settings.policy, now)
-    instances = instance_status(adapters.keyring, adapters.lock, now)
+    status = keyring_overview(
+        adapters.keyring,
+        adapters.lock,
+        adapters.settings.policy,
+        now,
+        instance_id=args.instance_id,
+    )
     if args.json:
-        payload = {
-            "now": now.isoformat(),
-            "instances": [i.to_dict() for i in instances],
-            "keys": [r.to_dict() for r in rows],
-        }
-        json.dump(payload, out, indent=2)
+        json.dump({"now": now.isoformat(), **status.to_dict()}, out, indent=2)
         out.write("\n")
+        return EXIT_OK
+    for instance in status.instances:
+        out.write(
+            f"instance {instance.instance_id}: current key {instance.current_key_id}; "
+            f"manages {instance.managed}\n  {instance.rotation}; lock: {instance.lock}\n"
+        )
+    for unmanaged in status.unmanaged:
+        out.write(unmanaged.describe())
+    if args.instance_id is not None and not status.keys:
+        out.write(f"Instance {args.instance_id} holds no keys in the keyring at {status.prefix}.\n")
     else:
-        for instance in instances:
-            out.write(
-                f"instance {instance.instance_id}: current key {instance.current_key_id}; "
-                f"manages {instance.managed}\n  {instance.rotation}; lock: {instance.lock}\n"
-            )
-        out.write(format_status_table(rows))
+        out.write(format_status_table(list(status.keys), status.prefix))
     return EXIT_OK
 
 
@@ -476,7 +581,11 @@ def run_rotate(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
         emergency=args.emergency,
         override_reason=reason,
     )
-    return _print_results(results, args.json, out)
+    unmanaged: list[UnmanagedInstance] = []
+    if args.dry_run or moment.what_if:  # what a rotation would never touch, however overdue
+        unmanaged = unmanaged_instances(adapters.keyring, adapters.settings.policy, moment.now)
+        unmanaged = [u for u in unmanaged if args.instance_id in (None, u.instance_id)]
+    return _print_results(results, args.json, out, unmanaged)
 
 
 def run_retire(args: argparse.Namespace, adapters: Adapters, moment: Moment, out: TextIO) -> int:
@@ -561,16 +670,26 @@ def run_verify(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _print_results(results: list[InstanceResult], as_json: bool, out: TextIO) -> int:
+def _print_results(
+    results: list[InstanceResult],
+    as_json: bool,
+    out: TextIO,
+    unmanaged: Sequence[UnmanagedInstance] = (),
+) -> int:
     failed = [r for r in results if r.outcome is Outcome.FAILED]
     if as_json:
-        json.dump({"ok": not failed, "results": [vars(r) for r in results]}, out, indent=2)
+        payload: dict[str, Any] = {"ok": not failed, "results": [vars(r) for r in results]}
+        if unmanaged:
+            payload["unmanaged_instances"] = [u.to_dict() for u in unmanaged]
+        json.dump(payload, out, indent=2)
         out.write("\n")
     else:
         if not results:
             out.write("no managed instances (run rotator init first)\n")
         for result in results:
             out.write(f"{result.instance_id}: {result.outcome}: {result.detail}\n")
+        for instance in unmanaged:
+            out.write(instance.describe())
         counts = {o: sum(r.outcome is o for r in results) for o in Outcome}
         summary = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in counts.items() if n)
         out.write(f"summary: {summary or 'nothing to do'}\n")
@@ -586,9 +705,12 @@ def _print_message(message: str, as_json: bool, out: TextIO) -> int:
     return EXIT_OK
 
 
-def format_status_table(rows: list[KeyStatus]) -> str:
+def format_status_table(rows: list[KeyStatus], prefix: str) -> str:
     if not rows:
-        return "The keyring holds no keys. Start with `rotator import` (or `rotator init`).\n"
+        return (
+            f"The keyring at {prefix} holds no keys. Start with `rotator import` (or "
+            "`rotator init`); if it should hold some, check --prefix / KEYRING_PREFIX.\n"
+        )
     header = (
         "KEY ID",
         "INSTANCE",
@@ -620,8 +742,9 @@ def format_status_table(rows: list[KeyStatus]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print_import(result: ImportResult, as_json: bool, out: TextIO) -> None:
+def _print_import(result: ImportResult, kms: KmsCheck, as_json: bool, out: TextIO) -> None:
     record = result.record
+    warnings = [*result.warnings, *kms.warnings]
     if as_json:
         payload: dict[str, Any] = {
             "key_id": record.key_id,
@@ -630,13 +753,17 @@ def _print_import(result: ImportResult, as_json: bool, out: TextIO) -> None:
             "created": result.created,
             "public_key_sha256": record.public_key_sha256,
             "not_after": record.not_after.isoformat() if record.not_after else None,
-            "warnings": result.warnings,
+            "kms_key_id": kms.kms_key_id,
+            "warnings": warnings,
+            "reprotect_commands": kms.commands,
         }
         json.dump(payload, out, indent=2)
         out.write("\n")
         return
-    for warning in result.warnings:
+    for warning in warnings:
         out.write(f"warning: {warning}\n")
+    for command in kms.commands:
+        out.write(f"    {command}\n")
     verb = "imported" if result.created else "already in the keyring"
     if result.what_if:
         verb = "would import"
@@ -645,6 +772,8 @@ def _print_import(result: ImportResult, as_json: bool, out: TextIO) -> None:
         f"{verb}: key {record.key_id} ({record.key_size} bits) state {record.state}{expiry}\n"
     )
     out.write(f"  public key SHA-256 {record.public_key_sha256}\n")
+    if kms.kms_key_id is not None:
+        out.write(f"  private key encrypted with KMS key {kms.kms_key_id}\n")
 
 
 def _read_file(path: Path, flag: str) -> str:

@@ -27,26 +27,42 @@ from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.config_file import RotatorConfig, cron_trigger, load_config
 from rotator.domain.rotation import ManagedInstance
-from rotator.entrypoints.bootstrap import Adapters, build_adapters
+from rotator.entrypoints.bootstrap import Adapters, build_adapters, environment_problem
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.services.report import ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render
-from rotator.services.reporting import publish_report
+from rotator.services.reporting import delivered_nowhere, publish_report
 from rotator.services.rotation import InstanceResult, Outcome, RotationService
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2  # the CLI's exit codes
 # A run that could not start on time (process suspended, previous run too long) still runs
 # within this many seconds of its time; later, it is skipped until its next time.
 MISFIRE_GRACE_SECONDS = 3600
+REPORT_DESTINATIONS = "directory, s3_uri or sns_topic_arn in the config's [report] table"
 log = get_logger("rotator.serve")
+
+
+class Console:
+    """The daemon's stdout: whole lines, flushed, even when two jobs run in scheduler threads."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+
+    def say(self, line: str) -> None:
+        with self._lock:
+            self.out.write(line + "\n")
+            self.out.flush()
 
 
 @dataclass(frozen=True)
 class JobResult:
-    """What one run of a job did: counts by outcome, and one line per failure."""
+    """What one run of a job did: counts by outcome, one line per failure, and warnings about
+    a run that succeeded but may not have done what was meant (a report delivered nowhere)."""
 
     outcomes: Mapping[str, int]
     failures: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -58,11 +74,12 @@ JobFunction = Callable[[datetime], JobResult]
 
 @dataclass(frozen=True)
 class JobContext:
-    """What a job is built from."""
+    """What a job is built from, and where it says what it does as it goes."""
 
     config: RotatorConfig
     adapters: Adapters
     actor: str
+    console: Console
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ def rotation_job(context: JobContext) -> JobFunction:
             initialised = _initialise(service, context.adapters.keyring, instance, now)
             if initialised is not None:
                 results[instance.instance_id] = initialised
+                context.console.say(_initialised(initialised))
         for result in service.rotate(None, now):
             results.setdefault(result.instance_id, result)
         return _job_result(results.values())
@@ -119,7 +137,8 @@ def report_job(context: JobContext) -> JobFunction:
         )
         delivered += (published.location is not None) + published.notified
         counts = {f"findings {s.value}": n for s, n in report.counts().items()}
-        return JobResult(outcomes={**counts, "delivered": delivered})
+        warnings = () if delivered else (delivered_nowhere(REPORT_DESTINATIONS),)
+        return JobResult(outcomes={**counts, "delivered": delivered}, warnings=warnings)
 
     return run
 
@@ -161,6 +180,13 @@ def _initialise(
     return None
 
 
+def _initialised(result: InstanceResult) -> str:
+    """The line `serve` prints for a configured instance it brought under management."""
+    if result.outcome is Outcome.FAILED:
+        return f"rotation: instance {result.instance_id} could not be initialised: {result.detail}"
+    return f"rotation: instance {result.instance_id} initialised: {result.detail}"
+
+
 def _job_result(results: Iterable[InstanceResult]) -> JobResult:
     results = list(results)
     return JobResult(
@@ -175,13 +201,12 @@ class Daemon:
     """Runs jobs once each, or on their triggers until `stop()` (SIGTERM, SIGINT)."""
 
     def __init__(
-        self, jobs: Sequence[ScheduledJob], out: TextIO, now: Callable[[], datetime]
+        self, jobs: Sequence[ScheduledJob], console: Console, now: Callable[[], datetime]
     ) -> None:
         self.jobs = jobs
-        self.out = out
+        self.console = console
         self.now = now
         self._stopping = threading.Event()
-        self._output = threading.Lock()
 
     def run_once(self) -> bool:
         """Every job once, in order; True if all succeeded."""
@@ -229,7 +254,8 @@ class Daemon:
             log.debug("job_error", job=job.name, exc_info=True)
             result = JobResult({}, (_describe(error),))
         duration = time.monotonic() - started
-        (log.info if result.ok else log.error)(
+        level = log.error if not result.ok else log.warning if result.warnings else log.info
+        level(
             "job_run",
             job=job.name,
             started=now.isoformat(),
@@ -237,6 +263,7 @@ class Daemon:
             ok=result.ok,
             outcomes=dict(result.outcomes),
             failures=list(result.failures),
+            warnings=list(result.warnings),
         )
         self._say(_summary(job.name, now, duration, result))
         return result.ok
@@ -250,9 +277,7 @@ class Daemon:
         log.warning("job_skipped", job=event.job_id, reason=reason)
 
     def _say(self, line: str) -> None:
-        with self._output:
-            self.out.write(line + "\n")
-            self.out.flush()
+        self.console.say(line)
 
 
 def _summary(name: str, now: datetime, duration: float, result: JobResult) -> str:
@@ -261,11 +286,16 @@ def _summary(name: str, now: datetime, duration: float, result: JobResult) -> st
         f"{name} at {now.isoformat()}: {'ok' if result.ok else 'FAILED'} in {duration:.1f} s "
         f"({counts or 'nothing to do'})"
     )
-    return line + "".join(f"; {failure}" for failure in result.failures)
+    line += "".join(f"; {failure}" for failure in result.failures)
+    return line + "".join(f"; warning: {warning}" for warning in result.warnings)
 
 
 def _describe(error: Exception) -> str:
-    """The project's errors say what and where without secrets; anything else by type only."""
+    """The project's errors say what and where without secrets; anything else by type only.
+    A missing region or credentials says what to set."""
+    problem = environment_problem(error)
+    if problem is not None:
+        return str(problem)
     if isinstance(error, ConnectKeyRotatorError):
         return str(error)
     return f"unexpected {type(error).__name__} (LOG_LEVEL=DEBUG logs details)"
@@ -291,9 +321,11 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def scheduled_jobs(config: RotatorConfig, adapters: Adapters) -> list[ScheduledJob]:
+def scheduled_jobs(
+    config: RotatorConfig, adapters: Adapters, console: Console
+) -> list[ScheduledJob]:
     """Every job of the registry, built, on its cron schedule from the config."""
-    context = JobContext(config, adapters, actor=f"rotator serve@{socket.gethostname()}")
+    context = JobContext(config, adapters, f"rotator serve@{socket.gethostname()}", console)
     return [
         ScheduledJob(name, cron_trigger(config.schedules[name]), build(context))
         for name, build in JOBS.items()
@@ -321,12 +353,25 @@ def run_serve(
     try:
         config = RotatorConfig() if config_path is None else load_config(config_path)
         settings = config.settings_for(os.environ, **(flags or {}))
+        configure_logging(settings.log_level, stream="stderr")
+        adapters = _adapters(adapters_factory, settings)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level, stream="stderr")
-    daemon = Daemon(scheduled_jobs(config, adapters_factory(settings)), out, now)
+    console = Console(out)
+    daemon = Daemon(scheduled_jobs(config, adapters, console), console, now)
     if once:
         return EXIT_OK if daemon.run_once() else EXIT_FAILURE
     daemon.serve()
     return EXIT_OK
+
+
+def _adapters(factory: Callable[[Settings], Adapters], settings: Settings) -> Adapters:
+    """A missing region (or profile) is found when the clients are made: a ConfigError."""
+    try:
+        return factory(settings)
+    except Exception as error:
+        problem = environment_problem(error)
+        if problem is None:
+            raise
+        raise problem from None

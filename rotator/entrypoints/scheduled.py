@@ -15,16 +15,19 @@ import boto3
 from lambda_decrypt.logs import configure_logging, get_logger
 from rotator.adapters.telemetry import Metric, Telemetry
 from rotator.clock import clock_from_environment
-from rotator.config import Settings
+from rotator.config import RotatorEnv, Settings
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.services.report import ReportOptions, make_report
 from rotator.services.report_render import ReportFormat
-from rotator.services.reporting import publish_report
+from rotator.services.reporting import delivered_nowhere, publish_report
 from rotator.services.scheduled_run import scheduled_run
 
 # One series per severity (dimension Severity); the template alarms on Severity=critical > 0.
 REPORT_FINDINGS_METRIC = "ReportFindings"
+REPORT_DESTINATIONS = (
+    f"{RotatorEnv.REPORT_S3_URI}, {RotatorEnv.REPORT_SNS_TOPIC_ARN} or {RotatorEnv.SNS_TOPIC_ARN}"
+)
 log = get_logger("rotator.scheduled")
 
 
@@ -82,6 +85,7 @@ def report_run(
         "location": None,
         "notified": False,
         "counts": None,
+        "warnings": [],
     }
     options = ReportOptions.from_settings(settings)
     try:
@@ -120,7 +124,9 @@ def report_run(
     if errors:
         return _report_failed(summary, telemetry, errors)
     summary["ok"] = True
-    log.info("scheduled_report", **summary)
+    if summary["location"] is None and not summary["notified"]:
+        summary["warnings"].append(delivered_nowhere(REPORT_DESTINATIONS))
+    (log.warning if summary["warnings"] else log.info)("scheduled_report", **summary)
     return summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from rotator.domain.keys import (
 )
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.errors import ConnectKeyRotatorError, KeyMaterialError, KeyringConflict, NotFound
+from rotator.services.report import same_kms_key
 from rotator.services.verify import verify_key_decrypts
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ BLOG_KEY_PARAMETER = "CONNECT_INPUT_DECRYPTION_KEY"
 BLOG_KEY_ID_PARAMETER = "CONNECT_INPUT_KEY_ID"
 WHAT_IF_NOTHING_STORED = "what-if: every check passed; nothing was stored"
 WHAT_IF_ALREADY = "what-if: the key is already in the keyring; nothing was changed"
+# The KMS key SSM uses for a SecureString when it is given none.
+SSM_DEFAULT_KMS_KEY = "alias/aws/ssm"
 
 
 @dataclass(frozen=True)
@@ -331,3 +335,57 @@ def _read_parameters(ssm: SSMClient, names: list[str]) -> dict[str, str]:
     if missing:
         raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
     return values
+
+
+@dataclass(frozen=True)
+class KmsProtection:
+    """Which KMS key encrypts an imported private key, and which one should. A mismatch is
+    flagged by the report ("not protected by the configured KMS key") until the private key is
+    stored again under `expected`."""
+
+    key_id: str
+    parameter: str
+    protected_by: str  # as SSM reports it
+    expected: str | None  # the configured KMS key, else the one the other private keys use
+    configured: bool  # whether `expected` is the configured KMS key
+
+    @property
+    def mismatch(self) -> bool:
+        return self.expected is not None and not same_kms_key(self.protected_by, self.expected)
+
+    def warning(self) -> str:
+        if self.configured:
+            return (
+                f"the private key of {self.key_id} is encrypted with KMS key {self.protected_by}, "
+                f"not the configured KMS key {self.expected}: the report flags it as "
+                "not protected by the configured KMS key until it is re-protected"
+            )
+        return (
+            "no KMS key is configured (ROTATOR_KMS_KEY_ID or --kms-key-id), so the private key "
+            f"of {self.key_id} is encrypted with {self.protected_by}, while the keyring's other "
+            f"private keys use KMS key {self.expected}"
+        )
+
+
+def kms_protection(keyring: SsmKeyring, key_id: str) -> KmsProtection | None:
+    """What protects the key's private key, against the configured KMS key (or, with none
+    configured, the one the keyring's other private keys use): one DescribeParameters sweep,
+    nothing decrypted. None if no private key is stored."""
+    protection = keyring.secure_parameters()
+    layout = keyring.layout
+    name = layout.private_key(key_id)
+    actual = protection.get(name)
+    if actual is None:
+        return None
+    expected = keyring.kms_key_id
+    if expected is None:
+        others = Counter(
+            kms
+            for parameter, kms in protection.items()
+            if parameter != name
+            and layout.key_id_of(parameter) is not None
+            and parameter.endswith("/private-key")
+            and kms not in ("", SSM_DEFAULT_KMS_KEY)
+        )
+        expected = others.most_common(1)[0][0] if others else None
+    return KmsProtection(key_id, name, actual, expected, configured=keyring.kms_key_id is not None)

@@ -94,6 +94,8 @@ def render_csv(report: Report) -> str:
     for key in report.keys:
         data = key.to_dict()
         data["cryptoperiod_days"] = cryptoperiod_days
+        age = _age(key)
+        data["age_days"] = None if age is None else round(age, 1)
         data["flows"] = "; ".join(key.flows)
         data["history"] = "; ".join(_transition_text(t) for t in key.history)
         data["findings"] = "; ".join(_finding_tag(f) for f in report.findings_for(key))
@@ -348,6 +350,7 @@ def _rotation_progress(run: RotationRun) -> str:
 def _key_cells(report: Report, key: KeyRow, code: IdFormatter) -> tuple[str, ...]:
     record = key.record
     cryptoperiod = report.options.policy.cryptoperiod.days
+    age = _age(key)
     return (
         code(key.instance_id),
         code(key.key_id) + (" (current)" if key.current else ""),
@@ -355,10 +358,16 @@ def _key_cells(report: Report, key: KeyRow, code: IdFormatter) -> tuple[str, ...
         "-" if record is None else str(record.key_size),
         "-" if record is None or record.not_after is None else f"{record.not_after:%Y-%m-%d}",
         "-" if key.days_to_expiry is None else f"{key.days_to_expiry:.0f}",
-        "-" if key.age_days is None else f"{key.age_days:.0f} / {cryptoperiod} days",
+        "-" if age is None else f"{age:.0f} / {cryptoperiod} days",
         ", ".join(key.flows) or "-",
         code(key.kms_key_id) if key.private_key_stored else "no private key",
     )
+
+
+def _age(key: KeyRow) -> float | None:
+    """Days since the cryptoperiod started, never negative: a certificate whose NotBefore is
+    after the report's time (clock skew, a what-if date) is a key of age 0, not -8."""
+    return None if key.age_days is None else max(0.0, key.age_days)
 
 
 def _key_facts(key: KeyRow) -> list[tuple[str, str]]:
@@ -444,8 +453,10 @@ def _html_key_details(key: KeyRow) -> str:
 
 
 def _badges(report: Report) -> str:
+    """One badge per severity; at zero it is grey: colour means there is something to do."""
     return " ".join(
-        f"<span class='sev {s.value}'>{n} {s.value}</span>" for s, n in report.counts().items()
+        f"<span class='sev {s.value if n else 'zero'}'>{n} {s.value}</span>"
+        for s, n in report.counts().items()
     )
 
 
@@ -457,6 +468,7 @@ th,td{border:1px solid #d8d8d8;padding:3px 7px;text-align:left;vertical-align:to
 th{background:#f3f3f3}code{font:12px ui-monospace,Menlo,Consolas,monospace}
 .sev{display:inline-block;padding:1px 7px;border-radius:9px;color:#fff;font-weight:600}
 .sev.critical{background:#c62828}.sev.warning{background:#e08a00}.sev.info{background:#1e6fb8}
+.sev.zero{background:#8a8a8a}
 .meta{color:#555}dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}
 dt{color:#555}dd{margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 details{margin:4px 0}summary{cursor:pointer}

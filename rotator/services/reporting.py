@@ -30,6 +30,12 @@ class Published:
     notified: bool
 
 
+def delivered_nowhere(settings_to_set: str) -> str:
+    """The warning of a report job that has no destination: the report was built, its metrics
+    published, and nobody will read it. `settings_to_set` names where a destination goes."""
+    return f"the report was delivered nowhere: no destination is configured (set {settings_to_set})"
+
+
 def run_report(
     keyring: SsmKeyring,
     connect: ConnectGateway,
