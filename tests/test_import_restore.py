@@ -14,6 +14,7 @@ from rotator.domain.lifecycle import KeyState
 from rotator.errors import KeyringConflict
 from rotator.services.importing import import_from_blog, import_key
 from tests.conftest import NOW
+from tests.fakes import HeldKeys
 
 KEY = "restore-me"
 DAY_LATER = NOW.replace(day=24)
@@ -32,6 +33,7 @@ def imported(keyring: SsmKeyring, material: KeyMaterial, **changes: Any) -> None
         "instance_id": "instance-1",
         "now": NOW,
         "actor": "test",
+        "connect": HeldKeys().hold("instance-1", KEY, material.public_key_pem),
     }
     result = import_key(keyring, **(arguments | changes))
     assert result.created
@@ -121,7 +123,13 @@ def test_the_blog_import_restores_a_deleted_private_key_too(
 
     def adopt() -> list[str]:
         result = import_from_blog(
-            keyring, ssm, certificate_pem=None, instance_id="instance-1", now=NOW, actor="test"
+            keyring,
+            ssm,
+            certificate_pem=None,
+            instance_id="instance-1",
+            now=NOW,
+            actor="test",
+            connect=HeldKeys().hold("instance-1", KEY, material_2048.public_key_pem),
         )
         return result.warnings
 

@@ -24,7 +24,6 @@ import jsonschema
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from structlog.testing import capture_logs
 
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.config import Settings
@@ -49,6 +48,7 @@ from rotator.services.report_rules import RULES, FindingCode, Runbook, Severity
 from rotator.services.reporting import Published, publish_report, report_object, run_report
 from rotator.services.rotation import Outcome, RotationService
 from tests.conftest import NOW, make_record
+from tests.fakes import HeldKeys
 from tests.world import KeyPool, World, make_adapters
 
 DAY = timedelta(days=1)
@@ -209,6 +209,7 @@ def seed(world: World, key_pool: KeyPool) -> Seeded:
         instance_id=instances["adopted"],
         now=T - 5 * DAY,
         actor="test",
+        connect=HeldKeys().hold(instances["adopted"], keys["adopted"], public_pem(blog)),
     )
     return Seeded(world, adapters, kms_key, other_kms_key, instances, keys)
 
@@ -616,9 +617,13 @@ def test_the_age_column_is_never_negative(material_a: KeyMaterial) -> None:
     assert "10 / 365 days" in render(later, ReportFormat.MD)
 
 
-def test_the_lambda_report_job_warns_when_it_delivers_nowhere(world: World) -> None:
-    with capture_logs() as logs:
-        summary = handler({"job": "report"}, None)  # no S3 URI, no topic
+def test_the_lambda_report_job_warns_when_it_delivers_nowhere(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    summary = handler({"job": "report"}, None)  # no S3 URI, no topic
+    # The Lambda configures its own JSON logging on stdout: read the lines it printed.
+    logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line[:1] == "{"]
     warning = (
         "the report was delivered nowhere: no destination is configured (set "
         "ROTATOR_REPORT_S3_URI, ROTATOR_REPORT_SNS_TOPIC_ARN or ROTATOR_SNS_TOPIC_ARN)"
@@ -626,4 +631,4 @@ def test_the_lambda_report_job_warns_when_it_delivers_nowhere(world: World) -> N
     assert (summary["ok"], summary["location"], summary["notified"]) == (True, None, False)
     assert summary["warnings"] == [warning]
     (line,) = [e for e in logs if e["event"] == "scheduled_report"]
-    assert (line["log_level"], line["warnings"]) == ("warning", [warning])
+    assert (line["level"], line["warnings"]) == ("warning", [warning])

@@ -450,6 +450,7 @@ def adopted(cli: Cli, blog: dict[str, Any], days_ago: float) -> None:
         instance_id=w.instance_id,
         now=cli.now - days_ago * DAY,
         actor="test",
+        connect=w.adapters.connect,
     )
 
 

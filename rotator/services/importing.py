@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
 from lambda_decrypt.message import is_valid_key_id
 from rotator.adapters.aws import aws_call
-from rotator.adapters.connect import ConnectGateway
+from rotator.adapters.connect import SecurityKey
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.keys import (
     KeyMaterial,
@@ -53,7 +53,7 @@ def import_key(
     instance_id: str | None,
     now: datetime,
     actor: str,
-    connect: ConnectGateway | None = None,
+    connect: SecurityKeys | None = None,
     source: str = "imported",
     dry_run: bool = False,
 ) -> ImportResult:
@@ -109,7 +109,7 @@ def import_from_blog(
     instance_id: str | None,
     now: datetime,
     actor: str,
-    connect: ConnectGateway | None = None,
+    connect: SecurityKeys | None = None,
     dry_run: bool = False,
 ) -> ImportResult:
     """Copy the blog's two parameters into the keyring; the parameters themselves are only read.
@@ -237,12 +237,18 @@ def _initial_state(
     return KeyState.ACTIVE
 
 
+class SecurityKeys(Protocol):
+    """The one Connect call an import makes (the Connect gateway, or a fake in tests)."""
+
+    def list_security_keys(self, instance_id: str) -> list[SecurityKey]: ...
+
+
 class ImportRefused(ConnectKeyRotatorError):
     """The key does not match what Connect holds under its key ID; nothing was stored."""
 
 
 def _held_by_connect(
-    connect: ConnectGateway | None, instance_id: str | None, key_id: str, fingerprint: str
+    connect: SecurityKeys | None, instance_id: str | None, key_id: str, fingerprint: str
 ) -> bool:
     """Whether Connect holds this key ID on the instance; refused if it holds another key.
 
