@@ -66,11 +66,14 @@ def import_key(
     material = load_key_material(private_key_pem, certificate_pem)
     held = _held_by_connect(connect, instance_id, key_id, material.public_key_sha256)
     existing = _existing(keyring, key_id, material.public_key_sha256)
-    if existing is not None and dry_run:
-        return ImportResult(existing, created=False, warnings=[WHAT_IF_ALREADY])
     if existing is not None:
         return _again(
-            keyring, existing, material.private_key_pem, material.certificate_pem, material
+            keyring,
+            existing,
+            material.private_key_pem,
+            material.certificate_pem,
+            material,
+            dry_run=dry_run,
         )
     warnings: list[str] = []
     state = _initial_state(keyring, material, instance_id, now, warnings, held=held)
@@ -143,10 +146,8 @@ def import_from_blog(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode("ascii")
     existing = _existing(keyring, key_id, fingerprint)
-    if existing is not None and dry_run:
-        return ImportResult(existing, created=False, warnings=[WHAT_IF_ALREADY])
     if existing is not None:
-        return _again(keyring, existing, pkcs8, public_pem)
+        return _again(keyring, existing, pkcs8, public_pem, dry_run=dry_run)
     warnings = ["no certificate given: expiry is unknown, so the key is due for rotation now"]
     state = KeyState.RETIRED
     if instance_id is None:
@@ -186,9 +187,13 @@ def _again(
     private_pem: str,
     public_pem: str,
     material: KeyMaterial | None = None,
+    *,
+    dry_run: bool = False,
 ) -> ImportResult:
     """The same key again: a no-op, unless its private key (or the certificate on record) was
-    deleted: that is restored and test-decrypted. A destroyed key is never brought back."""
+    deleted: that is restored and test-decrypted. A destroyed key is never brought back.
+
+    `dry_run` (a what-if) says which of these a real run would do, and does nothing."""
     key_id = record.key_id
     layout = keyring.layout
     restorable = {layout.private_key(key_id): private_pem}
@@ -196,16 +201,24 @@ def _again(
         restorable[layout.certificate(key_id)] = material.certificate_pem
     missing = sorted(set(restorable) - keyring.existing(list(restorable)))
     if not missing:
-        return ImportResult(record, created=False, warnings=[f"key {key_id} was already imported"])
+        already = WHAT_IF_ALREADY if dry_run else f"key {key_id} was already imported"
+        return ImportResult(record, created=False, warnings=[already])
     if not record.decrypts:
         raise KeyringConflict(f"key {key_id} was destroyed; a destroyed key is never restored")
+    restored = " and ".join(name.rsplit("/", 1)[1] for name in missing)
+    if dry_run:
+        would = (
+            f"key {key_id} ({record.state}) has no {restored}: would restore and test-decrypt it"
+        )
+        return ImportResult(
+            record, created=False, warnings=[would, WHAT_IF_NOTHING_STORED], what_if=True
+        )
     for name in missing:  # certificate before private key, as everywhere
         if name == layout.private_key(key_id):
             keyring.create_private_key(key_id, private_pem)
         else:
             keyring.put_string(name, restorable[name])
     verify_key_decrypts(keyring.ssm, layout.prefix, key_id, public_pem)
-    restored = " and ".join(name.rsplit("/", 1)[1] for name in missing)
     return ImportResult(
         record,
         created=True,

@@ -62,6 +62,7 @@ class _Plan:
     current_id: str | None
     reason: str
     blocking: list[str]
+    emergency: bool
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ class RotationService:
         if emergency:
             reason = f"emergency ({override_reason or 'no reason given'}): {reason}"
         blocking = self._blocking_associations(instance_id, current_id, now, emergency)
-        return _Plan(instance_id, current_id, reason, blocking)
+        return _Plan(instance_id, current_id, reason, blocking, emergency)
 
     @staticmethod
     def _dry_run(decision: RotationState | _Plan) -> InstanceResult:
@@ -360,6 +361,11 @@ class RotationService:
         detail = f"would rotate ({decision.reason})"
         if decision.blocking:
             detail += f"; would first retire {', '.join(decision.blocking)}"
+        if decision.emergency and decision.current_id:
+            detail += (
+                f"; emergency: would retire {decision.current_id} at once, so contacts still "
+                "running a flow version with it could no longer encrypt"
+            )
         return InstanceResult(
             decision.instance_id, Outcome.WOULD_ROTATE, detail, decision.current_id
         )
