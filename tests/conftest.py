@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from moto import mock_aws
 from lambda_decrypt import handler
 from rotator.domain.keys import KeyMaterial, generate_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState
+from tests.fakes import HeldKeys
 
 VECTORS = Path(__file__).parent / "vectors"
 REGION = "us-east-1"
@@ -102,6 +103,22 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def ssm(aws: None) -> Any:
     return boto3.client("ssm", region_name=REGION)
+
+
+@pytest.fixture
+def connect_holds(monkeypatch: pytest.MonkeyPatch) -> HeldKeys:
+    """For CLI tests against plain moto (no Connect emulator): the CLI's Connect port is a fake
+    that lists the keys the test says Connect holds (what `import --instance-id` checks)."""
+    from rotator.entrypoints import cli
+
+    held = HeldKeys()
+    real = cli.build_adapters
+
+    def with_fake_connect(*args: Any, **kwargs: Any) -> Any:
+        return replace(real(*args, **kwargs), connect=held)
+
+    monkeypatch.setattr(cli, "build_adapters", with_fake_connect)
+    return held
 
 
 @pytest.fixture

@@ -12,12 +12,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from lambda_decrypt.handler import lambda_handler
-from rotator.domain.keys import KeyMaterial
+from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.entrypoints.cli import main
 from tests.conftest import Vector
+from tests.fakes import HeldKeys
 
 KEY_A = "11111111-1111-4111-8111-111111111111"
 INSTANCE = "instance-1"
+
+
+def public_pem(vector: Vector) -> str:
+    return load_key_material(vector.private_key_pem, vector.certificate_pem).public_key_pem
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -58,8 +63,9 @@ def real_pair(tmp_path: Path, real_vector: Vector) -> tuple[str, str]:
 
 
 def test_import_makes_the_current_key_and_is_idempotent(
-    ssm: Any, pair_a: tuple[str, str], material_a: KeyMaterial
+    ssm: Any, pair_a: tuple[str, str], material_a: KeyMaterial, connect_holds: HeldKeys
 ) -> None:
+    connect_holds.hold(INSTANCE, KEY_A, material_a.public_key_pem)
     code, out = run(*import_args(KEY_A, pair_a, "--instance-id", INSTANCE, "--json"))
     assert code == 0
     result = json.loads(out)
@@ -94,7 +100,9 @@ def test_expired_certificate_is_imported_decrypt_only_never_current(
     real_vector: Vector,
     fresh_container: None,
     monkeypatch: pytest.MonkeyPatch,
+    connect_holds: HeldKeys,
 ) -> None:
+    connect_holds.hold(INSTANCE, real_vector.key_id, public_pem(real_vector))
     code, out = run(*import_args(real_vector.key_id, real_pair, "--instance-id", INSTANCE))
     assert code == 0
     assert "warning: certificate expired on 2022-10-12" in out
@@ -113,7 +121,11 @@ def test_a_second_current_key_for_an_instance_is_refused(
     tmp_path: Path,
     material_b: KeyMaterial,
     capsys: pytest.CaptureFixture[str],
+    material_a: KeyMaterial,
+    connect_holds: HeldKeys,
 ) -> None:
+    connect_holds.hold(INSTANCE, KEY_A, material_a.public_key_pem)
+    connect_holds.hold(INSTANCE, "key-b", material_b.public_key_pem)
     folder = tmp_path / "b"
     folder.mkdir()
     pair_b = write_pair(folder, material_b.private_key_pem, material_b.certificate_pem)
@@ -173,8 +185,13 @@ def blog_parameter_versions(ssm: Any, prefix: str = "") -> list[tuple[int, str]]
 
 
 def test_adopting_a_blog_deployment_leaves_its_parameters_alone(
-    ssm: Any, real_vector: Vector, fresh_container: None, monkeypatch: pytest.MonkeyPatch
+    ssm: Any,
+    real_vector: Vector,
+    fresh_container: None,
+    monkeypatch: pytest.MonkeyPatch,
+    connect_holds: HeldKeys,
 ) -> None:
+    connect_holds.hold(INSTANCE, real_vector.key_id, public_pem(real_vector))
     put_blog_parameters(ssm, real_vector.private_key_pem, real_vector.key_id)
     before = blog_parameter_versions(ssm)
 
@@ -239,10 +256,11 @@ def test_blog_import_names_a_missing_parameter(
 
 
 def test_status_reports_days_to_expiry_at_the_given_time(
-    ssm: Any, pair_a: tuple[str, str], material_a: KeyMaterial
+    ssm: Any, pair_a: tuple[str, str], material_a: KeyMaterial, connect_holds: HeldKeys
 ) -> None:
+    connect_holds.hold(INSTANCE, KEY_A, material_a.public_key_pem)
     assert run(*import_args(KEY_A, pair_a, "--instance-id", INSTANCE))[0] == 0
-    code, out = run("status", "--json", "--now", "2028-10-23T12:00:00Z")
+    code, out = run("status", "--json", "--now", "2028-10-23T12:00:00Z")  # a what-if
     assert code == 0
     (row,) = json.loads(out)["keys"]
     expected = (

@@ -17,6 +17,7 @@ from rotator.domain.keys import KeyMaterial
 from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints.cli import main
 from tests.conftest import REGION, make_record
+from tests.fakes import HeldKeys
 
 PREFIX = "/connect-keys"
 MANAGED, ADOPTED = "managed-instance", "adopted-instance"
@@ -59,9 +60,10 @@ def two_instances(keyring: SsmKeyring, material_a: KeyMaterial, material_b: KeyM
 
 @pytest.mark.usefixtures("two_instances")
 def test_status_lists_an_unmanaged_instance_with_its_keys_and_the_command_that_manages_it() -> None:
-    code, out = run("status", "--now", LATE)
+    code, out = run("status", "--now", LATE)  # a what-if: evaluated at LATE
     assert code == 0
-    lines = out.splitlines()
+    banner, *lines = out.splitlines()
+    assert banner == f"what-if at {LATE}: evaluated only, nothing was changed"
     assert lines[0].startswith(f"instance {MANAGED}: current key key-m; manages ")
     assert lines[2] == (
         f"instance {ADOPTED}: NOT MANAGED (nothing rotates its keys): holds key-a (active, "
@@ -113,6 +115,7 @@ def test_rotate_dry_run_lists_what_it_would_never_rotate(keyring: SsmKeyring) ->
     code, out = run("rotate", "--dry-run", "--now", LATE)
     assert code == 0
     assert out.splitlines() == [
+        f"what-if at {LATE}: evaluated only, nothing was changed",
         "no managed instances (run rotator init first)",
         f"instance {ADOPTED}: NOT MANAGED (nothing rotates its keys): holds key-a (active, "
         "current, expires 2028-11-22, 318 days left, OVERDUE: cryptoperiod ended on 2027-11-23)",
@@ -250,8 +253,13 @@ def protected_by(ssm: Any, key_id: str) -> str:
 
 
 def test_an_import_under_ssms_default_key_warns_and_its_commands_re_protect_it(
-    ssm: Any, tmp_path: Path, material_a: KeyMaterial, monkeypatch: pytest.MonkeyPatch
+    ssm: Any,
+    tmp_path: Path,
+    material_a: KeyMaterial,
+    monkeypatch: pytest.MonkeyPatch,
+    connect_holds: HeldKeys,
 ) -> None:
+    connect_holds.hold(ADOPTED, "blog", material_a.public_key_pem)
     kms = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["KeyId"]
     key, cert = pair(tmp_path, material_a)
     command = ["import", "--key-id", "blog", "--private-key", key, "--certificate", cert]

@@ -33,6 +33,7 @@ from rotator.domain.lifecycle import KeyState, Transition
 from rotator.domain.rotation import RotationState, Step
 from rotator.entrypoints.cli import main
 from rotator.errors import KeyringConflict, KeyringError
+from rotator.sandbox.sample_flows import card_blocks
 from rotator.services.report import ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render
 from rotator.services.rotation import Outcome
@@ -231,7 +232,9 @@ def test_thirty_rotations_all_appear_in_the_report(world: World) -> None:
     service, instance = world.service, world.instance_id
     now = NOW
     # The flow alone is managed: the module's reads and updates would only slow the test down.
-    first = service.init(instance, [world.flow_id], [], now)
+    first = service.init(
+        instance, [world.flow_id], [], now, encrypt_blocks=card_blocks(world.flow_id)
+    )
     keys = [first.new_key_id]
     for _ in range(30):
         now += 8 * DAY  # past the 7-day grace: the rotation retires the previous key itself
@@ -322,7 +325,8 @@ def test_the_report_still_shows_what_was_recorded_before_the_history_existed(
     """Older versions kept a key's transitions only in its metadata and the latest rotation
     only in the rotation record: the report merges them with the events."""
     a, instance = world.adapters, world.instance_id
-    key_id = world.service.init(instance, [world.flow_id], [], NOW).new_key_id
+    named = card_blocks(world.flow_id)
+    key_id = world.service.init(instance, [world.flow_id], [], NOW, encrypt_blocks=named).new_key_id
     assert key_id is not None
     record = a.keyring.get_record(key_id)
     old = Transition(KeyState.PENDING, NOW - DAY, "old-rotator", "before the history")

@@ -33,7 +33,7 @@ from rotator.domain.runbook import parse_runbook
 from rotator.entrypoints.cli import main
 from rotator.entrypoints.runbook import validate_command
 from rotator.errors import AwsCallError, ConfigError
-from rotator.sandbox.sample_flows import card_blocks, payment_flow_content
+from rotator.sandbox.sample_flows import card_blocks, payment_flow_content, payment_module_content
 from rotator.services.importing import import_from_blog
 from rotator.services.runbook_runner import (
     Console,
@@ -61,6 +61,7 @@ RUNBOOKS = {
     "adopt-blog-deployment",
     "restore-key-parameter",
     "quarterly-evidence",
+    "flow-drift",
 }
 SECTIONS = ("## Symptoms", "## Impact", "## Check that it worked", "## Back out")
 # Values for placeholders when only the shape of a command matters.
@@ -562,6 +563,40 @@ def decrypt_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str,
     return {"INSTANCE_ID": cli.world.instance_id}, check
 
 
+def module_stops_encrypting(cli: Cli) -> None:
+    """Someone edits the managed module by hand: its card block no longer encrypts (drift)."""
+    w = cli.world
+    w.connect.update_contact_flow_module_content(
+        InstanceId=w.instance_id,
+        ContactFlowModuleId=w.module_id,
+        Content=payment_module_content(None, None),
+    )
+
+
+def drift_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
+    cli.init(days_ago=1)
+    module_stops_encrypting(cli)
+    drifted = cli.world.module_content()
+
+    def check() -> None:  # read-only: the drift is shown, not touched
+        assert cli.world.module_content() == drifted
+        assert [c.check for c in cli.world.adapters.invariants().check(None, cli.now) if not c.ok]
+
+    return {"INSTANCE_ID": cli.world.instance_id}, check
+
+
+def drift_repoint(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
+    first = cli.init(days_ago=1)
+    module_stops_encrypting(cli)
+
+    def check() -> None:
+        current = cli.current()
+        assert current not in (None, first) and current in cli.world.module_content()
+        assert all(c.ok for c in cli.world.adapters.invariants().check(None, datetime.now(UTC)))
+
+    return {"INSTANCE_ID": cli.world.instance_id}, check
+
+
 def stuck_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], Check]:
     """A rotator on this machine that died right after starting a rotation, holding the lock."""
     w = cli.world
@@ -705,6 +740,8 @@ SCENARIOS: dict[tuple[str, str], Scenario] = {
     ("certificate-expiry", "free-slot"): expiry_free_slot,
     ("decrypt-failures", "main"): decrypt_main,
     ("stuck-rotation", "main"): stuck_main,
+    ("flow-drift", "main"): drift_main,
+    ("flow-drift", "repoint"): drift_repoint,
     ("adopt-blog-deployment", "main"): adopt_main,
     ("adopt-blog-deployment", "take-over"): adopt_take_over,
     ("adopt-blog-deployment", "retire-blog-key"): adopt_retire,
