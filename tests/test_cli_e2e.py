@@ -680,6 +680,8 @@ def test_serve_once_brings_a_configured_instance_under_management(served: Scenar
         f'[settings]\nkeyring_prefix = "{s.prefix}"\n\n'
         f'[[instances]]\nid = "{s.instance_id}"\nflows = ["{s.flow_id}"]\n'
         f'modules = ["{s.module_id}"]\n'
+        f'encrypt_blocks = ["{s.flow_id}:{CARD_INPUT_ACTION}",\n'
+        f'                  "{s.module_id}:{CARD_INPUT_ACTION}"]\n'
     )
     environment = s.cli_environment(KEYRING_PREFIX=None)  # the file names the keyring
     first = s.rotator("serve", "--once", "--config", str(config), expect=0, environment=environment)
