@@ -33,7 +33,7 @@ from rotator.config_file import (
     cron_trigger,
     load_config,
 )
-from rotator.domain.flows import FlowKind, FlowRef
+from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock
 from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints.daemon import JOBS, Console, Daemon, JobResult, ScheduledJob, run_serve
 from rotator.errors import AwsCallError, ConfigError, KeyringError
@@ -98,10 +98,15 @@ def test_the_documented_example_parses_into_every_setting() -> None:
         "log_level": "INFO",
     }
     assert config.instances == (
-        ManagedInstance(
+        ManagedInstance(  # the example gives the instance as its ARN
             "12345678-90ab-4cde-8f01-234567890abc",
             ("aaaaaaaa-1111-4222-8333-444444444444",),
             ("bbbbbbbb-5555-4666-8777-888888888888",),
+            (
+                ManagedBlock(
+                    FlowRef(FlowKind.MODULE, "bbbbbbbb-5555-4666-8777-888888888888"), "card-number"
+                ),
+            ),
         ),
         ManagedInstance(
             "fedcba09-8765-4321-8fed-cba987654321",
