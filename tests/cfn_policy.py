@@ -23,24 +23,23 @@ ADMIN_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/account-admin"
 KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{KEY_ID}"
 
-# What CloudFormation would return for this stack's resources (Ref and GetAtt ... .Arn).
-PHYSICAL_IDS = {
-    "KeyringKey": (KEY_ID, KEY_ARN),
-    "AlertTopic": (f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts", None),
-    "RotatorRole": ("rotator-role", f"arn:aws:iam::{ACCOUNT}:role/{STACK}-RotatorRole-AB12"),
-    "DecryptRole": ("decrypt-role", f"arn:aws:iam::{ACCOUNT}:role/{STACK}-DecryptRole-CD34"),
-    "RotatorLogGroup": (f"/aws/lambda/{STACK}-rotator", f"arn:aws:logs:{REGION}:{ACCOUNT}:rot"),
-    "DecryptLogGroup": (f"/aws/lambda/{STACK}-decrypt", f"arn:aws:logs:{REGION}:{ACCOUNT}:dec"),
-    "ReportBucket": ("report-bucket", "arn:aws:s3:::report-bucket"),
-    "KeyringKeyLossRule": ("loss", f"arn:aws:events:{REGION}:{ACCOUNT}:rule/loss"),
-    "KeyringKeyPolicyRule": ("policy", f"arn:aws:events:{REGION}:{ACCOUNT}:rule/policy"),
-}
-PSEUDO = {
-    "AWS::Partition": PARTITION,
-    "AWS::Region": REGION,
-    "AWS::AccountId": ACCOUNT,
-    "AWS::StackName": STACK,
-}
+
+def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str, str | None]]:
+    """What CloudFormation would return for this stack's resources (Ref and GetAtt ... .Arn)."""
+    return {
+        "KeyringKey": (key_id, f"arn:aws:kms:{region}:{account}:key/{key_id}"),
+        "AlertTopic": (f"arn:aws:sns:{region}:{account}:alerts", None),
+        "RotatorRole": ("rotator-role", f"arn:aws:iam::{account}:role/{STACK}-RotatorRole-AB12"),
+        "DecryptRole": ("decrypt-role", f"arn:aws:iam::{account}:role/{STACK}-DecryptRole-CD34"),
+        "RotatorLogGroup": (f"/aws/lambda/{STACK}-rotator", f"arn:aws:logs:{region}:{account}:rot"),
+        "DecryptLogGroup": (f"/aws/lambda/{STACK}-decrypt", f"arn:aws:logs:{region}:{account}:dec"),
+        "ReportBucket": ("report-bucket", "arn:aws:s3:::report-bucket"),
+        "KeyringKeyLossRule": ("loss", f"arn:aws:events:{region}:{account}:rule/loss"),
+        "KeyringKeyPolicyRule": ("policy", f"arn:aws:events:{region}:{account}:rule/policy"),
+    }
+
+
+PHYSICAL_IDS = physical_ids(REGION, ACCOUNT, KEY_ID)
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "ConnectInstanceArns": [INSTANCE_ARN],
     "OperatorRoleArns": [OPERATOR_ROLE_ARN],
@@ -92,8 +91,19 @@ class Stack:
 
     template: dict[str, Any]
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Where the stack is deployed, and the ID its keyring key got (a sandbox's, for example).
+    region: str = REGION
+    account: str = ACCOUNT
+    key_id: str = KEY_ID
 
     def __post_init__(self) -> None:
+        self.pseudo = {
+            "AWS::Partition": PARTITION,
+            "AWS::Region": self.region,
+            "AWS::AccountId": self.account,
+            "AWS::StackName": STACK,
+        }
+        self.physical_ids = physical_ids(self.region, self.account, self.key_id)
         values: dict[str, Any] = {}
         for name, spec in self.template["Parameters"].items():
             value = self.parameters.get(name, DEFAULT_PARAMETERS.get(name, spec.get("Default")))
@@ -125,9 +135,9 @@ class Stack:
             return self._ref(argument)
         if function == "Fn::GetAtt":
             resource, attribute = argument
-            if attribute != "Arn" or PHYSICAL_IDS[resource][1] is None:
+            if attribute != "Arn" or self.physical_ids[resource][1] is None:
                 raise KeyError(f"no fake value for {resource}.{attribute}")
-            return PHYSICAL_IDS[resource][1]
+            return self.physical_ids[resource][1]
         if function == "Fn::Sub":
             text, variables = (argument, {}) if isinstance(argument, str) else argument
             return self._sub(text, {k: self.resolve(v) for k, v in variables.items()})
@@ -151,11 +161,11 @@ class Stack:
     def _ref(self, name: str) -> Any:
         if name == "AWS::NoValue":
             return _NO_VALUE
-        if name in PSEUDO:
-            return PSEUDO[name]
+        if name in self.pseudo:
+            return self.pseudo[name]
         if name in self.values:
             return self.values[name]
-        return PHYSICAL_IDS[name][0]
+        return self.physical_ids[name][0]
 
     def _sub(self, text: str, variables: Mapping[str, Any]) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -346,7 +356,12 @@ _LOCK = (
     overwrite(f"/locks/{INSTANCE_ID}"),  # the lease is renewed while a rotation runs
     ssm("DeleteParameter", f"/locks/{INSTANCE_ID}"),
 )
-_HISTORY = (create(f"/history/{INSTANCE_ID}/{STAMP}"), create(f"/history/keyring/{STAMP}"))
+_HISTORY = (
+    create(f"/history/{INSTANCE_ID}/{STAMP}"),
+    create(f"/history/keyring/{STAMP}"),
+    # A create whose answer was lost meets its own record on botocore's retry: read it back.
+    ssm("GetParameters", f"/history/{INSTANCE_ID}/{STAMP}"),
+)
 _READ_STATE = (
     ssm("GetParametersByPath", "/instances"),
     ssm("GetParametersByPath", "/keys"),
@@ -375,6 +390,7 @@ _ROTATION = (
     overwrite(f"/staging/{ROTATION}/certificate"),
     *_secure_write(f"/staging/{ROTATION}/private-key"),
     *_secure_read(f"/staging/{ROTATION}/private-key"),
+    ssm("GetParameters", f"/staging/{ROTATION}/certificate"),
     connect("AssociateSecurityKey", INSTANCE_ARN),
     *_secure_write(f"/keys/{KEY}/private-key"),
     *_secure_read(f"/keys/{KEY}/private-key"),
@@ -391,9 +407,15 @@ _ROTATION = (
 
 # Every call each command makes, as IAM authorises it (recorded against the sandbox, then
 # written down): the machine-readable contract between the code and OperatorPolicy.
+# tests/test_operator_walkthrough.py records the calls of deploy/README.md's first steps and
+# the adopt runbook and checks that this list holds each of them.
 OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
     "init": _ROTATION,
-    "rotate": _ROTATION,
+    "rotate": (
+        *_ROTATION,
+        # After the instances: staged keys no unfinished rotation owns are deleted.
+        ssm("GetParametersByPath", "/staging"),
+    ),
     "import": (
         *_READ_STATE,
         *_HISTORY,
@@ -402,6 +424,12 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         overwrite(f"/keys/{KEY}/certificate"),
         overwrite(f"/keys/{KEY}/metadata"),
         overwrite(f"/instances/{INSTANCE_ID}/current"),
+        # --instance-id: the key must be the one Connect holds for the key ID.
+        connect("ListSecurityKeys", INSTANCE_ARN),
+        # Which KMS key protects the stored private key (a warning if not the configured one),
+        Request("ssm:DescribeParameters", "*"),
+        # ... and the re-protect commands that warning prints: `aws ssm delete-parameter`.
+        ssm("DeleteParameter", f"/keys/{KEY}/private-key"),
         # --from-blog-parameters (runbooks/adopt-blog-deployment.md)
         Request("ssm:GetParameters", f"{BLOG}/CONNECT_INPUT_DECRYPTION_KEY"),
         Request("ssm:GetParameters", f"{BLOG}/CONNECT_INPUT_KEY_ID"),
@@ -410,6 +438,7 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         *_READ_STATE,
         *_secure_read(f"/keys/{KEY}/private-key"),
         ssm("GetParameter", f"/locks/{INSTANCE_ID}"),
+        ssm("GetParametersByPath", "/staging"),  # no orphaned staged key
         *_READ_FLOWS,
     ),
     "status": _READ_STATE,
@@ -417,6 +446,7 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         *_READ_STATE,
         *_READ_FLOWS,
         Request("ssm:DescribeParameters", "*"),
+        ssm("GetParametersByPath", "/history"),  # the rotation history
     ),
     "retire": (
         *_READ_STATE,
@@ -443,11 +473,14 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         overwrite(f"/instances/{INSTANCE_ID}/current"),
     ),
     "runbook": (
-        # Each run is a history record; the steps are the commands above, plus the `aws`
-        # commands the runbooks print for evidence and restores.
+        # Each run is two history records (started, ended); `runbook audit` reads them, and
+        # the versions of audit/runbook-runs, where runs were recorded before the history
+        # existed. The steps are the commands above, plus the `aws` commands the runbooks
+        # print for evidence and restores.
         create(f"/history/runbooks/{STAMP}"),
-        ssm("GetParametersByPath", "/history"),
-        ssm("GetParameterHistory", f"/keys/{KEY}/metadata"),
+        ssm("GetParameters", f"/history/runbooks/{STAMP}"),  # a lost answer's retry
+        ssm("GetParametersByPath", "/history/runbooks"),
+        ssm("GetParameterHistory", "/audit/runbook-runs"),
         ssm("GetParameter", f"/keys/{KEY}/certificate"),
         connect("DescribeContactFlow", FLOW_ARN),
     ),
