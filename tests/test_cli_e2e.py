@@ -20,7 +20,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from rotator.clock import SANDBOX_CLOCK_PATH
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import EncryptingBlock, encrypting_blocks
 from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, create_payment_instance
+from tests.simulated import unmark
 
 DAY = timedelta(days=1)
 CLI_TIMEOUT = 90  # seconds for one command; a rotation makes one RSA-4096 key (< 1 s)
@@ -159,23 +160,6 @@ class CliRun:
         return json.loads(self.stdout)
 
 
-def unmark(run: CliRun, at: datetime | None) -> CliRun:
-    """Strip the banner and line prefixes of a simulated-time run, asserting they are there."""
-    if at is None:
-        return run
-    banner = f"simulated time (sandbox clock): {at.isoformat(timespec='seconds')}\n"
-    prefix = f"[simulated {at:%Y-%m-%d}] "
-    if not run.stdout and not run.stderr.startswith(banner):
-        return run
-    if run.stdout.startswith("{"):
-        assert run.stderr.startswith(banner), run.stderr
-        return replace(run, stderr=run.stderr[len(banner) :])
-    lines = run.stdout.splitlines(keepends=True)
-    assert lines and lines[0] == banner, run.stdout
-    assert all(line.startswith(prefix) for line in lines[1:]), run.stdout
-    return replace(run, stdout="".join(line[len(prefix) :] for line in lines[1:]))
-
-
 @dataclass
 class Scenario:
     """One Connect instance with a payment flow and module, and a keyring prefix of its own."""
@@ -234,9 +218,8 @@ class Scenario:
             text=True,
             timeout=CLI_TIMEOUT,
         )
-        run = unmark(
-            CliRun(tuple(argv), completed.returncode, completed.stdout, completed.stderr), at
-        )
+        stdout, stderr = unmark(completed.stdout, completed.stderr, at)
+        run = CliRun(tuple(argv), completed.returncode, stdout, stderr)
         self.runs.append(run)
         self.remember_private_keys()
         assert run.code == expect, (

@@ -19,6 +19,7 @@ from lambda_decrypt import handler
 from rotator.entrypoints.cli import main
 from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from tests.conftest import NOW, TEST_CARD
+from tests.simulated import unmark
 from tests.world import World
 
 DAY = timedelta(days=1)
@@ -37,23 +38,6 @@ class Output:
         return json.loads(self.out)
 
 
-def unmark(output: Output, at: datetime | None) -> Output:
-    """Strip the lines and prefixes that say a run used simulated time, asserting they exist."""
-    if at is None:
-        return output
-    banner = f"simulated time (sandbox clock): {at.isoformat(timespec='seconds')}\n"
-    prefix = f"[simulated {at:%Y-%m-%d}] "
-    if not output.out and not output.err.startswith(banner):
-        return output  # refused before the clock was read (a configuration error)
-    if output.out.startswith("{"):  # JSON: the banner goes to stderr, the document is untouched
-        assert output.err.startswith(banner), output.err
-        return Output(output.out, output.err[len(banner) :])
-    lines = output.out.splitlines(keepends=True)
-    assert lines and lines[0] == banner, output.out
-    assert all(line.startswith(prefix) for line in lines[1:]), output.out
-    return Output("".join(line[len(prefix) :] for line in lines[1:]), output.err)
-
-
 @dataclass
 class Cli:
     world: World
@@ -67,7 +51,7 @@ class Cli:
         self.capsys.readouterr()  # only this command's stderr below
         out = io.StringIO()
         code = main(list(argv), out)
-        output = unmark(Output(out.getvalue(), self.capsys.readouterr().err), at)
+        output = Output(*unmark(out.getvalue(), self.capsys.readouterr().err, at))
         assert code == expect, f"rotator {' '.join(argv)} -> {code}: {output}"
         return output
 

@@ -16,7 +16,6 @@ from lambda_decrypt import handler
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints.cli import main
-from rotator.sandbox.sample_flows import card_blocks
 from rotator.services.rotation import Outcome, RotationRefused
 from tests.conftest import NOW, TEST_CARD
 from tests.world import World
@@ -25,13 +24,7 @@ DAY = timedelta(days=1)
 
 
 def init(world: World) -> str:
-    result = world.service.init(
-        world.instance_id,
-        [world.flow_id],
-        [world.module_id],
-        NOW,
-        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
-    )
+    result = world.init(NOW)
     assert result.outcome is Outcome.ROTATED, result.detail
     assert result.new_key_id is not None
     return result.new_key_id
@@ -63,13 +56,7 @@ def test_init_points_flow_and_module_at_a_stored_verified_key(world: World) -> N
 def test_init_again_changes_nothing(world: World) -> None:
     key_id = init(world)
     flow_before, names_before = world.flow_content(), world.parameter_names()
-    again = world.service.init(
-        world.instance_id,
-        [world.flow_id],
-        [world.module_id],
-        NOW,
-        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
-    )
+    again = world.init(NOW)
     assert again.outcome is Outcome.NOT_DUE
     assert key_id in again.detail
     assert (world.flow_content(), world.parameter_names()) == (flow_before, names_before)

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from rotator.adapters import lock as lock_module
-from rotator.sandbox.sample_flows import card_blocks
 from rotator.services.rotation import Outcome
 from tests.conftest import NOW
 from tests.world import KeyPool, World, build_world
@@ -75,13 +74,7 @@ def fresh(sandbox: Any, key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> A
 
     def make() -> World:
         world = build_world(sandbox, key_pool, monkeypatch)
-        world.service.init(
-            world.instance_id,
-            [world.flow_id],
-            [world.module_id],
-            NOW,
-            encrypt_blocks=card_blocks(world.flow_id, world.module_id),
-        )
+        world.init(NOW)
         return world
 
     return make

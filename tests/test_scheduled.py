@@ -12,7 +12,6 @@ import boto3
 import pytest
 
 from rotator.entrypoints.scheduled import handler
-from rotator.sandbox.sample_flows import card_blocks
 from tests.conftest import NOW
 from tests.world import World
 
@@ -61,13 +60,7 @@ class Observer:
 
 @pytest.fixture
 def observer(world: World, monkeypatch: pytest.MonkeyPatch) -> Observer:
-    world.service.init(
-        world.instance_id,
-        [world.flow_id],
-        [world.module_id],
-        NOW,
-        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
-    )
+    world.init(NOW)
     return Observer(world, monkeypatch)
 
 

@@ -37,7 +37,7 @@ from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock
 from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints.daemon import JOBS, Console, Daemon, JobResult, ScheduledJob, run_serve
 from rotator.errors import AwsCallError, ConfigError, KeyringError
-from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, card_blocks
+from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from tests.conftest import NOW
 from tests.world import World
 
@@ -342,13 +342,7 @@ def test_once_initialises_a_configured_instance_then_finds_it_not_due(
 
 @pytest.mark.usefixtures("quick_keys")
 def test_once_without_a_config_rotates_what_init_put_under_management(world: World) -> None:
-    world.service.init(
-        world.instance_id,
-        [world.flow_id],
-        [world.module_id],
-        NOW,
-        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
-    )
+    world.init(NOW)
     old_key = world.flow_key_id()
     code, out = serve_once(None, NOW + 366 * DAY)  # past the cryptoperiod
     assert code == 0 and "(1 rotated)" in out, out
@@ -555,13 +549,7 @@ def test_a_signal_stops_serve_cleanly_in_a_child_process(tmp_path: Path, sig: in
 
 @pytest.mark.usefixtures("quick_keys")
 def test_the_report_job_delivers_to_a_directory_s3_and_sns(world: World, tmp_path: Path) -> None:
-    world.service.init(
-        world.instance_id,
-        [world.flow_id],
-        [world.module_id],
-        NOW,
-        encrypt_blocks=card_blocks(world.flow_id, world.module_id),
-    )
+    world.init(NOW)
     s3, sns, sqs = boto3.client("s3"), boto3.client("sns"), boto3.client("sqs")
     bucket = f"evidence{world.prefix.replace('/', '').replace('-', '')}"
     s3.create_bucket(Bucket=bucket)

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -46,6 +45,7 @@ class Scene:
     second: str
     third: str
     other: PaymentInstance
+    adopting: str  # an instance whose two keys Connect holds and the keyring does not (yet)
     new_key_id: str
     private_key_file: Path
     certificate_file: Path
@@ -73,7 +73,7 @@ def scene(
 ) -> Scene:
     monkeypatch.setenv("ROTATOR_KEY_SIZE", "2048")
     service, instance = world.service, world.instance_id
-    first = service.init(instance, [world.flow_id], [world.module_id], NOW).new_key_id
+    first = world.init(NOW).new_key_id
     service.rotate(instance, NOW + DAY, force=True)
     assert first is not None
     service.retire(first, NOW + 9 * DAY)
@@ -86,7 +86,14 @@ def scene(
     certificate_file = tmp_path / "certificate.pem"
     certificate_file.write_text(material_a.certificate_pem)
     blog_key_parameter, blog_key_id_parameter = blog_path(world) + "key", blog_path(world) + "id"
-    blog_key_id = str(uuid.uuid4())
+    # The instance the imports adopt keys for: Connect holds both keys (import checks that).
+    adopting = create_payment_instance(world.connect, "adopting").instance_id
+    new_key_id, blog_key_id = (
+        world.connect.associate_security_key(InstanceId=adopting, Key=m.public_key_pem)[
+            "AssociationId"
+        ]
+        for m in (material_a, material_b)
+    )
     world.ssm.put_parameter(
         Name=blog_key_parameter, Value=material_b.private_key_pem, Type="SecureString"
     )
@@ -99,7 +106,8 @@ def scene(
         second,
         third,
         create_payment_instance(world.connect, "other"),
-        str(uuid.uuid4()),
+        adopting,
+        new_key_id,
         private_key_file,
         certificate_file,
         blog_key_parameter,
@@ -215,6 +223,7 @@ def _init_other(s: Scene) -> list[str]:
         s.other.flow_id,
         "--flow-module-id",
         s.other.module_id,
+        *s.other.encrypt_block_args(),
     ]
 
 
@@ -228,7 +237,7 @@ def _import_files(s: Scene) -> list[str]:
         "--certificate",
         str(s.certificate_file),
         "--instance-id",
-        s.other.instance_id,
+        s.adopting,
     ]
 
 
@@ -241,7 +250,7 @@ def _import_blog(s: Scene) -> list[str]:
         "--key-id-parameter",
         s.blog_key_id_parameter,
         "--instance-id",
-        s.other.instance_id,
+        s.adopting,
     ]
 
 
@@ -305,8 +314,10 @@ CASES: dict[str, Case] = {
         _init_other,
         DUE,
         would=lambda s: [
-            f"{s.other.instance_id}: would_rotate: would manage flow {s.other.flow_id}, "
-            f"module {s.other.module_id} and rotate them onto a new key",
+            f"{s.other.instance_id}: would_rotate: would manage 2 block(s) and point them at a "
+            f"new key (first key): flow {s.other.flow_id} block card-number: starts encrypting "
+            f"with the new key; module {s.other.module_id} block card-number: starts encrypting "
+            "with the new key",
             "summary: 1 would rotate",
         ],
         did=lambda s: [f"{s.other.instance_id}: rotated: no key -> ", "summary: 1 rotated"],
@@ -523,9 +534,12 @@ REFUSALS: dict[str, tuple[Argv, Words]] = {
         lambda s: ["destroy", s.first, "--yes"],
         lambda s: [f"error: key {s.first} is retained until "],
     ),
-    "import-onto-a-current-key": (  # --instance-id of the instance that has a current key
-        lambda s: [*_import_files(s)[:-1], s.instance],
-        lambda s: [f"error: instance {s.instance} already has current key {s.third}"],
+    "import-a-key-connect-does-not-hold": (  # the files' key under the blog key's ID
+        lambda s: [*_import_files(s)[:2], s.blog_key_id, *_import_files(s)[3:]],
+        lambda s: [
+            "error: the private key does not match the public key Connect holds for key "
+            f"{s.blog_key_id} on instance {s.adopting}"
+        ],
     ),
     "rollback-unmanaged": (
         lambda s: ["rollback", "--instance-id", s.other.instance_id],

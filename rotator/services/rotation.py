@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 
 from lambda_decrypt import ConnectKey, Decryptor, StaticKeys
 from lambda_decrypt.logs import get_logger
@@ -271,7 +272,8 @@ class RotationService:
                 log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
         # Decided once outside the lock (the cheap daily "not due"), and again inside it,
         # because another rotator may have finished in between.
-        decision = self._decide(
+        decide = partial(
+            self._decide,
             instance_id,
             now,
             force=force,
@@ -279,20 +281,14 @@ class RotationService:
             override_reason=override_reason,
             first_reason=first_reason,
         )
+        decision = decide()
         if isinstance(decision, InstanceResult):
             return _with_note(decision, finished)
         if dry_run:
             return _with_note(self._dry_run(decision), finished)
         rotation_id = str(uuid.uuid4())
         with self._locked(instance_id, rotation_id) as lease:
-            decision = self._decide(
-                instance_id,
-                now,
-                force=force,
-                emergency=emergency,
-                override_reason=override_reason,
-                first_reason=first_reason,
-            )
+            decision = decide()
             if isinstance(decision, InstanceResult):
                 return _with_note(decision, finished)
             if isinstance(decision, RotationState):
