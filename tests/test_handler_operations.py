@@ -59,6 +59,13 @@ def encrypt(material: KeyMaterial, key_id: str, plaintext: str = TEST_CARD) -> s
     )
 
 
+@pytest.fixture(autouse=True)
+def lambda_logging() -> None:
+    """The Lambda's own logging (JSON on stdout), whatever an earlier test configured: in a
+    container the handler is the only thing that configures it."""
+    configure_logging("INFO", force=True)
+
+
 def json_lines(output: str) -> list[dict[str, Any]]:
     """Every line of the output, each of which must be one JSON object."""
     return [json.loads(line) for line in output.splitlines() if line.strip()]
