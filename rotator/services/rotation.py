@@ -133,6 +133,10 @@ class RotationService:
             )
         state = self.keyring.get_rotation(instance_id)
         if existing is not None and state is not None and state.finished:
+            if not dry_run:
+                # An init killed after its last step, before releasing its lock, left the lock
+                # behind: a re-run clears it, or verify fails on a stale lock.
+                self._clear_stale_lock(instance_id)
             current = self.keyring.get_current(instance_id)
             return InstanceResult(
                 instance_id,
@@ -267,9 +271,7 @@ class RotationService:
     ) -> InstanceResult:
         finished = self._finish_retires(instance_id, dry_run=dry_run)
         if not dry_run:
-            cleared = self.lock.clear_if_stale(instance_id)
-            if cleared:
-                log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
+            self._clear_stale_lock(instance_id)
         # Decided once outside the lock (the cheap daily "not due"), and again inside it,
         # because another rotator may have finished in between.
         decide = partial(
@@ -507,6 +509,10 @@ class RotationService:
         self._refuse_if_rotating(record, "retire")
         instance_id = record.instance_id
         if instance_id is None or record.state is KeyState.RETIRED:
+            if instance_id is not None and not dry_run:
+                # A retire killed after its record leaves its lock behind, and finishing takes
+                # no lock (which would break it): clear it, or verify fails on a stale lock.
+                self._clear_stale_lock(instance_id)
             return self._finish_retired(record, dry_run=dry_run)
         if record.state is KeyState.ACTIVE:
             raise RotationRefused(
@@ -676,6 +682,12 @@ class RotationService:
                 )
             raise
         lease.release()
+
+    def _clear_stale_lock(self, instance_id: str) -> None:
+        """Remove the lock of a run that is provably gone or whose lease expired."""
+        cleared = self.lock.clear_if_stale(instance_id)
+        if cleared:
+            log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
 
     def _staged(self, state: RotationState, *, validated: bool = False) -> KeyMaterial | None:
         key_name = self.keyring.layout.staged_private_key(state.rotation_id)
