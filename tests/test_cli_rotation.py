@@ -119,7 +119,10 @@ def test_init_prints_the_first_key_and_init_again_is_not_due(cli: Cli, world: Wo
     out = cli.init().out
     key_id = world.flow_key_id()
     assert key_id is not None and key_id in world.module_content()
-    assert out == f"{world.instance_id}: rotated: no key -> {key_id} (first key)\n" + (
+    assert out == (
+        f"{world.instance_id}: rotated: no key -> {key_id} (first key); "
+        f"flow {world.flow_id} block card-number: starts encrypting with the new key; "
+        f"module {world.module_id} block card-number: starts encrypting with the new key\n"
         "summary: 1 rotated\n"
     )
     assert world.adapters.keyring.get_record(key_id).key_size == 2048  # ROTATOR_KEY_SIZE

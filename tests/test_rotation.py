@@ -16,6 +16,7 @@ from lambda_decrypt import handler
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints.cli import main
+from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, card_blocks, payment_flow_content
 from rotator.services.rotation import Outcome, RotationRefused
 from tests.conftest import NOW, TEST_CARD
 from tests.world import World
@@ -236,3 +237,30 @@ def test_status_and_verify_report_a_stale_lock(world: World) -> None:
     (result,) = world.service.rotate(None, NOW)  # a plain run clears it first
     assert result.outcome is Outcome.NOT_DUE
     assert_invariants_hold(world)
+
+
+def test_a_dynamic_key_reference_is_refused_unless_named_and_then_said_to_become_static(
+    world: World,
+) -> None:
+    document = json.loads(payment_flow_content(None, None))
+    for action in document["Actions"]:
+        if action["Identifier"] == CARD_INPUT_ACTION:
+            action["Parameters"]["InputEncryption"] = {
+                "EncryptionKeyId": "$.Attributes.KeyId",
+                "Key": "$.Attributes.Certificate",
+            }
+    world.connect.update_contact_flow_content(
+        InstanceId=world.instance_id, ContactFlowId=world.flow_id, Content=json.dumps(document)
+    )
+    before = world.flow_content()
+    with pytest.raises(RotationRefused, match="uses a dynamic key reference"):
+        world.service.init(world.instance_id, [world.flow_id], [], NOW)
+    assert world.flow_content() == before and world.parameter_names() == []
+
+    named = world.service.init(
+        world.instance_id, [world.flow_id], [], NOW, encrypt_blocks=card_blocks(world.flow_id)
+    )
+    assert named.outcome is Outcome.ROTATED, named.detail
+    assert f"flow {world.flow_id} block {CARD_INPUT_ACTION}: dynamic key reference" in named.detail
+    assert "becomes static" in named.detail
+    assert world.flow_key_id() == named.new_key_id

@@ -18,6 +18,7 @@ from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import (
+    ChangeKind,
     EncryptionKind,
     FlowContentError,
     ManagedBlock,
@@ -40,6 +41,8 @@ from rotator.errors import ConnectKeyRotatorError, KeyringError, NotFound
 from rotator.services.verify import VerificationFailed, verify_key_decrypts
 
 log = get_logger("rotator.rotation")
+# Changes to a block that only naming it with --encrypt-block makes: init's output names them.
+NAMED_CHANGES = frozenset({ChangeKind.STARTS_ENCRYPTING, ChangeKind.DYNAMIC_TO_STATIC})
 KeyGenerator = Callable[[datetime], KeyMaterial]
 
 
@@ -177,30 +180,31 @@ class RotationService:
                 f"--abandon-key {', '.join(sorted(abandon))}: no managed block uses it"
             )
         wanted = ManagedInstance(instance_id, tuple(flows), tuple(modules), tuple(blocks))
+        plan = [
+            change
+            for ref, content in contents.items()
+            for change in planned_changes(ref, content, wanted.managed_identifiers(ref, content))
+        ]
         if dry_run:
-            plan = [
-                str(change)
-                for ref, content in contents.items()
-                for change in planned_changes(
-                    ref, content, wanted.managed_identifiers(ref, content)
-                )
-            ]
             return InstanceResult(
                 instance_id,
                 Outcome.WOULD_ROTATE,
                 f"would manage {len(blocks)} block(s) and point them at a new key ({reason}): "
-                + "; ".join(plan),
+                + "; ".join(str(change) for change in plan),
                 old_key_id=self.keyring.get_current(instance_id),
             )
         self.keyring.put_instance(wanted)
         if reason != "first key":
             log.warning("key_abandoned", instance_id=instance_id, reason=reason)
+        # What the operator's naming changed besides the key: said, not only done.
+        changed = [str(c) for c in plan if c.change in NAMED_CHANGES]
         try:
-            return self._rotate_instance(
+            result = self._rotate_instance(
                 instance_id, now, force=True, dry_run=False, emergency=False, first_reason=reason
             )
         except LockHeld as held:
             return _skipped(instance_id, held)
+        return _with_note(result, "; ".join(changed) if changed else None)
 
     def rotate(
         self,
