@@ -441,7 +441,11 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         ssm("GetParametersByPath", "/staging"),  # no orphaned staged key
         *_READ_FLOWS,
     ),
-    "status": _READ_STATE,
+    "status": (  # the managed flows are read for drift (a dynamic key reference shows there)
+        *_READ_STATE,
+        connect("DescribeContactFlow", FLOW_ARN),
+        connect("DescribeContactFlowModule", MODULE_ARN),
+    ),
     "report": (
         *_READ_STATE,
         *_READ_FLOWS,

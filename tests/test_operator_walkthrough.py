@@ -65,12 +65,12 @@ CALLS_PER_COMMAND: tuple[tuple[str, str, int, int], ...] = (
     ("section 3", "rotator report", 5, 3),
     ("adopt, part 1", "rotator runbook run adopt-blog-deployment", 2, 0),
     ("adopt, part 1", "rotator import", 14, 1),
-    ("adopt, part 1", "rotator status", 3, 0),
+    ("adopt, part 1", "rotator status", 3, 2),  # the managed payment flow and module
     ("adopt, part 1", "decrypt Lambda test call", 1, 0),
     ("adopt, part 2", "rotator runbook run adopt-blog-deployment --procedure take-over", 2, 0),
     ("adopt, part 2", "rotator init", 66, 9),
     ("adopt, part 2", "rotator verify", 10, 2),
-    ("adopt, part 2", "rotator status", 3, 0),
+    ("adopt, part 2", "rotator status", 3, 3),  # ... and the blog instance's flow
     ("adopt, part 2", "decrypt Lambda test call", 1, 0),
     (
         "adopt, part 3",

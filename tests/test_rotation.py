@@ -17,6 +17,8 @@ from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints.cli import main
 from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, card_blocks, payment_flow_content
+from rotator.services.report import ReportOptions, make_report
+from rotator.services.report_rules import FindingCode, Runbook
 from rotator.services.rotation import Outcome, RotationRefused
 from tests.conftest import NOW, TEST_CARD
 from tests.world import World
@@ -264,3 +266,32 @@ def test_a_dynamic_key_reference_is_refused_unless_named_and_then_said_to_become
     assert f"flow {world.flow_id} block {CARD_INPUT_ACTION}: dynamic key reference" in named.detail
     assert "becomes static" in named.detail
     assert world.flow_key_id() == named.new_key_id
+
+
+def test_status_verify_and_report_show_a_dynamic_reference_that_appears_in_a_managed_flow(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A block changed by hand to take its key from a contact attribute: the rotator does not
+    manage it, and every read-out says so with the runbook that explains the choice."""
+    init(world)
+    document = json.loads(world.module_content())
+    for action in document["Actions"]:
+        if action["Identifier"] == CARD_INPUT_ACTION:
+            action["Parameters"]["InputEncryption"]["EncryptionKeyId"] = "$.Attributes.KeyId"
+    world.connect.update_contact_flow_module_content(
+        InstanceId=world.instance_id,
+        ContactFlowModuleId=world.module_id,
+        Content=json.dumps(document),
+    )
+    expected = f"module {world.module_id} block {CARD_INPUT_ACTION}"
+    out = io.StringIO()
+    assert main(["status", "--instance-id", world.instance_id], out) == 0
+    (drift,) = [line for line in out.getvalue().splitlines() if "DRIFT" in line]
+    assert expected in drift and "$.Attributes.KeyId" in drift and "flow-drift.md" in drift
+    out = io.StringIO()
+    assert main(["verify", "--instance-id", world.instance_id], out) == 1
+    assert any(expected in line and line.startswith("FAIL") for line in out.getvalue().splitlines())
+    a = world.adapters
+    report = make_report(a.keyring, a.connect, a.lock, ReportOptions(), NOW)
+    (finding,) = [f for f in report.findings if f.code is FindingCode.FLOW_DRIFT]
+    assert expected in finding.message and finding.rule.runbook is Runbook.FLOW_DRIFT

@@ -12,7 +12,7 @@ import json
 import shlex
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -356,11 +356,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         moment = Moment.resolve(getattr(args, "now", None), clock_from_environment())
         command: Command = args.run
         machine = getattr(args, "json", False) or getattr(args, "format", None) in ("json", "csv")
+        # A runbook step runs inside the runbook's own command: its output is marked already.
+        marked = isinstance(out, SimulatedOutput)
         banner = moment.banner()
-        if banner is not None:
+        if banner is not None and not (marked and not moment.what_if):
             # Machine output stays parseable; the banner then goes to stderr.
             print(banner, file=sys.stderr if machine else out)
-        if moment.simulated and not machine:
+        if moment.simulated and not machine and not marked:
             out = cast(TextIO, SimulatedOutput(out, moment.now))
         adapters = build_adapters(settings, simulated_clock=moment.simulated)
         return command(args, adapters, moment, out)
@@ -407,6 +409,10 @@ class SimulatedOutput:
             self._out.write(piece)
             self._line_start = piece.endswith("\n")
         return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         self._out.flush()
@@ -533,6 +539,7 @@ def run_status(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
         adapters.settings.policy,
         now,
         instance_id=args.instance_id,
+        flows=adapters.connect,
     )
     if args.json:
         json.dump({"now": now.isoformat(), **status.to_dict()}, out, indent=2)
@@ -543,6 +550,7 @@ def run_status(args: argparse.Namespace, adapters: Adapters, moment: Moment, out
             f"instance {instance.instance_id}: current key {instance.current_key_id}; "
             f"manages {instance.managed}\n  {instance.rotation}; lock: {instance.lock}\n"
         )
+        out.writelines(f"  DRIFT: {drift}\n" for drift in instance.drift)
     for unmanaged in status.unmanaged:
         out.write(unmanaged.describe())
     if args.instance_id is not None and not status.keys:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rotator.adapters.lock import SsmLock, stale_reason
 from rotator.adapters.ssm_keyring import InstanceEntry, SsmKeyring
+from rotator.domain.flows import FlowRef, flow_drift
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
-from rotator.domain.rotation import RotationState
-from rotator.errors import NotFound
+from rotator.domain.rotation import ManagedInstance, RotationState
+from rotator.errors import ConnectKeyRotatorError, NotFound
+from rotator.services.report_rules import Runbook
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class InstanceStatus:
     rotation: str
     lock: str
     lock_stale: bool
+    # How the managed flows differ from what the rotator manages (a dynamic key reference, a
+    # block changed by hand); empty when they are as managed or were not read.
+    drift: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +107,7 @@ class InstanceStatus:
             "rotation": self.rotation,
             "lock": self.lock,
             "lock_stale": self.lock_stale,
+            "drift": list(self.drift),
         }
 
 
@@ -169,9 +175,11 @@ def keyring_overview(
     now: datetime,
     *,
     instance_id: str | None = None,
+    flows: FlowReader | None = None,
 ) -> KeyringStatus:
     """Everything `status` shows, from one sweep of keys, instances and locks; narrowed to one
-    instance if given (NotFound if the keyring knows nothing of it)."""
+    instance if given (NotFound if the keyring knows nothing of it). With `flows`, each managed
+    flow is read once and its drift (a dynamic key reference, a block changed by hand) shown."""
     entries = keyring.instance_entries()
     rows = key_rows(keyring.records(), _current(entries), policy, now)
     instances = instance_rows(entries, lock, now)
@@ -187,7 +195,38 @@ def keyring_overview(
         instances = [i for i in instances if i.instance_id == instance_id]
         unmanaged = [u for u in unmanaged if u.instance_id == instance_id]
         rows = [r for r in rows if r.instance_id == instance_id]
+    if flows is not None:
+        configs = {e.instance_id: e.config for e in entries if e.config is not None}
+        instances = [
+            replace(i, drift=flow_drift_of(flows, configs[i.instance_id], i.current_key_id))
+            for i in instances
+        ]
     return KeyringStatus(keyring.layout.prefix, tuple(instances), tuple(unmanaged), tuple(rows))
+
+
+class FlowReader(Protocol):
+    """Reads a managed flow's content (the Connect gateway, or a fake)."""
+
+    def flow_content(self, instance_id: str, ref: FlowRef) -> str: ...
+
+
+def flow_drift_of(
+    flows: FlowReader, config: ManagedInstance, current_key_id: str | None
+) -> tuple[str, ...]:
+    """Each difference between the instance's managed flows and what the rotator manages in
+    them, with the runbook that explains it; a flow that cannot be read says so."""
+    found = []
+    for ref in config.refs:
+        try:
+            content = flows.flow_content(config.instance_id, ref)
+            drifts = flow_drift(
+                ref, content, config.managed_identifiers(ref, content), current_key_id
+            )
+        except ConnectKeyRotatorError as error:  # status never fails on one unreadable flow
+            found.append(f"{ref} could not be read: {error}")
+            continue
+        found += [f"{drift} (runbook: {Runbook.FLOW_DRIFT.path})" for drift in drifts]
+    return tuple(found)
 
 
 def unmanaged_instances(
