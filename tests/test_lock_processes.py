@@ -37,19 +37,33 @@ print("released", flush=True)
 # PID 1 of a new namespace runs the holder as its child: PID 2, a PID no fresh namespace has.
 IN_CHILD = "import subprocess, sys; sys.exit(subprocess.call([sys.executable, *sys.argv[1:]]))"
 
-CONTENDER = """
-import datetime as dt, json, os, sys, time
-ahead = float(sys.argv[4])
+# This process's clock, every reading of it, runs `ahead` seconds fast (set `ahead` before).
+# Its datetimes are of the fast class, and one of the real class still counts as a datetime.
+CLOCK_AHEAD = """
+import datetime as dt, time
 real_time, Real = time.time, dt.datetime
-class Ahead(dt.datetime):  # this process's clock, every reading of it, runs `ahead` seconds fast
+class AnyDatetime(type):
+    def __instancecheck__(cls, value):
+        return isinstance(value, Real)
+class Ahead(dt.datetime, metaclass=AnyDatetime):
     @classmethod
     def now(cls, tz=None):
-        return Real.now(tz) + dt.timedelta(seconds=ahead)
+        return super().now(tz) + dt.timedelta(seconds=ahead)
     @classmethod
     def utcnow(cls):
-        return Real.utcnow() + dt.timedelta(seconds=ahead)
-time.time = lambda: real_time() + ahead
-dt.datetime = Ahead
+        return super().utcnow() + dt.timedelta(seconds=ahead)
+if ahead:
+    time.time = lambda: real_time() + ahead
+    dt.datetime = Ahead
+"""
+
+CONTENDER = (
+    """
+import json, os, sys
+ahead = float(sys.argv[4])
+"""
+    + CLOCK_AHEAD
+    + """
 import boto3
 from rotator.adapters.lock import LockHeld, SsmLock
 try:
@@ -71,15 +85,21 @@ print(json.dumps({
     "outcome": outcome,
 }))
 """
+)
 
 NEW_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 
-def namespaces_available() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run([*NEW_PID_NAMESPACE, "true"], capture_output=True, check=False)
-    return probe.returncode == 0
+def require_pid_namespaces() -> None:
+    """Fail, never skip, where PID namespaces cannot be made: these tests are the only proof."""
+    assert shutil.which("unshare") is not None, "util-linux `unshare` is not installed"
+    probe = subprocess.run(
+        [*NEW_PID_NAMESPACE, "true"], capture_output=True, text=True, check=False
+    )
+    assert probe.returncode == 0, (
+        f"`{' '.join(NEW_PID_NAMESPACE)} true` failed ({probe.stderr.strip()}): these tests need "
+        "root or unprivileged user namespaces"
+    )
 
 
 @pytest.fixture
@@ -136,10 +156,10 @@ def contend(
     return [json.loads(output) for output in outputs]
 
 
-@pytest.mark.skipif(not namespaces_available(), reason="needs unshare --pid (root or userns)")
 def test_a_holder_in_another_pid_namespace_under_the_same_host_name_keeps_its_lock(
     env: dict[str, str], prefix: str, start: Any
 ) -> None:
+    require_pid_namespaces()
     holder, held = start(prefix, namespace=True)
     assert held["pid"] == 2 and held["ns"] != str(Path("/proc/self/ns/pid").readlink())
 

@@ -287,11 +287,20 @@ class RotationService:
             override_reason=override_reason,
             first_reason=first_reason,
         )
-        decision = decide()
+        if dry_run:
+            planned = decide()
+            if not isinstance(planned, InstanceResult):
+                planned = self._dry_run(planned)
+            return _with_note(planned, finished)
+        decision: InstanceResult | RotationState | _Plan | None
+        try:
+            decision = decide()
+        except RotationRefused:
+            # Read outside the lock, what looks wrong may be another rotation at work (its new
+            # key associated, not yet in the keyring): only a run that holds the lock refuses.
+            decision = None
         if isinstance(decision, InstanceResult):
             return _with_note(decision, finished)
-        if dry_run:
-            return _with_note(self._dry_run(decision), finished)
         rotation_id = str(uuid.uuid4())
         with self._locked(instance_id, rotation_id) as lease:
             decision = decide()
