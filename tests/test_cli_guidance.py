@@ -59,7 +59,10 @@ def two_instances(keyring: SsmKeyring, material_a: KeyMaterial, material_b: KeyM
 
 
 @pytest.mark.usefixtures("two_instances")
-def test_status_lists_an_unmanaged_instance_with_its_keys_and_the_command_that_manages_it() -> None:
+def test_status_lists_an_unmanaged_instance_with_its_keys_and_the_command_that_manages_it(
+    connect_holds: HeldKeys,
+) -> None:
+    connect_holds.flow(MANAGED, "flow-1", '{"Version": "2019-10-30", "Actions": []}')
     code, out = run("status", "--now", LATE)  # a what-if: evaluated at LATE
     assert code == 0
     banner, *lines = out.splitlines()

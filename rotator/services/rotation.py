@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import partial
 
@@ -41,6 +41,9 @@ from rotator.errors import ConnectKeyRotatorError, KeyringError, NotFound
 from rotator.services.verify import VerificationFailed, verify_key_decrypts
 
 log = get_logger("rotator.rotation")
+# AWS refuses requests signed more than 5 minutes off its clock: a new certificate's NotBefore is
+# backdated by that much, so that it is valid now by any clock AWS accepts.
+CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
 # Changes to a block that only naming it with --encrypt-block makes: init's output names them.
 NAMED_CHANGES = frozenset({ChangeKind.STARTS_ENCRYPTING, ChangeKind.DYNAMIC_TO_STATIC})
 KeyGenerator = Callable[[datetime], KeyMaterial]
@@ -669,8 +672,10 @@ class RotationService:
     # -- helpers --------------------------------------------------------------------------------
 
     def _generate(self, now: datetime) -> KeyMaterial:
+        """A certificate valid from a little before `now` (CLOCK_SKEW_ALLOWANCE): a rotator
+        whose clock runs fast by as much as AWS tolerates never makes one that is not valid yet."""
         return generate_key_material(
-            now=now,
+            now=now - CLOCK_SKEW_ALLOWANCE,
             key_size=self.settings.key_size,
             validity_days=self.settings.validity_days,
             subject=self.settings.subject,
