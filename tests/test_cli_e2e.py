@@ -185,6 +185,22 @@ class Scenario:
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert json.loads(answer.read())["simulated"] is (moment is not None)
 
+    def init_argv(self) -> tuple[str, ...]:
+        """`rotator init` of the payment flow and module, their card-number blocks named."""
+        return (
+            "init",
+            "--instance-id",
+            self.instance_id,
+            "--flow-id",
+            self.flow_id,
+            "--flow-module-id",
+            self.module_id,
+            "--encrypt-block",
+            f"{self.flow_id}:{CARD_INPUT_ACTION}",
+            "--encrypt-block",
+            f"{self.module_id}:{CARD_INPUT_ACTION}",
+        )
+
     def cli_environment(self, **overrides: str | None) -> dict[str, str]:
         environment = {
             **self.sandbox.base_environment,
@@ -427,17 +443,7 @@ def test_full_key_lifecycle_through_the_cli(lifecycle: Scenario) -> None:
 
     # init: the first key, stored and proven, then put into the flow and the module.
     init = s.rotator(
-        "init",
-        "--instance-id",
-        s.instance_id,
-        "--flow-id",
-        s.flow_id,
-        "--flow-module-id",
-        s.module_id,
-        "--encrypt-block",
-        f"{s.flow_id}:{CARD_INPUT_ACTION}",
-        "--encrypt-block",
-        f"{s.module_id}:{CARD_INPUT_ACTION}",
+        *s.init_argv(),
         "--json",
         expect=0,
     ).json()
@@ -562,17 +568,7 @@ def test_rollback_through_the_cli_on_a_fresh_instance(rollback: Scenario) -> Non
     later = t0 + DAY
 
     init = s.rotator(
-        "init",
-        "--instance-id",
-        s.instance_id,
-        "--flow-id",
-        s.flow_id,
-        "--flow-module-id",
-        s.module_id,
-        "--encrypt-block",
-        f"{s.flow_id}:{CARD_INPUT_ACTION}",
-        "--encrypt-block",
-        f"{s.module_id}:{CARD_INPUT_ACTION}",
+        *s.init_argv(),
         expect=0,
     ).stdout
     first = s.flow_block().key_id
@@ -623,17 +619,7 @@ def test_per_service_endpoint_variables_are_enough(
         AWS_ENDPOINT_URL_CONNECT=s.sandbox.url,
     )
     s.rotator(
-        "init",
-        "--instance-id",
-        s.instance_id,
-        "--flow-id",
-        s.flow_id,
-        "--flow-module-id",
-        s.module_id,
-        "--encrypt-block",
-        f"{s.flow_id}:{CARD_INPUT_ACTION}",
-        "--encrypt-block",
-        f"{s.module_id}:{CARD_INPUT_ACTION}",
+        *s.init_argv(),
         expect=0,
         environment=environment,
     )

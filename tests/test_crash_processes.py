@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from tests.test_cli_e2e import (
     CARD_AFTER,
     CARD_BEFORE,
@@ -181,22 +180,6 @@ def key_ids(s: Scenario) -> set[str]:
     }
 
 
-def init_argv(s: Scenario) -> tuple[str, ...]:
-    return (
-        "init",
-        "--instance-id",
-        s.instance_id,
-        "--flow-id",
-        s.flow_id,
-        "--flow-module-id",
-        s.module_id,
-        "--encrypt-block",
-        f"{s.flow_id}:{CARD_INPUT_ACTION}",
-        "--encrypt-block",
-        f"{s.module_id}:{CARD_INPUT_ACTION}",
-    )
-
-
 def crashing(
     sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> Iterator[Crashing]:
@@ -252,11 +235,11 @@ INIT_KILLS = [
 @pytest.mark.parametrize(("kill", "rerun"), INIT_KILLS)
 def test_init_killed_converges_on_rerun(crash_init: Crashing, kill: Kill, rerun: str) -> None:
     c, s = crash_init, crash_init.s
-    c.run(kill, *init_argv(s))
+    c.run(kill, *s.init_argv())
     assert s.flow_block().key_id is not None  # callers meet the new key at once
     c.caller_types(CARD_LATE)
 
-    result = c.converges(str(kill), init_argv(s), at=None, keys_before=set())
+    result = c.converges(str(kill), s.init_argv(), at=None, keys_before=set())
     assert result["detail"].startswith(rerun), result
     s.assert_no_secret_in_any_output(expected_keys=1)
 
@@ -294,7 +277,7 @@ def test_rotate_and_retire_killed_at_chosen_aws_calls_converge_on_plain_reruns(
 ) -> None:
     c, s = crash_calls, crash_calls.s
     t0 = datetime.now(UTC)
-    s.rotator(*init_argv(s), expect=0)
+    s.rotator(*s.init_argv(), expect=0)
     c.caller_types(CARD_BEFORE)
     at = t0
     for kill, rerun in ROTATE_KILLS:
@@ -333,7 +316,7 @@ def test_rotate_killed_at_random_moments_converges_on_plain_rerun(crash_random: 
     rng = random.Random(RANDOM_SEED)
     t0 = datetime.now(UTC)
     # The init counts its calls: a rotation (with its retire) makes more, so it always dies.
-    init_calls = len(c.run(NEVER, *init_argv(s)))
+    init_calls = len(c.run(NEVER, *s.init_argv()))
     c.caller_types(CARD_BEFORE)
 
     at = t0

@@ -38,7 +38,7 @@ from tests.test_cli_e2e import (
     Scenario,
     sandbox_process,  # noqa: F401 - the module's `rotator sandbox` process, a fixture
 )
-from tests.test_crash_processes import Crashing, crashing, init_argv, key_ids
+from tests.test_crash_processes import Crashing, crashing, key_ids
 from tests.test_lock_processes import CLOCK_AHEAD, NEW_PID_NAMESPACE, require_pid_namespaces
 
 AHEAD = 20 * 60.0  # seconds: more than the 15-minute lease
@@ -249,7 +249,7 @@ def race(
         race = Race(c, c.killer.parent)  # the scenario's own folder
         (race.folder / "racer.py").write_text(RACER)
         try:
-            c.s.rotator(*init_argv(c.s), expect=0)
+            c.s.rotator(*c.s.init_argv(), expect=0)
             c.caller_types(CARD_BEFORE)
             yield race
         finally:
