@@ -284,7 +284,12 @@ CASES: dict[str, Case] = {
     "import-json": Case(
         lambda s: [*_import_files(s), "--json"],
         DUE,
-        would=lambda s: [f'"key_id": "{s.new_key_id}"', '"created": false', "nothing was stored"],
+        would=lambda s: [
+            f'"key_id": "{s.new_key_id}"',
+            '"created": false',
+            '"what_if": true',
+            "nothing was stored",
+        ],
         machine=True,
     ),
     "import-blog": Case(

@@ -759,6 +759,7 @@ def _print_import(result: ImportResult, kms: KmsCheck, as_json: bool, out: TextI
             "state": record.state,
             "instance_id": record.instance_id,
             "created": result.created,
+            "what_if": result.what_if,
             "public_key_sha256": record.public_key_sha256,
             "not_after": record.not_after.isoformat() if record.not_after else None,
             "kms_key_id": kms.kms_key_id,
