@@ -22,7 +22,7 @@ from lambda_decrypt.logs import configure_logging
 from rotator.config import Settings
 from rotator.domain.keys import KeyMaterial, self_signed_material
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
-from rotator.domain.rotation import ManagedInstance, RotationState, Step
+from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, build_adapters
 from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
 from rotator.sandbox.server import start_sandbox
@@ -133,7 +133,13 @@ def seed(count: int, pool: Pool, now: datetime) -> None:
         put(layout.instance_config(instance_id), managed.to_json())
         put(layout.current(instance_id), key_ids[1])
         rotation = RotationState(
-            f"bench-{number}", instance_id, Step.DONE, rotated, ACTOR, key_ids[0], key_ids[1]
+            f"bench-{number}",
+            instance_id,
+            RotationStep.DONE,
+            rotated,
+            ACTOR,
+            key_ids[0],
+            key_ids[1],
         )
         put(layout.rotation(instance_id), rotation.to_json())
 

@@ -19,7 +19,7 @@ from rotator.adapters.history import SsmHistory
 from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.history import (
-    Clock,
+    ClockKind,
     EventKind,
     HistoryEvent,
     key_history,
@@ -30,7 +30,7 @@ from rotator.domain.history import (
 )
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState, Transition
-from rotator.domain.rotation import RotationState, Step
+from rotator.domain.rotation import RotationState, RotationStep
 from rotator.entrypoints.cli import main
 from rotator.errors import KeyringConflict, KeyringError
 from rotator.sandbox.sample_flows import card_blocks
@@ -102,10 +102,10 @@ class LostAnswer:
 def test_an_event_round_trips_and_knows_its_scope() -> None:
     original = event(rotation_id="r-1", details={"state": "active", "from": "pending"})
     assert HistoryEvent.from_json(original.to_json()) == original
-    assert original.clock == Clock.REAL and original.scope == INSTANCE
+    assert original.clock == ClockKind.REAL and original.scope == INSTANCE
     assert event(instance_id=None).scope == "keyring"
     assert event(kind=EventKind.RUNBOOK_RUN).scope == "runbooks"
-    later = HistoryEvent.from_json(event(kind="abandon_key", clock=Clock.SIMULATED).to_json())
+    later = HistoryEvent.from_json(event(kind="abandon_key", clock=ClockKind.SIMULATED).to_json())
     assert (later.kind, later.clock) == ("abandon_key", "simulated")
     for broken in ("{", "[]", '{"kind": "k"}', json.dumps({**event().to_dict(), "details": 1})):
         with pytest.raises(KeyringError, match="history event is not readable"):
@@ -116,7 +116,7 @@ def test_key_transition_events_are_the_transitions_the_stored_record_lacks(
     material_a: KeyMaterial,
 ) -> None:
     pending = make_record(KEY_A, material_a, state=KeyState.PENDING)
-    (first,) = key_transition_events((), pending, Clock.SIMULATED)
+    (first,) = key_transition_events((), pending, ClockKind.SIMULATED)
     assert first.details == {
         "state": "pending",
         "from": None,
@@ -127,8 +127,8 @@ def test_key_transition_events_are_the_transitions_the_stored_record_lacks(
     assert (first.key_id, first.instance_id, first.clock) == (KEY_A, INSTANCE, "simulated")
     active = pending.transition(KeyState.ACTIVE, at=NOW + DAY, actor="rot", reason="current")
     retired = active.transition(KeyState.RETIRED, at=NOW + 2 * DAY, actor="ops", reason="gone")
-    assert key_transition_events(active.history, active, Clock.REAL) == []
-    new = key_transition_events(pending.history, retired, Clock.REAL)
+    assert key_transition_events(active.history, active, ClockKind.REAL) == []
+    new = key_transition_events(pending.history, retired, ClockKind.REAL)
     assert [(e.details, e.at, e.actor, e.reason) for e in new] == [
         ({"state": "active", "from": "pending"}, NOW + DAY, "rot", "current"),
         ({"state": "retired", "from": "active"}, NOW + 2 * DAY, "ops", "gone"),
@@ -140,14 +140,18 @@ def test_key_transition_events_are_the_transitions_the_stored_record_lacks(
 
 
 def test_rotation_runs_are_each_rotation_as_of_its_last_step() -> None:
-    state = RotationState("r-1", INSTANCE, Step.STARTED, NOW, "rot", "old", reason="forced")
-    steps = [state, state.advance(Step.STAGED), state.advance(Step.ASSOCIATED, new_key_id="new")]
+    state = RotationState("r-1", INSTANCE, RotationStep.STARTED, NOW, "rot", "old", reason="forced")
+    steps = [
+        state,
+        state.advance(RotationStep.STAGED),
+        state.advance(RotationStep.ASSOCIATED, new_key_id="new"),
+    ]
     events = [
-        rotation_step_event(s, NOW + i * timedelta(seconds=1), Clock.REAL)
+        rotation_step_event(s, NOW + i * timedelta(seconds=1), ClockKind.REAL)
         for i, s in enumerate(steps)
     ]
-    second = replace(state, rotation_id="r-0", started_at=NOW - DAY, step=Step.DONE)
-    events.append(rotation_step_event(second, NOW - DAY, Clock.REAL))
+    second = replace(state, rotation_id="r-0", started_at=NOW - DAY, step=RotationStep.DONE)
+    events.append(rotation_step_event(second, NOW - DAY, ClockKind.REAL))
     first_run, latest = rotation_runs(events)
     assert (first_run.rotation_id, first_run.finished) == ("r-0", True)
     assert (latest.rotation_id, latest.step, latest.new_key_id) == ("r-1", "associated", "new")
@@ -202,7 +206,7 @@ def test_a_lost_answer_retried_is_one_event_and_never_an_overwrite(ssm: Any) -> 
 def test_keyring_writes_append_an_event_per_new_transition_and_rotation_step(
     ssm: Any, material_a: KeyMaterial
 ) -> None:
-    keyring = SsmKeyring(ssm, PREFIX, clock=Clock.SIMULATED)
+    keyring = SsmKeyring(ssm, PREFIX, clock=ClockKind.SIMULATED)
     pending = make_record(KEY_A, material_a, state=KeyState.PENDING)
     keyring.store_key(KEY_A, material_a, pending)
     keyring.store_key(KEY_A, material_a, pending)  # a re-run: no change, no event
@@ -211,7 +215,9 @@ def test_keyring_writes_append_an_event_per_new_transition_and_rotation_step(
     twice = active.transition(KeyState.RETIRED, at=NOW + 2 * DAY, actor="ops", reason="a")
     twice = twice.transition(KeyState.DESTROYED, at=NOW + 3 * DAY, actor="o", reason="b")
     keyring.put_record(twice)  # compared with the stored record: both transitions are new
-    state = RotationState("r-1", INSTANCE, Step.STARTED, NOW, "rot", None, reason="first key")
+    state = RotationState(
+        "r-1", INSTANCE, RotationStep.STARTED, NOW, "rot", None, reason="first key"
+    )
     keyring.put_rotation(state, at=NOW + 4 * DAY)
     events = keyring.history.events(INSTANCE)
     assert [(e.kind, e.details.get("state") or e.details.get("step")) for e in events] == [
@@ -256,7 +262,7 @@ def test_thirty_rotations_all_appear_in_the_report(world: World) -> None:
     # 7 steps a rotation; the new key pending and active, the old one previous, and from the
     # second rotation on the key before it retired: 11 events a rotation in steady state.
     kinds = Counter(e["kind"] for e in facts["history"])
-    assert kinds == {"rotation_step": 31 * len(Step), "key_transition": 2 + 30 * 3 + 29}
+    assert kinds == {"rotation_step": 31 * len(RotationStep), "key_transition": 2 + 30 * 3 + 29}
     # The rotation record kept one version per step: SSM dropped all but the last 100.
     pointer = a.keyring.layout.rotation(instance)
     versions = world.ssm.get_parameter_history(Name=pointer, MaxResults=50)
@@ -331,7 +337,7 @@ def test_the_report_still_shows_what_was_recorded_before_the_history_existed(
     record = a.keyring.get_record(key_id)
     old = Transition(KeyState.PENDING, NOW - DAY, "old-rotator", "before the history")
     written_by_hand = replace(record, history=(old, *record.history))
-    legacy = RotationState("legacy-1", instance, Step.DONE, NOW - DAY, "old-rotator", None)
+    legacy = RotationState("legacy-1", instance, RotationStep.DONE, NOW - DAY, "old-rotator", None)
     for name, value in (
         (a.keyring.layout.metadata(key_id), written_by_hand.to_json()),
         (a.keyring.layout.rotation(instance), legacy.to_json()),

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.adapters.telemetry import Metric, Telemetry
 from rotator.domain.keys import KeyMaterial
-from rotator.domain.rotation import Step
+from rotator.domain.rotation import RotationStep
 from rotator.entrypoints.cli import main
 from rotator.errors import KeyMaterialError
 from rotator.services.rotation import Outcome
@@ -109,7 +109,7 @@ def test_a_run_whose_lock_is_taken_over_stops_before_its_next_write(world: World
     assert result.outcome is Outcome.FAILED
     assert "lost its lock (it is now held by ops-laptop" in result.detail
     rotation = world.adapters.keyring.get_rotation(world.instance_id)
-    assert rotation is not None and rotation.step is Step.STAGED  # the staged key only
+    assert rotation is not None and rotation.step is RotationStep.STAGED  # the staged key only
     assert world.associations() == [first] and world.flow_key_id() == first
     held = world.adapters.lock.holder(world.instance_id)
     assert held is not None and held.holder.host == "ops-laptop"  # its lock is left alone

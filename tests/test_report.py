@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.config import Settings
+from rotator.domain.findings import RULES, FindingCode, RunbookName, Severity
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState, Transition
-from rotator.domain.rotation import RotationState, Step
+from rotator.domain.rotation import RotationState, RotationStep
 from rotator.entrypoints.bootstrap import Adapters
 from rotator.entrypoints.scheduled import handler
 from rotator.errors import ConfigError
@@ -42,10 +43,9 @@ from rotator.services.report import (
     make_report,
     same_kms_key,
 )
+from rotator.services.report_delivery import Published, publish_report, report_object, run_report
 from rotator.services.report_facts import KeyringFacts, gather
 from rotator.services.report_render import CSV_COLUMNS, ReportFormat, render
-from rotator.services.report_rules import RULES, FindingCode, Runbook, Severity
-from rotator.services.reporting import Published, publish_report, report_object, run_report
 from rotator.services.rotation import Outcome, RotationService
 from tests.conftest import NOW, make_record
 from tests.fakes import HeldKeys
@@ -160,7 +160,9 @@ def seed(world: World, key_pool: KeyPool) -> Seeded:
         Type="String",
     )
     keyring.put_rotation(
-        RotationState("crashed", instances["locked"], Step.STAGED, T - DAY, "test", keys["locked"]),
+        RotationState(
+            "crashed", instances["locked"], RotationStep.STAGED, T - DAY, "test", keys["locked"]
+        ),
         at=T - DAY,
     )
     stray = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -347,7 +349,7 @@ def test_formats_parse_back_and_fail_on_sets_the_exit_code(seeded: Seeded, tmp_p
     assert document["summary"]["findings"] == {"critical": 3, "warning": 9, "info": 1}
     finding_schema = schema["$defs"]["finding"]["properties"]
     assert finding_schema["code"]["enum"] == [c.value for c in FindingCode]
-    assert finding_schema["runbook"]["enum"] == [r.value for r in Runbook]
+    assert finding_schema["runbook"]["enum"] == [r.value for r in RunbookName]
 
     rows = list(csv.reader(io.StringIO(rendered[ReportFormat.CSV])))
     assert tuple(rows[0]) == CSV_COLUMNS

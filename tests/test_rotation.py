@@ -14,11 +14,11 @@ import pytest
 
 from lambda_decrypt import handler
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
+from rotator.domain.findings import FindingCode, RunbookName
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints.cli import main
 from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, card_blocks, payment_flow_content
 from rotator.services.report import ReportOptions, make_report
-from rotator.services.report_rules import FindingCode, Runbook
 from rotator.services.rotation import Outcome, RotationRefused
 from tests.conftest import NOW, TEST_CARD
 from tests.world import World
@@ -294,4 +294,4 @@ def test_status_verify_and_report_show_a_dynamic_reference_that_appears_in_a_man
     a = world.adapters
     report = make_report(a.keyring, a.connect, a.lock, ReportOptions(), NOW)
     (finding,) = [f for f in report.findings if f.code is FindingCode.FLOW_DRIFT]
-    assert expected in finding.message and finding.rule.runbook is Runbook.FLOW_DRIFT
+    assert expected in finding.message and finding.rule.runbook is RunbookName.FLOW_DRIFT

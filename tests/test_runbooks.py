@@ -28,7 +28,7 @@ from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.domain.history import HistoryEvent
 from rotator.domain.keys import KeyMaterial, self_signed_material
-from rotator.domain.rotation import RotationState, Step
+from rotator.domain.rotation import RotationState, RotationStep
 from rotator.domain.runbook import parse_runbook
 from rotator.entrypoints.cli import main
 from rotator.entrypoints.runbook import validate_command
@@ -603,7 +603,7 @@ def stuck_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, A
     first = cli.init(days_ago=1)
     started = cli.now - timedelta(hours=1)
     w.adapters.keyring.put_rotation(
-        RotationState("rot-crashed", w.instance_id, Step.STARTED, started, "gone", first),
+        RotationState("rot-crashed", w.instance_id, RotationStep.STARTED, started, "gone", first),
         at=started,
     )
     gone = subprocess.Popen(["true"])  # its process has exited

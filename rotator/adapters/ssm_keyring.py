@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lambda_decrypt.keyring import KeyringLayout
 from rotator.adapters.aws import aws_call
 from rotator.adapters.history import SsmHistory
-from rotator.domain.history import Clock, key_transition_events, rotation_step_event
+from rotator.domain.history import ClockKind, key_transition_events, rotation_step_event
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
@@ -50,7 +50,7 @@ class SsmKeyring:
         prefix: str,
         *,
         kms_key_id: str | None = None,
-        clock: Clock = Clock.REAL,
+        clock: ClockKind = ClockKind.REAL,
     ) -> None:
         self.ssm = ssm
         self.layout = KeyringLayout(prefix)

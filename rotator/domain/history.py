@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
-from rotator.domain.rotation import RotationState, Step
+from rotator.domain.rotation import RotationState, RotationStep
 from rotator.errors import KeyringError
 
 KEYRING_SCOPE = "keyring"  # events of keys that belong to no instance
@@ -23,7 +23,7 @@ class EventKind(StrEnum):
     RUNBOOK_RUN = "runbook_run"
 
 
-class Clock(StrEnum):
+class ClockKind(StrEnum):
     """Which clock `at` was read from: the system's, or a sandbox's simulated one."""
 
     REAL = "real"
@@ -43,7 +43,7 @@ class HistoryEvent:
     rotation_id: str | None = None
     reason: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
-    clock: str = Clock.REAL
+    clock: str = ClockKind.REAL
 
     @property
     def scope(self) -> str:
@@ -84,14 +84,14 @@ class HistoryEvent:
                 rotation_id=data.get("rotation_id"),
                 reason=str(data.get("reason", "")),
                 details=details,
-                clock=str(data.get("clock", Clock.REAL)),
+                clock=str(data.get("clock", ClockKind.REAL)),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise KeyringError(f"history event is not readable: {type(error).__name__}") from None
 
 
 def key_transition_events(
-    recorded: Iterable[Transition], after: KeyRecord, clock: Clock
+    recorded: Iterable[Transition], after: KeyRecord, clock: ClockKind
 ) -> list[HistoryEvent]:
     """An event per transition of `after` not among those `recorded` already."""
     known = set(recorded)
@@ -122,7 +122,7 @@ def key_transition_events(
     return events
 
 
-def rotation_step_event(state: RotationState, at: datetime, clock: Clock) -> HistoryEvent:
+def rotation_step_event(state: RotationState, at: datetime, clock: ClockKind) -> HistoryEvent:
     """A rotation reached `state.step` at `at` (each step is recorded once it is done)."""
     return HistoryEvent(
         kind=EventKind.ROTATION_STEP,
@@ -185,7 +185,7 @@ class RotationRun:
 
     @property
     def finished(self) -> bool:
-        return self.step == Step.DONE
+        return self.step == RotationStep.DONE
 
     @classmethod
     def from_state(cls, state: RotationState, updated_at: datetime | None = None) -> RotationRun:

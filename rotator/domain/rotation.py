@@ -12,7 +12,7 @@ from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock, static_block_i
 from rotator.errors import KeyringError
 
 
-class Step(StrEnum):
+class RotationStep(StrEnum):
     """Steps in order; each is recorded after it is done, and each is safe to redo."""
 
     STARTED = "started"  # rotation ID chosen, nothing written yet
@@ -26,14 +26,14 @@ class Step(StrEnum):
     DONE = "done"  # staging cleaned up
 
 
-STEP_ORDER = list(Step)
+STEP_ORDER = list(RotationStep)
 
 
 @dataclass(frozen=True)
 class RotationState:
     rotation_id: str
     instance_id: str
-    step: Step
+    step: RotationStep
     started_at: datetime
     actor: str
     old_key_id: str | None
@@ -44,12 +44,12 @@ class RotationState:
 
     @property
     def finished(self) -> bool:
-        return self.step is Step.DONE
+        return self.step is RotationStep.DONE
 
-    def reached(self, step: Step) -> bool:
+    def reached(self, step: RotationStep) -> bool:
         return STEP_ORDER.index(self.step) >= STEP_ORDER.index(step)
 
-    def advance(self, step: Step, **changes: Any) -> RotationState:
+    def advance(self, step: RotationStep, **changes: Any) -> RotationState:
         return replace(self, step=step, **changes)
 
     def to_json(self) -> str:
@@ -61,7 +61,7 @@ class RotationState:
     def from_json(cls, raw: str) -> RotationState:
         try:
             data = json.loads(raw)
-            data["step"] = Step(data["step"])
+            data["step"] = RotationStep(data["step"])
             data["started_at"] = datetime.fromisoformat(data["started_at"])
             return cls(**data)
         except (ValueError, KeyError, TypeError) as error:

@@ -19,10 +19,10 @@ from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
-from rotator.domain.history import Clock
+from rotator.domain.history import ClockKind
 from rotator.errors import ConfigError
-from rotator.services.invariants import InvariantChecker
 from rotator.services.rotation import KeyGenerator, RotationService
+from rotator.services.verify import InvariantChecker
 
 if TYPE_CHECKING:
     from mypy_boto3_connect import ConnectClient
@@ -91,7 +91,7 @@ def build_adapters(
             ssm_client,
             settings.keyring_prefix,
             kms_key_id=settings.kms_key_id,
-            clock=Clock.SIMULATED if simulated_clock else Clock.REAL,
+            clock=ClockKind.SIMULATED if simulated_clock else ClockKind.REAL,
         ),
         connect=ConnectGateway(connect_client),
         lock=SsmLock(ssm_client, settings.keyring_prefix),

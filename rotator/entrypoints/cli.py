@@ -24,6 +24,7 @@ from rotator.clock import Clock, clock_from_environment
 from rotator.clock import describe as describe_clock
 from rotator.config import Settings
 from rotator.domain.connect_ids import encrypt_block_of, flow_id_of, instance_id_of
+from rotator.domain.findings import Severity
 from rotator.entrypoints.bootstrap import Adapters, build_adapters, environment_problem
 from rotator.entrypoints.runbook import browse_runbooks, configure_runbook_parser
 from rotator.services.importing import (
@@ -36,9 +37,8 @@ from rotator.services.importing import (
     kms_protection,
 )
 from rotator.services.report import DEFAULT_MIN_KEY_SIZE, ReportOptions
+from rotator.services.report_delivery import run_report
 from rotator.services.report_render import ReportFormat
-from rotator.services.report_rules import Severity
-from rotator.services.reporting import run_report
 from rotator.services.rotation import InstanceResult, Outcome
 from rotator.services.status import (
     KeyStatus,

@@ -30,8 +30,8 @@ from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints.bootstrap import Adapters, build_adapters, environment_problem
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.services.report import ReportOptions, make_report
+from rotator.services.report_delivery import delivered_nowhere, publish_report
 from rotator.services.report_render import ReportFormat, render
-from rotator.services.reporting import delivered_nowhere, publish_report
 from rotator.services.rotation import InstanceResult, Outcome, RotationService
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2  # the CLI's exit codes

@@ -19,8 +19,8 @@ from rotator.config import RotatorEnv, Settings
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.services.report import ReportOptions, make_report
+from rotator.services.report_delivery import delivered_nowhere, publish_report
 from rotator.services.report_render import ReportFormat
-from rotator.services.reporting import delivered_nowhere, publish_report
 from rotator.services.scheduled_run import scheduled_run
 
 # One series per severity (dimension Severity); the template alarms on Severity=critical > 0.

@@ -22,8 +22,8 @@ from rotator.domain.keys import (
 )
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.errors import ConnectKeyRotatorError, KeyMaterialError, KeyringConflict, NotFound
+from rotator.services.canary import verify_key_decrypts
 from rotator.services.report import same_kms_key
-from rotator.services.verify import verify_key_decrypts
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient

@@ -13,6 +13,7 @@ from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
+from rotator.domain.findings import Finding, FindingCode, Severity
 from rotator.domain.history import key_history, transitions_by_key
 from rotator.domain.keys import ALLOWED_KEY_SIZES
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
@@ -23,7 +24,6 @@ from rotator.domain.policy import (
     renew_window_start,
 )
 from rotator.services.report_facts import InstanceFacts, KeyringFacts, gather
-from rotator.services.report_rules import Finding, FindingCode, Severity
 
 REPORT_SCHEMA = "connect-key-rotator/report/1"
 # PCI DSS counts RSA of at least 2048 bits as strong cryptography; raise it with --min-key-size.

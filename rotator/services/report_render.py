@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from html import escape
 
+from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import RotationRun
 from rotator.domain.lifecycle import Transition
 from rotator.services.report import KeyRow, Report
-from rotator.services.report_rules import Finding, Severity
 from rotator.services.report_timeline import timeline_svg
 
 CSV_COLUMNS = (

@@ -36,9 +36,9 @@ from rotator.domain.keys import (
 )
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import rotation_due
-from rotator.domain.rotation import ManagedInstance, RotationState, Step
+from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
 from rotator.errors import ConnectKeyRotatorError, KeyringError, NotFound
-from rotator.services.verify import VerificationFailed, verify_key_decrypts
+from rotator.services.canary import VerificationFailed, verify_key_decrypts
 
 log = get_logger("rotator.rotation")
 # AWS refuses requests signed more than 5 minutes off its clock: a new certificate's NotBefore is
@@ -322,7 +322,7 @@ class RotationService:
             state = RotationState(
                 rotation_id=rotation_id,
                 instance_id=instance_id,
-                step=Step.STARTED,
+                step=RotationStep.STARTED,
                 started_at=now,
                 actor=self.actor,
                 old_key_id=decision.current_id,
@@ -387,13 +387,13 @@ class RotationService:
     def _run(
         self, state: RotationState, now: datetime, lease: Lease, *, resumed: bool
     ) -> InstanceResult:
-        steps: dict[Step, Callable[[RotationState, datetime], RotationState]] = {
-            Step.STARTED: self._stage,
-            Step.STAGED: self._associate,
-            Step.ASSOCIATED: self._store,
-            Step.STORED: self._point_flows,
-            Step.FLOWS_UPDATED: self._promote,
-            Step.PROMOTED: self._finish,
+        steps: dict[RotationStep, Callable[[RotationState, datetime], RotationState]] = {
+            RotationStep.STARTED: self._stage,
+            RotationStep.STAGED: self._associate,
+            RotationStep.ASSOCIATED: self._store,
+            RotationStep.STORED: self._point_flows,
+            RotationStep.FLOWS_UPDATED: self._promote,
+            RotationStep.PROMOTED: self._finish,
         }
         while not state.finished:
             lease.check()  # fenced: a run whose lock was taken over writes nothing more
@@ -441,7 +441,7 @@ class RotationService:
         if material is None:
             raise KeyringError(f"staged key of rotation {state.rotation_id} did not read back")
         _canary(material, provisional_key_id=state.rotation_id)
-        return state.advance(Step.STAGED, new_public_key_sha256=material.public_key_sha256)
+        return state.advance(RotationStep.STAGED, new_public_key_sha256=material.public_key_sha256)
 
     def _associate(self, state: RotationState, now: datetime) -> RotationState:
         material = self._require_staged(state)
@@ -457,7 +457,7 @@ class RotationService:
             mine = self.connect.associate_security_key(
                 state.instance_id, material.public_key_pem, client_token=state.rotation_id
             )
-        return state.advance(Step.ASSOCIATED, new_key_id=mine)
+        return state.advance(RotationStep.ASSOCIATED, new_key_id=mine)
 
     def _store(self, state: RotationState, now: datetime) -> RotationState:
         key_id = _new_key(state)
@@ -481,13 +481,13 @@ class RotationService:
         verify_key_decrypts(
             self.keyring.ssm, self.keyring.layout.prefix, key_id, material.certificate_pem
         )
-        return state.advance(Step.STORED)
+        return state.advance(RotationStep.STORED)
 
     def _point_flows(self, state: RotationState, now: datetime) -> RotationState:
         key_id = _new_key(state)
         certificate = self.keyring.read_certificate(key_id)
         self._point_instance_flows(state.instance_id, key_id, certificate)
-        return state.advance(Step.FLOWS_UPDATED)
+        return state.advance(RotationStep.FLOWS_UPDATED)
 
     def _promote(self, state: RotationState, now: datetime) -> RotationState:
         key_id = _new_key(state)
@@ -498,13 +498,13 @@ class RotationService:
         # stays retired: the rotation must still finish.
         if old is not None and old.key_id != key_id and old.state is KeyState.ACTIVE:
             self._transition(old.key_id, KeyState.PREVIOUS, now, f"replaced by {key_id}")
-        return state.advance(Step.PROMOTED)
+        return state.advance(RotationStep.PROMOTED)
 
     def _finish(self, state: RotationState, now: datetime) -> RotationState:
         if state.emergency and state.old_key_id:
             self._retire(state.instance_id, state.old_key_id, now, f"{state.reason}")
         self.keyring.delete_staging(state.rotation_id)
-        return state.advance(Step.DONE)
+        return state.advance(RotationStep.DONE)
 
     # -- retire, destroy, rollback --------------------------------------------------------------
 

@@ -9,12 +9,12 @@ from typing import Any, Protocol
 
 from rotator.adapters.lock import SsmLock, stale_reason
 from rotator.adapters.ssm_keyring import InstanceEntry, SsmKeyring
+from rotator.domain.findings import RunbookName
 from rotator.domain.flows import FlowRef, flow_drift
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.domain.rotation import ManagedInstance, RotationState
 from rotator.errors import ConnectKeyRotatorError, NotFound
-from rotator.services.report_rules import Runbook
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def flow_drift_of(
         except ConnectKeyRotatorError as error:  # status never fails on one unreadable flow
             found.append(f"{ref} could not be read: {error}")
             continue
-        found += [f"{drift} (runbook: {Runbook.FLOW_DRIFT.path})" for drift in drifts]
+        found += [f"{drift} (runbook: {RunbookName.FLOW_DRIFT.path})" for drift in drifts]
     return tuple(found)
 
 

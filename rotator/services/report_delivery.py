@@ -12,10 +12,10 @@ from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.adapters.telemetry import SNS_SUBJECT_LIMIT
+from rotator.domain.findings import Severity
 from rotator.errors import ConfigError
 from rotator.services.report import Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
-from rotator.services.report_rules import Severity
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -20,7 +20,7 @@ class Severity(StrEnum):
         return list(Severity).index(self)
 
 
-class Runbook(StrEnum):
+class RunbookName(StrEnum):
     """The runbooks under runbooks/<name>.md."""
 
     ROUTINE_ROTATION = "routine-rotation"
@@ -62,62 +62,66 @@ class FindingCode(StrEnum):
 @dataclass(frozen=True)
 class Rule:
     severity: Severity
-    runbook: Runbook
+    runbook: RunbookName
     title: str
 
 
 # The one table: what each finding weighs and which runbook resolves it.
 RULES: dict[FindingCode, Rule] = {
     FindingCode.CERTIFICATE_EXPIRED: Rule(
-        Severity.CRITICAL, Runbook.CERTIFICATE_EXPIRY, "certificate expired while active"
+        Severity.CRITICAL, RunbookName.CERTIFICATE_EXPIRY, "certificate expired while active"
     ),
     FindingCode.CERTIFICATE_NOT_YET_VALID: Rule(
-        Severity.CRITICAL, Runbook.CERTIFICATE_EXPIRY, "current certificate not yet valid"
+        Severity.CRITICAL, RunbookName.CERTIFICATE_EXPIRY, "current certificate not yet valid"
     ),
     FindingCode.CERTIFICATE_EXPIRING: Rule(
-        Severity.WARNING, Runbook.CERTIFICATE_EXPIRY, "certificate inside the renew window"
+        Severity.WARNING, RunbookName.CERTIFICATE_EXPIRY, "certificate inside the renew window"
     ),
     FindingCode.CERTIFICATE_UNKNOWN: Rule(
-        Severity.WARNING, Runbook.ADOPT_BLOG_DEPLOYMENT, "active key without a known certificate"
+        Severity.WARNING,
+        RunbookName.ADOPT_BLOG_DEPLOYMENT,
+        "active key without a known certificate",
     ),
     FindingCode.CRYPTOPERIOD_EXCEEDED: Rule(
-        Severity.WARNING, Runbook.ROUTINE_ROTATION, "cryptoperiod exceeded"
+        Severity.WARNING, RunbookName.ROUTINE_ROTATION, "cryptoperiod exceeded"
     ),
     FindingCode.REFERENCED_KEY_MISSING: Rule(
         Severity.CRITICAL,
-        Runbook.RESTORE_KEY_PARAMETER,
+        RunbookName.RESTORE_KEY_PARAMETER,
         "a flow uses a key whose private key is missing",
     ),
     FindingCode.DESTROYED_KEY_REFERENCED: Rule(
-        Severity.CRITICAL, Runbook.EMERGENCY_ROTATION, "a flow uses a destroyed key"
+        Severity.CRITICAL, RunbookName.EMERGENCY_ROTATION, "a flow uses a destroyed key"
     ),
     FindingCode.ASSOCIATION_WITHOUT_PRIVATE_KEY: Rule(
-        Severity.WARNING, Runbook.DECRYPT_FAILURES, "association with no stored private key"
+        Severity.WARNING, RunbookName.DECRYPT_FAILURES, "association with no stored private key"
     ),
     FindingCode.RETIRED_KEY_ASSOCIATED: Rule(
-        Severity.WARNING, Runbook.ROUTINE_ROTATION, "retired key still associated"
+        Severity.WARNING, RunbookName.ROUTINE_ROTATION, "retired key still associated"
     ),
     FindingCode.GRACE_PERIOD_OVER: Rule(
-        Severity.INFO, Runbook.ROUTINE_ROTATION, "previous key past its grace period"
+        Severity.INFO, RunbookName.ROUTINE_ROTATION, "previous key past its grace period"
     ),
     FindingCode.KEY_BELOW_MINIMUM_SIZE: Rule(
-        Severity.WARNING, Runbook.ROUTINE_ROTATION, "key below the minimum size"
+        Severity.WARNING, RunbookName.ROUTINE_ROTATION, "key below the minimum size"
     ),
-    FindingCode.STALE_LOCK: Rule(Severity.WARNING, Runbook.STUCK_ROTATION, "stale rotation lock"),
+    FindingCode.STALE_LOCK: Rule(
+        Severity.WARNING, RunbookName.STUCK_ROTATION, "stale rotation lock"
+    ),
     FindingCode.INTERRUPTED_ROTATION: Rule(
-        Severity.WARNING, Runbook.STUCK_ROTATION, "interrupted rotation"
+        Severity.WARNING, RunbookName.STUCK_ROTATION, "interrupted rotation"
     ),
     FindingCode.ORPHANED_STAGING: Rule(
-        Severity.WARNING, Runbook.STUCK_ROTATION, "staged private key no rotation owns"
+        Severity.WARNING, RunbookName.STUCK_ROTATION, "staged private key no rotation owns"
     ),
     FindingCode.FLOW_DRIFT: Rule(
-        Severity.CRITICAL, Runbook.FLOW_DRIFT, "managed flow changed outside the rotator"
+        Severity.CRITICAL, RunbookName.FLOW_DRIFT, "managed flow changed outside the rotator"
     ),
     FindingCode.KMS_KEY_MISMATCH: Rule(
-        Severity.WARNING, Runbook.ROUTINE_ROTATION, "not protected by the configured KMS key"
+        Severity.WARNING, RunbookName.ROUTINE_ROTATION, "not protected by the configured KMS key"
     ),
     FindingCode.INSTANCE_UNREADABLE: Rule(
-        Severity.CRITICAL, Runbook.QUARTERLY_EVIDENCE, "instance could not be read"
+        Severity.CRITICAL, RunbookName.QUARTERLY_EVIDENCE, "instance could not be read"
     ),
 }
 

@@ -1,0 +1,35 @@
+"""Prove a stored key decrypts: a canary encrypted like Connect, decrypted by the Lambda's code."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from lambda_decrypt.decrypt import Decryptor
+from lambda_decrypt.errors import DecryptError
+from lambda_decrypt.keyring import KeyringReader
+from rotator.domain.connect_cipher import encrypt_like_connect
+from rotator.errors import ConnectKeyRotatorError
+
+if TYPE_CHECKING:
+    from mypy_boto3_ssm import SSMClient
+
+
+class VerificationFailed(ConnectKeyRotatorError):
+    """A key stored in the keyring did not decrypt a canary encrypted for it."""
+
+
+def verify_key_decrypts(ssm: SSMClient, prefix: str, key_id: str, public_pem: str) -> None:
+    """Encrypt a random canary with `public_pem` (certificate or public key) as Connect would,
+    then decrypt it from the keyring through a fresh `lambda_decrypt` reader (no cache)."""
+    canary = secrets.token_hex(8).encode("ascii")
+    ciphertext = encrypt_like_connect(canary, key_id=key_id, certificate_pem=public_pem)
+    reader = KeyringReader(prefix, ssm_client_factory=lambda: ssm)
+    try:
+        decrypted = Decryptor(reader).decrypt(ciphertext)
+    except DecryptError as error:
+        raise VerificationFailed(
+            f"key {key_id} failed its canary decrypt from the keyring ({error.code})"
+        ) from None
+    if decrypted.plaintext != canary:
+        raise VerificationFailed(f"key {key_id} decrypted its canary to the wrong value")
