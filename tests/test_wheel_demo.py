@@ -44,6 +44,10 @@ def test_the_demo_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     _run([*PIP, "wheel", "--no-deps", "--wheel-dir", str(dist), str(source)], pip_env)
     [wheel] = dist.glob("connect_key_rotator-*.whl")
     assert DATA in zipfile.ZipFile(wheel).namelist()
+    # The HTML report's templates: without them `rotator report --format html` fails.
+    templates = ROOT / "rotator" / "templates"
+    shipped = {p.relative_to(ROOT).as_posix() for p in templates.rglob("*") if p.is_file()}
+    assert shipped and shipped <= set(zipfile.ZipFile(wheel).namelist())
 
     # A venv without pip (ensurepip costs seconds); this interpreter's pip installs into it.
     # --no-compile: byte-compiling all of moto and botocore up front costs more than the demo

@@ -5,15 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from html import escape
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import RotationRun
 from rotator.domain.lifecycle import Transition
 from rotator.services.report import KeyRow, Report
-from rotator.services.report_timeline import timeline_svg
+from rotator.services.report_timeline import timeline
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 CSV_COLUMNS = (
     "instance_id",
@@ -38,6 +43,15 @@ CSV_COLUMNS = (
     "history",
     "findings",
 )
+FINDING_COLUMNS = ("severity", "finding", "instance", "key", "detail", "runbook")
+INSTANCE_COLUMNS = (
+    "instance",
+    "current key",
+    "managed",
+    "associated keys",
+    "last rotation",
+    "lock",
+)
 ROTATION_COLUMNS = (
     "instance",
     "started",
@@ -48,10 +62,48 @@ ROTATION_COLUMNS = (
     "outcome",
     "by",
 )
-# Renders an optional identifier (key, instance, KMS key) for one output format.
-IdFormatter = Callable[[str | None], str]
+KEY_COLUMNS = (
+    "instance",
+    "key",
+    "state",
+    "RSA",
+    "not after",
+    "days left",
+    "age / cryptoperiod",
+    "flows",
+    "KMS key",
+)
+HISTORY_COLUMNS = ("at", "state", "by", "reason")
+# The HTML report's templates, under rotator/templates/ (package data).
+TEMPLATE_PACKAGE = "rotator"
+TEMPLATE_DIRECTORY = "templates"
+HTML_TEMPLATE = "report/page.html.j2"
 # A spreadsheet runs a cell that starts with one of these as a formula.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell as data: identifiers (shown as code), then text. Each renderer marks it
+    up its own way, so what is escaped never depends on where a cell sits in a row."""
+
+    text: str = ""
+    codes: tuple[str, ...] = ()
+    badge: str | None = None  # a severity: the cell is that severity's badge
+
+    @classmethod
+    def code(cls, value: str | None, text: str = "") -> Cell:
+        """An optional identifier (key, instance, KMS key, path); "-" when there is none."""
+        return cls(text="-" + text) if not value else cls(text=text, codes=(value,))
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table for the HTML template; `empty` is said instead when there are no rows."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+    empty: str
 
 
 class ReportFormat(StrEnum):
@@ -118,7 +170,7 @@ def render_markdown(report: Report) -> str:
     if report.findings:
         lines.append(
             _md_table(
-                ("severity", "finding", "instance", "key", "detail", "runbook"),
+                FINDING_COLUMNS,
                 [
                     (
                         f.severity.value.upper(),
@@ -137,7 +189,7 @@ def render_markdown(report: Report) -> str:
     lines += ["", "## Instances", ""]
     lines.append(
         _md_table(
-            ("instance", "current key", "managed", "associated keys", "last rotation", "lock"),
+            INSTANCE_COLUMNS,
             [
                 (
                     _md_code(i.instance_id),
@@ -152,23 +204,13 @@ def render_markdown(report: Report) -> str:
         )
     )
     lines += ["", "## Rotation history", ""]
-    rotations = _rotation_rows(report, _md_code)
+    rotations = [_md_row(row) for row in _rotation_rows(report)]
     lines.append(_md_table(ROTATION_COLUMNS, rotations) if rotations else "No rotation recorded.")
     lines += ["", "## Keys", ""]
     lines.append(
         _md_table(
-            (
-                "instance",
-                "key",
-                "state",
-                "RSA",
-                "not after",
-                "days left",
-                "age / cryptoperiod",
-                "flows",
-                "KMS key",
-            ),
-            [_key_cells(report, key, _md_code) for key in report.keys],
+            KEY_COLUMNS,
+            [_md_row(_key_cells(report, key)) for key in report.keys],
         )
     )
     lines += ["", "## Key details", ""]
@@ -179,7 +221,7 @@ def render_markdown(report: Report) -> str:
             lines += ["", "History:", ""]
             lines.append(
                 _md_table(
-                    ("at", "state", "by", "reason"),
+                    HISTORY_COLUMNS,
                     [(t.at.isoformat(), t.state.value, t.actor, t.reason) for t in key.history],
                 )
             )
@@ -188,89 +230,88 @@ def render_markdown(report: Report) -> str:
 
 
 def render_html(report: Report) -> str:
-    """One file: inline CSS and SVG, no script, no external resource; opens offline."""
-    title = f"Amazon Connect key report {report.generated_at:%Y-%m-%d}"
-    body = [
-        f"<h1>{escape(title)}</h1>",
-        f"<p class='headline'>{_badges(report)} {escape(_headline(report))}</p>",
-        f"<p class='meta'>{escape(_policy_text(report))}</p>",
-        "<h2>Timeline</h2>",
-        timeline_svg(report),
-        "<h2>Findings</h2>",
-        _html_table(
-            ("severity", "finding", "instance", "key", "detail", "runbook"),
-            [
+    """One file: inline CSS and SVG, no script, no external resource; opens offline. The
+    templates mark up; this module only says what goes where, as plain text."""
+    return _templates().get_template(HTML_TEMPLATE).render(**_html_context(report))
+
+
+@cache
+def _templates() -> Environment:
+    """Jinja2 is imported on the first HTML report only: the CLI starts without it."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    # Every template is HTML or SVG: escape everything, whatever a template is called.
+    return Environment(
+        loader=PackageLoader(TEMPLATE_PACKAGE, TEMPLATE_DIRECTORY),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _html_context(report: Report) -> dict[str, Any]:
+    return {
+        "title": f"Amazon Connect key report {report.generated_at:%Y-%m-%d}",
+        "badges": _badges(report),
+        "headline": _headline(report),
+        "policy": _policy_text(report),
+        "timeline": timeline(report),
+        "findings": Table(
+            FINDING_COLUMNS,
+            tuple(
                 (
-                    f"<span class='sev {f.severity.value}'>{f.severity.value}</span>",
-                    escape(f.rule.title),
-                    _html_code(f.instance_id),
-                    _html_code(f.key_id),
-                    escape(f.message),
-                    _html_code(f.rule.runbook.path),
+                    Cell(f.severity.value, badge=f.severity.value),
+                    Cell(f.rule.title),
+                    Cell.code(f.instance_id),
+                    Cell.code(f.key_id),
+                    Cell(f.message),
+                    Cell.code(f.rule.runbook.path),
                 )
                 for f in report.findings
-            ],
+            ),
             empty="No findings.",
         ),
-        "<h2>Instances</h2>",
-        _html_table(
-            ("instance", "current key", "managed", "associated keys", "last rotation", "lock"),
-            [
+        "instances": Table(
+            INSTANCE_COLUMNS,
+            tuple(
                 (
-                    _html_code(i.instance_id),
-                    _html_code(i.current_key_id),
-                    escape(", ".join(i.managed)),
-                    " ".join(_html_code(a) for a in i.associations) or "-",
-                    escape(i.rotation),
-                    escape("-" if i.lock is None else i.lock.description),
+                    Cell.code(i.instance_id),
+                    Cell.code(i.current_key_id),
+                    Cell(", ".join(i.managed)),
+                    Cell(codes=i.associations) if i.associations else Cell("-"),
+                    Cell(i.rotation),
+                    Cell("-" if i.lock is None else i.lock.description),
                 )
                 for i in report.instances
-            ],
+            ),
             empty="No managed instances.",
         ),
-        "<h2>Rotation history</h2>",
-        _html_table(
-            ROTATION_COLUMNS,
-            [
-                tuple(
-                    cell if index in (0, 2, 3, 4) else escape(cell)
-                    for index, cell in enumerate(row)
-                )
-                for row in _rotation_rows(report, _html_code)
-            ],
-            empty="No rotation recorded.",
+        "rotations": Table(
+            ROTATION_COLUMNS, tuple(_rotation_rows(report)), empty="No rotation recorded."
         ),
-        "<h2>Keys</h2>",
-        _html_table(
-            (
-                "instance",
-                "key",
-                "state",
-                "RSA",
-                "not after",
-                "days left",
-                "age / cryptoperiod",
-                "flows",
-                "KMS key",
-            ),
-            [
-                tuple(
-                    cell if index in (0, 1, 8) else escape(cell)
-                    for index, cell in enumerate(_key_cells(report, key, _html_code))
-                )
-                for key in report.keys
-            ],
+        "keys": Table(
+            KEY_COLUMNS,
+            tuple(_key_cells(report, key) for key in report.keys),
             empty="No keys.",
         ),
-        "<h2>Key details and history</h2>",
-        *(_html_key_details(key) for key in report.keys),
-    ]
-    return (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+        "details": [
+            {
+                "key": key,
+                "facts": _key_facts(key),
+                "history": Table(
+                    HISTORY_COLUMNS,
+                    tuple(
+                        (Cell(t.at.isoformat()), Cell(t.state.value), Cell(t.actor), Cell(t.reason))
+                        for t in key.history
+                    ),
+                    empty="No recorded history (the keyring does not know this key).",
+                ),
+            }
+            for key in report.keys
+        ],
+    }
 
 
 def render_summary(report: Report, *, limit: int = 10) -> str:
@@ -323,18 +364,18 @@ def _transition_text(transition: Transition) -> str:
     )
 
 
-def _rotation_rows(report: Report, code: IdFormatter) -> list[tuple[str, ...]]:
-    """Every rotation of every instance, from the history; identifier cells through `code`."""
+def _rotation_rows(report: Report) -> list[tuple[Cell, ...]]:
+    """Every rotation of every instance, from the history."""
     return [
         (
-            code(instance.instance_id),
-            run.started_at.isoformat(),
-            code(run.rotation_id),
-            code(run.old_key_id),
-            code(run.new_key_id),
-            run.reason + (" (emergency)" if run.emergency else ""),
-            _rotation_progress(run),
-            run.actor,
+            Cell.code(instance.instance_id),
+            Cell(run.started_at.isoformat()),
+            Cell.code(run.rotation_id),
+            Cell.code(run.old_key_id),
+            Cell.code(run.new_key_id),
+            Cell(run.reason + (" (emergency)" if run.emergency else "")),
+            Cell(_rotation_progress(run)),
+            Cell(run.actor),
         )
         for instance in report.instances
         for run in instance.rotations
@@ -347,20 +388,20 @@ def _rotation_progress(run: RotationRun) -> str:
     return f"unfinished (last step: {run.step})"
 
 
-def _key_cells(report: Report, key: KeyRow, code: IdFormatter) -> tuple[str, ...]:
+def _key_cells(report: Report, key: KeyRow) -> tuple[Cell, ...]:
     record = key.record
     cryptoperiod = report.options.policy.cryptoperiod.days
     age = _age(key)
     return (
-        code(key.instance_id),
-        code(key.key_id) + (" (current)" if key.current else ""),
-        key.state,
-        "-" if record is None else str(record.key_size),
-        "-" if record is None or record.not_after is None else f"{record.not_after:%Y-%m-%d}",
-        "-" if key.days_to_expiry is None else f"{key.days_to_expiry:.0f}",
-        "-" if age is None else f"{age:.0f} / {cryptoperiod} days",
-        ", ".join(key.flows) or "-",
-        code(key.kms_key_id) if key.private_key_stored else "no private key",
+        Cell.code(key.instance_id),
+        Cell.code(key.key_id, " (current)" if key.current else ""),
+        Cell(key.state),
+        Cell("-" if record is None else str(record.key_size)),
+        Cell("-" if record is None or record.not_after is None else f"{record.not_after:%Y-%m-%d}"),
+        Cell("-" if key.days_to_expiry is None else f"{key.days_to_expiry:.0f}"),
+        Cell("-" if age is None else f"{age:.0f} / {cryptoperiod} days"),
+        Cell(", ".join(key.flows) or "-"),
+        Cell.code(key.kms_key_id) if key.private_key_stored else Cell("no private key"),
     )
 
 
@@ -407,6 +448,10 @@ def _md_code(value: str | None) -> str:
     return "-" if not value else f"`{value}`"
 
 
+def _md_row(cells: Sequence[Cell]) -> tuple[str, ...]:
+    return tuple(" ".join(_md_code(c) for c in cell.codes) + cell.text for cell in cells)
+
+
 def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns padded so the table also reads well as plain text."""
     lines = [list(columns), *([_md_cell(c) for c in row] for row in rows)]
@@ -423,56 +468,18 @@ def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _html_code(value: str | None) -> str:
-    return "-" if not value else f"<code>{escape(value)}</code>"
+@dataclass(frozen=True)
+class Badge:
+    """A severity's count in the headline; at zero it is grey: colour means there is
+    something to do."""
+
+    severity: str
+    count: int
+
+    @property
+    def css(self) -> str:
+        return self.severity if self.count else "zero"
 
 
-def _html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, empty: str) -> str:
-    """Cells are HTML already (escaped by the caller)."""
-    if not rows:
-        return f"<p>{escape(empty)}</p>"
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-def _html_key_details(key: KeyRow) -> str:
-    facts = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in _key_facts(key))
-    history = _html_table(
-        ("at", "state", "by", "reason"),
-        [
-            (escape(t.at.isoformat()), escape(t.state.value), escape(t.actor), escape(t.reason))
-            for t in key.history
-        ],
-        empty="No recorded history (the keyring does not know this key).",
-    )
-    return (
-        f"<details id='key-{escape(key.key_id)}'><summary><code>{escape(key.key_id)}</code> "
-        f"{escape(key.state)}</summary>\n<dl>{facts}</dl>\n{history}\n</details>"
-    )
-
-
-def _badges(report: Report) -> str:
-    """One badge per severity; at zero it is grey: colour means there is something to do."""
-    return " ".join(
-        f"<span class='sev {s.value if n else 'zero'}'>{n} {s.value}</span>"
-        for s, n in report.counts().items()
-    )
-
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d1d1f}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border:1px solid #d8d8d8;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}code{font:12px ui-monospace,Menlo,Consolas,monospace}
-.sev{display:inline-block;padding:1px 7px;border-radius:9px;color:#fff;font-weight:600}
-.sev.critical{background:#c62828}.sev.warning{background:#e08a00}.sev.info{background:#1e6fb8}
-.sev.zero{background:#8a8a8a}
-.meta{color:#555}dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}
-dt{color:#555}dd{margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
-details{margin:4px 0}summary{cursor:pointer}
-svg.timeline{font:11px ui-monospace,Menlo,Consolas,monospace;background:#fff}
-svg .state{fill:#666}svg .none{fill:#999;font-style:italic}svg .tick{fill:#555}
-svg .today{fill:#d62728;font-weight:600}
-"""
+def _badges(report: Report) -> list[Badge]:
+    return [Badge(s.value, n) for s, n in report.counts().items()]

@@ -1,12 +1,11 @@
-"""The report's timeline picture: an inline SVG of every key's validity, renew window and today."""
+"""The report's timeline picture as data: every key's validity, renew window and today."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from html import escape
 
-from rotator.services.report import Report
+from rotator.services.report import KeyRow, Report
 
 LABEL_WIDTH = 340
 CHART_WIDTH = 660
@@ -21,6 +20,7 @@ STATE_COLOURS = {
     "retired": "#a0a0a0",
     "destroyed": "#5a5a5a",
 }
+UNKNOWN_COLOUR = "#bbb"
 RENEW_COLOUR = "#f0a030"
 TODAY_COLOUR = "#d62728"
 
@@ -38,73 +38,124 @@ class Scale:
         return LABEL_WIDTH + CHART_WIDTH * min(max(offset / span, 0.0), 1.0)
 
 
-def timeline_svg(report: Report) -> str:
+@dataclass(frozen=True)
+class Mark:
+    """Something drawn at `x` (and `width` wide, for a bar), with its hover text."""
+
+    x: float
+    title: str
+    width: float = 0.0
+    colour: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One key's row, `y` its top; no bar when its certificate dates are unknown."""
+
+    y: int
+    key_id: str
+    state: str
+    instance: str
+    separator: bool  # a line above: the first key of another instance
+    bar: Mark | None
+    renew: Mark | None
+    cryptoperiod_end: Mark | None
+
+
+@dataclass(frozen=True)
+class Gridline:
+    x: float
+    label: str
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    x: int
+    name: str
+    colour: str
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """What the timeline template draws; geometry in SVG user units."""
+
+    width: int
+    height: int
+    key_count: int
+    gridlines: tuple[Gridline, ...]
+    rows: tuple[Row, ...]
+    today: Mark
+    legend_y: int
+    legend: tuple[LegendEntry, ...]
+    legend_end: int  # where the legend's "cryptoperiod end" entry goes
+    top: int = TOP
+    bottom: int = BOTTOM
+    bar_height: int = BAR_HEIGHT
+    label_width: int = LABEL_WIDTH
+
+
+def timeline(report: Report) -> Timeline:
     """One row per key: a bar from NotBefore to NotAfter coloured by state, the renew window
     shaded at the end of each active key's bar, its cryptoperiod end ticked, a line for today."""
     now = report.generated_at
     scale = _scale(report)
     height = TOP + ROW_HEIGHT * max(len(report.keys), 1) + BOTTOM
-    width = LABEL_WIDTH + CHART_WIDTH + 20
-    parts = [
-        f'<svg class="timeline" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="validity of {len(report.keys)} keys, renew windows and today">',
-        *_ticks(scale, height),
-    ]
-    renew_before = report.options.policy.renew_before
+    rows = []
     previous_instance: str | None = None
     for row_number, key in enumerate(report.keys):
-        y = TOP + row_number * ROW_HEIGHT
-        if row_number and key.instance_id != previous_instance:
-            parts.append(
-                f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" stroke="#ddd" stroke-width="1"/>'
-            )
+        separator = bool(row_number) and key.instance_id != previous_instance
         previous_instance = key.instance_id
-        parts.append(
-            f'<text x="4" y="{y + 14}" class="label">{escape(key.key_id)}'
-            f'<tspan class="state" dx="8">{escape(key.state)}</tspan>'
-            f"<title>instance {escape(key.instance_id or '-')}</title></text>"
-        )
-        record = key.record
-        if record is None or record.not_before is None or record.not_after is None:
-            parts.append(
-                f'<text x="{LABEL_WIDTH + 4}" y="{y + 14}" class="none">'
-                "no certificate dates known</text>"
-            )
-            continue
+        rows.append(_row(report, key, scale, TOP + row_number * ROW_HEIGHT, separator))
+    legend, legend_end = _legend()
+    return Timeline(
+        width=LABEL_WIDTH + CHART_WIDTH + 20,
+        height=height,
+        key_count=len(report.keys),
+        gridlines=tuple(_gridlines(scale)),
+        rows=tuple(rows),
+        today=Mark(scale.x(now), f"today {now:%Y-%m-%d}", colour=TODAY_COLOUR),
+        legend_y=height - 14,
+        legend=legend,
+        legend_end=legend_end,
+    )
+
+
+def _row(report: Report, key: KeyRow, scale: Scale, y: int, separator: bool) -> Row:
+    record = key.record
+    bar = renew = cryptoperiod = None
+    if record is not None and record.not_before is not None and record.not_after is not None:
         x1, x2 = scale.x(record.not_before), scale.x(record.not_after)
-        colour = STATE_COLOURS.get(key.state, "#bbb")
-        parts.append(
-            f'<rect x="{x1:.1f}" y="{y + 4}" width="{max(x2 - x1, 1):.1f}" '
-            f'height="{BAR_HEIGHT}" fill="{colour}" rx="2"><title>{escape(key.key_id)}: '
-            f"{key.state}, {record.not_before:%Y-%m-%d} to {record.not_after:%Y-%m-%d}"
-            "</title></rect>"
+        bar = Mark(
+            x1,
+            f"{key.key_id}: {key.state}, {record.not_before:%Y-%m-%d} to "
+            f"{record.not_after:%Y-%m-%d}",
+            width=max(x2 - x1, 1),
+            colour=STATE_COLOURS.get(key.state, UNKNOWN_COLOUR),
         )
         if key.state == "active":
-            renew = scale.x(record.not_after - renew_before)
-            parts.append(
-                f'<rect x="{renew:.1f}" y="{y + 4}" width="{max(x2 - renew, 1):.1f}" '
-                f'height="{BAR_HEIGHT}" fill="{RENEW_COLOUR}" fill-opacity="0.85">'
-                f"<title>renew window from {record.not_after - renew_before:%Y-%m-%d}</title>"
-                "</rect>"
+            renew_from = record.not_after - report.options.policy.renew_before
+            start = scale.x(renew_from)
+            renew = Mark(
+                start,
+                f"renew window from {renew_from:%Y-%m-%d}",
+                width=max(x2 - start, 1),
+                colour=RENEW_COLOUR,
             )
             if key.cryptoperiod_ends is not None:
-                tick = scale.x(key.cryptoperiod_ends)
-                parts.append(
-                    f'<line x1="{tick:.1f}" y1="{y + 2}" x2="{tick:.1f}" y2="{y + 18}" '
-                    'stroke="#222" stroke-width="2" stroke-dasharray="2,2">'
-                    f"<title>cryptoperiod ends {key.cryptoperiod_ends:%Y-%m-%d}</title></line>"
+                cryptoperiod = Mark(
+                    scale.x(key.cryptoperiod_ends),
+                    f"cryptoperiod ends {key.cryptoperiod_ends:%Y-%m-%d}",
                 )
-    today = scale.x(now)
-    parts += [
-        f'<line x1="{today:.1f}" y1="{TOP - 6}" x2="{today:.1f}" y2="{height - BOTTOM + 4}" '
-        f'stroke="{TODAY_COLOUR}" stroke-width="2"/>',
-        f'<text x="{today:.1f}" y="{TOP - 10}" class="today" text-anchor="middle">'
-        f"today {now:%Y-%m-%d}</text>",
-        *_legend(height),
-        "</svg>",
-    ]
-    return "\n".join(parts)
+    return Row(
+        y=y,
+        key_id=key.key_id,
+        state=key.state,
+        instance=key.instance_id or "-",
+        separator=separator,
+        bar=bar,
+        renew=renew,
+        cryptoperiod_end=cryptoperiod,
+    )
 
 
 def _scale(report: Report) -> Scale:
@@ -119,39 +170,26 @@ def _scale(report: Report) -> Scale:
     return Scale(start - pad, end + pad)
 
 
-def _ticks(scale: Scale, height: int) -> list[str]:
+def _gridlines(scale: Scale) -> list[Gridline]:
     """A gridline at the start of each year, or of each quarter for spans under three years."""
     months = 12 if scale.end - scale.start > timedelta(days=3 * 365) else 3
     moment = datetime(scale.start.year, 1, 1, tzinfo=UTC)
-    parts = []
+    lines = []
     while moment <= scale.end:
         if moment >= scale.start:
-            x = scale.x(moment)
             label = f"{moment:%Y}" if moment.month == 1 else f"{moment:%Y-%m}"
-            parts += [
-                f'<line x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{height - BOTTOM}" '
-                'stroke="#e4e4e4" stroke-width="1"/>',
-                f'<text x="{x:.1f}" y="{height - BOTTOM + 16}" class="tick" '
-                f'text-anchor="middle">{label}</text>',
-            ]
+            lines.append(Gridline(scale.x(moment), label))
         month = moment.month - 1 + months
         moment = moment.replace(year=moment.year + month // 12, month=month % 12 + 1)
-    return parts
+    return lines
 
 
-def _legend(height: int) -> list[str]:
-    y = height - 14
-    entries = [*STATE_COLOURS.items(), ("renew window", RENEW_COLOUR)]
-    parts = []
+def _legend() -> tuple[tuple[LegendEntry, ...], int]:
+    """The colour of each state and of the renew window, left to right; then where the
+    cryptoperiod-end entry starts."""
+    entries = []
     x = LABEL_WIDTH
-    for name, colour in entries:
-        parts += [
-            f'<rect x="{x}" y="{y - 9}" width="12" height="10" fill="{colour}"/>',
-            f'<text x="{x + 16}" y="{y}" class="tick">{name}</text>',
-        ]
+    for name, colour in [*STATE_COLOURS.items(), ("renew window", RENEW_COLOUR)]:
+        entries.append(LegendEntry(x, name, colour))
         x += 24 + 7 * len(name)
-    parts.append(
-        f'<line x1="{x}" y1="{y - 10}" x2="{x}" y2="{y + 1}" stroke="#222" stroke-width="2" '
-        f'stroke-dasharray="2,2"/><text x="{x + 6}" y="{y}" class="tick">cryptoperiod end</text>'
-    )
-    return parts
+    return tuple(entries), x
