@@ -20,6 +20,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check lambda_decrypt rotator tests bench
 	$(BIN)/ruff format --check lambda_decrypt rotator tests bench
+	$(BIN)/lint-imports
 
 deploy-lint: $(STAMP)
 	$(BIN)/cfn-lint deploy/template.yaml
