@@ -29,6 +29,8 @@ class Env(StrEnum):
 
 
 DEFAULT_KEYRING_PREFIX = "/connect-keys"
+# Connect's messages are < 1.5 KB; the cap refuses anything absurd before any work is done.
+DEFAULT_MAX_MESSAGE_BYTES = 8192
 RESPONSE_MODES = ("plaintext", "masked")
 
 
@@ -46,8 +48,7 @@ class DecryptConfig:
     key_check_seconds: float = 60.0
     negative_cache_ttl_seconds: float = 60.0
     max_key_lookups_per_minute: int = 30
-    # Connect's messages are < 1.5 KB; the cap refuses anything absurd before any work is done.
-    max_message_bytes: int = 8192
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # Connect and read timeout of one SSM attempt; None: derived from the function's timeout.
     ssm_timeout_seconds: float | None = None
     log_level: str = "INFO"

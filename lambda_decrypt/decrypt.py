@@ -15,7 +15,7 @@ from aws_encryption_sdk.exceptions import (
 )
 from cryptography.exceptions import InvalidSignature, InvalidTag
 
-from lambda_decrypt.config import DecryptConfig
+from lambda_decrypt.config import DEFAULT_MAX_MESSAGE_BYTES, DecryptConfig
 from lambda_decrypt.errors import (
     DecryptError,
     MalformedMessage,
@@ -25,8 +25,6 @@ from lambda_decrypt.errors import (
 from lambda_decrypt.keyring import DEFAULT_SSM_TIMEOUT_SECONDS, KeyringReader
 from lambda_decrypt.keys import ConnectKey
 from lambda_decrypt.message import ConnectHeader, decode_base64, read_header
-
-DEFAULT_MAX_MESSAGE_BYTES = 8192
 
 
 class KeySource(Protocol):

@@ -1,13 +1,21 @@
-"""Rotator settings: explicit arguments > environment > defaults; env names defined here once."""
+"""Rotator settings: one declaration of every setting; flags > environment > config file > default.
+
+`SETTINGS` is the one place a setting is declared: its `Settings` field, environment variable,
+key in the `rotator serve` TOML file, type, default, the `deploy/template.yaml` parameter that
+sets it (if any), a one-line description and its check. `Settings.load` (environment) and
+`rotator.config_file` (TOML) are derived from it; `tests/test_settings_declaration.py` checks
+the code, the TOML example, the template and the README's settings table against it.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any, Generic, TypeVar
 
 from lambda_decrypt.config import (
     DEFAULT_KEYRING_PREFIX,
@@ -45,55 +53,228 @@ class RotatorEnv(StrEnum):
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
-_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
+S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
+SNS_TOPIC_ARN = re.compile(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[V]):
+    """One setting of the rotator, declared once; every source of it is derived from this."""
+
+    name: str  # the `Settings` field
+    env: str  # the environment variable
+    toml: tuple[str, str]  # (table, key) in the `rotator serve` config file
+    kind: type[int] | type[str]  # its type in TOML, and what the environment's text becomes
+    default: V
+    doc: str  # one line, for the README's settings table
+    parameter: str | None = None  # the deploy/template.yaml parameter that sets `env`
+    # Raises ValueError or KeyMaterialError saying what is wrong (or a ConfigError naming env).
+    check: Callable[[Any], object] | None = None
+    empty_is_unset: bool = False  # an empty variable means "not set", as an unset one
+    upper: bool = False  # the value is upper-cased (log levels)
+
+    @property
+    def where(self) -> str:
+        """How an error names the setting's place in the config file: `[settings] key_size`."""
+        table, key = self.toml
+        return f"[{table}] {key}"
+
+    def is_set_in(self, environ: Mapping[str, str]) -> bool:
+        return bool(environ.get(self.env)) if self.empty_is_unset else self.env in environ
+
+    def parse(self, raw: str) -> int | str:
+        """The environment's text as a value (numbers are checked for being numbers)."""
+        if self.kind is int:
+            return int(parse_number(self.env, raw, int))
+        return raw.upper() if self.upper else raw
+
+    def validate(self, value: object) -> None:
+        """Raise ConfigError naming the environment variable if `value` cannot be used."""
+        if value is None or self.check is None:
+            return
+        try:
+            self.check(value)
+        except (KeyMaterialError, ValueError) as error:
+            raise ConfigError(self.env, str(error)) from None
+
+
+def _positive_days(days: int) -> None:
+    if days <= 0:
+        raise ValueError("must be a positive number of days")
+
+
+def _s3_uri(uri: str) -> None:
+    if not S3_URI.fullmatch(uri):
+        raise ValueError(f"{uri!r} is not like s3://bucket/prefix/")
+
+
+def _sns_topic_arn(arn: str) -> None:
+    if not SNS_TOPIC_ARN.fullmatch(arn):
+        raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:region:account:name)")
+
+
+def _days(name: str, env: str, default: int, doc: str, parameter: str) -> Setting[int]:
+    return Setting(
+        name, env, ("settings", name), int, default, doc, parameter, check=_positive_days
+    )
+
+
+SETTINGS: tuple[Setting[Any], ...] = (
+    Setting(
+        "keyring_prefix",
+        Env.KEYRING_PREFIX,
+        ("settings", "keyring_prefix"),
+        str,
+        DEFAULT_KEYRING_PREFIX,
+        "SSM path of the keyring; must match the decrypt Lambda's",
+        "KeyringPrefix",
+        check=lambda prefix: validate_prefix(prefix, Env.KEYRING_PREFIX),
+    ),
+    Setting[str | None](
+        "kms_key_id",
+        RotatorEnv.KMS_KEY_ID,
+        ("settings", "kms_key_id"),
+        str,
+        None,
+        "KMS key (ID, ARN or alias) that encrypts the private keys in SSM; none: SSM's aws/ssm",
+        empty_is_unset=True,
+    ),
+    Setting(
+        "key_size",
+        RotatorEnv.KEY_SIZE,
+        ("settings", "key_size"),
+        int,
+        DEFAULT_KEY_SIZE,
+        "RSA key size of new keys: 2048, 3072 or 4096",
+        "KeySize",
+        check=check_key_size,
+    ),
+    _days(
+        "validity_days",
+        RotatorEnv.VALIDITY_DAYS,
+        DEFAULT_VALIDITY_DAYS,
+        "validity of a new key's self-signed certificate, in days",
+        "ValidityDays",
+    ),
+    Setting(
+        "subject",
+        RotatorEnv.SUBJECT,
+        ("settings", "subject"),
+        str,
+        DEFAULT_SUBJECT,
+        "subject of new certificates (an RFC 4514 name with a CN)",
+        check=parse_subject,
+    ),
+    _days(
+        "renew_before_days",
+        RotatorEnv.RENEW_BEFORE_DAYS,
+        30,
+        "rotate when the certificate has fewer days left than this (less than the validity)",
+        "RenewBeforeDays",
+    ),
+    _days(
+        "cryptoperiod_days",
+        RotatorEnv.CRYPTOPERIOD_DAYS,
+        365,
+        "or when the key is older than this many days (PCI DSS 3.6.4)",
+        "CryptoperiodDays",
+    ),
+    _days(
+        "grace_days",
+        RotatorEnv.GRACE_DAYS,
+        7,
+        "previous -> retired: days the old key stays associated for contacts still in flight",
+        "GraceDays",
+    ),
+    _days(
+        "retention_days",
+        RotatorEnv.RETENTION_DAYS,
+        90,
+        "retired -> destroyed: days stored ciphertexts made with a retired key stay decryptable",
+        "RetentionDays",
+    ),
+    Setting[str | None](
+        "sns_topic_arn",
+        RotatorEnv.SNS_TOPIC_ARN,
+        ("settings", "sns_topic_arn"),
+        str,
+        None,
+        "SNS topic of the scheduled runs' failure notices; none: no notice",
+        check=_sns_topic_arn,
+        empty_is_unset=True,
+    ),
+    Setting(
+        "metrics_namespace",
+        RotatorEnv.METRICS_NAMESPACE,
+        ("settings", "metrics_namespace"),
+        str,
+        "ConnectKeyRotator",
+        "CloudWatch namespace of the scheduled runs' metrics",
+        "MetricsNamespace",
+        empty_is_unset=True,
+    ),
+    Setting[str | None](
+        "report_s3_uri",
+        RotatorEnv.REPORT_S3_URI,
+        ("report", "s3_uri"),
+        str,
+        None,
+        "where the report job stores the HTML report (s3://bucket/prefix/); none: not stored",
+        check=_s3_uri,
+        empty_is_unset=True,
+    ),
+    Setting[str | None](
+        "report_sns_topic_arn",
+        RotatorEnv.REPORT_SNS_TOPIC_ARN,
+        ("report", "sns_topic_arn"),
+        str,
+        None,
+        "SNS topic of the report's summary; none: the failure-notice topic",
+        check=_sns_topic_arn,
+        empty_is_unset=True,
+    ),
+    Setting(
+        "log_level",
+        Env.LOG_LEVEL,
+        ("settings", "log_level"),
+        str,
+        "WARNING",
+        "JSON logs on stderr: DEBUG, INFO, WARNING or ERROR",
+        check=lambda level: validate_log_level(level, Env.LOG_LEVEL),
+        upper=True,
+    ),
+)
+SETTING_BY_NAME: Mapping[str, Setting[Any]] = {setting.name: setting for setting in SETTINGS}
+
+
+def _default(name: str) -> Any:
+    return SETTING_BY_NAME[name].default
 
 
 @dataclass(frozen=True)
 class Settings:
-    keyring_prefix: str = DEFAULT_KEYRING_PREFIX
-    kms_key_id: str | None = None
-    key_size: int = DEFAULT_KEY_SIZE
-    validity_days: int = DEFAULT_VALIDITY_DAYS
-    subject: str = DEFAULT_SUBJECT
-    renew_before_days: int = 30
-    cryptoperiod_days: int = 365
-    # previous -> retired: how long the old key stays associated for contacts still in flight.
-    grace_days: int = 7
-    # retired -> destroyed: how long stored ciphertexts made with a retired key stay decryptable.
-    retention_days: int = 90
-    # Scheduled runs: where failure notices go, and the CloudWatch namespace of their metrics.
-    sns_topic_arn: str | None = None
-    metrics_namespace: str = "ConnectKeyRotator"
-    # The scheduled Lambda's report job: where the HTML report is stored (None: not stored), and
-    # the topic of its summary (None: the sns_topic_arn above).
-    report_s3_uri: str | None = None
-    report_sns_topic_arn: str | None = None
-    log_level: str = "WARNING"
+    """The values of `SETTINGS` (field for field, same names); defaults come from there."""
+
+    keyring_prefix: str = _default("keyring_prefix")
+    kms_key_id: str | None = _default("kms_key_id")
+    key_size: int = _default("key_size")
+    validity_days: int = _default("validity_days")
+    subject: str = _default("subject")
+    renew_before_days: int = _default("renew_before_days")
+    cryptoperiod_days: int = _default("cryptoperiod_days")
+    grace_days: int = _default("grace_days")
+    retention_days: int = _default("retention_days")
+    sns_topic_arn: str | None = _default("sns_topic_arn")
+    metrics_namespace: str = _default("metrics_namespace")
+    report_s3_uri: str | None = _default("report_s3_uri")
+    report_sns_topic_arn: str | None = _default("report_sns_topic_arn")
+    log_level: str = _default("log_level")
 
     def __post_init__(self) -> None:
-        validate_prefix(self.keyring_prefix, Env.KEYRING_PREFIX)
-        validate_log_level(self.log_level, Env.LOG_LEVEL)
-        for setting, check in (
-            (RotatorEnv.KEY_SIZE, lambda: check_key_size(self.key_size)),
-            (RotatorEnv.SUBJECT, lambda: parse_subject(self.subject)),
-        ):
-            try:
-                check()
-            except KeyMaterialError as error:
-                raise ConfigError(setting, str(error)) from None
-        for setting, days in (
-            (RotatorEnv.VALIDITY_DAYS, self.validity_days),
-            (RotatorEnv.RENEW_BEFORE_DAYS, self.renew_before_days),
-            (RotatorEnv.CRYPTOPERIOD_DAYS, self.cryptoperiod_days),
-            (RotatorEnv.GRACE_DAYS, self.grace_days),
-            (RotatorEnv.RETENTION_DAYS, self.retention_days),
-        ):
-            if days <= 0:
-                raise ConfigError(setting, "must be a positive number of days")
-        if self.report_s3_uri is not None and not _S3_URI.fullmatch(self.report_s3_uri):
-            raise ConfigError(
-                RotatorEnv.REPORT_S3_URI, f"{self.report_s3_uri!r} is not like s3://bucket/prefix/"
-            )
+        for setting in SETTINGS:
+            setting.validate(getattr(self, setting.name))
         if self.renew_before_days >= self.validity_days:
             raise ConfigError(
                 RotatorEnv.RENEW_BEFORE_DAYS, "must be shorter than the certificate validity"
@@ -123,32 +304,10 @@ class Settings:
     def load(cls, environ: Mapping[str, str] | None = None, **explicit: object) -> Settings:
         """`explicit` values (None = not given) win over the environment, which beats defaults."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        if Env.KEYRING_PREFIX in env:
-            values["keyring_prefix"] = env[Env.KEYRING_PREFIX]
-        if env.get(RotatorEnv.KMS_KEY_ID):
-            values["kms_key_id"] = env[RotatorEnv.KMS_KEY_ID]
-        if RotatorEnv.SUBJECT in env:
-            values["subject"] = env[RotatorEnv.SUBJECT]
-        if env.get(RotatorEnv.SNS_TOPIC_ARN):
-            values["sns_topic_arn"] = env[RotatorEnv.SNS_TOPIC_ARN]
-        if env.get(RotatorEnv.METRICS_NAMESPACE):
-            values["metrics_namespace"] = env[RotatorEnv.METRICS_NAMESPACE]
-        if env.get(RotatorEnv.REPORT_S3_URI):
-            values["report_s3_uri"] = env[RotatorEnv.REPORT_S3_URI]
-        if env.get(RotatorEnv.REPORT_SNS_TOPIC_ARN):
-            values["report_sns_topic_arn"] = env[RotatorEnv.REPORT_SNS_TOPIC_ARN]
-        if Env.LOG_LEVEL in env:
-            values["log_level"] = env[Env.LOG_LEVEL].upper()
-        for setting, field in (
-            (RotatorEnv.KEY_SIZE, "key_size"),
-            (RotatorEnv.VALIDITY_DAYS, "validity_days"),
-            (RotatorEnv.RENEW_BEFORE_DAYS, "renew_before_days"),
-            (RotatorEnv.CRYPTOPERIOD_DAYS, "cryptoperiod_days"),
-            (RotatorEnv.GRACE_DAYS, "grace_days"),
-            (RotatorEnv.RETENTION_DAYS, "retention_days"),
-        ):
-            if setting in env:
-                values[field] = parse_number(setting, env[setting], int)
+        values: dict[str, object] = {
+            setting.name: setting.parse(env[setting.env])
+            for setting in SETTINGS
+            if setting.is_set_in(env)
+        }
         values.update({k: v for k, v in explicit.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -1,9 +1,11 @@
 """The rotator's TOML config file: settings, managed instances, schedules, report destinations.
 
 A setting's value comes from, in this order: an explicit CLI flag, the environment variable
-(`KEYRING_PREFIX`, `ROTATOR_*`, `LOG_LEVEL`), the file's `[settings]` table, the default in
-`rotator.config.Settings`. `RotatorConfig.settings_for` applies that order: a file value is
-passed to `Settings.load` only when its environment variable is not set, flags on top.
+(`KEYRING_PREFIX`, `ROTATOR_*`, `LOG_LEVEL`), the file, the default. Which key of the file
+holds which setting, its type and its check come from `rotator.config.SETTINGS` (every setting
+has a key: most in `[settings]`, the report's S3 location and topic in `[report]`).
+`RotatorConfig.settings_for` applies that order: a file value is passed to `Settings.load`
+only when its environment variable is not set, flags on top.
 
 Every mistake (unreadable file, TOML syntax, unknown table or key, wrong type, bad cron
 expression, bad instance entry or destination) raises `ConfigError` naming the file, the
@@ -12,7 +14,6 @@ table/key and the problem. `deploy/rotator.example.toml` documents every key.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,42 +24,28 @@ from typing import Any, TypeVar
 
 from apscheduler.triggers.cron import CronTrigger
 
-from lambda_decrypt.config import Env
-from rotator.config import RotatorEnv, Settings
+from rotator.config import SETTINGS, Setting, Settings
 from rotator.domain.connect_ids import encrypt_block_of, flow_id_of, instance_id_of
 from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock
 from rotator.domain.rotation import ManagedInstance
 from rotator.errors import ConfigError
 
-# [settings] key -> (TOML type, the environment variable that beats it); keys = Settings fields.
-SETTINGS: Mapping[str, tuple[type[int] | type[str], str]] = MappingProxyType(
-    {
-        "keyring_prefix": (str, Env.KEYRING_PREFIX),
-        "kms_key_id": (str, RotatorEnv.KMS_KEY_ID),
-        "key_size": (int, RotatorEnv.KEY_SIZE),
-        "validity_days": (int, RotatorEnv.VALIDITY_DAYS),
-        "subject": (str, RotatorEnv.SUBJECT),
-        "renew_before_days": (int, RotatorEnv.RENEW_BEFORE_DAYS),
-        "cryptoperiod_days": (int, RotatorEnv.CRYPTOPERIOD_DAYS),
-        "grace_days": (int, RotatorEnv.GRACE_DAYS),
-        "retention_days": (int, RotatorEnv.RETENTION_DAYS),
-        "log_level": (str, Env.LOG_LEVEL),
-    }
+# (table, key) in the file -> the setting it holds.
+FILE_SETTINGS: Mapping[tuple[str, str], Setting[Any]] = MappingProxyType(
+    {setting.toml: setting for setting in SETTINGS}
 )
-# Like Settings.load: an empty ROTATOR_KMS_KEY_ID means "not set".
-_EMPTY_MEANS_UNSET = frozenset({RotatorEnv.KMS_KEY_ID})
 # [schedules] key (a job's name) -> cron expression, UTC.
 DEFAULT_SCHEDULES: Mapping[str, str] = MappingProxyType(
     {"rotation": "0 3 * * *", "report": "0 6 * * 1"}
 )
 TABLES = ("settings", "instances", "schedules", "report")
 INSTANCE_KEYS = ("id", "flows", "modules", "encrypt_blocks")
-REPORT_KEYS = ("directory", "s3_uri", "sns_topic_arn")
+SETTINGS_KEYS = tuple(key for table, key in FILE_SETTINGS if table == "settings")
+# `directory` is the daemon's own destination (no environment variable, not a setting).
+REPORT_KEYS = ("directory", *(key for table, key in FILE_SETTINGS if table == "report"))
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 T = TypeVar("T")
-_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
-_SNS_ARN = re.compile(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
 
 
 @dataclass(frozen=True)
@@ -75,6 +62,7 @@ class RotatorConfig:
     """A parsed config file; `RotatorConfig()` is what running without one means."""
 
     path: Path | None = None
+    # Setting name (a `Settings` field) -> the file's value, for every setting the file sets.
     settings: Mapping[str, int | str] = field(default_factory=lambda: MappingProxyType({}))
     instances: tuple[ManagedInstance, ...] = ()
     schedules: Mapping[str, str] = field(default_factory=lambda: DEFAULT_SCHEDULES)
@@ -82,20 +70,21 @@ class RotatorConfig:
 
     def settings_for(self, environ: Mapping[str, str], **flags: object) -> Settings:
         """Flags (None = not given) > environment > this file > defaults."""
+        by_name = {setting.name: setting for setting in SETTINGS}
         from_file = {
-            key: value
-            for key, value in self.settings.items()
-            if not _env_sets(SETTINGS[key][1], environ)
+            name: value
+            for name, value in self.settings.items()
+            if not by_name[name].is_set_in(environ)
         }
-        given = {key: value for key, value in flags.items() if value is not None}
+        given = {name: value for name, value in flags.items() if value is not None}
         try:
             return Settings.load(environ, **{**from_file, **given})
         except ConfigError as error:
-            key = next((k for k, (_, env) in SETTINGS.items() if env == error.setting), None)
-            if key is None or key not in from_file or key in given:
+            culprit = next((s for s in SETTINGS if s.env == error.setting), None)
+            if culprit is None or culprit.name not in from_file or culprit.name in given:
                 raise
             problem = str(error).removeprefix(f"configuration: {error.setting}: ")
-            raise _error(self.path, f"[settings] {key}", problem) from None
+            raise _error(self.path, culprit.where, problem) from None
 
 
 def load_config(path: Path) -> RotatorConfig:
@@ -104,7 +93,12 @@ def load_config(path: Path) -> RotatorConfig:
     _only_known(document, TABLES, path, "")
     return RotatorConfig(
         path=path,
-        settings=MappingProxyType(_settings(_table(document, "settings", path), path)),
+        settings=MappingProxyType(
+            {
+                **_settings(_table(document, "settings", path), path),
+                **_report_settings(_table(document, "report", path)),
+            }
+        ),
         instances=_instances(document.get("instances", []), path),
         schedules=MappingProxyType(_schedules(_table(document, "schedules", path), path)),
         report=_report(_table(document, "report", path), path),
@@ -161,10 +155,6 @@ def _weekday(token: str) -> int:
     raise ValueError(f"{token!r} is not a weekday (0-7 or sun-sat; 0 and 7 are Sunday)")
 
 
-def _env_sets(name: str, environ: Mapping[str, str]) -> bool:
-    return bool(environ.get(name)) if name in _EMPTY_MEANS_UNSET else name in environ
-
-
 def _error(path: Path | None, where: str, problem: str) -> ConfigError:
     return ConfigError(f"{path} {where}".strip(), problem)
 
@@ -193,14 +183,18 @@ def _table(document: Mapping[str, Any], name: str, path: Path) -> Mapping[str, A
 
 
 def _settings(table: Mapping[str, Any], path: Path) -> dict[str, int | str]:
-    _only_known(table, tuple(SETTINGS), path, "[settings]")
+    """The [settings] table's values by setting name, type-checked. Values are checked when
+    they are used (`settings_for`): a bad one that the environment overrides does no harm."""
+    _only_known(table, SETTINGS_KEYS, path, "[settings]")
     values: dict[str, int | str] = {}
     for key, value in table.items():
-        kind = SETTINGS[key][0]
+        setting = FILE_SETTINGS["settings", key]
         # bool is an int in Python, never in a config file.
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise _error(path, f"[settings] {key}", f"must be {_article(kind)}, got {_kind(value)}")
-        values[key] = value.upper() if isinstance(value, str) and key == "log_level" else value
+        if not isinstance(value, setting.kind) or isinstance(value, bool):
+            raise _error(
+                path, setting.where, f"must be {_article(setting.kind)}, got {_kind(value)}"
+            )
+        values[setting.name] = value.upper() if isinstance(value, str) and setting.upper else value
     return values
 
 
@@ -278,26 +272,34 @@ def _schedules(table: Mapping[str, Any], path: Path) -> dict[str, str]:
 
 
 def _report(table: Mapping[str, Any], path: Path) -> ReportDestinations:
+    """The [report] table, checked now: its settings' checks and non-empty strings."""
     _only_known(table, REPORT_KEYS, path, "[report]")
     for key, value in table.items():
         if not isinstance(value, str) or not value:
             raise _error(path, f"[report] {key}", f"must be a non-empty string, got {_kind(value)}")
-    s3_uri, topic = table.get("s3_uri"), table.get("sns_topic_arn")
-    if s3_uri is not None and not _S3_URI.fullmatch(s3_uri):
-        raise _error(path, "[report] s3_uri", f"{s3_uri!r} is not like s3://bucket/prefix/")
-    if topic is not None and not _SNS_ARN.fullmatch(topic):
-        raise _error(
-            path,
-            "[report] sns_topic_arn",
-            f"{topic!r} is not an SNS topic ARN (arn:aws:sns:region:account:name)",
-        )
+        setting = FILE_SETTINGS.get(("report", key))
+        if setting is not None:
+            try:
+                setting.validate(value)
+            except ConfigError as error:
+                problem = str(error).removeprefix(f"configuration: {error.setting}: ")
+                raise _error(path, setting.where, problem) from None
     directory = table.get("directory")
     return ReportDestinations(
         # A relative directory is relative to the config file, not to the daemon's cwd.
         directory=None if directory is None else path.parent / directory,
-        s3_uri=s3_uri,
-        sns_topic_arn=topic,
+        s3_uri=table.get("s3_uri"),
+        sns_topic_arn=table.get("sns_topic_arn"),
     )
+
+
+def _report_settings(table: Mapping[str, Any]) -> dict[str, int | str]:
+    """The settings the [report] table holds (checked by `_report`), by setting name."""
+    return {
+        FILE_SETTINGS["report", key].name: value
+        for key, value in table.items()
+        if ("report", key) in FILE_SETTINGS
+    }
 
 
 def _kind(value: Any) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from lambda_decrypt.config import Env
 from rotator.config import RotatorEnv
-from rotator.packaging import DEFAULT_TEMPLATE, Target, read_target
+from rotator_build.lambda_zips import DEFAULT_TEMPLATE, Target, read_target
 from tests.cfn_policy import TEMPLATE, load_template, resources
 
 DECRYPT_ALLOWED = {

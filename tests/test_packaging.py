@@ -6,8 +6,10 @@ import ast
 import io
 import os
 import platform
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from lambda_decrypt.errors import ConfigError
-from rotator import packaging
-from rotator.packaging import (
+from rotator_build import lambda_zips as packaging
+from rotator_build.lambda_zips import (
+    BUILD_EXTRA_MISSING,
     DEFAULT_TEMPLATE,
+    BuildExtraMissing,
     PackageReport,
     Target,
     build_packages,
@@ -244,6 +248,19 @@ def test_rotator_zip_has_the_scheduled_entrypoint_and_no_sandbox(built: Built) -
     assert not [n for n in entries if n.startswith(("rotator/sandbox", "moto/", "werkzeug/"))]
 
 
+def test_rotator_zip_carries_no_build_tool(built: Built) -> None:
+    entries = names(built.rotator)
+    build_tool = [
+        n
+        for n in entries
+        if n.startswith(("rotator_build/", "packaging/")) or n.startswith("rotator/packaging")
+    ]
+    assert build_tool == []
+    assert not {"rotator_build", "packaging"} & top_level(built.rotator)
+    assert not [n for n in top_level(built.rotator) if n.startswith("packaging-")]
+    assert "rotator_build" not in top_level(built.decrypt)
+
+
 def test_reports_give_sizes(built: Built) -> None:
     for report in (built.decrypt, built.rotator):
         assert 0 < report.compressed_bytes < report.uncompressed_bytes < 250 * 1024 * 1024
@@ -289,6 +306,59 @@ def test_pins_follow_the_target_markers_and_leave_out_the_rotator_extras() -> No
     rotator = {pin.split("==")[0] for pin in pinned_closure([packaging.PROJECT], target)}
     assert {"apscheduler", "tzlocal"} <= rotator
     assert not {"moto", "pytest", "connect-key-rotator", "awscrt"} & rotator
+
+
+def _dependency_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_packaging_is_a_build_extra_not_a_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "packaging" not in _dependency_names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert "packaging" in _dependency_names(extras["build"])
+    assert "connect-key-rotator[build]" in extras["dev"]  # the dev venv can run `rotator package`
+    target = Target("3.12", "arm64")
+    assert "packaging" not in {
+        p.split("==")[0] for p in pinned_closure([packaging.PROJECT], target)
+    }
+
+
+def test_the_runtime_package_neither_holds_nor_imports_the_build_tool() -> None:
+    assert not (ROOT / "rotator" / "packaging.py").exists()
+    runtime = _third_party_imports(ROOT / "rotator") | _third_party_imports(ROOT / "lambda_decrypt")
+    assert "packaging" not in runtime
+    # Only the CLI's `package` command reaches the build tool, by an import inside its handler:
+    # importing any runtime module (the Lambda's) never needs it.
+    assert "rotator_build" not in _third_party_imports(ROOT / "lambda_decrypt")
+    for source in (ROOT / "rotator").rglob("*.py"):
+        module = ast.parse(source.read_text())
+        top = [n for n in module.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        assert not [n for n in top if "rotator_build" in ast.unparse(n)], source
+        if any("rotator_build" in ast.unparse(n) for n in ast.walk(module) if _imports(n)):
+            assert source.parent.name == "entrypoints", source
+    decrypt, rotator = packaging.package_specs()
+    assert "rotator_build" not in decrypt.packages + rotator.packages
+    assert "rotator_build" in decrypt.forbidden and "rotator_build" in rotator.forbidden
+
+
+def _imports(node: ast.AST) -> bool:
+    return isinstance(node, ast.Import | ast.ImportFrom)
+
+
+def test_without_the_build_extra_package_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("packaging", "packaging.requirements", "packaging.utils"):
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: the import fails
+    out, err = io.StringIO(), io.StringIO()
+    assert run_package(tmp_path, out=out, err=err) == 1
+    assert err.getvalue() == f"error: {BUILD_EXTRA_MISSING}\n"
+    assert "pip install 'connect-key-rotator[build]'" in err.getvalue()
+    assert out.getvalue() == ""
+    assert list(tmp_path.iterdir()) == []  # nothing was started
+    with pytest.raises(BuildExtraMissing, match=re.escape(BUILD_EXTRA_MISSING)):
+        pinned_closure(["boto3"], Target("3.12", "arm64"))
 
 
 def test_source_date_epoch_sets_the_entry_time(monkeypatch: pytest.MonkeyPatch) -> None:

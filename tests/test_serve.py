@@ -95,7 +95,12 @@ def test_the_documented_example_parses_into_every_setting() -> None:
         "cryptoperiod_days": 365,
         "grace_days": 7,
         "retention_days": 90,
+        "sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:connect-key-rotator-alerts",
+        "metrics_namespace": "ConnectKeyRotator",
         "log_level": "INFO",
+        # The [report] table's S3 location and topic are the report settings.
+        "report_s3_uri": "s3://example-compliance-evidence/connect-key-rotator/",
+        "report_sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:connect-key-rotator-reports",
     }
     assert config.instances == (
         ManagedInstance(  # the example gives the instance as its ARN

@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
     if args.command == "package":
-        from rotator.packaging import run_package
+        from rotator_build.lambda_zips import run_package
 
         return run_package(args.output, template=args.template, interpreter=args.python, out=out)
     if args.command == "serve":

@@ -21,7 +21,9 @@ What goes in, and why:
 - **decrypt.zip** holds `lambda_decrypt` and the closure of boto3, cryptography,
   aws-encryption-sdk and structlog: no `rotator`, no APScheduler, no CLI, no tests, no moto.
   **rotator.zip** holds `lambda_decrypt`, `rotator` (without the moto-based sandbox) and the
-  closure of the project's runtime dependencies.
+  closure of the project's runtime dependencies. This module is not in it: it lives in
+  `rotator_build`, outside the runtime package, and its `packaging` dependency comes with the
+  `build` extra, not with the runtime.
 - **Bytecode.** Lambda's code directory is read-only, so a package without `.pyc` compiles
   every imported module on every cold start. The build compiles with an interpreter *of the
   target version* (the running one if it matches, else `python3.12` on PATH or a pyenv
@@ -57,7 +59,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from lambda_decrypt.errors import ConfigError, ConnectKeyRotatorError
 
-if TYPE_CHECKING:  # `packaging` is a build-time (dev) dependency, imported only when building
+if TYPE_CHECKING:  # `packaging` comes with the `build` extra, imported only when building
     from packaging.markers import Marker
 
 PROJECT = "connect-key-rotator"
@@ -76,8 +78,21 @@ MANYLINUX = ("manylinux_2_34", "manylinux_2_28", "manylinux2014")
 # The decrypt Lambda's imports (lambda_decrypt imports boto3 lazily, for SSM).
 DECRYPT_DISTRIBUTIONS = ("aws-encryption-sdk", "boto3", "cryptography", "structlog")
 # Top-level names that must never reach decrypt.zip (checked after every build).
-NOT_IN_DECRYPT = ("rotator", "apscheduler", "moto", "tests", "test", "pytest", "bin")
+NOT_IN_DECRYPT = (
+    "rotator",
+    "rotator_build",
+    "apscheduler",
+    "moto",
+    "tests",
+    "test",
+    "pytest",
+    "bin",
+)
 COMMAND_TIMEOUT = 600.0
+# Said whenever the `build` extra is missing; stable, so that scripts and docs can rely on it.
+BUILD_EXTRA_MISSING = (
+    "`rotator package` needs the build tools: pip install 'connect-key-rotator[build]'"
+)
 DESCRIPTION = "build build/decrypt.zip and build/rotator.zip for the template's Lambda runtime"
 
 _RUNTIME = re.compile(r"^\s*Runtime:\s*[\"']?python(\d+\.\d+)[\"']?\s*(?:#.*)?$", re.MULTILINE)
@@ -89,6 +104,22 @@ _ARCHITECTURES = re.compile(
 
 class PackagingError(ConnectKeyRotatorError):
     """A Lambda zip could not be built (a wheel, pip, the compiler or a content check failed)."""
+
+
+class BuildExtraMissing(PackagingError):
+    """The `build` extra (the `packaging` distribution) is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(BUILD_EXTRA_MISSING)
+
+
+def require_build_extra() -> None:
+    """Raise BuildExtraMissing unless `packaging` can be imported (it is not a runtime need)."""
+    try:
+        import packaging.requirements  # noqa: F401
+        import packaging.utils  # noqa: F401
+    except ImportError:
+        raise BuildExtraMissing from None
 
 
 @dataclass(frozen=True)
@@ -189,7 +220,8 @@ def package_specs() -> tuple[PackageSpec, PackageSpec]:
         packages=("lambda_decrypt", "rotator"),
         roots=(PROJECT,),
         exclude=("rotator/sandbox/",),
-        forbidden=("moto", "tests", "pytest", "bin", "rotator/sandbox"),
+        # The build tool is a sibling package and never copied; the check guards a regression.
+        forbidden=("moto", "tests", "pytest", "bin", "rotator/sandbox", "rotator_build"),
     )
     return decrypt, rotator
 
@@ -216,6 +248,7 @@ def read_target(template: Path) -> Target:
 def pinned_closure(roots: Iterable[str], target: Target) -> list[str]:
     """`name==version` of every distribution the roots need on the target, from installed
     metadata; the project itself is left out (its sources are copied, not installed)."""
+    require_build_extra()
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -489,6 +522,7 @@ def run_package(
     out = out or sys.stdout
     err = err or sys.stderr
     try:
+        require_build_extra()
         target = read_target(template or DEFAULT_TEMPLATE)
         out.write(f"target: {target.python_version} on {target.architecture}\n")
         build_packages(
@@ -509,7 +543,7 @@ def run_package(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rotator.packaging`, the same as `rotator package`."""
+    """`python -m rotator_build.lambda_zips`, the same as `rotator package`."""
     parser = argparse.ArgumentParser(prog="rotator package", description=DESCRIPTION)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--template", type=Path, default=None)
