@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/rotator demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check lambda_decrypt rotator tests bench
-	$(BIN)/ruff format --check lambda_decrypt rotator tests bench
+	$(BIN)/ruff check lambda_decrypt rotator rotator_build tests bench
+	$(BIN)/ruff format --check lambda_decrypt rotator rotator_build tests bench
 	$(BIN)/lint-imports
 
 deploy-lint: $(STAMP)

@@ -365,7 +365,8 @@ def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
 
 
 def copy_sources(spec: PackageSpec, stage: Path) -> None:
-    """The project's own packages: .py files and py.typed, nothing the build machine made."""
+    """The project's own packages: sources, py.typed and the data files the code reads (the
+    report's templates and schema), nothing the build machine made."""
     for package in spec.packages:
         source = _package_dir(package)
         for path in sorted(source.rglob("*")):
@@ -386,8 +387,12 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(found.submodule_search_locations)))
 
 
+# The weekly report job renders HTML from Jinja2 templates in the Lambda too.
+SOURCE_SUFFIXES = frozenset({".py", ".typed", ".j2", ".css", ".json"})
+
+
 def _is_source(relative: Path) -> bool:
-    return "__pycache__" not in relative.parts and relative.suffix in {".py", ".typed"}
+    return "__pycache__" not in relative.parts and relative.suffix in SOURCE_SUFFIXES
 
 
 def remove_build_leftovers(stage: Path) -> None:

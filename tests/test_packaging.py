@@ -244,6 +244,11 @@ def test_rotator_zip_has_the_scheduled_entrypoint_and_no_sandbox(built: Built) -
     entries = names(built.rotator)
     assert "rotator/entrypoints/scheduled.py" in entries
     assert "lambda_decrypt/handler.py" in entries
+    # The report job renders HTML in the Lambda: every template the wheel carries is in the zip.
+    templates = {p.relative_to(ROOT).as_posix() for p in (ROOT / "rotator/templates").rglob("*")}
+    assert {t for t in templates if "." in t.rsplit("/", 1)[-1]} <= set(entries)
+    assert "rotator/templates/report/page.html.j2" in entries
+    assert "rotator/services/report.schema.json" in entries
     assert {"apscheduler", "tzlocal", "boto3"} <= top_level(built.rotator)
     assert not [n for n in entries if n.startswith(("rotator/sandbox", "moto/", "werkzeug/"))]
 
