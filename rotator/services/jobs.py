@@ -68,7 +68,6 @@ class RotationRun:
         left_due = bool(self.still_due) and not self.what_if
         return not self.failed and not left_due and self.telemetry_error is None
 
-    @property
     def exit_status(self) -> int:
         return EXIT_OK if self.ok else EXIT_FAILURE
 
