@@ -1,14 +1,17 @@
 """The scheduled Lambda and `rotator serve --once` run one job layer: on the same seeded state they
 publish the same metrics, notices, report objects and summaries (modulo IDs and actor names).
 
-Each side gets a world of its own, seeded the same way; the Lambda is invoked as its two
-schedules invoke it (the rotation, then `{"job": "report"}`), serve runs every job once."""
+Each side gets a world of its own, seeded the same way, with the same Connect IDs (the report
+orders its rows by them); the Lambda is invoked as its two schedules invoke it (the rotation,
+then `{"job": "report"}`), serve runs every job once."""
 
 from __future__ import annotations
 
 import ast
 import io
+import random
 import re
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rotator.config import Settings
 from rotator.entrypoints import scheduled
 from rotator.entrypoints.daemon import run_serve
+from rotator.sandbox import connect_emulator
 from rotator.sandbox.sample_flows import create_payment_instance
 from rotator.services.importing import import_from_blog
 from tests.conftest import NOW
@@ -35,6 +39,34 @@ IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|
 ACTORS = re.compile(
     r"eventbridge-scheduler \(rotator\)( \[simulated clock\])?|rotator serve@[\w.-]+"
 )
+
+
+class SeededIds:
+    """The Connect emulator's `uuid` module, answering the same IDs after each `reset`."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._random = random.Random(10)
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self._random.getrandbits(128), version=4)
+
+
+@pytest.fixture
+def fresh_world(
+    world: World, key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[], World]:
+    """A new Connect and keyring (the `world` fixture's environment), with the same IDs each."""
+    ids = SeededIds()
+    monkeypatch.setattr(connect_emulator, "uuid", ids)
+
+    def build() -> World:
+        ids.reset()
+        return build_world(world.sandbox, key_pool, monkeypatch)
+
+    return build
 
 
 def seed_healthy(world: World) -> None:
@@ -155,8 +187,7 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ids=["rotated", "failed", "left-due"],
 )
 def test_the_lambda_and_serve_publish_the_same(
-    world: World,
-    key_pool: KeyPool,
+    fresh_world: Callable[[], World],
     monkeypatch: pytest.MonkeyPatch,
     seed: Seed,
     at: datetime,
@@ -164,11 +195,12 @@ def test_the_lambda_and_serve_publish_the_same(
     notice: str | None,
 ) -> None:
     monkeypatch.setenv("ROTATOR_CRYPTOPERIOD_DAYS", str(cryptoperiod_days))
-    seed(world)
-    by_lambda = run_lambda(world, at, monkeypatch)
-    lambda_side = normalised(by_lambda, world)
+    first = fresh_world()
+    seed(first)
+    by_lambda = run_lambda(first, at, monkeypatch)
+    lambda_side = normalised(by_lambda, first)
 
-    other = build_world(world.sandbox, key_pool, monkeypatch)  # a new Connect and keyring
+    other = fresh_world()
     seed(other)
     code, by_serve, out = run_serve_once(at)
     assert code == (0 if notice is None else 1), out
@@ -195,7 +227,7 @@ def test_the_lambda_and_serve_publish_the_same(
 
 @pytest.mark.usefixtures("environment")
 def test_a_failed_report_delivery_is_the_same_notice_from_both(
-    world: World, key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch
+    fresh_world: Callable[[], World], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The report job alone, failing to deliver: both answer with the same alert notice."""
 
@@ -206,6 +238,7 @@ def test_a_failed_report_delivery_is_the_same_notice_from_both(
             raise AwsCallError("s3:PutObject", location, "NoSuchBucket")
 
     by_lambda, by_serve = Refusing(alert_topic_arn=ALERTS), Refusing(alert_topic_arn=ALERTS)
+    world = fresh_world()
     seed_healthy(world)
     monkeypatch.setattr(scheduled, "build_publisher", lambda settings: by_lambda)
     world.sandbox.clock.stand_at(NOW + DAY)
@@ -213,7 +246,7 @@ def test_a_failed_report_delivery_is_the_same_notice_from_both(
     world.sandbox.clock.reset()
     assert summary["ok"] is False and summary["error"].startswith("delivery: ")
 
-    seed_healthy(build_world(world.sandbox, key_pool, monkeypatch))
+    seed_healthy(fresh_world())
     out = io.StringIO()
     code = run_serve(
         None, once=True, out=out, now=lambda: NOW + DAY, publisher_factory=lambda s: by_serve
