@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,36 +13,17 @@ from botocore.exceptions import EndpointConnectionError
 from structlog.testing import capture_logs
 
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
-from rotator.adapters.telemetry import Metric, Telemetry
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.rotation import RotationStep
 from rotator.entrypoints.cli import main
 from rotator.errors import KeyMaterialError
+from rotator.services.jobs import rotation_job
 from rotator.services.rotation import Outcome
-from rotator.services.scheduled_run import scheduled_run
 from tests.conftest import NOW
+from tests.fake_publisher import FakePublisher
 from tests.world import World
 
 ROTATE_AT = NOW + timedelta(days=400)  # past the cryptoperiod: due
-
-
-class RecordingTelemetry(Telemetry):
-    """What a scheduled run publishes, kept instead of sent."""
-
-    def __init__(self) -> None:
-        self.metrics: list[Metric] = []
-        self.notices: list[str] = []
-
-    def put_metrics(self, metrics: Sequence[Metric], at: datetime) -> None:
-        self.metrics += metrics
-
-    def notify(self, subject: str, message: str) -> bool:
-        self.notices.append(f"{subject}\n{message}")
-        return True
-
-    def value(self, name: str) -> float:
-        (metric,) = [m for m in self.metrics if m.name == name]
-        return metric.value
 
 
 def initialised(world: World) -> str:
@@ -74,8 +54,8 @@ def test_a_lock_conflict_is_skipped_not_failed(world: World) -> None:
     )
     assert world.adapters.keyring.get_current(world.instance_id) == first
 
-    telemetry = RecordingTelemetry()
-    summary = scheduled_run(
+    telemetry = FakePublisher()
+    summary = rotation_job(
         world.service, world.adapters.keyring, telemetry, world.adapters.settings.policy, ROTATE_AT
     )
     assert summary.ok, summary.to_dict()

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
+from rotator.adapters.publishing import AwsPublisher
 from rotator.config import Settings
 from rotator.domain.findings import RULES, FindingCode, RunbookName, Severity
 from rotator.domain.keys import KeyMaterial
@@ -36,6 +37,7 @@ from rotator.entrypoints.scheduled import handler
 from rotator.errors import ConfigError
 from rotator.sandbox.sample_flows import card_blocks, create_payment_instance
 from rotator.services.importing import import_from_blog
+from rotator.services.jobs import Published, publish_report, report_object, run_report
 from rotator.services.report import (
     Report,
     ReportOptions,
@@ -43,7 +45,6 @@ from rotator.services.report import (
     make_report,
     same_kms_key,
 )
-from rotator.services.report_delivery import Published, publish_report, report_object, run_report
 from rotator.services.report_facts import KeyringFacts, gather
 from rotator.services.report_render import CSV_COLUMNS, ReportFormat, render
 from rotator.services.rotation import Outcome, RotationService
@@ -513,9 +514,8 @@ def test_publish_puts_the_report_in_s3_and_a_summary_on_sns(world: World) -> Non
     attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=attributes["Attributes"]["QueueArn"])
 
-    published = publish_report(
-        report, s3_uri=f"s3://{name}/evidence/", s3_client=s3, sns_client=sns, topic_arn=topic
-    )
+    publisher = AwsPublisher({"s3": s3, "sns": sns}.__getitem__, namespace="unused")
+    published = publish_report(report, publisher, s3_uri=f"s3://{name}/evidence/", topic_arn=topic)
     key = f"evidence/report-{expired:%Y-%m-%d}.html"
     assert published == Published(f"s3://{name}/{key}", notified=True)
     stored = s3.get_object(Bucket=name, Key=key)
@@ -528,7 +528,7 @@ def test_publish_puts_the_report_in_s3_and_a_summary_on_sns(world: World) -> Non
     assert "runbooks/certificate-expiry.md" in body["Message"]
     assert f"Full report: {published.location}" in body["Message"]
     assert "PRIVATE KEY" not in body["Message"]
-    nothing = publish_report(report, s3_uri=None, s3_client=s3, sns_client=sns, topic_arn=None)
+    nothing = publish_report(report, publisher, s3_uri=None, topic_arn=None)
     assert nothing == Published(None, notified=False)
 
 

@@ -36,8 +36,8 @@ from rotator.services.importing import (
     import_key,
     kms_protection,
 )
+from rotator.services.jobs import run_report
 from rotator.services.report import DEFAULT_MIN_KEY_SIZE, ReportOptions
-from rotator.services.report_delivery import run_report
 from rotator.services.report_render import ReportFormat
 from rotator.services.rotation import InstanceResult, Outcome
 from rotator.services.status import (

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,16 +23,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from lambda_decrypt.logs import configure_logging, get_logger
-from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.config_file import RotatorConfig, cron_trigger, load_config
-from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints.bootstrap import Adapters, build_adapters, environment_problem
+from rotator.entrypoints.scheduled import build_publisher
 from rotator.errors import ConfigError, ConnectKeyRotatorError
-from rotator.services.report import ReportOptions, make_report
-from rotator.services.report_delivery import delivered_nowhere, publish_report
-from rotator.services.report_render import ReportFormat, render
-from rotator.services.rotation import InstanceResult, Outcome, RotationService
+from rotator.ports import Publisher
+from rotator.services import jobs
+from rotator.services.report import ReportOptions
+from rotator.services.rotation import InstanceResult, Outcome
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2  # the CLI's exit codes
 # A run that could not start on time (process suspended, previous run too long) still runs
@@ -80,6 +79,7 @@ class JobContext:
     adapters: Adapters
     actor: str
     console: Console
+    publisher: Publisher
 
 
 @dataclass(frozen=True)
@@ -90,57 +90,65 @@ class ScheduledJob:
 
 
 def rotation_job(context: JobContext) -> JobFunction:
-    """Bring configured instances under management, then rotate every managed one that is due."""
+    """Bring configured instances under management, then rotate every managed one that is due;
+    metrics and notices as the scheduled Lambda publishes them (`services.jobs`)."""
 
     def run(now: datetime) -> JobResult:
-        service = context.adapters.rotation(context.actor)
-        results: dict[str, InstanceResult] = {}
-        for instance in context.config.instances:
-            initialised = _initialise(service, context.adapters.keyring, instance, now)
-            if initialised is not None:
-                results[instance.instance_id] = initialised
-                context.console.say(_initialised(initialised))
-        for result in service.rotate(None, now):
-            results.setdefault(result.instance_id, result)
-        return _job_result(results.values())
+        adapters = context.adapters
+        result = jobs.rotation_job(
+            adapters.rotation(context.actor),
+            adapters.keyring,
+            context.publisher,
+            adapters.settings.policy,
+            now,
+            initialise=context.config.instances,
+            on_initialised=lambda r: context.console.say(_initialised(r)),
+            describe=_describe,
+        )
+        return JobResult(
+            outcomes=dict(Counter(str(r.outcome) for r in result.results)),
+            failures=tuple(result.failures()),
+        )
 
     return run
 
 
 def report_job(context: JobContext) -> JobFunction:
-    """The compliance report, delivered to every destination of the config's [report] table:
-    HTML and JSON files in a directory, the HTML in S3, a summary on SNS. Findings do not
-    fail the job (they are the report's content); a delivery that fails does."""
+    """The compliance report as the scheduled Lambda makes it (`services.jobs`: ReportFindings
+    metrics, a notice when it fails), delivered to every destination: HTML and JSON files in
+    the config's directory, the HTML in S3, the summary on SNS. Findings do not fail the job
+    (they are the report's content); a delivery that fails does."""
 
     def run(now: datetime) -> JobResult:
-        adapters, destinations = context.adapters, context.config.report
-        report = make_report(
+        adapters = context.adapters
+        make = jobs.report_maker(
             adapters.keyring,
             adapters.connect,
             adapters.lock,
             ReportOptions.from_settings(adapters.settings),
-            now,
         )
-        delivered = 0
-        if destinations.directory is not None:
-            destinations.directory.mkdir(parents=True, exist_ok=True)
-            for fmt in (ReportFormat.HTML, ReportFormat.JSON):
-                target = destinations.directory / f"report-{now:%Y-%m-%d}.{fmt.value}"
-                target.write_text(render(report, fmt), encoding="utf-8")
-                delivered += 1
-        published = publish_report(
-            report,
-            s3_uri=destinations.s3_uri,
-            s3_client=adapters.s3() if destinations.s3_uri else None,
-            sns_client=adapters.sns() if destinations.sns_topic_arn else None,
-            topic_arn=destinations.sns_topic_arn,
-        )
-        delivered += (published.location is not None) + published.notified
-        counts = {f"findings {s.value}": n for s, n in report.counts().items()}
-        warnings = () if delivered else (delivered_nowhere(REPORT_DESTINATIONS),)
-        return JobResult(outcomes={**counts, "delivered": delivered}, warnings=warnings)
+        destinations = serve_destinations(context.config, adapters.settings)
+        result = jobs.report_job(make, context.publisher, destinations, now)
+        counts = result.counts()
+        outcomes: dict[str, int] = {}
+        if counts is not None:
+            outcomes = {f"findings {s.value}": n for s, n in counts.items()}
+            outcomes["delivered"] = result.delivered
+        return JobResult(outcomes, failures=result.errors, warnings=result.warnings)
 
     return run
+
+
+def serve_destinations(config: RotatorConfig, settings: Settings) -> jobs.ReportDestinations:
+    """The config's [report] table under the environment's report settings (environment > file,
+    as for every setting); the summary falls back to the alert topic, as in the Lambda."""
+    report = config.report
+    return jobs.ReportDestinations(
+        REPORT_DESTINATIONS,
+        s3_uri=settings.report_s3_uri or report.s3_uri,
+        topic_arn=settings.report_sns_topic_arn or report.sns_topic_arn or settings.sns_topic_arn,
+        directory=report.directory,
+    )
 
 
 # The jobs, by their key in [schedules]: adding a job is one entry here.
@@ -150,51 +158,11 @@ JOBS: Mapping[str, Callable[[JobContext], JobFunction]] = {
 }
 
 
-def _initialise(
-    service: RotationService, keyring: SsmKeyring, instance: ManagedInstance, now: datetime
-) -> InstanceResult | None:
-    """`init` for a configured instance not yet managed; None when it already is."""
-    try:
-        managed = keyring.get_instance(instance.instance_id)
-        if managed is None:
-            named: dict[str, set[str]] = {}
-            for block in instance.blocks or ():
-                named.setdefault(block.ref.flow_id, set()).add(block.identifier)
-            return service.init(
-                instance.instance_id,
-                list(instance.flows),
-                list(instance.modules),
-                now,
-                encrypt_blocks=named,
-            )
-    except ConnectKeyRotatorError as error:
-        log.error("init_failed", instance_id=instance.instance_id, error=str(error))
-        return InstanceResult(instance.instance_id, Outcome.FAILED, str(error))
-    if set(managed.refs) != set(instance.refs):
-        log.warning(
-            "instance_config_differs",
-            instance_id=instance.instance_id,
-            configured=sorted(str(ref) for ref in instance.refs),
-            managed=sorted(str(ref) for ref in managed.refs),
-        )
-    return None
-
-
 def _initialised(result: InstanceResult) -> str:
     """The line `serve` prints for a configured instance it brought under management."""
     if result.outcome is Outcome.FAILED:
         return f"rotation: instance {result.instance_id} could not be initialised: {result.detail}"
     return f"rotation: instance {result.instance_id} initialised: {result.detail}"
-
-
-def _job_result(results: Iterable[InstanceResult]) -> JobResult:
-    results = list(results)
-    return JobResult(
-        outcomes=dict(Counter(str(r.outcome) for r in results)),
-        failures=tuple(
-            f"{r.instance_id}: {r.detail}" for r in results if r.outcome is Outcome.FAILED
-        ),
-    )
 
 
 class Daemon:
@@ -322,10 +290,11 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 
 def scheduled_jobs(
-    config: RotatorConfig, adapters: Adapters, console: Console
+    config: RotatorConfig, adapters: Adapters, console: Console, publisher: Publisher
 ) -> list[ScheduledJob]:
     """Every job of the registry, built, on its cron schedule from the config."""
-    context = JobContext(config, adapters, f"rotator serve@{socket.gethostname()}", console)
+    actor = f"rotator serve@{socket.gethostname()}"
+    context = JobContext(config, adapters, actor, console, publisher)
     return [
         ScheduledJob(name, cron_trigger(config.schedules[name]), build(context))
         for name, build in JOBS.items()
@@ -344,6 +313,7 @@ def run_serve(
     flags: Mapping[str, object] | None = None,
     now: Callable[[], datetime] = _utc_now,
     adapters_factory: Callable[[Settings], Adapters] = build_adapters,
+    publisher_factory: Callable[[Settings], Publisher] = build_publisher,
 ) -> int:
     """`rotator serve [--config FILE] [--once]`; `flags` are the global CLI flags (None = unset).
 
@@ -359,7 +329,8 @@ def run_serve(
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     console = Console(out)
-    daemon = Daemon(scheduled_jobs(config, adapters, console), console, now)
+    publisher = publisher_factory(settings)
+    daemon = Daemon(scheduled_jobs(config, adapters, console, publisher), console, now)
     if once:
         return EXIT_OK if daemon.run_once() else EXIT_FAILURE
     daemon.serve()

@@ -1,0 +1,92 @@
+"""The Publisher port on AWS: CloudWatch metrics, SNS notices, reports in S3 or a directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rotator.adapters.aws import aws_call
+from rotator.errors import ConfigError
+from rotator.ports import Metric
+
+SNS_SUBJECT_LIMIT = 100
+# PutMetricData takes up to 1000 values per call.
+METRICS_PER_CALL = 1000
+
+__all__ = ["METRICS_PER_CALL", "SNS_SUBJECT_LIMIT", "AwsPublisher", "Metric", "split_s3_location"]
+
+
+class AwsPublisher:
+    """Implements `rotator.ports.Publisher`. `client(service)` makes a boto3 client; each is
+    made on first use, so a job that publishes nothing (a what-if) makes none."""
+
+    def __init__(
+        self,
+        client: Callable[[str], Any],
+        *,
+        namespace: str,
+        alert_topic_arn: str | None = None,
+    ) -> None:
+        self._make_client = client
+        self._clients: dict[str, Any] = {}
+        self.namespace = namespace
+        self.alert_topic_arn = alert_topic_arn
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self._make_client(service)
+        return self._clients[service]
+
+    def put_metrics(self, metrics: Sequence[Metric], at: datetime) -> None:
+        data: list[Any] = [
+            {
+                "MetricName": m.name,
+                "Value": m.value,
+                "Unit": m.unit,
+                "Timestamp": at,
+                "Dimensions": [{"Name": k, "Value": v} for k, v in m.dimensions],
+            }
+            for m in metrics
+        ]
+        for start in range(0, len(data), METRICS_PER_CALL):
+            with aws_call("cloudwatch:PutMetricData", self.namespace):
+                self._client("cloudwatch").put_metric_data(
+                    Namespace=self.namespace, MetricData=data[start : start + METRICS_PER_CALL]
+                )
+
+    def notify(self, subject: str, message: str) -> bool:
+        if not self.alert_topic_arn:
+            return False
+        self.post_summary(self.alert_topic_arn, subject, message)
+        return True
+
+    def store_report(self, location: str, body: bytes, content_type: str) -> None:
+        if not location.startswith("s3://"):
+            path = Path(location)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(body)
+            except OSError as error:
+                raise ConfigError(
+                    "report directory", f"cannot write {path}: {error.strerror}"
+                ) from None
+            return
+        bucket, key = split_s3_location(location)
+        with aws_call("s3:PutObject", location):
+            self._client("s3").put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType=content_type
+            )
+
+    def post_summary(self, topic_arn: str, subject: str, message: str) -> None:
+        with aws_call("sns:Publish", topic_arn):
+            self._client("sns").publish(
+                TopicArn=topic_arn, Subject=subject[:SNS_SUBJECT_LIMIT], Message=message
+            )
+
+
+def split_s3_location(location: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key)."""
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    return bucket, key

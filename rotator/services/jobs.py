@@ -1,0 +1,458 @@
+"""The one job layer: the rotation job and the report job that the scheduled Lambda and `rotator
+serve` both run, and `rotator report`'s local run.
+
+A job is given its time (`now`) and whether it is a what-if by its caller; it publishes only
+through the `Publisher` port, and answers a result that carries its exit status. It never
+raises for a failed rotation or delivery: the result, the metrics and the notices carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from lambda_decrypt.logs import get_logger
+from rotator.domain.findings import Severity
+from rotator.domain.lifecycle import KeyState
+from rotator.domain.policy import RotationPolicy, rotation_due
+from rotator.errors import ConfigError, ConnectKeyRotatorError
+from rotator.ports import Metric, Publisher
+from rotator.services.report import Report, ReportOptions, make_report
+from rotator.services.report_render import ReportFormat, render, render_summary
+from rotator.services.rotation import InstanceResult, Outcome
+
+if TYPE_CHECKING:
+    from rotator.adapters.connect import ConnectGateway
+    from rotator.adapters.lock import SsmLock
+    from rotator.adapters.ssm_keyring import SsmKeyring
+    from rotator.domain.rotation import ManagedInstance
+    from rotator.services.rotation import RotationService
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+# `rotator report --fail-on`: a finding at or above the threshold.
+EXIT_FINDINGS = EXIT_FAILURE
+# One series per severity (dimension Severity); the template alarms on Severity=critical > 0.
+REPORT_FINDINGS_METRIC = "ReportFindings"
+REPORT_FAILED_SUBJECT = "connect-key-rotator: compliance report failed"
+# A destination directory keeps the JSON evidence next to the HTML (S3 gets the HTML).
+DIRECTORY_FORMATS = (ReportFormat.HTML, ReportFormat.JSON)
+
+log = get_logger("rotator.scheduled")
+
+
+# -- the rotation job ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RotationRun:
+    """One run of the rotation job: a result per instance (certbot renew's per-item loop), the
+    keys left due, whether a notice went out, and what could not be published."""
+
+    now: datetime
+    results: list[InstanceResult]
+    still_due: list[str] = field(default_factory=list)
+    notified: bool = False
+    telemetry_error: str | None = None
+    what_if: bool = False
+
+    @property
+    def failed(self) -> list[InstanceResult]:
+        return [r for r in self.results if r.outcome is Outcome.FAILED]
+
+    @property
+    def ok(self) -> bool:
+        # A what-if rotates nothing, so a key it finds due is its answer, not a failure.
+        left_due = bool(self.still_due) and not self.what_if
+        return not self.failed and not left_due and self.telemetry_error is None
+
+    def exit_status(self) -> int:
+        return EXIT_OK if self.ok else EXIT_FAILURE
+
+    def counts(self) -> dict[str, int]:
+        """Every outcome, zeros included."""
+        return {o.value: sum(r.outcome is o for r in self.results) for o in Outcome}
+
+    def failures(self) -> list[str]:
+        """One line per thing that makes the run not ok."""
+        lines = [f"{r.instance_id}: {r.detail}" for r in self.failed]
+        if not self.what_if:
+            lines += [f"due and not rotated: {entry}" for entry in self.still_due]
+        if self.telemetry_error is not None:
+            lines.append(f"publishing: {self.telemetry_error}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "now": self.now.isoformat(),
+            "what_if": self.what_if,
+            "counts": self.counts(),
+            "results": [vars(r) | {"outcome": r.outcome.value} for r in self.results],
+            "still_due": self.still_due,
+            "notified": self.notified,
+            "telemetry_error": self.telemetry_error,
+        }
+
+
+def rotation_job(
+    rotation: RotationService,
+    keyring: SsmKeyring,
+    publisher: Publisher,
+    policy: RotationPolicy,
+    now: datetime,
+    *,
+    what_if: bool = False,
+    initialise: Sequence[ManagedInstance] = (),
+    on_initialised: Callable[[InstanceResult], None] | None = None,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+) -> RotationRun:
+    """Bring `initialise`'s instances under management (those not yet managed), rotate every
+    managed instance that is due, publish the metrics, and notify on a failure or a key left
+    due. Safe under at-least-once delivery: the lock and "not due" make a repeat a no-op.
+
+    A what-if evaluates at `now` (a dry run, no initialisation) and publishes nothing.
+    `describe` words an error that stopped the whole run (a caller can name what to set)."""
+    results: list[InstanceResult] = []
+    for instance in () if what_if else initialise:
+        initialised = _initialise(rotation, keyring, instance, now)
+        if initialised is not None:
+            results.append(initialised)
+            if on_initialised is not None:
+                on_initialised(initialised)
+    done = {r.instance_id for r in results}
+    try:
+        rotated = rotation.rotate(None, now, dry_run=what_if)
+    except ConnectKeyRotatorError as error:  # the instance list itself could not be read
+        rotated = [InstanceResult("*", Outcome.FAILED, describe(error))]
+    results += [r for r in rotated if r.instance_id not in done]
+    still_due: list[str] = []
+    metrics: list[Metric] = []
+    # Skipped: another run holds the instance's lock and is rotating it right now.
+    busy = {r.instance_id for r in results if r.outcome is Outcome.SKIPPED}
+    try:
+        metrics, still_due = _key_metrics(keyring, policy, now, busy)
+    except ConnectKeyRotatorError as error:
+        results.append(
+            InstanceResult("*", Outcome.FAILED, f"reading the keyring: {describe(error)}")
+        )
+    metrics += [
+        Metric("RotationSuccess", sum(r.outcome is Outcome.ROTATED for r in results)),
+        Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
+        Metric("KeysDueNotRotated", len(still_due)),
+    ]
+    run = RotationRun(now, results, still_due, what_if=what_if)
+    if not what_if:
+        telemetry_error = None
+        notified = False
+        try:
+            publisher.put_metrics(metrics, now)
+            if not run.ok:
+                notified = publisher.notify(_subject(run), _message(run))
+        except ConnectKeyRotatorError as error:
+            telemetry_error = describe(error)
+        run = RotationRun(now, results, still_due, notified, telemetry_error)
+    log.info("scheduled_run", **{k: v for k, v in run.to_dict().items() if k != "results"})
+    return run
+
+
+def _initialise(
+    service: RotationService, keyring: SsmKeyring, instance: ManagedInstance, now: datetime
+) -> InstanceResult | None:
+    """`init` for a configured instance not yet managed; None when it already is."""
+    try:
+        managed = keyring.get_instance(instance.instance_id)
+        if managed is None:
+            named: dict[str, set[str]] = {}
+            for block in instance.blocks or ():
+                named.setdefault(block.ref.flow_id, set()).add(block.identifier)
+            return service.init(
+                instance.instance_id,
+                list(instance.flows),
+                list(instance.modules),
+                now,
+                encrypt_blocks=named,
+            )
+    except ConnectKeyRotatorError as error:
+        log.error("init_failed", instance_id=instance.instance_id, error=str(error))
+        return InstanceResult(instance.instance_id, Outcome.FAILED, str(error))
+    if set(managed.refs) != set(instance.refs):
+        log.warning(
+            "instance_config_differs",
+            instance_id=instance.instance_id,
+            configured=sorted(str(ref) for ref in instance.refs),
+            managed=sorted(str(ref) for ref in managed.refs),
+        )
+    return None
+
+
+def _key_metrics(
+    keyring: SsmKeyring, policy: RotationPolicy, now: datetime, busy: set[str]
+) -> tuple[list[Metric], list[str]]:
+    metrics: list[Metric] = []
+    still_due: list[str] = []
+    active_days: list[float] = []
+    for record in keyring.records():
+        days = record.days_to_expiry(now)
+        if record.state not in (KeyState.ACTIVE, KeyState.PREVIOUS) or days is None:
+            if record.state is KeyState.ACTIVE:  # adopted without a certificate: always due
+                still_due.append(f"{record.instance_id}/{record.key_id}: expiry unknown")
+            continue
+        dimensions = (("InstanceId", record.instance_id or "-"), ("KeyId", record.key_id))
+        metrics.append(Metric("DaysToExpiry", days, "None", dimensions))
+        if record.state is KeyState.ACTIVE:
+            active_days.append(days)
+            due = rotation_due(record, policy, now)
+            if due.due and record.instance_id not in busy:
+                still_due.append(f"{record.instance_id}/{record.key_id}: {due.reason}")
+    if active_days:
+        # Dimensionless minimum: the one series the days-to-expiry alarm watches.
+        metrics.append(Metric("DaysToExpiry", min(active_days), "None"))
+    return metrics, still_due
+
+
+def _subject(run: RotationRun) -> str:
+    if run.failed:
+        return f"connect-key-rotator: {len(run.failed)} rotation(s) failed"
+    return f"connect-key-rotator: {len(run.still_due)} key(s) due and not rotated"
+
+
+def _message(run: RotationRun) -> str:
+    lines = [f"Scheduled run at {run.now.isoformat()}"]
+    lines += [f"- {r.instance_id}: {r.outcome.value}: {r.detail}" for r in run.results]
+    if run.still_due:
+        lines.append("Keys inside their renew window or cryptoperiod that did not rotate:")
+        lines += [f"- {entry}" for entry in run.still_due]
+    lines.append("Runbook: runbooks/ (rotator verify shows every invariant).")
+    return "\n".join(lines)
+
+
+# -- the report job ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportDestinations:
+    """Where the report job delivers (any combination; none: the report is only counted).
+    `where_to_set` names the settings that add one, for the delivered-nowhere warning."""
+
+    where_to_set: str
+    s3_uri: str | None = None
+    topic_arn: str | None = None
+    directory: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReportRun:
+    """One run of the report job: the findings' counts, where the report went, what failed."""
+
+    now: datetime
+    what_if: bool
+    report: Report | None = None  # None: it could not be built
+    location: str | None = None  # s3://bucket/key of the stored report
+    files: tuple[str, ...] = ()  # the files written to the destination directory
+    notified: bool = False  # the summary was posted on the report topic
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Findings are the report's content, not a failure; a report that cannot be built or
+        delivered is."""
+        return not self.errors
+
+    def counts(self) -> dict[Severity, int] | None:
+        return None if self.report is None else self.report.counts()
+
+    @property
+    def delivered(self) -> int:
+        """How many places the report reached."""
+        return len(self.files) + (self.location is not None) + self.notified
+
+    def exit_status(self, fail_on: Severity | None = None) -> int:
+        """1 if the run failed, or a finding is at or above `fail_on` (None: findings pass)."""
+        if not self.ok or (self.report is not None and self.report.fails(fail_on)):
+            return EXIT_FAILURE
+        return EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = self.counts()
+        summary: dict[str, Any] = {
+            "ok": self.ok,
+            "job": "report",
+            "now": self.now.isoformat(),
+            "what_if": self.what_if,
+            "location": self.location,
+            "notified": self.notified,
+            "counts": None if counts is None else {s.value: n for s, n in counts.items()},
+            "warnings": list(self.warnings),
+        }
+        if self.errors:
+            summary["error"] = "; ".join(self.errors)
+        return summary
+
+
+def delivered_nowhere(settings_to_set: str) -> str:
+    """The warning of a report job that has no destination: the report was built, its metrics
+    published, and nobody will read it. `settings_to_set` names where a destination goes."""
+    return f"the report was delivered nowhere: no destination is configured (set {settings_to_set})"
+
+
+def report_maker(
+    keyring: SsmKeyring, connect: ConnectGateway, lock: SsmLock, options: ReportOptions
+) -> Callable[[datetime], Report]:
+    """The report at a given time, from the keyring, Connect and the locks."""
+    return lambda now: make_report(keyring, connect, lock, options, now)
+
+
+def report_job(
+    make: Callable[[datetime], Report],
+    publisher: Publisher,
+    destinations: ReportDestinations,
+    now: datetime,
+    *,
+    what_if: bool = False,
+) -> ReportRun:
+    """The compliance report at `now`: a ReportFindings metric per severity, then the report in
+    every destination (HTML and JSON files in the directory, the HTML in S3, the summary on the
+    topic). A report that cannot be built or delivered fails the run and sends a notice on the
+    alert topic. A what-if builds the report and answers its counts; it publishes and delivers
+    nothing."""
+    try:
+        report = make(now)
+    except ConnectKeyRotatorError as error:
+        return _report_failed(ReportRun(now, what_if), publisher, [f"building the report: {error}"])
+    if what_if:
+        run = ReportRun(now, what_if, report)
+        log.info("scheduled_report", **run.to_dict())
+        return run
+    errors: list[str] = []
+    metrics = [
+        Metric(REPORT_FINDINGS_METRIC, n, dimensions=(("Severity", severity.value),))
+        for severity, n in report.counts().items()
+    ]
+    try:  # first: the critical-findings alarm does not depend on the delivery
+        publisher.put_metrics(metrics, now)
+    except ConnectKeyRotatorError as error:
+        errors.append(f"metrics: {error}")
+    files: list[str] = []
+    published = Published(None, notified=False)
+    try:
+        if destinations.directory is not None:
+            for fmt in DIRECTORY_FORMATS:
+                path = str(destinations.directory / report_name(report.generated_at, fmt))
+                publisher.store_report(path, render(report, fmt).encode("utf-8"), fmt.content_type)
+                files.append(path)
+        published = publish_report(
+            report, publisher, s3_uri=destinations.s3_uri, topic_arn=destinations.topic_arn
+        )
+    except ConnectKeyRotatorError as error:
+        errors.append(f"delivery: {error}")
+    run = ReportRun(now, what_if, report, published.location, tuple(files), published.notified)
+    if errors:
+        return _report_failed(run, publisher, errors)
+    if not run.delivered:
+        run = replace(run, warnings=(delivered_nowhere(destinations.where_to_set),))
+    (log.warning if run.warnings else log.info)("scheduled_report", **run.to_dict())
+    return run
+
+
+def _report_failed(run: ReportRun, publisher: Publisher, errors: list[str]) -> ReportRun:
+    lines = [f"Compliance report at {run.now.isoformat()} failed:", *(f"- {e}" for e in errors)]
+    try:
+        publisher.notify(REPORT_FAILED_SUBJECT, "\n".join(lines))
+    except ConnectKeyRotatorError as error:  # the topic itself may be what failed
+        errors = [*errors[:-1], f"{errors[-1]}; notice: {error}"]
+    failed = replace(run, errors=tuple(errors))
+    log.error("scheduled_report", **failed.to_dict())
+    return failed
+
+
+def summary_notice(report: Report, location: str | None) -> tuple[str, str]:
+    """The subject and message of the report's summary on its topic."""
+    message = render_summary(report)
+    if location is not None:
+        message += f"\nFull report: {location}"
+    counts = report.counts()
+    subject = (
+        f"connect-key-rotator report {report.generated_at:%Y-%m-%d}: "
+        f"{counts[Severity.CRITICAL]} critical, {counts[Severity.WARNING]} warning"
+    )
+    return subject, message
+
+
+def report_name(generated_at: datetime, fmt: ReportFormat) -> str:
+    """`report-<YYYY-MM-DD>.<fmt>`: a rerun the same day replaces it."""
+    return f"report-{generated_at:%Y-%m-%d}.{fmt.value}"
+
+
+def report_object(s3_uri: str, generated_at: datetime, fmt: ReportFormat) -> tuple[str, str]:
+    """Bucket and key for a report under `s3://bucket[/prefix]`."""
+    if not s3_uri.startswith("s3://"):
+        raise ConfigError("report S3 URI", f"{s3_uri!r} is not an s3://bucket/prefix URI")
+    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ConfigError("report S3 URI", f"{s3_uri!r} names no bucket")
+    name = report_name(generated_at, fmt)
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/{name}" if prefix else name
+
+
+@dataclass(frozen=True)
+class Published:
+    location: str | None  # s3://bucket/key of the stored report
+    notified: bool
+
+
+def publish_report(
+    report: Report,
+    publisher: Publisher,
+    *,
+    s3_uri: str | None,
+    topic_arn: str | None,
+    fmt: ReportFormat = ReportFormat.HTML,
+) -> Published:
+    """Store `report` as `{s3_uri}/report-<YYYY-MM-DD>.<fmt>` and post its summary on the topic;
+    either is skipped when not configured. Raises what the publisher raises."""
+    location = None
+    if s3_uri is not None:
+        bucket, key = report_object(s3_uri, report.generated_at, fmt)
+        location = f"s3://{bucket}/{key}"
+        publisher.store_report(location, render(report, fmt).encode("utf-8"), fmt.content_type)
+    if not topic_arn:
+        return Published(location, notified=False)
+    publisher.post_summary(topic_arn, *summary_notice(report, location))
+    return Published(location, notified=True)
+
+
+# -- `rotator report` ----------------------------------------------------------------------------
+
+
+def run_report(
+    keyring: SsmKeyring,
+    connect: ConnectGateway,
+    lock: SsmLock,
+    options: ReportOptions,
+    now: datetime,
+    *,
+    fmt: ReportFormat,
+    output: Path | None,
+    fail_on: Severity | None,
+    out: TextIO,
+) -> int:
+    """Write the report to `output` (a summary line goes to `out`) or to `out` itself.
+
+    Exit 1 if a finding is at or above `fail_on` (None: 0 whenever a report was produced).
+    """
+    report = make_report(keyring, connect, lock, options, now)
+    rendered = render(report, fmt)
+    if output is None:
+        out.write(rendered)
+    else:
+        try:
+            output.write_text(rendered, encoding="utf-8")
+        except OSError as error:
+            raise ConfigError("--output", f"cannot write {output}: {error.strerror}") from None
+        out.write(f"{render_summary(report, limit=5)}\nreport written to {output}\n")
+    return EXIT_FINDINGS if report.fails(fail_on) else EXIT_OK
