@@ -434,11 +434,10 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         Request("ssm:GetParameters", f"{BLOG}/CONNECT_INPUT_DECRYPTION_KEY"),
         Request("ssm:GetParameters", f"{BLOG}/CONNECT_INPUT_KEY_ID"),
     ),
-    "verify": (
+    "verify": (  # one read of the state, as the report's (services/state.py), and canaries
         *_READ_STATE,
         *_secure_read(f"/keys/{KEY}/private-key"),
-        ssm("GetParameter", f"/locks/{INSTANCE_ID}"),
-        ssm("GetParametersByPath", "/staging"),  # no orphaned staged key
+        Request("ssm:DescribeParameters", "*"),  # private keys stored; orphaned staged keys
         *_READ_FLOWS,
     ),
     "status": (  # the managed flows are read for drift (a dynamic key reference shows there)

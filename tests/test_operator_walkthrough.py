@@ -61,7 +61,7 @@ ZERO, RETIRE_AT = timedelta(), timedelta(days=8, hours=1)  # part 3: after the 7
 CALLS_PER_COMMAND: tuple[tuple[str, str, int, int], ...] = (
     ("section 3", "rotator status", 3, 0),
     ("section 3", "rotator init", 57, 12),
-    ("section 3", "rotator verify", 10, 3),
+    ("section 3", "rotator verify", 6, 3),
     ("section 3", "rotator report", 5, 3),
     ("adopt, part 1", "rotator runbook run adopt-blog-deployment", 2, 0),
     ("adopt, part 1", "rotator import", 14, 1),
@@ -69,7 +69,7 @@ CALLS_PER_COMMAND: tuple[tuple[str, str, int, int], ...] = (
     ("adopt, part 1", "decrypt Lambda test call", 1, 0),
     ("adopt, part 2", "rotator runbook run adopt-blog-deployment --procedure take-over", 2, 0),
     ("adopt, part 2", "rotator init", 66, 9),
-    ("adopt, part 2", "rotator verify", 10, 2),
+    ("adopt, part 2", "rotator verify", 6, 2),
     ("adopt, part 2", "rotator status", 3, 3),  # ... and the blog instance's flow
     ("adopt, part 2", "decrypt Lambda test call", 1, 0),
     (
@@ -79,7 +79,7 @@ CALLS_PER_COMMAND: tuple[tuple[str, str, int, int], ...] = (
         0,
     ),
     ("adopt, part 3", "rotator retire", 10, 3),
-    ("adopt, part 3", "rotator verify", 10, 2),
+    ("adopt, part 3", "rotator verify", 6, 2),
     ("adopt, audit", "rotator runbook audit", 2, 0),
 )
 

@@ -32,6 +32,7 @@ from rotator.domain.findings import RULES, FindingCode, RunbookName, Severity
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState, Transition
 from rotator.domain.rotation import RotationState, RotationStep
+from rotator.domain.state import KeyringState
 from rotator.entrypoints.bootstrap import Adapters
 from rotator.entrypoints.scheduled import handler
 from rotator.errors import ConfigError
@@ -42,10 +43,10 @@ from rotator.services.report import (
     Report,
     ReportOptions,
     build_report,
+    gather,
     make_report,
     same_kms_key,
 )
-from rotator.services.report_facts import KeyringFacts, gather
 from rotator.services.report_render import CSV_COLUMNS, ReportFormat, render
 from rotator.services.rotation import Outcome, RotationService
 from tests.conftest import NOW, make_record
@@ -533,7 +534,7 @@ def test_publish_puts_the_report_in_s3_and_a_summary_on_sns(world: World) -> Non
 
 
 def test_an_empty_keyring_renders_in_every_format() -> None:
-    facts = KeyringFacts(prefix="/empty", records=(), current={}, instances=(), protection={})
+    facts = KeyringState(prefix="/empty", records=(), current={}, instances=(), protection={})
     report = build_report(facts, ReportOptions(), NOW)
     assert (report.keys, report.findings, report.fails(Severity.INFO)) == ((), (), False)
     jsonschema.validate(json.loads(render(report, ReportFormat.JSON)), report_schema())
@@ -573,7 +574,7 @@ def test_quick_report_bench_reports_its_figures() -> None:
 
 def one_key_report(material: KeyMaterial, at: datetime) -> Report:
     record = make_record("k", material, instance_id="i")
-    facts = KeyringFacts(
+    facts = KeyringState(
         prefix="/p",
         records=(record,),
         current={"i": "k"},

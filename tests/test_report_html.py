@@ -18,9 +18,9 @@ from rotator.domain.findings import Finding as DomainFinding
 from rotator.domain.findings import FindingCode
 from rotator.domain.history import RotationRun
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.domain.state import InstanceState, LockState
 from rotator.services import report_render, report_timeline
 from rotator.services.report import KeyRow, Report, ReportOptions
-from rotator.services.report_facts import InstanceFacts, LockFacts
 from rotator.services.report_render import ReportFormat, render
 from tests.conftest import NOW
 
@@ -129,13 +129,13 @@ def hostile_report() -> Report:
         step=F["run-step"],
         updated_at=None,
     )
-    instance = InstanceFacts(
+    instance = InstanceState(
         instance_id=F["instance"],
         current_key_id=F["key"],
         managed=(F["managed-flow"],),
         rotation=F["rotation-text"],
         rotation_interrupted=True,
-        lock=LockFacts(F["lock"], None),
+        lock=LockState(F["lock"], None),
         associations=(F["association"], F["key"]),
         rotations=(run,),
     )

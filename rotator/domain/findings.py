@@ -57,6 +57,14 @@ class FindingCode(StrEnum):
     FLOW_DRIFT = "flow-drift"
     KMS_KEY_MISMATCH = "kms-key-mismatch"
     INSTANCE_UNREADABLE = "instance-unreadable"
+    # What `rotator verify` checks that the report did not show before (issue 10).
+    CURRENT_KEY_MISMATCH = "current-key-mismatch"
+    TOO_MANY_ASSOCIATIONS = "too-many-associations"
+    ASSOCIATION_KEY_MISMATCH = "association-key-mismatch"
+    KEY_RECORD_MISSING = "key-record-missing"
+    STATE_MISMATCH = "state-mismatch"
+    PRIVATE_KEY_MISSING = "private-key-missing"
+    CANARY_FAILED = "canary-failed"
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,33 @@ RULES: dict[FindingCode, Rule] = {
     ),
     FindingCode.INSTANCE_UNREADABLE: Rule(
         Severity.CRITICAL, RunbookName.QUARTERLY_EVIDENCE, "instance could not be read"
+    ),
+    FindingCode.CURRENT_KEY_MISMATCH: Rule(
+        Severity.WARNING, RunbookName.STUCK_ROTATION, "not exactly one current, active key"
+    ),
+    FindingCode.TOO_MANY_ASSOCIATIONS: Rule(
+        Severity.WARNING, RunbookName.ROUTINE_ROTATION, "more than two keys associated"
+    ),
+    FindingCode.ASSOCIATION_KEY_MISMATCH: Rule(
+        Severity.CRITICAL,
+        RunbookName.DECRYPT_FAILURES,
+        "associated public key differs from the keyring's",
+    ),
+    FindingCode.KEY_RECORD_MISSING: Rule(
+        Severity.CRITICAL,
+        RunbookName.RESTORE_KEY_PARAMETER,
+        "a key Connect uses has no record in the keyring",
+    ),
+    FindingCode.STATE_MISMATCH: Rule(
+        Severity.WARNING, RunbookName.STUCK_ROTATION, "key state does not match Connect"
+    ),
+    FindingCode.PRIVATE_KEY_MISSING: Rule(
+        Severity.WARNING,
+        RunbookName.RESTORE_KEY_PARAMETER,
+        "private key missing for a key that still decrypts",
+    ),
+    FindingCode.CANARY_FAILED: Rule(
+        Severity.CRITICAL, RunbookName.DECRYPT_FAILURES, "a stored key failed its canary decrypt"
     ),
 }
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from rotator.adapters.lock import SsmLock, stale_reason
-from rotator.adapters.ssm_keyring import InstanceEntry, SsmKeyring
+from rotator.adapters.lock import SsmLock
+from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.findings import RunbookName
-from rotator.domain.flows import FlowRef, flow_drift
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
-from rotator.domain.rotation import ManagedInstance, RotationState
-from rotator.errors import ConnectKeyRotatorError, NotFound
+from rotator.domain.state import InstanceState, KeyringState, rotation_summary
+from rotator.errors import NotFound
+from rotator.services.state import FlowReader, read_state
+
+__all__ = ["FlowReader", "rotation_summary"]  # kept where callers found them
 
 
 @dataclass(frozen=True)
@@ -177,115 +179,81 @@ def keyring_overview(
     instance_id: str | None = None,
     flows: FlowReader | None = None,
 ) -> KeyringStatus:
-    """Everything `status` shows, from one sweep of keys, instances and locks; narrowed to one
-    instance if given (NotFound if the keyring knows nothing of it). With `flows`, each managed
-    flow is read once and its drift (a dynamic key reference, a block changed by hand) shown."""
-    entries = keyring.instance_entries()
-    rows = key_rows(keyring.records(), _current(entries), policy, now)
-    instances = instance_rows(entries, lock, now)
-    unmanaged = _unmanaged(entries, rows)
+    """Everything `status` shows, from one read of keys, instances and locks (see
+    services/state.py); narrowed to one instance if given (NotFound if the keyring knows
+    nothing of it). With `flows`, each managed flow is read once and its drift shown."""
+    state = read_state(keyring, lock, flows=flows, instance_id=instance_id)
+    rows = key_rows(state.records, state.current, policy, now)
+    unmanaged = _unmanaged(state, rows)
     if instance_id is not None:
-        known = {e.instance_id for e in entries} | {r.instance_id for r in rows if r.instance_id}
+        known = set(state.managed_ids) | set(state.current)
+        known |= {r.instance_id for r in rows if r.instance_id}
         if instance_id not in known:
             listed = ", ".join(sorted(known)) or "none"
             raise NotFound(
-                f"no instance {instance_id} in the keyring at {keyring.layout.prefix} "
+                f"no instance {instance_id} in the keyring at {state.prefix} "
                 f"(instances it knows: {listed})"
             )
-        instances = [i for i in instances if i.instance_id == instance_id]
         unmanaged = [u for u in unmanaged if u.instance_id == instance_id]
         rows = [r for r in rows if r.instance_id == instance_id]
-    if flows is not None:
-        configs = {e.instance_id: e.config for e in entries if e.config is not None}
-        instances = [
-            replace(i, drift=flow_drift_of(flows, configs[i.instance_id], i.current_key_id))
-            for i in instances
-        ]
-    return KeyringStatus(keyring.layout.prefix, tuple(instances), tuple(unmanaged), tuple(rows))
+    instances = [instance_row(i, shown_drift=flows is not None) for i in state.instances]
+    return KeyringStatus(state.prefix, tuple(instances), tuple(unmanaged), tuple(rows))
 
 
-class FlowReader(Protocol):
-    """Reads a managed flow's content (the Connect gateway, or a fake)."""
-
-    def flow_content(self, instance_id: str, ref: FlowRef) -> str: ...
-
-
-def flow_drift_of(
-    flows: FlowReader, config: ManagedInstance, current_key_id: str | None
-) -> tuple[str, ...]:
+def flow_drift_of(instance: InstanceState) -> tuple[str, ...]:
     """Each difference between the instance's managed flows and what the rotator manages in
-    them, with the runbook that explains it; a flow that cannot be read says so."""
-    found = []
-    for ref in config.refs:
-        try:
-            content = flows.flow_content(config.instance_id, ref)
-            drifts = flow_drift(
-                ref, content, config.managed_identifiers(ref, content), current_key_id
-            )
-        except ConnectKeyRotatorError as error:  # status never fails on one unreadable flow
-            found.append(f"{ref} could not be read: {error}")
-            continue
-        found += [f"{drift} (runbook: {RunbookName.FLOW_DRIFT.path})" for drift in drifts]
+    them, with the runbook that explains it; flows that cannot be read say so."""
+    found = [
+        f"{drift} (runbook: {RunbookName.FLOW_DRIFT.path})"
+        for flow in instance.flows
+        for drift in flow.drift
+    ]
+    if instance.unreadable is not None:  # status never fails on one unreadable flow
+        found.append(f"managed flows could not be read: {instance.unreadable}")
     return tuple(found)
 
 
 def unmanaged_instances(
     keyring: SsmKeyring, policy: RotationPolicy, now: datetime
 ) -> list[UnmanagedInstance]:
-    """Instances that hold keys in the keyring but were never `init`ed."""
+    """Instances that hold keys in the keyring but were never `init`ed (reads keys and
+    instances only)."""
     entries = keyring.instance_entries()
-    return _unmanaged(entries, key_rows(keyring.records(), _current(entries), policy, now))
+    current = {e.instance_id: e.current_key_id for e in entries if e.current_key_id}
+    state = KeyringState(
+        prefix=keyring.layout.prefix,
+        records=tuple(keyring.records()),
+        current=current,
+        instances=(),
+        protection={},
+        managed_ids=tuple(e.instance_id for e in entries if e.config is not None),
+    )
+    return _unmanaged(state, key_rows(state.records, current, policy, now))
 
 
-def instance_rows(
-    entries: Iterable[InstanceEntry], lock: SsmLock, now: datetime
-) -> list[InstanceStatus]:
-    """Per managed instance: current key, managed flows, last rotation, and its lock."""
-    holders = lock.holders()
-    rows = []
-    for entry in entries:
-        if entry.config is None:
-            continue
-        holder = holders.get(entry.instance_id)
-        stale = stale_reason(holder) if holder else None
-        held = "none" if holder is None else holder.describe()
-        rows.append(
-            InstanceStatus(
-                instance_id=entry.instance_id,
-                current_key_id=entry.current_key_id,
-                managed=", ".join(str(ref) for ref in entry.config.refs),
-                rotation=rotation_summary(entry.rotation),
-                lock=f"STALE ({stale}): {held}" if stale else held,
-                lock_stale=stale is not None,
-            )
-        )
-    return rows
+def instance_row(instance: InstanceState, *, shown_drift: bool = True) -> InstanceStatus:
+    """A managed instance: current key, managed flows, last rotation, its lock and drift."""
+    lock = instance.lock
+    return InstanceStatus(
+        instance_id=instance.instance_id,
+        current_key_id=instance.current_key_id,
+        managed=", ".join(instance.managed),
+        rotation=instance.rotation,
+        lock="none" if lock is None else lock.describe(),
+        lock_stale=lock is not None and lock.stale_reason is not None,
+        drift=flow_drift_of(instance) if shown_drift else (),
+    )
 
 
-def _current(entries: Iterable[InstanceEntry]) -> dict[str, str]:
-    return {e.instance_id: e.current_key_id for e in entries if e.current_key_id is not None}
-
-
-def _unmanaged(entries: list[InstanceEntry], rows: list[KeyStatus]) -> list[UnmanagedInstance]:
+def _unmanaged(state: KeyringState, rows: list[KeyStatus]) -> list[UnmanagedInstance]:
     """Instances with a key record or a current pointer (an import with --instance-id) but no
     managed-flows config."""
-    managed = {e.instance_id for e in entries if e.config is not None}
-    current = _current(entries)
-    holding = {r.instance_id for r in rows if r.instance_id is not None} | set(current)
+    holding = {r.instance_id for r in rows if r.instance_id is not None} | set(state.current)
     return [
         UnmanagedInstance(
             instance_id,
-            current.get(instance_id),
+            state.current.get(instance_id),
             tuple(r for r in rows if r.instance_id == instance_id),
         )
-        for instance_id in sorted(holding - managed)
+        for instance_id in sorted(holding - set(state.managed_ids))
     ]
-
-
-def rotation_summary(rotation: RotationState | None) -> str:
-    """The instance's last rotation in one line; an interrupted one says how to resume it."""
-    if rotation is None:
-        return "never rotated"
-    if rotation.finished:
-        return f"last rotation {rotation.started_at:%Y-%m-%d} ({rotation.reason})"
-    return f"INTERRUPTED after step {rotation.step}: run rotator rotate to resume"

@@ -1,0 +1,578 @@
+"""The rules over a KeyringState: verify's invariants and the report's findings, one set, pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from lambda_decrypt.keyring import KeyringLayout
+from rotator.domain.findings import Finding, FindingCode
+from rotator.domain.keys import ALLOWED_KEY_SIZES
+from rotator.domain.lifecycle import KeyRecord, KeyState
+from rotator.domain.policy import (
+    RotationPolicy,
+    cryptoperiod_end,
+    key_age_start,
+    renew_window_start,
+)
+from rotator.domain.state import InstanceState, KeyringState
+
+if TYPE_CHECKING:
+    from rotator.config import Settings
+
+# PCI DSS counts RSA of at least 2048 bits as strong cryptography; raise it with --min-key-size.
+DEFAULT_MIN_KEY_SIZE = min(ALLOWED_KEY_SIZES)
+# States whose key encrypts now or may again (rollback): the ones its size and age matter for.
+ENCRYPTING_STATES = frozenset({KeyState.PENDING, KeyState.ACTIVE, KeyState.PREVIOUS})
+# States whose key Connect should hold: the current key and the previous one.
+ASSOCIATED_STATES = frozenset({KeyState.ACTIVE, KeyState.PREVIOUS})
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The policy the keys are held against."""
+
+    policy: RotationPolicy = field(default_factory=RotationPolicy)
+    grace: timedelta = timedelta(days=7)
+    min_key_size: int = DEFAULT_MIN_KEY_SIZE
+    kms_key_id: str | None = None  # None: SSM's default key; no KMS finding is raised
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, min_key_size: int = DEFAULT_MIN_KEY_SIZE
+    ) -> ReportOptions:
+        return cls(settings.policy, settings.grace, min_key_size, settings.kms_key_id)
+
+
+# -- verify's invariants ------------------------------------------------------------------------
+
+# Each invariant `rotator verify` checks, and the findings that break it. A broken invariant
+# IS the finding (see Verdict): the report shows every one (tests/test_verify_report.py).
+ONE_CURRENT_KEY = "one current key"
+CERTIFICATE_VALID = "current certificate valid"
+NO_INTERRUPTED_ROTATION = "no interrupted rotation"
+NO_STALE_LOCK = "no stale lock"
+READABLE = "readable"
+AT_MOST_TWO = "at most two associations"
+NO_ORPHANED_ASSOCIATION = "no orphaned association"
+STATE_MATCHES = "state matches Connect"
+FLOWS_AS_MANAGED = "flows as managed"
+ON_CURRENT_KEY = "flows use the current key"  # only ever holds: a block elsewhere is drift
+REFERENCED_DECRYPT = "every referenced key decrypts"
+PRIVATE_KEY_STORED = "private key stored"
+NO_ORPHANED_STAGING = "no orphaned staged key"
+
+_REFERENCED = frozenset(
+    {
+        FindingCode.DESTROYED_KEY_REFERENCED,
+        FindingCode.REFERENCED_KEY_MISSING,
+        FindingCode.KEY_RECORD_MISSING,
+        FindingCode.CANARY_FAILED,
+    }
+)
+_ASSOCIATED = _REFERENCED | {
+    FindingCode.ASSOCIATION_KEY_MISMATCH,
+    FindingCode.ASSOCIATION_WITHOUT_PRIVATE_KEY,
+    FindingCode.KEY_RECORD_MISSING,
+    FindingCode.STATE_MISMATCH,
+}
+INVARIANT_CODES: dict[str, frozenset[FindingCode]] = {
+    ONE_CURRENT_KEY: frozenset(
+        {FindingCode.CURRENT_KEY_MISMATCH, FindingCode.DESTROYED_KEY_REFERENCED}
+    ),
+    CERTIFICATE_VALID: frozenset(
+        {FindingCode.CERTIFICATE_EXPIRED, FindingCode.CERTIFICATE_NOT_YET_VALID}
+    ),
+    NO_INTERRUPTED_ROTATION: frozenset({FindingCode.INTERRUPTED_ROTATION}),
+    NO_STALE_LOCK: frozenset({FindingCode.STALE_LOCK}),
+    READABLE: frozenset({FindingCode.INSTANCE_UNREADABLE}),
+    AT_MOST_TWO: frozenset({FindingCode.TOO_MANY_ASSOCIATIONS}),
+    NO_ORPHANED_ASSOCIATION: _ASSOCIATED,
+    STATE_MATCHES: _ASSOCIATED | {FindingCode.RETIRED_KEY_ASSOCIATED},
+    FLOWS_AS_MANAGED: frozenset({FindingCode.FLOW_DRIFT}),
+    ON_CURRENT_KEY: frozenset(),
+    REFERENCED_DECRYPT: _REFERENCED,
+    PRIVATE_KEY_STORED: frozenset(
+        {
+            FindingCode.REFERENCED_KEY_MISSING,
+            FindingCode.ASSOCIATION_WITHOUT_PRIVATE_KEY,
+            FindingCode.PRIVATE_KEY_MISSING,
+        }
+    ),
+    NO_ORPHANED_STAGING: frozenset({FindingCode.ORPHANED_STAGING}),
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One invariant for one subject: it holds (finding None; `message` says what was seen),
+    or the finding says why not."""
+
+    check: str
+    instance_id: str | None
+    message: str
+    finding: Finding | None = None
+
+    @property
+    def holds(self) -> bool:
+        return self.finding is None
+
+
+def invariants(state: KeyringState, now: datetime, instance_id: str | None = None) -> list[Verdict]:
+    """Every invariant over the state's managed instances, in `rotator verify`'s order; the
+    keys' and staging's checks are narrowed to `instance_id` if given."""
+    verdicts: list[Verdict] = []
+    for instance in state.instances:
+        verdicts.extend(_instance_invariants(state, instance, now))
+    for record in state.records:
+        if not record.decrypts or instance_id not in (None, record.instance_id):
+            continue
+        if not state.private_key_stored(record.key_id):
+            verdicts.append(
+                Verdict(
+                    PRIVATE_KEY_STORED,
+                    record.instance_id,
+                    "",
+                    _missing_private_key(state, record.instance_id, record.key_id),
+                )
+            )
+    verdicts.extend(
+        Verdict(NO_ORPHANED_STAGING, None, "", finding) for finding in staging_findings(state)
+    )
+    return verdicts
+
+
+def _instance_invariants(
+    state: KeyringState, instance: InstanceState, now: datetime
+) -> Iterator[Verdict]:
+    instance_id = instance.instance_id
+
+    def holds(check: str, message: str) -> Verdict:
+        return Verdict(check, instance_id, message)
+
+    def broken(check: str, finding: Finding) -> Verdict:
+        return Verdict(check, instance_id, finding.message, finding)
+
+    mine = [r for r in state.records if r.instance_id == instance_id]
+    current = instance.current_key_id
+    active = [r.key_id for r in mine if r.state is KeyState.ACTIVE]
+    seen = f"current {current or 'none'}, active {', '.join(active) or 'none'}"
+    if current is not None and active == [current]:
+        yield holds(ONE_CURRENT_KEY, seen)
+    else:
+        yield broken(ONE_CURRENT_KEY, _no_single_current_key(state, instance, seen))
+    record = None if current is None else state.record(current)
+    if record is not None:
+        finding = certificate_finding(record, now, current=True)
+        if finding is None:
+            yield holds(CERTIFICATE_VALID, _certificate_seen(record))
+        else:
+            yield broken(CERTIFICATE_VALID, finding)
+
+    rotation = instance.rotation_state
+    if instance.stopped_rotation is not None:
+        yield broken(NO_INTERRUPTED_ROTATION, _interrupted(instance))
+    elif rotation is not None and not rotation.finished:
+        yield holds(
+            NO_INTERRUPTED_ROTATION,
+            f"rotation {rotation.rotation_id} is running (at step {rotation.step})",
+        )
+    else:
+        yield holds(NO_INTERRUPTED_ROTATION, "none")
+
+    lock = instance.lock
+    if lock is not None and lock.stale_reason is not None:
+        yield broken(NO_STALE_LOCK, _stale_lock(instance))
+    else:
+        yield holds(NO_STALE_LOCK, "no lock" if lock is None else f"lock {lock.description}")
+
+    if instance.unreadable is not None:  # nothing Connect holds can be judged
+        yield broken(READABLE, _unreadable(instance))
+        return
+
+    count = len(instance.associations)
+    if count <= 2:
+        yield holds(AT_MOST_TWO, f"{count} associated")
+    else:
+        yield broken(
+            AT_MOST_TWO,
+            Finding(
+                FindingCode.TOO_MANY_ASSOCIATIONS,
+                instance_id,
+                None,
+                f"{count} keys associated ({', '.join(instance.associations)}): the current "
+                "and the previous key at most",
+            ),
+        )
+    for key_id in instance.associations:
+        finding = _association_problem(state, instance, key_id)
+        if finding is None:
+            yield holds(NO_ORPHANED_ASSOCIATION, f"association {key_id}: in the keyring")
+        else:
+            yield broken(NO_ORPHANED_ASSOCIATION, finding)
+    for record in mine:
+        finding = _state_problem(state, instance, record)
+        if finding is not None:
+            yield broken(STATE_MATCHES, finding)
+
+    for flow in instance.flows:
+        for finding in _drift_findings(instance_id, flow.drift):
+            yield broken(FLOWS_AS_MANAGED, finding)
+        for identifier in flow.as_managed:
+            yield holds(ON_CURRENT_KEY, f"{flow.flow} block {identifier} -> {current}")
+    for key_id in sorted(instance.referenced()):
+        finding = _referenced_problem(state, instance, key_id)
+        if finding is not None:
+            yield broken(REFERENCED_DECRYPT, finding)
+        elif key_id in state.canaries:
+            yield holds(REFERENCED_DECRYPT, state.canaries[key_id].message)
+        else:
+            yield holds(REFERENCED_DECRYPT, f"key {key_id}: private key stored (no canary run)")
+
+
+# -- the findings each problem is (shared by the invariants and the report) --------------------
+
+
+def _no_single_current_key(state: KeyringState, instance: InstanceState, seen: str) -> Finding:
+    """A destroyed current key that a flow uses is said once, as the more urgent finding."""
+    current = instance.current_key_id
+    if current is not None and current in instance.referenced():
+        record = state.record(current)
+        if record is not None and record.state is KeyState.DESTROYED:
+            referenced = _referenced_problem(state, instance, current)
+            if referenced is not None:
+                return referenced
+    return Finding(
+        FindingCode.CURRENT_KEY_MISMATCH,
+        instance.instance_id,
+        current,
+        f"{seen}: the current key should be the one active key (an interrupted rotation or a "
+        "hand edit)",
+    )
+
+
+def _referenced_problem(
+    state: KeyringState, instance: InstanceState, key_id: str
+) -> Finding | None:
+    """Why contacts encrypted with a key a managed flow uses could not be decrypted."""
+    where = ", ".join(instance.referenced().get(key_id, ()))
+    record = state.record(key_id)
+
+    def finding(code: FindingCode, message: str) -> Finding:
+        return Finding(code, instance.instance_id, key_id, message)
+
+    if record is not None and record.state is KeyState.DESTROYED:
+        return finding(
+            FindingCode.DESTROYED_KEY_REFERENCED,
+            f"destroyed but still used by {where}: contacts encrypted with it cannot be decrypted",
+        )
+    if not state.private_key_stored(key_id):
+        return finding(
+            FindingCode.REFERENCED_KEY_MISSING,
+            f"used by {where} but its private key is not in the keyring: contacts "
+            "encrypted with it cannot be decrypted",
+        )
+    if record is None:
+        return finding(
+            FindingCode.KEY_RECORD_MISSING,
+            f"used by {where}; its private key is stored but the keyring has no record of it",
+        )
+    canary = state.canaries.get(key_id)
+    if canary is not None and not canary.ok:
+        return finding(FindingCode.CANARY_FAILED, canary.message)
+    return None
+
+
+def _association_without_private_key(instance_id: str | None, key_id: str) -> Finding:
+    return Finding(
+        FindingCode.ASSOCIATION_WITHOUT_PRIVATE_KEY,
+        instance_id,
+        key_id,
+        "associated with Connect but no private key is stored: any flow that uses it "
+        "makes contacts that cannot be decrypted",
+    )
+
+
+def _association_problem(
+    state: KeyringState, instance: InstanceState, key_id: str
+) -> Finding | None:
+    """What is wrong with one key Connect holds: the keyring does not hold it, or not the
+    same key, or it no longer decrypts."""
+    record = state.record(key_id)
+    sha256 = instance.public_keys.get(key_id)
+    if record is not None and sha256 is not None and record.public_key_sha256 != sha256:
+        return Finding(
+            FindingCode.ASSOCIATION_KEY_MISMATCH,
+            instance.instance_id,
+            key_id,
+            "Connect holds another public key under this key ID than the keyring: contacts "
+            "encrypted with it cannot be decrypted",
+        )
+    if record is not None and record.decrypts:
+        return None
+    if key_id in instance.referenced():
+        return _referenced_problem(state, instance, key_id)
+    if not state.private_key_stored(key_id):
+        return _association_without_private_key(instance.instance_id, key_id)
+    if record is None:
+        return Finding(
+            FindingCode.KEY_RECORD_MISSING,
+            instance.instance_id,
+            key_id,
+            "associated with Connect; its private key is stored but the keyring has no "
+            "record of it",
+        )
+    return _state_mismatch(instance.instance_id, record, associated=True)
+
+
+def _state_problem(
+    state: KeyringState, instance: InstanceState, record: KeyRecord
+) -> Finding | None:
+    """A keyring key whose state says Connect should (not) hold it, and Connect disagrees."""
+    associated = record.key_id in instance.associations
+    if (record.state in ASSOCIATED_STATES) == associated:
+        return None
+    if record.state is KeyState.RETIRED:
+        return _retired_associated(record)
+    if record.state is KeyState.DESTROYED:
+        found = _association_problem(state, instance, record.key_id)
+        if found is not None:
+            return found
+    return _state_mismatch(instance.instance_id, record, associated=associated)
+
+
+def _state_mismatch(instance_id: str | None, record: KeyRecord, *, associated: bool) -> Finding:
+    return Finding(
+        FindingCode.STATE_MISMATCH,
+        instance_id,
+        record.key_id,
+        f"key {record.key_id} is {record.state} but "
+        + ("associated with Connect" if associated else "not associated with Connect"),
+    )
+
+
+def _retired_associated(record: KeyRecord) -> Finding:
+    return Finding(
+        FindingCode.RETIRED_KEY_ASSOCIATED,
+        record.instance_id,
+        record.key_id,
+        "key is retired but still associated with Connect: disassociate it",
+    )
+
+
+def _missing_private_key(state: KeyringState, instance_id: str | None, key_id: str) -> Finding:
+    """A key that still decrypts has no private key: said as what it breaks."""
+    instance = state.instance(instance_id)
+    if instance is not None and key_id in instance.referenced():
+        referenced = _referenced_problem(state, instance, key_id)
+        if referenced is not None:
+            return referenced
+    if instance is not None and key_id in instance.associations:
+        return _association_without_private_key(instance_id, key_id)
+    return Finding(
+        FindingCode.PRIVATE_KEY_MISSING,
+        instance_id,
+        key_id,
+        "its private key is missing from the keyring: contacts encrypted with it cannot be "
+        "decrypted",
+    )
+
+
+def _interrupted(instance: InstanceState) -> Finding:
+    return Finding(FindingCode.INTERRUPTED_ROTATION, instance.instance_id, None, instance.rotation)
+
+
+def _stale_lock(instance: InstanceState) -> Finding:
+    lock = instance.lock
+    assert lock is not None  # noqa: S101 - only called for a held lock
+    return Finding(
+        FindingCode.STALE_LOCK,
+        instance.instance_id,
+        None,
+        f"lock {lock.description} is stale: {lock.stale_reason}",
+    )
+
+
+def _unreadable(instance: InstanceState) -> Finding:
+    return Finding(
+        FindingCode.INSTANCE_UNREADABLE,
+        instance.instance_id,
+        None,
+        f"{instance.unreadable}: its keys are unchecked",
+    )
+
+
+def _drift_findings(instance_id: str, drift: tuple[str, ...]) -> Iterator[Finding]:
+    for what in drift:
+        yield Finding(
+            FindingCode.FLOW_DRIFT,
+            instance_id,
+            None,
+            f"{what}: the rotator did not make this change",
+        )
+
+
+def staging_findings(state: KeyringState) -> Iterator[Finding]:
+    """Staged private keys that no unfinished rotation owns (`rotator rotate` removes them)."""
+    for rotation_id in state.orphaned_staging:
+        yield Finding(
+            FindingCode.ORPHANED_STAGING,
+            None,
+            None,
+            f"a private key is staged under rotation {rotation_id}, which no unfinished rotation "
+            "owns; the next rotator rotate removes it",
+        )
+
+
+def certificate_finding(record: KeyRecord, now: datetime, *, current: bool) -> Finding | None:
+    """Connect encrypts with the certificate in the flow: it must be valid now."""
+    if record.not_after is not None and now >= record.not_after:
+        return Finding(
+            FindingCode.CERTIFICATE_EXPIRED,
+            record.instance_id,
+            record.key_id,
+            f"certificate expired on {record.not_after:%Y-%m-%d} and the key is "
+            + ("still active" if record.state is KeyState.ACTIVE else "current"),
+        )
+    if record.not_before is not None and now < record.not_before:
+        return Finding(
+            FindingCode.CERTIFICATE_NOT_YET_VALID,
+            record.instance_id,
+            record.key_id,
+            f"certificate is not valid before {record.not_before:%Y-%m-%d %H:%M} UTC and the "
+            f"key is {'current' if current else 'active'}: Connect may refuse to encrypt with it",
+        )
+    return None
+
+
+def _certificate_seen(record: KeyRecord) -> str:
+    if record.not_after is None:
+        return f"key {record.key_id}: certificate unknown (adopted without it)"
+    return f"key {record.key_id}: valid until {record.not_after:%Y-%m-%d}"
+
+
+# -- the report's findings: every broken invariant, and the policy's own -----------------------
+
+
+def findings(state: KeyringState, options: ReportOptions, now: datetime) -> list[Finding]:
+    """Every finding, each once, most severe first: the broken invariants (what `verify`
+    fails on), then what the policy adds (dates, sizes, grace, KMS key)."""
+    found = [v.finding for v in invariants(state, now) if v.finding is not None]
+    current = set(state.current.values())
+    associated = {k for i in state.instances for k in i.associations}
+    for record in state.records:
+        found.extend(key_findings(record, options, now, record.key_id in current, associated))
+    found.extend(protection_findings(state, options))
+    unique = list(dict.fromkeys(found))
+    unique.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
+    return unique
+
+
+def key_findings(
+    record: KeyRecord,
+    options: ReportOptions,
+    now: datetime,
+    current: bool,
+    associated: set[str],
+) -> Iterator[Finding]:
+    """What is wrong with one keyring key on its own: dates, size, leftover association."""
+
+    def finding(code: FindingCode, message: str) -> Finding:
+        return Finding(code, record.instance_id, record.key_id, message)
+
+    state = record.state
+    if state is KeyState.ACTIVE:
+        if record.not_after is None:
+            yield finding(
+                FindingCode.CERTIFICATE_UNKNOWN,
+                "the key was adopted without its certificate: its expiry is unknown",
+            )
+        else:
+            yield from _dates(record, options, now, current)
+        ends = cryptoperiod_end(record, options.policy)
+        if ends is not None and now >= ends:
+            age = (now - key_age_start(record)).total_seconds() / 86400
+            yield finding(
+                FindingCode.CRYPTOPERIOD_EXCEEDED,
+                f"key is {age:.0f} days old; its {options.policy.cryptoperiod.days}-day "
+                f"cryptoperiod ended on {ends:%Y-%m-%d}",
+            )
+    elif current:
+        invalid = certificate_finding(record, now, current=True)
+        if invalid is not None:
+            yield invalid
+    if state in ENCRYPTING_STATES and record.key_size < options.min_key_size:
+        yield finding(
+            FindingCode.KEY_BELOW_MINIMUM_SIZE,
+            f"RSA-{record.key_size} is below the minimum of {options.min_key_size} bits",
+        )
+    if state is KeyState.RETIRED and record.key_id in associated:
+        yield _retired_associated(record)
+    grace_ends = grace_end(record, options)
+    if grace_ends is not None and now >= grace_ends:
+        yield finding(
+            FindingCode.GRACE_PERIOD_OVER,
+            f"grace period ended on {grace_ends:%Y-%m-%d}: the next rotation retires it",
+        )
+
+
+def _dates(
+    record: KeyRecord,
+    options: ReportOptions,
+    now: datetime,
+    current: bool,
+) -> Iterator[Finding]:
+    invalid = certificate_finding(record, now, current=current)
+    if invalid is not None:
+        yield invalid
+        return
+    renew_at = renew_window_start(record, options.policy)
+    days = record.days_to_expiry(now)
+    if renew_at is not None and now >= renew_at and record.not_after is not None:
+        yield Finding(
+            FindingCode.CERTIFICATE_EXPIRING,
+            record.instance_id,
+            record.key_id,
+            f"certificate expires on {record.not_after:%Y-%m-%d} "
+            f"({days or 0:.0f} days), inside the renew window",
+        )
+
+
+def grace_end(record: KeyRecord, options: ReportOptions) -> datetime | None:
+    """When a previous key's grace period ends (None for any other state)."""
+    since = record.entered(KeyState.PREVIOUS)
+    if record.state is not KeyState.PREVIOUS or since is None:
+        return None
+    return since + options.grace
+
+
+def protection_findings(state: KeyringState, options: ReportOptions) -> Iterator[Finding]:
+    """SecureStrings under the prefix whose KMS key is not the configured one."""
+    configured = options.kms_key_id
+    if configured is None:
+        return
+    layout = KeyringLayout(state.prefix)
+    instance_of = {r.key_id: r.instance_id for r in state.records}
+    for name, kms_key_id in sorted(state.protection.items()):
+        if not same_kms_key(kms_key_id, configured):
+            key_id = layout.key_id_of(name)
+            yield Finding(
+                FindingCode.KMS_KEY_MISMATCH,
+                instance_of.get(key_id or ""),
+                key_id,
+                f"{name} is encrypted with KMS key {kms_key_id or 'unknown'}, not {configured}",
+            )
+
+
+def same_kms_key(reported: str, configured: str) -> bool:
+    """Equal as SSM reports them, ARNs reduced to their key ID or alias. SSM keeps the form
+    the key was given in; an alias and a key ID of the same key are not resolved here."""
+    return _kms_short(reported) == _kms_short(configured)
+
+
+def _kms_short(kms_key_id: str) -> str:
+    if kms_key_id.startswith("arn:"):
+        kms_key_id = kms_key_id.split(":", 5)[-1]
+    return kms_key_id.removeprefix("key/")

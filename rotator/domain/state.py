@@ -1,0 +1,146 @@
+"""The keyring's state as one read saw it: immutable data that status, verify and report judge."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lambda_decrypt.keyring import KeyringLayout
+from rotator.domain.history import HistoryEvent, RotationRun
+from rotator.domain.lifecycle import KeyRecord
+from rotator.domain.rotation import RotationState
+
+
+@dataclass(frozen=True)
+class FlowState:
+    """A managed flow or module: the key IDs its encrypting blocks name, how it differs from
+    what the rotator manages in it, and the managed blocks that are as managed."""
+
+    flow: str
+    key_ids: tuple[str, ...]
+    drift: tuple[str, ...] = ()  # how the flow differs from what the rotator manages in it
+    as_managed: tuple[str, ...] = ()  # managed block identifiers on the current key
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flow": self.flow, "key_ids": list(self.key_ids), "drift": list(self.drift)}
+
+
+@dataclass(frozen=True)
+class LockState:
+    """An instance's lock: who holds it, and why it is stale (None: it is not)."""
+
+    description: str
+    stale_reason: str | None
+
+    def describe(self) -> str:
+        """As `rotator status` shows it."""
+        if self.stale_reason is None:
+            return self.description
+        return f"STALE ({self.stale_reason}): {self.description}"
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    """A live canary decrypt of one key from the keyring (only `rotator verify` runs them)."""
+
+    key_id: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """A managed instance as the keyring and Connect show it."""
+
+    instance_id: str
+    current_key_id: str | None
+    managed: tuple[str, ...]
+    rotation: str  # rotation_summary of its rotation record
+    rotation_interrupted: bool  # its rotation record is unfinished (running or stopped)
+    lock: LockState | None
+    associations: tuple[str, ...] = ()  # association (key) IDs Connect holds
+    flows: tuple[FlowState, ...] = ()
+    unreadable: str | None = None  # why Connect could not be read
+    rotations: tuple[RotationRun, ...] = ()  # every rotation, oldest first
+    history: tuple[HistoryEvent, ...] = ()  # every event of the instance's history scope
+    rotation_state: RotationState | None = None  # the rotation record itself
+    # association ID -> SHA-256 of the public key Connect holds for it
+    public_keys: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def stopped_rotation(self) -> RotationState | None:
+        """An unfinished rotation that no live lock holds: nothing is running it."""
+        rotation = self.rotation_state
+        if rotation is None or rotation.finished:
+            return None
+        if self.lock is not None and self.lock.stale_reason is None:
+            return None
+        return rotation
+
+    def referenced(self) -> dict[str, list[str]]:
+        """Key ID -> the managed flows whose encrypting blocks name it."""
+        found: dict[str, list[str]] = {}
+        for flow in self.flows:
+            for key_id in flow.key_ids:
+                found.setdefault(key_id, []).append(flow.flow)
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "current_key_id": self.current_key_id,
+            "managed": list(self.managed),
+            "rotation": self.rotation,
+            "rotation_interrupted": self.rotation_interrupted,
+            "lock": None
+            if self.lock is None
+            else {"holder": self.lock.description, "stale_reason": self.lock.stale_reason},
+            "associations": list(self.associations),
+            "flows": [f.to_dict() for f in self.flows],
+            "unreadable": self.unreadable,
+            "rotations": [r.to_dict() for r in self.rotations],
+            "history": [e.to_dict() for e in self.history],
+        }
+
+
+@dataclass(frozen=True)
+class KeyringState:
+    """Everything the views look at, read once: no key material, no plaintext.
+
+    A part that was not read is empty: `rotator status` reads no associations, SecureStrings,
+    history or canaries, and judges nothing that needs them."""
+
+    prefix: str
+    records: tuple[KeyRecord, ...]
+    current: Mapping[str, str]  # instance ID -> current key ID (managed or not)
+    instances: tuple[InstanceState, ...]  # managed instances (narrowed if one was asked for)
+    protection: Mapping[str, str]  # SecureString name -> KMS key ID as SSM reports it
+    orphaned_staging: tuple[str, ...] = ()  # staged rotation IDs no unfinished rotation owns
+    events: tuple[HistoryEvent, ...] = ()  # the whole history, oldest first
+    canaries: Mapping[str, CanaryResult] = field(default_factory=dict)  # by key ID
+    managed_ids: tuple[str, ...] = ()  # every managed instance, however narrowed
+
+    def record(self, key_id: str) -> KeyRecord | None:
+        return next((r for r in self.records if r.key_id == key_id), None)
+
+    def private_key_stored(self, key_id: str) -> bool:
+        return KeyringLayout(self.prefix).private_key(key_id) in self.protection
+
+    def instance(self, instance_id: str | None) -> InstanceState | None:
+        return next((i for i in self.instances if i.instance_id == instance_id), None)
+
+    def narrowed(self, instance_id: str) -> KeyringState:
+        """Only this managed instance (the records stay whole: a key may move between them)."""
+        return replace(
+            self, instances=tuple(i for i in self.instances if i.instance_id == instance_id)
+        )
+
+
+def rotation_summary(rotation: RotationState | None) -> str:
+    """The instance's last rotation in one line; an interrupted one says how to resume it."""
+    if rotation is None:
+        return "never rotated"
+    if rotation.finished:
+        return f"last rotation {rotation.started_at:%Y-%m-%d} ({rotation.reason})"
+    return f"INTERRUPTED after step {rotation.step}: run rotator rotate to resume"
