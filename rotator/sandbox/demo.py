@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -19,6 +19,9 @@ SECOND_CARD = "5555555555554444"  # the well-known Mastercard test number
 # Package data, so that the demo runs from an installed wheel as well as from a checkout.
 DATA = resources.files("rotator.sandbox") / "data"
 DEMO_ENV = ("KEYRING_PREFIX", "ROTATOR_KMS_KEY_ID", "RESPONSE_MODE")
+# `rotator ARGV` printing to a stream, its exit code back: the CLI passes its command runner, so
+# that the demo runs the real commands without importing the CLI.
+Rotator = Callable[[Sequence[str], TextIO], int]
 
 
 @contextmanager
@@ -39,7 +42,7 @@ def demo_environment(environment: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_demo(out: TextIO) -> int:
+def run_demo(out: TextIO, rotator: Rotator) -> int:
     try:
         from rotator.sandbox.server import start_sandbox
     except ImportError:
@@ -51,16 +54,15 @@ def run_demo(out: TextIO) -> int:
     # would interleave with it, so only errors are logged during the demo.
     configure_logging("ERROR", stream="stderr", force=True)
     with start_sandbox() as sandbox, demo_environment(sandbox.environment()):
-        return _story(sandbox, out)
+        return _story(sandbox, out, rotator)
 
 
-def _story(sandbox: Sandbox, out: TextIO) -> int:
+def _story(sandbox: Sandbox, out: TextIO, rotator: Rotator) -> int:
     import boto3
 
     from lambda_decrypt import handler
     from rotator.domain.connect_cipher import encrypt_like_connect
     from rotator.domain.flows import encrypting_blocks
-    from rotator.entrypoints.cli import main as rotator
     from rotator.sandbox.sample_flows import create_payment_instance
 
     day0 = datetime.now(UTC).replace(microsecond=0)
