@@ -225,3 +225,27 @@ def test_a_bad_now_is_refused_by_the_parser_with_the_same_words() -> None:
 
 def test_exit_codes_are_the_documented_numbers() -> None:
     assert [int(code) for code in ExitCode] == [0, 1, 2, 130]
+
+
+def test_quick_cli_bench_reports_start_up_and_the_import_budget() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cli_bench.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: a target missed (load)
+    rows = {
+        cells[0]: cells[1:]
+        for line in result.stdout.splitlines()
+        if line.startswith("| rotator ")
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    for command in ("--help", "--version", "runbook list"):
+        ours, baseline, _ratio, _target, status = rows[
+            f"rotator {command} start-up s vs python -c pass"
+        ]
+        assert float(ours) > 0 and float(baseline) > 0 and status in ("ok", "MISS", "-")
+        assert rows[f"rotator {command}"] == ["none"]
