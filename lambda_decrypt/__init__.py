@@ -7,6 +7,8 @@ source (for example `StaticKeys`) for code that embeds the decryption in its own
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -49,6 +51,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """This package's module. Importing the submodule `lambda_decrypt.decrypt` sets the package's
+    attribute `decrypt` to it; loaded lazily, it would replace the function `decrypt` (eagerly
+    imported before the function's definition, it never could), so that one assignment is
+    ignored: `lambda_decrypt.decrypt` stays the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "decrypt" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def decrypt(ciphertext: str | bytes) -> Decrypted:

@@ -45,6 +45,7 @@ class Command:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """`rotator ARGV`, printing to `out` (default stdout); the exit code back."""
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.handler]
