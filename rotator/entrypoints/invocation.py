@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import getpass
-import socket
 from datetime import UTC, datetime
 
 
 def actor(via: str, *, simulated: bool = False) -> str:
     """Who made a change, for the audit trail: the OS user, the host and the way in (`cli`,
     `runbook`); CloudTrail adds the IAM principal."""
+    import getpass  # here, not at the top: `rotator --help` never needs them
+    import socket
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
