@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, TextIO
 
+from rotator.exit_codes import ExitCode
+
 if TYPE_CHECKING:
     from rotator.sandbox.server import Sandbox
 
@@ -47,7 +49,7 @@ def run_demo(out: TextIO, rotator: Rotator) -> int:
         from rotator.sandbox.server import start_sandbox
     except ImportError:
         out.write("the demo needs the sandbox extra: pip install 'connect-key-rotator[sandbox]'\n")
-        return 1
+        return ExitCode.FAILURE
     from lambda_decrypt.logs import configure_logging
 
     # The story is told on stdout; log lines (the Lambda's warning for the bad ciphertext)
@@ -101,7 +103,7 @@ def _story(sandbox: Sandbox, out: TextIO, rotator: Rotator) -> int:
     blocks = payments.encrypt_block_args()
     if run("init", "--instance-id", instance, "--flow-id", flow, "--flow-module-id", module,
            *blocks) != 0:  # fmt: skip
-        return 1
+        return ExitCode.FAILURE
 
     def caller_types(digits: str) -> tuple[str, str]:
         content = connect.describe_contact_flow(InstanceId=instance, ContactFlowId=flow)
@@ -132,7 +134,7 @@ def _story(sandbox: Sandbox, out: TextIO, rotator: Rotator) -> int:
     out.write("        The key is past its 365-day cryptoperiod, so the daily run rotates it:\n")
     at(366)
     if run("rotate") != 0:
-        return 1
+        return ExitCode.FAILURE
 
     second_call, second_key = caller_types(SECOND_CARD)
     say(366, f"Caller 2 types {SECOND_CARD}; the flow now encrypts with key {second_key}.")
@@ -146,7 +148,7 @@ def _story(sandbox: Sandbox, out: TextIO, rotator: Rotator) -> int:
     )
     at(374)
     if run("retire", first_key) != 0:
-        return 1
+        return ExitCode.FAILURE
     late = lambda_answer(first_call)
     out.write(f"        Caller 1's ciphertext after retirement: {late}\n")
 
@@ -171,4 +173,4 @@ def _story(sandbox: Sandbox, out: TextIO, rotator: Rotator) -> int:
         else "\nDemo FAILED: see above."
     )
     out.write("\n")
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.FAILURE
