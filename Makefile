@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/decrypt_bench.py
 	$(BIN)/python bench/rotation_bench.py
 	$(BIN)/python bench/report_bench.py
+	$(BIN)/python bench/cli_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,9 +6,15 @@ source (for example `StaticKeys`) for code that embeds the decryption in its own
 
 from __future__ import annotations
 
-from lambda_decrypt.decrypt import Decrypted, Decryptor, KeySource
-from lambda_decrypt.errors import DecryptError
-from lambda_decrypt.keys import ConnectKey, StaticKeys
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lambda_decrypt.decrypt import Decrypted, Decryptor, KeySource
+    from lambda_decrypt.errors import DecryptError
+    from lambda_decrypt.keys import ConnectKey, StaticKeys
 
 __all__ = [
     "ConnectKey",
@@ -20,7 +26,46 @@ __all__ = [
     "decrypt",
 ]
 
+# The re-exports load on first use: importing a submodule that needs neither (the errors, the
+# logs; every `rotator` command that never decrypts) must not pay for the Encryption SDK.
+_LAZY = {
+    "ConnectKey": "lambda_decrypt.keys",
+    "DecryptError": "lambda_decrypt.errors",
+    "Decrypted": "lambda_decrypt.decrypt",
+    "Decryptor": "lambda_decrypt.decrypt",
+    "KeySource": "lambda_decrypt.decrypt",
+    "StaticKeys": "lambda_decrypt.keys",
+}
+
 _default: Decryptor | None = None
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """This package's module. Importing the submodule `lambda_decrypt.decrypt` sets the package's
+    attribute `decrypt` to it; loaded lazily, it would replace the function `decrypt` (eagerly
+    imported before the function's definition, it never could), so that one assignment is
+    ignored: `lambda_decrypt.decrypt` stays the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "decrypt" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def decrypt(ciphertext: str | bytes) -> Decrypted:
@@ -28,6 +73,7 @@ def decrypt(ciphertext: str | bytes) -> Decrypted:
     global _default
     if _default is None:
         from lambda_decrypt.config import DecryptConfig
+        from lambda_decrypt.decrypt import Decryptor
 
         _default = Decryptor.from_config(DecryptConfig.from_env())
     return _default.decrypt(ciphertext)

@@ -1,4 +1,5 @@
-"""`rotator demo` from a built wheel installed in a fresh venv, run away from the checkout."""
+"""`rotator demo` from a built wheel installed in a fresh venv, run away from the checkout; its
+`rotator --help` imports neither the AWS SDK nor the Encryption SDK."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import subprocess
 import sys
 import venv
 import zipfile
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
+
+from tests.test_cli_shape import probe_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "rotator/sandbox/data/blog-truncated.b64"
@@ -62,6 +65,11 @@ def test_the_demo_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     clean = {"HOME": str(home), "PATH": f"{environment / 'bin'}{os.pathsep}{os.defpath}"}
     where = _run([str(python), "-c", "import rotator; print(rotator.__file__)"], clean, tmp_path)
     assert Path(where.stdout.strip()).is_relative_to(environment)
+
+    # The installed command starts without the AWS SDK or the Encryption SDK.
+    assert probe_imports(str(python), ["--help"], tmp_path, clean) == (0, [])
+    version = _run([str(rotator), "--version"], clean, tmp_path)
+    assert version.stdout == f"rotator {metadata.version('connect-key-rotator')}\n"
 
     demo = _run([str(rotator), "demo"], clean, tmp_path)
     assert "Demo finished: no contact was lost to the rotation." in demo.stdout

@@ -5,76 +5,45 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import io
 import json
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from rotator.adapters.runbook_audit import SsmRunbookAudit
-from rotator.domain.runbook import MAIN, PLACEHOLDER
-from rotator.entrypoints.bootstrap import Adapters
-from rotator.services.runbook_runner import Console, prepare, run_procedure, show_plan
-from rotator.services.runbooks import list_runbooks, load_runbook
-
-EXIT_USAGE = 2
+from rotator.entrypoints.cli_context import Context, Executor
+from rotator.entrypoints.cli_parser import build_parser
+from rotator.entrypoints.invocation import actor
+from rotator.exit_codes import ExitCode
 
 
-def configure_runbook_parser(parser: argparse.ArgumentParser) -> None:
-    """Adds list/show/run under the `runbook` subcommand parser the CLI created."""
-    actions = parser.add_subparsers(dest="runbook_action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="every runbook: name, title, purpose, procedures")
-    show = actions.add_parser("show", help="print a runbook's Markdown")
-    show.add_argument("name", metavar="NAME")
-    run = actions.add_parser(
-        "run", help="run a runbook's steps; each step that changes state asks first"
-    )
-    run.add_argument("name", metavar="NAME")
-    run.add_argument(
-        "--procedure", default=MAIN, help="a named procedure of the runbook (default: main)"
-    )
-    run.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        type=parse_param,
-        metavar="NAME=VALUE",
-        help="fills <NAME> in the steps; repeat it for an option that takes several values",
-    )
-    run.add_argument("--yes", action="store_true", help="do not ask before steps that change state")
-    run.add_argument(
-        "--dry-run", action="store_true", help="print the checked steps; run nothing, audit nothing"
-    )
-    audit = actions.add_parser("audit", help="every recorded run: when, by whom, how it ended")
-    audit.add_argument("--json", action="store_true", help="every audit record, as JSON")
-    audit.set_defaults(run=show_audit)
-    parser.set_defaults(run=run_runbook)
+def list_runbooks_command(args: argparse.Namespace, ctx: Context) -> int:
+    """`runbook list`: no AWS needed, so it works anywhere."""
+    from rotator.services.runbooks import list_runbooks
+
+    for runbook in list_runbooks():
+        procedures = ", ".join(f"{p.name} ({len(p.steps)} steps)" for p in runbook.procedures)
+        ctx.out.write(f"{runbook.name:<24}{runbook.title}\n{'':<24}{runbook.purpose}\n")
+        ctx.out.write(f"{'':<24}procedures: {procedures}\n")
+    return ExitCode.OK
 
 
-def parse_param(value: str) -> tuple[str, str]:
-    name, equals, text = value.partition("=")
-    if not equals or not PLACEHOLDER.fullmatch(f"<{name}>"):
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=VALUE with NAME like INSTANCE_ID")
-    return name, text
+def show_runbook(args: argparse.Namespace, ctx: Context) -> int:
+    """`runbook show NAME`: the runbook's Markdown; no AWS needed."""
+    from rotator.services.runbooks import load_runbook
+
+    ctx.out.write(load_runbook(args.name).markdown)
+    return ExitCode.OK
 
 
-def browse_runbooks(args: argparse.Namespace, out: TextIO) -> int:
-    """`runbook list` and `runbook show NAME`: no AWS needed, so they work anywhere."""
-    if args.runbook_action == "list":
-        for runbook in list_runbooks():
-            procedures = ", ".join(f"{p.name} ({len(p.steps)} steps)" for p in runbook.procedures)
-            out.write(f"{runbook.name:<24}{runbook.title}\n{'':<24}{runbook.purpose}\n")
-            out.write(f"{'':<24}procedures: {procedures}\n")
-        return 0
-    out.write(load_runbook(args.name).markdown)
-    return 0
+def run_runbook(args: argparse.Namespace, ctx: Context) -> int:
+    """`runbook run NAME`: each step through the CLI's own command runner, audited."""
+    from rotator.adapters.runbook_audit import SsmRunbookAudit
+    from rotator.services.runbook_runner import Console, prepare, run_procedure, show_plan
+    from rotator.services.runbooks import load_runbook
 
-
-def run_runbook(args: argparse.Namespace, adapters: Adapters, moment: object, out: TextIO) -> int:
-    """`runbook run NAME` (CLI signature: arguments, adapters, time, output stream)."""
+    out = ctx.out
     runbook = load_runbook(args.name)
     params: dict[str, list[str]] = {}
     for name, value in args.param:
@@ -83,29 +52,32 @@ def run_runbook(args: argparse.Namespace, adapters: Adapters, moment: object, ou
     planned = prepare(runbook, procedure, params, validate_command)
     if args.dry_run:
         return show_plan(runbook, procedure, planned, out)
-    settings = adapters.settings
+    settings = ctx.settings
     global_options = ["--prefix", settings.keyring_prefix, "--log-level", settings.log_level]
     if settings.kms_key_id:
         global_options += ["--kms-key-id", settings.kms_key_id]
-    audit = SsmRunbookAudit(adapters.ssm, settings.keyring_prefix)
+    audit = SsmRunbookAudit(ctx.adapters.ssm, settings.keyring_prefix)
     console = Console(
-        execute=cli_executor(global_options, out),
+        execute=cli_executor(global_options, out, ctx.execute),
         confirm=stdin_confirm(out),
         audit=lambda record: audit.write(record.event()),
         clock=lambda: datetime.now(UTC),
         out=out,
     )
     return run_procedure(
-        runbook, procedure, planned, params, console, actor=operator(), assume_yes=args.yes
+        runbook, procedure, planned, params, console, actor=actor("runbook"), assume_yes=args.yes
     )
 
 
-def show_audit(args: argparse.Namespace, adapters: Adapters, now: datetime, out: TextIO) -> int:
+def show_audit(args: argparse.Namespace, ctx: Context) -> int:
     """`runbook audit`: one line per run, as its latest record tells (`--json`: every record)."""
-    records = SsmRunbookAudit(adapters.ssm, adapters.settings.keyring_prefix).records()
+    from rotator.adapters.runbook_audit import SsmRunbookAudit
+
+    out = ctx.out
+    records = SsmRunbookAudit(ctx.adapters.ssm, ctx.settings.keyring_prefix).records()
     if args.json:
         out.write(json.dumps({"records": records}, indent=2) + "\n")
-        return 0
+        return ExitCode.OK
     latest: dict[str, dict[str, Any]] = {}
     for record in records:
         latest[str(record.get("run_id"))] = record
@@ -118,13 +90,11 @@ def show_audit(args: argparse.Namespace, adapters: Adapters, now: datetime, out:
             f"run {record.get('run_id')}\n"
         )
     out.write(f"{len(latest)} run(s)\n")
-    return 0
+    return ExitCode.OK
 
 
 def validate_command(argv: Sequence[str]) -> str | None:
     """The real parser's complaint about a step (None: a valid `rotator` command)."""
-    from rotator.entrypoints.cli import build_parser  # the CLI imports this module
-
     complaint = io.StringIO()
     try:
         with contextlib.redirect_stderr(complaint):
@@ -135,18 +105,19 @@ def validate_command(argv: Sequence[str]) -> str | None:
     return None
 
 
-def cli_executor(global_options: list[str], out: TextIO) -> Callable[[Sequence[str]], int]:
-    """Runs a step in this process through the CLI's own main(); its exit code is the result."""
+def cli_executor(
+    global_options: list[str], out: TextIO, execute: Executor
+) -> Callable[[Sequence[str]], int]:
+    """Runs a step in this process through the CLI's command runner; its exit code is the
+    result."""
 
-    def execute(argv: Sequence[str]) -> int:
-        from rotator.entrypoints.cli import main  # the CLI imports this module
-
+    def step(argv: Sequence[str]) -> int:
         try:
-            return main([*global_options, *argv], out)
+            return execute([*global_options, *argv], out)
         except SystemExit as stop:  # argparse: checked before the run, but never fatal here
-            return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+            return stop.code if isinstance(stop.code, int) else ExitCode.USAGE
 
-    return execute
+    return step
 
 
 def stdin_confirm(out: TextIO) -> Callable[[str], bool]:
@@ -161,12 +132,3 @@ def stdin_confirm(out: TextIO) -> Callable[[str], bool]:
         return answer.strip().lower() in {"y", "yes"}
 
     return confirm
-
-
-def operator() -> str:
-    """Who runs the runbook, for its audit record (CloudTrail adds the IAM principal)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()} (runbook)"

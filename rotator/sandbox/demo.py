@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, TextIO
+
+from rotator.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from rotator.sandbox.server import Sandbox
@@ -19,6 +21,9 @@ SECOND_CARD = "5555555555554444"  # the well-known Mastercard test number
 # Package data, so that the demo runs from an installed wheel as well as from a checkout.
 DATA = resources.files("rotator.sandbox") / "data"
 DEMO_ENV = ("KEYRING_PREFIX", "ROTATOR_KMS_KEY_ID", "RESPONSE_MODE")
+# `rotator ARGV` printing to a stream, its exit code back: the CLI passes its command runner, so
+# that the demo runs the real commands without importing the CLI.
+Rotator = Callable[[Sequence[str], TextIO], int]
 
 
 @contextmanager
@@ -39,28 +44,27 @@ def demo_environment(environment: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_demo(out: TextIO) -> int:
+def run_demo(out: TextIO, rotator: Rotator) -> int:
     try:
         from rotator.sandbox.server import start_sandbox
     except ImportError:
         out.write("the demo needs the sandbox extra: pip install 'connect-key-rotator[sandbox]'\n")
-        return 1
+        return ExitCode.FAILURE
     from lambda_decrypt.logs import configure_logging
 
     # The story is told on stdout; log lines (the Lambda's warning for the bad ciphertext)
     # would interleave with it, so only errors are logged during the demo.
     configure_logging("ERROR", stream="stderr", force=True)
     with start_sandbox() as sandbox, demo_environment(sandbox.environment()):
-        return _story(sandbox, out)
+        return _story(sandbox, out, rotator)
 
 
-def _story(sandbox: Sandbox, out: TextIO) -> int:
+def _story(sandbox: Sandbox, out: TextIO, rotator: Rotator) -> int:
     import boto3
 
     from lambda_decrypt import handler
     from rotator.domain.connect_cipher import encrypt_like_connect
     from rotator.domain.flows import encrypting_blocks
-    from rotator.entrypoints.cli import main as rotator
     from rotator.sandbox.sample_flows import create_payment_instance
 
     day0 = datetime.now(UTC).replace(microsecond=0)
@@ -99,7 +103,7 @@ def _story(sandbox: Sandbox, out: TextIO) -> int:
     blocks = payments.encrypt_block_args()
     if run("init", "--instance-id", instance, "--flow-id", flow, "--flow-module-id", module,
            *blocks) != 0:  # fmt: skip
-        return 1
+        return ExitCode.FAILURE
 
     def caller_types(digits: str) -> tuple[str, str]:
         content = connect.describe_contact_flow(InstanceId=instance, ContactFlowId=flow)
@@ -130,7 +134,7 @@ def _story(sandbox: Sandbox, out: TextIO) -> int:
     out.write("        The key is past its 365-day cryptoperiod, so the daily run rotates it:\n")
     at(366)
     if run("rotate") != 0:
-        return 1
+        return ExitCode.FAILURE
 
     second_call, second_key = caller_types(SECOND_CARD)
     say(366, f"Caller 2 types {SECOND_CARD}; the flow now encrypts with key {second_key}.")
@@ -144,7 +148,7 @@ def _story(sandbox: Sandbox, out: TextIO) -> int:
     )
     at(374)
     if run("retire", first_key) != 0:
-        return 1
+        return ExitCode.FAILURE
     late = lambda_answer(first_call)
     out.write(f"        Caller 1's ciphertext after retirement: {late}\n")
 
@@ -169,4 +173,4 @@ def _story(sandbox: Sandbox, out: TextIO) -> int:
         else "\nDemo FAILED: see above."
     )
     out.write("\n")
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.FAILURE
