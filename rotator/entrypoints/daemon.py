@@ -28,12 +28,12 @@ from rotator.config_file import RotatorConfig, cron_trigger, load_config
 from rotator.entrypoints.bootstrap import Adapters, build_adapters, environment_problem
 from rotator.entrypoints.scheduled import build_publisher
 from rotator.errors import ConfigError, ConnectKeyRotatorError
+from rotator.exit_codes import ExitCode
 from rotator.ports import Publisher
 from rotator.services import jobs
 from rotator.services.report import ReportOptions
 from rotator.services.rotation import InstanceResult, Outcome
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2  # the CLI's exit codes
 # A run that could not start on time (process suspended, previous run too long) still runs
 # within this many seconds of its time; later, it is skipped until its next time.
 MISFIRE_GRACE_SECONDS = 3600
@@ -327,14 +327,14 @@ def run_serve(
         adapters = _adapters(adapters_factory, settings)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     console = Console(out)
     publisher = publisher_factory(settings)
     daemon = Daemon(scheduled_jobs(config, adapters, console, publisher), console, now)
     if once:
-        return EXIT_OK if daemon.run_once() else EXIT_FAILURE
+        return ExitCode.OK if daemon.run_once() else ExitCode.FAILURE
     daemon.serve()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _adapters(factory: Callable[[Settings], Adapters], settings: Settings) -> Adapters:

@@ -6,7 +6,7 @@ Two jobs share the function: the rotation (the default) and the weekly complianc
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -17,6 +17,7 @@ from rotator.adapters.publishing import AwsPublisher
 from rotator.clock import clock_from_environment
 from rotator.config import RotatorEnv, Settings
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, aws_region, build_adapters
+from rotator.entrypoints.invocation import on_clock, requested_time
 from rotator.errors import ConfigError
 from rotator.ports import Publisher
 from rotator.services.jobs import ReportDestinations, report_job, report_maker, rotation_job
@@ -65,7 +66,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return report_run(adapters, publisher, now, what_if=what_if)
     function = getattr(context, "function_name", None) or "rotator"
     actor = f"eventbridge-scheduler ({function})"
-    rotation = adapters.rotation(f"{actor} [simulated clock]" if clock.simulated else actor)
+    rotation = adapters.rotation(on_clock(actor, simulated=clock.simulated))
     run = rotation_job(rotation, adapters.keyring, publisher, settings.policy, now, what_if=what_if)
     return run.to_dict()
 
@@ -105,7 +106,6 @@ def _requested_now(event: Any) -> datetime | None:
     if raw is None:
         return None
     try:
-        moment = datetime.fromisoformat(str(raw))
-    except ValueError:
-        raise ConfigError("event.now", f"{raw!r} is not an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return requested_time(raw)
+    except ValueError as error:
+        raise ConfigError("event.now", str(error)) from None

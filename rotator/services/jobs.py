@@ -19,6 +19,7 @@ from rotator.domain.findings import Severity
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.errors import ConfigError, ConnectKeyRotatorError
+from rotator.exit_codes import ExitCode
 from rotator.ports import Metric, Publisher
 from rotator.services.report import Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
     from rotator.domain.rotation import ManagedInstance
     from rotator.services.rotation import RotationService
 
-EXIT_OK, EXIT_FAILURE = 0, 1
-# `rotator report --fail-on`: a finding at or above the threshold.
-EXIT_FINDINGS = EXIT_FAILURE
 # One series per severity (dimension Severity); the template alarms on Severity=critical > 0.
 REPORT_FINDINGS_METRIC = "ReportFindings"
 REPORT_FAILED_SUBJECT = "connect-key-rotator: compliance report failed"
@@ -69,7 +67,7 @@ class RotationRun:
         return not self.failed and not left_due and self.telemetry_error is None
 
     def exit_status(self) -> int:
-        return EXIT_OK if self.ok else EXIT_FAILURE
+        return ExitCode.OK if self.ok else ExitCode.FAILURE
 
     def counts(self) -> dict[str, int]:
         """Every outcome, zeros included."""
@@ -273,8 +271,8 @@ class ReportRun:
     def exit_status(self, fail_on: Severity | None = None) -> int:
         """1 if the run failed, or a finding is at or above `fail_on` (None: findings pass)."""
         if not self.ok or (self.report is not None and self.report.fails(fail_on)):
-            return EXIT_FAILURE
-        return EXIT_OK
+            return ExitCode.FAILURE
+        return ExitCode.OK
 
     def to_dict(self) -> dict[str, Any]:
         counts = self.counts()
@@ -455,4 +453,5 @@ def run_report(
         except OSError as error:
             raise ConfigError("--output", f"cannot write {output}: {error.strerror}") from None
         out.write(f"{render_summary(report, limit=5)}\nreport written to {output}\n")
-    return EXIT_FINDINGS if report.fails(fail_on) else EXIT_OK
+    # `--fail-on`: a finding at or above the threshold fails the command.
+    return ExitCode.FAILURE if report.fails(fail_on) else ExitCode.OK

@@ -15,6 +15,7 @@ from lambda_decrypt.logs import get_logger
 from rotator.domain.history import EventKind, HistoryEvent
 from rotator.domain.runbook import Procedure, Runbook, Step, render
 from rotator.errors import ConfigError, ConnectKeyRotatorError
+from rotator.exit_codes import ExitCode
 
 log = get_logger("rotator.runbook")
 STOPPED = "the runbook stopped here; nothing after it ran"
@@ -33,7 +34,7 @@ class RunOutcome(StrEnum):
     INTERRUPTED = "interrupted"
 
 
-EXIT_CODES = {RunOutcome.SUCCEEDED: 0, RunOutcome.INTERRUPTED: 130}
+EXIT_CODES = {RunOutcome.SUCCEEDED: ExitCode.OK, RunOutcome.INTERRUPTED: ExitCode.INTERRUPTED}
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def run_procedure(
             f"the run {outcome} but its final audit record could not be written ({error}); "
             f"the start record of run {record.run_id} and the log line remain"
         ) from None
-    return EXIT_CODES.get(outcome, 1)
+    return EXIT_CODES.get(outcome, ExitCode.FAILURE)
 
 
 def _steps(
