@@ -16,6 +16,7 @@ from lambda_decrypt.keyring import KeyringLayout
 from lambda_decrypt.logs import get_logger
 from rotator.adapters.aws import aws_call
 from rotator.errors import AwsCallError
+
 # Raised here, defined with the other errors so that services need no adapter to catch them.
 from rotator.errors import LockHeld as LockHeld
 from rotator.errors import LockLost as LockLost

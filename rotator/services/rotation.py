@@ -14,6 +14,7 @@ from lambda_decrypt import ConnectKey, Decryptor, StaticKeys
 from lambda_decrypt.logs import get_logger
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
+from rotator.domain.connect_ids import SecurityKey
 from rotator.domain.flows import (
     ChangeKind,
     EncryptionKind,
@@ -25,7 +26,6 @@ from rotator.domain.flows import (
     referenced_key_ids,
     storing_blocks,
 )
-from rotator.domain.connect_ids import SecurityKey
 from rotator.domain.keys import KeyMaterial, generate_key_material, public_key_sha256_of_pem
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import rotation_due
