@@ -25,6 +25,7 @@ __all__ = [
     "Lease",
     "Lock",
     "ProtectedKey",
+    "ProtectionSweep",
     "SecurityKeys",
 ]
 
@@ -45,6 +46,14 @@ class ProtectedKey:
 
     location: str
     kms_key_id: str
+
+
+@dataclass(frozen=True)
+class ProtectionSweep:
+    """Every private key the keyring holds, stored or staged, with its protection: one sweep."""
+
+    keys: dict[str, ProtectedKey]  # key ID -> its private key
+    staged: dict[str, ProtectedKey]  # rotation ID -> its staged private key
 
 
 class Keyring(Protocol):
@@ -95,6 +104,10 @@ class Keyring(Protocol):
 
     def private_key_protection(self) -> dict[str, ProtectedKey]:
         """Key ID -> where its private key is and which KMS key protects it, for every key."""
+        ...
+
+    def protection_sweep(self) -> ProtectionSweep:
+        """private_key_protection, and the same for staged keys, in one read."""
         ...
 
     def decrypt_keys(self) -> KeySource:

@@ -29,7 +29,7 @@ from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
 from rotator.errors import AwsCallError, KeyringConflict, LockHeld, LockLost, NotFound
-from rotator.ports import KeyPart, ProtectedKey
+from rotator.ports import KeyPart, ProtectedKey, ProtectionSweep
 from rotator.sandbox import connect_emulator
 
 _K = TypeVar("_K")
@@ -145,10 +145,21 @@ class FakeKeyring:
         self.protection.pop(key_id, None)
 
     def private_key_protection(self) -> dict[str, ProtectedKey]:
-        return {
+        return self.protection_sweep().keys
+
+    def protection_sweep(self) -> ProtectionSweep:
+        keys = {
             key_id: ProtectedKey(f"fake:keys/{key_id}/private-key", kms)
             for key_id, kms in self.protection.items()
         }
+        # Staged keys are created with the configured KMS key, as stored ones are.
+        kms = self.kms_key_id or SSM_DEFAULT_KMS_KEY
+        staged = {
+            rotation_id: ProtectedKey(f"fake:staging/{rotation_id}/private-key", kms)
+            for rotation_id, parts in self.staged.items()
+            if KeyPart.PRIVATE_KEY in parts
+        }
+        return ProtectionSweep(keys, staged)
 
     def decrypt_keys(self) -> FakeKeySource:
         return FakeKeySource(self)

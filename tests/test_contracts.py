@@ -222,6 +222,30 @@ def test_private_key_protection_names_each_private_key_and_its_kms_key(
     assert list(protection) == [KEY_A]
     assert protection[KEY_A].kms_key_id == "alias/aws/ssm"
     assert KEY_A in protection[KEY_A].location
+    sweep = keyring.protection_sweep()
+    assert sweep.keys == protection
+    assert list(sweep.staged) == ["r1"] and sweep.staged["r1"].kms_key_id == "alias/aws/ssm"
+    keyring.delete_staging("r1")
+    keyring.delete_private_key(KEY_A)
+    assert keyring.protection_sweep().keys == keyring.protection_sweep().staged == {}
+
+
+@pytest.mark.parametrize("kind", ["fake", "ssm"])
+def test_private_keys_are_protected_by_the_configured_kms_key(
+    request: pytest.FixtureRequest, kind: str, material_a: KeyMaterial, material_b: KeyMaterial
+) -> None:
+    ssm = request.getfixturevalue("ssm")  # moto's KMS makes the key for both
+    kms_key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    keyring: Keyring = (
+        FakeKeyring(kms_key_id=kms_key)
+        if kind == "fake"
+        else SsmKeyring(ssm, f"/contract-{next(_prefixes)}", kms_key_id=kms_key)
+    )
+    assert keyring.kms_key_id == kms_key
+    keyring.store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    keyring.stage_key("r1", material_b)
+    sweep = keyring.protection_sweep()
+    assert sweep.keys[KEY_A].kms_key_id == sweep.staged["r1"].kms_key_id == kms_key
 
 
 def test_the_blog_key_is_read_from_its_two_parameters(

@@ -17,7 +17,7 @@ from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
 from rotator.errors import AwsCallError, KeyringConflict, NotFound
-from rotator.ports import KeyPart, ProtectedKey
+from rotator.ports import KeyPart, ProtectedKey, ProtectionSweep
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
@@ -149,12 +149,21 @@ class SsmKeyring:
 
     def private_key_protection(self) -> dict[str, ProtectedKey]:
         """Key ID -> its private key's parameter and KMS key: one DescribeParameters sweep."""
-        found = {}
+        return self.protection_sweep().keys
+
+    def protection_sweep(self) -> ProtectionSweep:
+        """Stored and staged private keys with their parameter and KMS key: one sweep."""
+        keys, staged = {}, {}
+        staging = self.layout.staging_root() + "/"
         for name, kms_key_id in self.secure_parameters().items():
             key_id = self.layout.key_id_of(name)
             if key_id is not None and name == self.layout.private_key(key_id):
-                found[key_id] = ProtectedKey(name, kms_key_id)
-        return found
+                keys[key_id] = ProtectedKey(name, kms_key_id)
+            elif name.startswith(staging):
+                rotation_id = name[len(staging) :].partition("/")[0]
+                if name == self.layout.staged_private_key(rotation_id):
+                    staged[rotation_id] = ProtectedKey(name, kms_key_id)
+        return ProtectionSweep(keys, staged)
 
     def decrypt_keys(self) -> KeyringReader:
         """A fresh `lambda_decrypt` reader on this client: the Lambda's own code path, no cache."""

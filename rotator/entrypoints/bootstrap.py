@@ -1,4 +1,4 @@
-"""Composition root: builds AWS clients and adapters from settings; entrypoints call only this."""
+"""Composition root: builds AWS clients and adapters from settings, and services on them."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
 @dataclass(frozen=True)
 class Adapters:
+    """The adapters of one run. Each implements a port of rotator.ports (SsmKeyring: Keyring,
+    ConnectGateway: Connect, SsmLock: Lock); services are built here and see only the ports."""
+
     settings: Settings
     ssm: SSMClient
     connect_client: ConnectClient
