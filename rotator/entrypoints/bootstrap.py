@@ -17,6 +17,7 @@ from botocore.exceptions import (
 
 from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
+from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.history import ClockKind
@@ -53,6 +54,10 @@ class Adapters:
 
     def invariants(self) -> InvariantChecker:
         return InvariantChecker(self.keyring, self.connect, self.lock)
+
+    def runbook_audit(self) -> SsmRunbookAudit:
+        """The legacy runbook audit (read only) and the runbook history."""
+        return SsmRunbookAudit(self.ssm, self.settings.keyring_prefix)
 
     def s3(self) -> S3Client:
         """Made on demand: only the report job's S3 destination needs it."""
