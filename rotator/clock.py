@@ -9,21 +9,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+
+# The Protocol lives with the other ports; imported from here by callers of SystemClock & co.
+from rotator.ports import Clock as Clock
 
 # The path the sandbox serves its simulated clock on; no AWS endpoint answers it.
 SANDBOX_CLOCK_PATH = "/_sandbox/clock"
 # What the sandbox puts in its answer, so that an unrelated loopback server is never taken for it.
 SANDBOX_CLOCK_MARK = "connect-key-rotator-sandbox"
-
-
-class Clock(Protocol):
-    """The time at which state changes happen and are recorded."""
-
-    @property
-    def simulated(self) -> bool: ...
-
-    def now(self) -> datetime: ...
 
 
 class SystemClock:

@@ -12,6 +12,8 @@ __all__ = [
     "KeyMaterialError",
     "KeyringConflict",
     "KeyringError",
+    "LockHeld",
+    "LockLost",
     "NotFound",
 ]
 
@@ -34,3 +36,16 @@ class NotFound(KeyringError):
 
 class InvalidTransition(ConnectKeyRotatorError):
     """A lifecycle change that the key's current state does not allow."""
+
+
+class LockHeld(ConnectKeyRotatorError):
+    """Another run holds the instance's lock and it is not stale."""
+
+    def __init__(self, instance_id: str, holder: str) -> None:
+        super().__init__(f"instance {instance_id} is being rotated: lock {holder}")
+        self.instance_id = instance_id
+        self.holder = holder
+
+
+class LockLost(ConnectKeyRotatorError):
+    """The lock a run took is no longer its own (or its lease ran out): it must stop writing."""

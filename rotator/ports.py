@@ -1,13 +1,239 @@
-"""The ports: what services need from the outside world, as Protocols the adapters implement."""
+"""The ports: what services need from the outside world (the keyring, Connect, the lock, the
+clock and publishing), as Protocols the adapters implement."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
 
-# Publishing
+if TYPE_CHECKING:
+    # Types only: ports stay cheap to import (lambda_decrypt.decrypt loads the Encryption SDK).
+    from lambda_decrypt.decrypt import KeySource
+    from rotator.domain.connect_ids import SecurityKey
+    from rotator.domain.flows import FlowRef
+    from rotator.domain.keys import KeyMaterial
+    from rotator.domain.lifecycle import KeyRecord
+    from rotator.domain.rotation import ManagedInstance, RotationState
+
+__all__ = [
+    "Clock",
+    "Connect",
+    "KeyPart",
+    "Keyring",
+    "Lease",
+    "Lock",
+    "Metric",
+    "ProtectedKey",
+    "ProtectionSweep",
+    "Publisher",
+    "SecurityKeys",
+]
+
+# -- Keyring ------------------------------------------------------------------------------------
+
+
+class KeyPart(StrEnum):
+    """What the keyring stores of a key besides its metadata."""
+
+    CERTIFICATE = "certificate"
+    PRIVATE_KEY = "private-key"
+
+
+@dataclass(frozen=True)
+class ProtectedKey:
+    """Where a private key is stored (shown to operators, e.g. to re-protect it) and which KMS
+    key encrypts it, as the store reports it ("" if it does not say)."""
+
+    location: str
+    kms_key_id: str
+
+
+@dataclass(frozen=True)
+class ProtectionSweep:
+    """Every private key the keyring holds, stored or staged, with its protection: one sweep."""
+
+    keys: dict[str, ProtectedKey]  # key ID -> its private key
+    staged: dict[str, ProtectedKey]  # rotation ID -> its staged private key
+
+
+class Keyring(Protocol):
+    """Private keys (created once, never replaced: a key ID names one key for life), their
+    certificates and metadata, keys staged by a rotation before Connect names them, and per
+    instance its managed flows, current key and rotation record. Metadata and rotation changes
+    are recorded in the history as they are written."""
+
+    @property
+    def kms_key_id(self) -> str | None:
+        """The KMS key that new private keys are encrypted with (None: the store's default)."""
+        ...
+
+    # keys
+    def store_key(self, key_id: str, material: KeyMaterial, record: KeyRecord) -> None:
+        """Private key, certificate and metadata; the same key again is a no-op."""
+        ...
+
+    def create_private_key(self, key_id: str, private_key_pem: str) -> None:
+        """Create once; the same PEM again is fine, a different one raises KeyringConflict."""
+        ...
+
+    def store_certificate(self, key_id: str, certificate_pem: str) -> None: ...
+
+    def read_material(self, key_id: str, *, validated: bool = False) -> KeyMaterial:
+        """Private key and certificate, validated (NotFound if either is missing)."""
+        ...
+
+    def read_certificate(self, key_id: str) -> str: ...
+
+    def read_private_key_pem(self, key_id: str) -> str:
+        """NotFound if no private key is stored."""
+        ...
+
+    def find_private_key(self, key_id: str) -> str | None: ...
+
+    def stored_parts(self, key_id: str) -> frozenset[KeyPart]:
+        """Which of the key's private key and certificate are stored (nothing decrypted)."""
+        ...
+
+    def stored_private_keys(self, key_ids: Sequence[str]) -> set[str]:
+        """Those of `key_ids` whose private key is stored (nothing decrypted)."""
+        ...
+
+    def delete_private_key(self, key_id: str) -> None:
+        """Gone already is fine: a destroy may be redone."""
+        ...
+
+    def private_key_protection(self) -> dict[str, ProtectedKey]:
+        """Key ID -> where its private key is and which KMS key protects it, for every key."""
+        ...
+
+    def protection_sweep(self) -> ProtectionSweep:
+        """private_key_protection, and the same for staged keys, in one read."""
+        ...
+
+    def decrypt_keys(self) -> KeySource:
+        """The private keys as the decrypt Lambda reads them, with nothing cached: the canary."""
+        ...
+
+    # keys staged by a rotation (under its rotation ID, before Connect gives a key ID)
+    def stage_key(self, rotation_id: str, material: KeyMaterial) -> None:
+        """Certificate first, then the private key (create-only, as for stored keys)."""
+        ...
+
+    def read_staged(self, rotation_id: str, *, validated: bool = False) -> KeyMaterial | None: ...
+
+    def delete_staging(self, rotation_id: str) -> None: ...
+
+    def orphaned_staging(self) -> set[str]:
+        """Rotation IDs with staged keys that no unfinished rotation owns."""
+        ...
+
+    # metadata
+    def put_record(self, record: KeyRecord) -> None:
+        """A new version unless nothing changed; every new transition becomes an event."""
+        ...
+
+    def write_record(self, record: KeyRecord) -> None:
+        """A new version whose last transition is the one new transition."""
+        ...
+
+    def get_record(self, key_id: str) -> KeyRecord: ...
+
+    def find_record(self, key_id: str) -> KeyRecord | None: ...
+
+    def records(self) -> list[KeyRecord]: ...
+
+    # instances
+    def get_instance(self, instance_id: str) -> ManagedInstance | None: ...
+
+    def put_instance(self, instance: ManagedInstance) -> None: ...
+
+    def managed_instances(self) -> list[ManagedInstance]: ...
+
+    def get_rotation(self, instance_id: str) -> RotationState | None: ...
+
+    def put_rotation(self, state: RotationState, *, at: datetime) -> None: ...
+
+    def get_current(self, instance_id: str) -> str | None: ...
+
+    def set_current(self, instance_id: str, key_id: str) -> None: ...
+
+    # outside the keyring
+    def read_blog_key(self, key_parameter: str, key_id_parameter: str) -> tuple[str, str]:
+        """(key ID, private key PEM) from a blog deployment's two parameters, only read;
+        NotFound names the missing ones."""
+        ...
+
+
+# -- Connect ------------------------------------------------------------------------------------
+
+
+class SecurityKeys(Protocol):
+    """The security keys Connect holds for an instance (what an import checks)."""
+
+    def list_security_keys(self, instance_id: str) -> list[SecurityKey]: ...
+
+
+class Connect(SecurityKeys, Protocol):
+    """Amazon Connect's security keys and flow content. Keys are named by their key ID (see
+    rotator.domain.connect_ids); an unknown instance, flow or key raises NotFound."""
+
+    def associate_security_key(
+        self, instance_id: str, public_key_pem: str, client_token: str
+    ) -> str:
+        """The new key's key ID; the same client token and key again answer the same ID."""
+        ...
+
+    def disassociate_security_key(self, instance_id: str, key_id: str) -> None: ...
+
+    def flow_content(self, instance_id: str, ref: FlowRef) -> str: ...
+
+    def update_flow_content(self, instance_id: str, ref: FlowRef, content: str) -> None: ...
+
+
+# -- Lock ---------------------------------------------------------------------------------------
+
+
+class Lease(Protocol):
+    """A lock as its taker holds it."""
+
+    def check(self) -> None:
+        """Before every write made under the lock: raise LockLost unless it is still ours and
+        live (renewing it when due)."""
+        ...
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        ...
+
+
+class Lock(Protocol):
+    """One run at a time per instance."""
+
+    def acquire(self, instance_id: str, purpose: str) -> Lease:
+        """Take the lock (breaking a stale one first), or raise LockHeld."""
+        ...
+
+    def clear_if_stale(self, instance_id: str) -> str | None:
+        """Remove a lock whose holder is provably gone or whose lease expired; say why."""
+        ...
+
+
+# -- Clock --------------------------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    """The time at which state changes happen and are recorded."""
+
+    @property
+    def simulated(self) -> bool: ...
+
+    def now(self) -> datetime: ...
+
+
+# -- Publishing ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,45 @@
-"""Fakes of the rotator's ports, for tests that need no Connect emulator."""
+"""In-memory fakes of the rotator's ports (rotator.ports); tests/test_contracts.py holds each
+to the same contract as the real adapter, so a fake cannot drift from SSM or Connect."""
 
 from __future__ import annotations
 
-from rotator.adapters.connect import SecurityKey
-from rotator.domain.flows import FlowRef
-from rotator.errors import NotFound
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lambda_decrypt.errors import KeyDestroyed, UnknownKey
+from lambda_decrypt.keys import ConnectKey
+from rotator.domain.connect_ids import SecurityKey, association_id_of_key, key_id_of_association
+from rotator.domain.flows import FlowKind, FlowRef
+from rotator.domain.history import (
+    ClockKind,
+    HistoryEvent,
+    key_transition_events,
+    rotation_step_event,
+)
+from rotator.domain.keys import KeyMaterial, load_key_material
+from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.domain.rotation import ManagedInstance, RotationState
+from rotator.errors import AwsCallError, KeyringConflict, LockHeld, LockLost, NotFound
+from rotator.ports import KeyPart, ProtectedKey, ProtectionSweep
+from rotator.sandbox import connect_emulator
+
+_K = TypeVar("_K")
+# What SSM reports as the KMS key of a SecureString stored without one.
+SSM_DEFAULT_KMS_KEY = "alias/aws/ssm"
 
 
 class HeldKeys:
     """Connect's security keys per instance, as `ListSecurityKeys` would list them, and the
-    content of the flows a test puts there."""
+    content of the flows a test puts there (the `SecurityKeys` port, and flow reads)."""
 
     def __init__(self, held: dict[str, dict[str, str]] | None = None) -> None:
         self.held = held or {}  # instance ID -> {association ID: public key PEM}
@@ -26,8 +56,431 @@ class HeldKeys:
             raise NotFound(f"connect: {instance_id}/{ref.flow_id} not found") from None
 
     def hold(self, instance_id: str, key_id: str, public_key_pem: str) -> HeldKeys:
-        self.held.setdefault(instance_id, {})[key_id] = public_key_pem
+        self.held.setdefault(instance_id, {})[association_id_of_key(key_id)] = public_key_pem
         return self
 
     def list_security_keys(self, instance_id: str) -> list[SecurityKey]:
         return [SecurityKey(k, pem) for k, pem in self.held.get(instance_id, {}).items()]
+
+
+# -- Keyring ------------------------------------------------------------------------------------
+
+
+class FakeHistory:
+    """The append-only history: events kept in the order they were appended."""
+
+    def __init__(self) -> None:
+        self.appended: list[HistoryEvent] = []
+
+    def append(self, event: HistoryEvent) -> str:
+        self.appended.append(event)
+        return f"{event.scope}/{len(self.appended)}"
+
+    def events(self, scope: str | None = None) -> list[HistoryEvent]:
+        found = [e for e in self.appended if scope is None or e.scope == scope]
+        return sorted(found, key=lambda e: e.at)  # stable: same-instant events keep their order
+
+
+@dataclass
+class FakeKeyring:
+    """The `Keyring` port in memory, with SSM's rules: a private key (stored or staged) is
+    created once and never replaced, a missing one reads as absent, deletes are idempotent."""
+
+    kms_key_id: str | None = None
+    clock: ClockKind = ClockKind.REAL
+    private_keys: dict[str, str] = field(default_factory=dict)
+    certificates: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, KeyRecord] = field(default_factory=dict)
+    staged: dict[str, dict[KeyPart, str]] = field(default_factory=dict)
+    configs: dict[str, ManagedInstance] = field(default_factory=dict)
+    currents: dict[str, str] = field(default_factory=dict)
+    rotations: dict[str, RotationState] = field(default_factory=dict)
+    # Parameters outside the keyring (a blog deployment's), by name.
+    outside: dict[str, str] = field(default_factory=dict)
+    history: FakeHistory = field(default_factory=FakeHistory)
+    # KMS key per stored private key: the configured one when it was created.
+    protection: dict[str, str] = field(default_factory=dict)
+
+    # keys
+    def store_key(self, key_id: str, material: KeyMaterial, record: KeyRecord) -> None:
+        self.create_private_key(key_id, material.private_key_pem)
+        self.store_certificate(key_id, material.certificate_pem)
+        self.put_record(record)
+
+    def create_private_key(self, key_id: str, private_key_pem: str) -> None:
+        _create_once(self.private_keys, key_id, private_key_pem, f"private key {key_id}")
+        self.protection.setdefault(key_id, self.kms_key_id or SSM_DEFAULT_KMS_KEY)
+
+    def store_certificate(self, key_id: str, certificate_pem: str) -> None:
+        self.certificates[key_id] = certificate_pem
+
+    def read_material(self, key_id: str, *, validated: bool = False) -> KeyMaterial:
+        if key_id not in self.private_keys:
+            raise NotFound(f"no private key stored for key ID {key_id}")
+        certificate = self.read_certificate(key_id)
+        return load_key_material(self.private_keys[key_id], certificate, validated=validated)
+
+    def read_certificate(self, key_id: str) -> str:
+        if key_id not in self.certificates:
+            raise NotFound(f"no certificate stored for key ID {key_id}")
+        return self.certificates[key_id]
+
+    def read_private_key_pem(self, key_id: str) -> str:
+        if key_id not in self.private_keys:
+            raise NotFound(f"no private key stored for key ID {key_id}")
+        return self.private_keys[key_id]
+
+    def find_private_key(self, key_id: str) -> str | None:
+        return self.private_keys.get(key_id)
+
+    def stored_parts(self, key_id: str) -> frozenset[KeyPart]:
+        parts = {KeyPart.PRIVATE_KEY: self.private_keys, KeyPart.CERTIFICATE: self.certificates}
+        return frozenset(part for part, held in parts.items() if key_id in held)
+
+    def stored_private_keys(self, key_ids: Sequence[str]) -> set[str]:
+        return {key_id for key_id in key_ids if key_id in self.private_keys}
+
+    def delete_private_key(self, key_id: str) -> None:
+        self.private_keys.pop(key_id, None)
+        self.protection.pop(key_id, None)
+
+    def private_key_protection(self) -> dict[str, ProtectedKey]:
+        return self.protection_sweep().keys
+
+    def protection_sweep(self) -> ProtectionSweep:
+        keys = {
+            key_id: ProtectedKey(f"fake:keys/{key_id}/private-key", kms)
+            for key_id, kms in self.protection.items()
+        }
+        # Staged keys are created with the configured KMS key, as stored ones are.
+        kms = self.kms_key_id or SSM_DEFAULT_KMS_KEY
+        staged = {
+            rotation_id: ProtectedKey(f"fake:staging/{rotation_id}/private-key", kms)
+            for rotation_id, parts in self.staged.items()
+            if KeyPart.PRIVATE_KEY in parts
+        }
+        return ProtectionSweep(keys, staged)
+
+    def decrypt_keys(self) -> FakeKeySource:
+        return FakeKeySource(self)
+
+    # staging
+    def stage_key(self, rotation_id: str, material: KeyMaterial) -> None:
+        staged = self.staged.setdefault(rotation_id, {})
+        staged[KeyPart.CERTIFICATE] = material.certificate_pem
+        _create_once(staged, KeyPart.PRIVATE_KEY, material.private_key_pem, "staged private key")
+
+    def read_staged(self, rotation_id: str, *, validated: bool = False) -> KeyMaterial | None:
+        staged = self.staged.get(rotation_id, {})
+        pem, certificate = staged.get(KeyPart.PRIVATE_KEY), staged.get(KeyPart.CERTIFICATE)
+        if pem is None or certificate is None:
+            return None
+        return load_key_material(pem, certificate, validated=validated)
+
+    def delete_staging(self, rotation_id: str) -> None:
+        self.staged.pop(rotation_id, None)
+
+    def orphaned_staging(self) -> set[str]:
+        owned = {r.rotation_id for r in self.rotations.values() if not r.finished}
+        return {rotation_id for rotation_id, parts in self.staged.items() if parts} - owned
+
+    # metadata
+    def put_record(self, record: KeyRecord) -> None:
+        existing = self.find_record(record.key_id)
+        if existing != record:
+            self._write_record(() if existing is None else existing.history, record)
+
+    def write_record(self, record: KeyRecord) -> None:
+        self._write_record(record.history[:-1], record)
+
+    def _write_record(self, recorded: Sequence[Transition], record: KeyRecord) -> None:
+        for event in key_transition_events(recorded, record, self.clock):
+            self.history.append(event)
+        self.metadata[record.key_id] = record
+
+    def get_record(self, key_id: str) -> KeyRecord:
+        if key_id not in self.metadata:
+            raise NotFound(f"no key {key_id} in the keyring")
+        return self.metadata[key_id]
+
+    def find_record(self, key_id: str) -> KeyRecord | None:
+        return self.metadata.get(key_id)
+
+    def records(self) -> list[KeyRecord]:
+        return sorted(
+            self.metadata.values(), key=lambda r: (r.instance_id or "", r.created_at, r.key_id)
+        )
+
+    # instances
+    def get_instance(self, instance_id: str) -> ManagedInstance | None:
+        return self.configs.get(instance_id)
+
+    def put_instance(self, instance: ManagedInstance) -> None:
+        self.configs[instance.instance_id] = instance
+
+    def managed_instances(self) -> list[ManagedInstance]:
+        return [self.configs[i] for i in sorted(self.configs)]
+
+    def get_rotation(self, instance_id: str) -> RotationState | None:
+        return self.rotations.get(instance_id)
+
+    def put_rotation(self, state: RotationState, *, at: datetime) -> None:
+        self.history.append(rotation_step_event(state, at, self.clock))
+        self.rotations[state.instance_id] = state
+
+    def get_current(self, instance_id: str) -> str | None:
+        return self.currents.get(instance_id)
+
+    def set_current(self, instance_id: str, key_id: str) -> None:
+        self.currents[instance_id] = key_id
+
+    # outside the keyring
+    def read_blog_key(self, key_parameter: str, key_id_parameter: str) -> tuple[str, str]:
+        missing = [n for n in (key_parameter, key_id_parameter) if n not in self.outside]
+        if missing:
+            raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
+        return self.outside[key_id_parameter].strip(), self.outside[key_parameter]
+
+
+class FakeKeySource:
+    """What the decrypt Lambda's reader answers for the fake keyring, read afresh each time."""
+
+    def __init__(self, keyring: FakeKeyring) -> None:
+        self.keyring = keyring
+
+    def get(self, key_id: str) -> ConnectKey:
+        record = self.keyring.metadata.get(key_id)
+        if record is not None and record.state is KeyState.DESTROYED:
+            raise KeyDestroyed(f"key ID {key_id} was destroyed")
+        pem = self.keyring.private_keys.get(key_id)
+        if pem is None:
+            raise UnknownKey(f"no private key for key ID {key_id}")
+        return ConnectKey.from_pem(key_id, pem, trusted=True)
+
+
+def _create_once(held: dict[_K, str], key: _K, value: str, what: str) -> None:
+    """SSM's PutParameter without Overwrite: the same value again is a retry, another refused."""
+    existing = held.get(key)
+    if existing is not None and _digest(existing) != _digest(value):
+        raise KeyringConflict(f"fake:{key} already holds a different {what}; it is never replaced")
+    held[key] = value
+
+
+def _digest(pem: str) -> str:
+    return hashlib.sha256(pem.encode("ascii")).hexdigest()
+
+
+# -- Connect ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Instance:
+    keys: dict[str, connect_emulator.SecurityKey] = field(default_factory=dict)
+    tokens: dict[str, tuple[rsa.RSAPublicNumbers, str]] = field(default_factory=dict)
+    flows: dict[tuple[FlowKind, str], str] = field(default_factory=dict)
+
+
+class FakeConnect:
+    """The `Connect` port in memory, with the rules the Connect emulator enforces (which the
+    contract suite checks against it): two security keys an instance, an RSA public key PEM
+    of at most 1024 characters, one association per public key, ClientToken idempotency, flow
+    content checked as Connect checks it; AWS errors as the gateway raises them."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, _Instance] = {}
+        self.updates: dict[tuple[str, str], int] = {}
+
+    # set-up, as a test would create things in Connect
+    def create_instance(self) -> str:
+        instance_id = str(uuid.uuid4())
+        self.instances[instance_id] = _Instance()
+        return instance_id
+
+    def create_flow(
+        self, instance_id: str, content: str, kind: FlowKind = FlowKind.FLOW
+    ) -> FlowRef:
+        instance = self._instance(instance_id, "CreateContactFlow")
+        flow_id = str(uuid.uuid4())
+        self._check(instance, content, f"{instance_id}/{flow_id}", kind, "CreateContactFlow")
+        instance.flows[(kind, flow_id)] = content
+        return FlowRef(kind, flow_id)
+
+    # the port
+    def list_security_keys(self, instance_id: str) -> list[SecurityKey]:
+        instance = self._instance(instance_id, "ListSecurityKeys")
+        return [SecurityKey(k.association_id, k.pem) for k in instance.keys.values()]
+
+    def associate_security_key(
+        self, instance_id: str, public_key_pem: str, client_token: str
+    ) -> str:
+        call = "connect:AssociateSecurityKey"
+        instance = self._instance(instance_id, "AssociateSecurityKey")
+        numbers = _public_key_numbers(public_key_pem, call, instance_id)
+        if client_token in instance.tokens:
+            first_numbers, first_id = instance.tokens[client_token]
+            if first_numbers != numbers:
+                raise AwsCallError(call, instance_id, "ResourceConflictException")
+            if first_id in instance.keys:
+                return key_id_of_association(first_id)
+        if any(key.numbers == numbers for key in instance.keys.values()):
+            raise AwsCallError(call, instance_id, "ResourceConflictException")
+        if len(instance.keys) >= connect_emulator.MAX_SECURITY_KEYS:
+            raise AwsCallError(call, instance_id, "ServiceQuotaExceededException")
+        association_id = str(uuid.uuid4())
+        instance.keys[association_id] = connect_emulator.SecurityKey(
+            association_id, public_key_pem, numbers, 0.0
+        )
+        instance.tokens[client_token] = (numbers, association_id)
+        return key_id_of_association(association_id)
+
+    def disassociate_security_key(self, instance_id: str, key_id: str) -> None:
+        association_id = association_id_of_key(key_id)
+        instance = self._instance(instance_id, "DisassociateSecurityKey")
+        if instance.keys.pop(association_id, None) is None:
+            raise NotFound(
+                f"connect:DisassociateSecurityKey: {instance_id}/{association_id} not found"
+            )
+
+    def flow_content(self, instance_id: str, ref: FlowRef) -> str:
+        operation = _operation("Describe", ref)
+        instance = self._instance(instance_id, operation)
+        try:
+            return instance.flows[(ref.kind, ref.flow_id)]
+        except KeyError:
+            raise NotFound(f"connect:{operation}: {instance_id}/{ref.flow_id} not found") from None
+
+    def update_flow_content(self, instance_id: str, ref: FlowRef, content: str) -> None:
+        operation = _operation("Update", ref)
+        instance = self._instance(instance_id, operation)
+        resource = f"{instance_id}/{ref.flow_id}"
+        if (ref.kind, ref.flow_id) not in instance.flows:
+            raise NotFound(f"connect:{operation}: {resource} not found")
+        self.updates[(instance_id, ref.flow_id)] = self.updates.get((instance_id, ref.flow_id), 0)
+        self.updates[(instance_id, ref.flow_id)] += 1
+        self._check(instance, content, resource, ref.kind, operation)
+        instance.flows[(ref.kind, ref.flow_id)] = content
+
+    def _instance(self, instance_id: str, operation: str) -> _Instance:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            raise NotFound(f"connect:{operation}: {instance_id} not found")
+        return instance
+
+    @staticmethod
+    def _check(
+        instance: _Instance, content: str, resource: str, kind: FlowKind, operation: str
+    ) -> None:
+        # The emulator's own content rules, so that the two cannot disagree on a flow.
+        if connect_emulator._content_problems(content, instance.keys):
+            invalid = (
+                "InvalidContactFlowException"
+                if kind is FlowKind.FLOW
+                else "InvalidContactFlowModuleException"
+            )
+            raise AwsCallError(f"connect:{operation}", resource, invalid)
+
+
+def _operation(verb: str, ref: FlowRef) -> str:
+    if verb == "Describe":
+        return "DescribeContactFlow" if ref.kind is FlowKind.FLOW else "DescribeContactFlowModule"
+    if ref.kind is FlowKind.FLOW:
+        return "UpdateContactFlowContent"
+    return "UpdateContactFlowModuleContent"
+
+
+def _public_key_numbers(pem: str, call: str, resource: str) -> rsa.RSAPublicNumbers:
+    if len(pem) > connect_emulator.PEM_LIMIT:
+        raise AwsCallError(call, resource, "InvalidParameterException")
+    try:
+        public_key = serialization.load_pem_public_key(pem.encode("utf-8"))
+    except (ValueError, UnsupportedAlgorithm):
+        raise AwsCallError(call, resource, "InvalidParameterException") from None
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise AwsCallError(call, resource, "InvalidParameterException")
+    return public_key.public_numbers()
+
+
+# -- Lock ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    token: str
+    purpose: str
+    written_at: datetime
+    lease: timedelta
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.written_at + self.lease
+
+    def describe(self) -> str:
+        return f"held by fake, rotation {self.purpose}, lease until {self.expires_at:%H:%M:%S} UTC"
+
+
+class FakeLock:
+    """The `Lock` port in memory: one holder per instance, a lease on `now` (a fake clock's),
+    renewed by a check past half of it, broken once it is over."""
+
+    def __init__(
+        self, now: Callable[[], datetime], lease: timedelta = timedelta(minutes=15)
+    ) -> None:
+        self.now = now
+        self.lease = lease
+        self.held: dict[str, _Held] = {}
+
+    def acquire(self, instance_id: str, purpose: str) -> FakeLease:
+        current = self.held.get(instance_id)
+        if current is not None and self.now() < current.expires_at:
+            raise LockHeld(instance_id, current.describe())
+        mine = _Held(secrets.token_hex(16), purpose, self.now(), self.lease)
+        self.held[instance_id] = mine
+        return FakeLease(self, instance_id, mine.token)
+
+    def clear_if_stale(self, instance_id: str) -> str | None:
+        current = self.held.get(instance_id)
+        if current is None or self.now() < current.expires_at:
+            return None
+        del self.held[instance_id]
+        return f"removed the stale lock {current.describe()}: its lease has expired"
+
+
+class FakeLease:
+    def __init__(self, lock: FakeLock, instance_id: str, token: str) -> None:
+        self.lock = lock
+        self.instance_id = instance_id
+        self.token = token
+
+    def check(self) -> None:
+        current = self.lock.held.get(self.instance_id)
+        if current is None or current.token != self.token:
+            raise LockLost(f"instance {self.instance_id}: the lock is no longer this run's")
+        now = self.lock.now()
+        if now >= current.expires_at:
+            raise LockLost(f"instance {self.instance_id}: the lease ran out")
+        if now - current.written_at >= current.lease / 2:
+            current.written_at = now
+
+    def release(self) -> None:
+        current = self.lock.held.get(self.instance_id)
+        if current is not None and current.token == self.token:
+            del self.lock.held[self.instance_id]
+
+
+# -- Clock --------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that stands still until moved."""
+
+    simulated = True
+
+    def __init__(self, at: datetime = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, delta: timedelta) -> datetime:
+        self.at += delta
+        return self.at

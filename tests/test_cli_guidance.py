@@ -114,7 +114,8 @@ def test_status_of_an_unknown_instance_says_so_and_exits_1(
 
 @pytest.mark.usefixtures("two_instances")
 def test_rotate_dry_run_lists_what_it_would_never_rotate(keyring: SsmKeyring) -> None:
-    keyring.delete(keyring.layout.instance_config(MANAGED))  # no Connect here: none managed
+    # No Connect here: none managed.
+    keyring.ssm.delete_parameter(Name=keyring.layout.instance_config(MANAGED))
     code, out = run("rotate", "--dry-run", "--now", LATE)
     assert code == 0
     assert out.splitlines() == [

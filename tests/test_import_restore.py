@@ -12,6 +12,7 @@ from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.keys import KeyMaterial, load_private_key, self_signed_material
 from rotator.domain.lifecycle import KeyState
 from rotator.errors import KeyringConflict
+from rotator.ports import KeyPart
 from rotator.services.importing import import_from_blog, import_key
 from tests.conftest import NOW
 from tests.fakes import HeldKeys
@@ -85,9 +86,10 @@ def test_a_deleted_certificate_is_restored_only_if_it_is_the_one_on_record(
         actor="test",
     )
     assert not same_key_other_certificate.created
-    assert keyring.get_string(name) is None
+    assert keyring.stored_parts(KEY) == {KeyPart.PRIVATE_KEY}
     imported(keyring, material_2048, instance_id=None, now=DAY_LATER)
-    assert keyring.get_string(name) == material_2048.certificate_pem
+    assert keyring.stored_parts(KEY) == {KeyPart.PRIVATE_KEY, KeyPart.CERTIFICATE}
+    assert keyring.read_certificate(KEY) == material_2048.certificate_pem
 
 
 def test_another_key_under_the_id_and_a_destroyed_key_are_refused(
@@ -103,7 +105,7 @@ def test_another_key_under_the_id_and_a_destroyed_key_are_refused(
     keyring.write_record(record)
     with pytest.raises(KeyringConflict, match="destroyed; a destroyed key is never restored"):
         imported(keyring, material_2048)
-    assert keyring.existing([keyring.layout.private_key(KEY)]) == set()
+    assert keyring.stored_private_keys([KEY]) == set()
 
 
 def test_the_blog_import_restores_a_deleted_private_key_too(

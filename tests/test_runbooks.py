@@ -634,7 +634,7 @@ def adopt_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, A
 
     def check() -> None:
         assert cli.current() == blog_key and cli.state(blog_key) == "active"
-        assert keyring.secure_parameters()[keyring.layout.private_key(blog_key)] == kms_key
+        assert keyring.private_key_protection()[blog_key].kms_key_id == kms_key
 
     return {**blog, "INSTANCE_ID": cli.world.instance_id}, check
 

@@ -510,7 +510,7 @@ def test_a_what_if_import_of_a_key_that_lost_its_private_key_says_it_would_resto
     private_key.write_text(keyring.read_private_key_pem(scene.third))
     certificate.write_text(keyring.read_certificate(scene.third))
     lost = keyring.layout.private_key(scene.third)
-    keyring.delete(lost)
+    keyring.delete_private_key(scene.third)
     argv = ["import", "--key-id", scene.third, "--private-key", str(private_key)]
     argv += ["--certificate", str(certificate)]
 

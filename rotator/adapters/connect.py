@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from rotator.adapters.aws import aws_call
+from rotator.domain.connect_ids import SecurityKey as SecurityKey
+from rotator.domain.connect_ids import association_id_of_key, key_id_of_association
 from rotator.domain.flows import FlowKind, FlowRef
 from rotator.errors import AwsCallError, NotFound
 
 if TYPE_CHECKING:
     from mypy_boto3_connect import ConnectClient
 
-# Connect writes the AssociationId into flows as the key ID (DESIGN.md section 2: the working
-# assumption, kept here in one place).
-KEY_ID_IS_ASSOCIATION_ID = True
-
-
-@dataclass(frozen=True)
-class SecurityKey:
-    association_id: str
-    public_key_pem: str
-
 
 class ConnectGateway:
-    """Every Connect call the rotator makes; failures name the call and the resource."""
+    """Every Connect call the rotator makes (the `Connect` port); failures name the call and
+    the resource. Keys go in and out by key ID, mapped to AssociationIds in connect_ids."""
 
     def __init__(self, client: ConnectClient) -> None:
         self.client = client
@@ -56,9 +48,10 @@ class ConnectGateway:
             Key=public_key_pem,
             ClientToken=client_token,
         )
-        return str(response["AssociationId"])
+        return key_id_of_association(str(response["AssociationId"]))
 
-    def disassociate_security_key(self, instance_id: str, association_id: str) -> None:
+    def disassociate_security_key(self, instance_id: str, key_id: str) -> None:
+        association_id = association_id_of_key(key_id)
         self._call(
             "DisassociateSecurityKey",
             f"{instance_id}/{association_id}",

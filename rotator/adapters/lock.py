@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING, Any
 from lambda_decrypt.keyring import KeyringLayout
 from lambda_decrypt.logs import get_logger
 from rotator.adapters.aws import aws_call
-from rotator.errors import AwsCallError, ConnectKeyRotatorError
+from rotator.errors import AwsCallError
+
+# Raised here, defined with the other errors so that services need no adapter to catch them.
+from rotator.errors import LockHeld as LockHeld
+from rotator.errors import LockLost as LockLost
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
@@ -23,19 +27,6 @@ if TYPE_CHECKING:
 DEFAULT_LEASE = timedelta(minutes=15)
 PROC = Path("/proc")
 log = get_logger("rotator.lock")
-
-
-class LockHeld(ConnectKeyRotatorError):
-    """Another run holds the instance's lock and it is not stale."""
-
-    def __init__(self, instance_id: str, holder: str) -> None:
-        super().__init__(f"instance {instance_id} is being rotated: lock {holder}")
-        self.instance_id = instance_id
-        self.holder = holder
-
-
-class LockLost(ConnectKeyRotatorError):
-    """The lock a run took is no longer its own (or its lease ran out): it must stop writing."""
 
 
 @dataclass(frozen=True)

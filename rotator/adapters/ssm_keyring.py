@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from lambda_decrypt.keyring import KeyringLayout
+from lambda_decrypt.keyring import KeyringLayout, KeyringReader
 from rotator.adapters.aws import aws_call
 from rotator.adapters.history import SsmHistory
 from rotator.domain.history import ClockKind, key_transition_events, rotation_step_event
@@ -17,6 +17,7 @@ from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
 from rotator.errors import AwsCallError, KeyringConflict, NotFound
+from rotator.ports import KeyPart, ProtectedKey, ProtectionSweep
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
@@ -36,7 +37,8 @@ class InstanceEntry:
 
 
 class SsmKeyring:
-    """Reads and writes `{prefix}/keys/...` and `{prefix}/instances/...` (see KeyringLayout).
+    """The `Keyring` port in SSM: `{prefix}/keys/...`, `{prefix}/staging/...` and
+    `{prefix}/instances/...` (see KeyringLayout; callers never spell parameter names).
 
     A private key parameter is only ever created, never overwritten: a key ID names one key
     for life. Metadata and the rotation record are overwritten (the latest state, cached);
@@ -63,16 +65,19 @@ class SsmKeyring:
     def store_key(self, key_id: str, material: KeyMaterial, record: KeyRecord) -> None:
         """Create the key's three parameters; a re-run with the same material is a no-op."""
         self.create_private_key(key_id, material.private_key_pem)
-        self.put_string(self.layout.certificate(key_id), material.certificate_pem)
+        self.store_certificate(key_id, material.certificate_pem)
         self.put_record(record)
 
     def create_private_key(self, key_id: str, private_key_pem: str) -> None:
         """Create the SecureString once; the same PEM again is fine, a different one refused."""
-        self.create_secret(
+        self._create_secret(
             self.layout.private_key(key_id), private_key_pem, f"private key {key_id}"
         )
 
-    def create_secret(self, name: str, value: str, what: str) -> None:
+    def store_certificate(self, key_id: str, certificate_pem: str) -> None:
+        self._put_string(self.layout.certificate(key_id), certificate_pem)
+
+    def _create_secret(self, name: str, value: str, what: str) -> None:
         """Create a SecureString without Overwrite: an existing different value is a conflict."""
         secure: dict[str, str] = {"KeyId": self.kms_key_id} if self.kms_key_id else {}
         try:
@@ -96,7 +101,7 @@ class SsmKeyring:
 
     def read_certificate(self, key_id: str) -> str:
         name = self.layout.certificate(key_id)
-        certificate = self.get_string(name)
+        certificate = self._get_string(name)
         if certificate is None:
             raise NotFound(f"no certificate stored for key ID {key_id}")
         return certificate
@@ -120,6 +125,104 @@ class SsmKeyring:
         if name not in values:
             raise NotFound(f"no private key stored for key ID {key_id}")
         return values[name]
+
+    def find_private_key(self, key_id: str) -> str | None:
+        name = self.layout.private_key(key_id)
+        return self._get_many([name], decrypt=True).get(name)
+
+    def stored_parts(self, key_id: str) -> frozenset[KeyPart]:
+        """Which of the key's private key and certificate exist: one read, nothing decrypted."""
+        names = {
+            self.layout.private_key(key_id): KeyPart.PRIVATE_KEY,
+            self.layout.certificate(key_id): KeyPart.CERTIFICATE,
+        }
+        return frozenset(names[name] for name in self.existing(list(names)))
+
+    def stored_private_keys(self, key_ids: Sequence[str]) -> set[str]:
+        """Those of `key_ids` whose private key exists, read 10 at a time, never decrypted."""
+        names = {self.layout.private_key(key_id): key_id for key_id in key_ids}
+        return {names[name] for name in self.existing(list(names))}
+
+    def delete_private_key(self, key_id: str) -> None:
+        """Gone already is fine (a destroy may be redone)."""
+        self._delete(self.layout.private_key(key_id))
+
+    def private_key_protection(self) -> dict[str, ProtectedKey]:
+        """Key ID -> its private key's parameter and KMS key: one DescribeParameters sweep."""
+        return self.protection_sweep().keys
+
+    def protection_sweep(self) -> ProtectionSweep:
+        """Stored and staged private keys with their parameter and KMS key: one sweep."""
+        keys, staged = {}, {}
+        staging = self.layout.staging_root() + "/"
+        for name, kms_key_id in self.secure_parameters().items():
+            key_id = self.layout.key_id_of(name)
+            if key_id is not None and name == self.layout.private_key(key_id):
+                keys[key_id] = ProtectedKey(name, kms_key_id)
+            elif name.startswith(staging):
+                rotation_id = name[len(staging) :].partition("/")[0]
+                if name == self.layout.staged_private_key(rotation_id):
+                    staged[rotation_id] = ProtectedKey(name, kms_key_id)
+        return ProtectionSweep(keys, staged)
+
+    def decrypt_keys(self) -> KeyringReader:
+        """A fresh `lambda_decrypt` reader on this client: the Lambda's own code path, no cache."""
+        return KeyringReader(self.layout.prefix, ssm_client_factory=lambda: self.ssm)
+
+    @property
+    def prefix(self) -> str:
+        return self.layout.prefix
+
+    # -- staging -----------------------------------------------------------------------------
+
+    def stage_key(self, rotation_id: str, material: KeyMaterial) -> None:
+        """Certificate first: a crash between the two writes leaves no orphaned private key."""
+        self._put(
+            self.layout.staged_certificate(rotation_id), material.certificate_pem, overwrite=True
+        )
+        self._create_secret(
+            self.layout.staged_private_key(rotation_id),
+            material.private_key_pem,
+            "staged private key",
+        )
+
+    def read_staged(self, rotation_id: str, *, validated: bool = False) -> KeyMaterial | None:
+        """The key staged under the rotation ID, loaded (see load_key_material); None unless
+        both its private key and certificate are there."""
+        key_name = self.layout.staged_private_key(rotation_id)
+        cert_name = self.layout.staged_certificate(rotation_id)
+        values = self._get_many([key_name, cert_name], decrypt=True)
+        pem, certificate = values.get(key_name), values.get(cert_name)
+        if pem is None or certificate is None:
+            return None
+        return load_key_material(pem, certificate, validated=validated)
+
+    def staged_rotation_ids(self) -> set[str]:
+        """The rotation IDs that have anything under `{prefix}/staging/` (never decrypted)."""
+        root = self.layout.staging_root()
+        with aws_call("ssm:GetParametersByPath", root):
+            paginator = self.ssm.get_paginator("get_parameters_by_path")
+            pages = list(paginator.paginate(Path=root, Recursive=True, WithDecryption=False))
+        names = [p["Name"] for page in pages for p in page["Parameters"]]
+        return {name[len(root) + 1 :].partition("/")[0] for name in names}
+
+    def orphaned_staging(self) -> set[str]:
+        """Staged rotation IDs that no unfinished rotation owns. A rotation records its ID
+        before it stages, so a rotation running concurrently owns its staging."""
+        staged = self.staged_rotation_ids()
+        if not staged:
+            return set()
+        owned = {
+            entry.rotation.rotation_id
+            for entry in self.instance_entries()
+            if entry.rotation is not None and not entry.rotation.finished
+        }
+        return staged - owned
+
+    def delete_staging(self, rotation_id: str) -> None:
+        self._delete(
+            self.layout.staged_private_key(rotation_id), self.layout.staged_certificate(rotation_id)
+        )
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -183,10 +286,10 @@ class SsmKeyring:
     # -- instances ---------------------------------------------------------------------------
 
     def set_current(self, instance_id: str, key_id: str) -> None:
-        self.put_string(self.layout.current(instance_id), key_id)
+        self._put_string(self.layout.current(instance_id), key_id)
 
     def get_current(self, instance_id: str) -> str | None:
-        return self.get_string(self.layout.current(instance_id))
+        return self._get_string(self.layout.current(instance_id))
 
     def current_pointers(self) -> dict[str, str]:
         """instance ID -> current key ID, for every instance the keyring knows."""
@@ -221,14 +324,14 @@ class SsmKeyring:
         return entries
 
     def get_instance(self, instance_id: str) -> ManagedInstance | None:
-        raw = self.get_string(self.layout.instance_config(instance_id))
+        raw = self._get_string(self.layout.instance_config(instance_id))
         return None if raw is None else ManagedInstance.from_json(raw)
 
     def put_instance(self, instance: ManagedInstance) -> None:
-        self.put_string(self.layout.instance_config(instance.instance_id), instance.to_json())
+        self._put_string(self.layout.instance_config(instance.instance_id), instance.to_json())
 
     def get_rotation(self, instance_id: str) -> RotationState | None:
-        raw = self.get_string(self.layout.rotation(instance_id))
+        raw = self._get_string(self.layout.rotation(instance_id))
         return None if raw is None else RotationState.from_json(raw)
 
     def put_rotation(self, state: RotationState, *, at: datetime) -> None:
@@ -237,25 +340,19 @@ class SsmKeyring:
         self.history.append(rotation_step_event(state, at, self.clock))
         self._put(self.layout.rotation(state.instance_id), state.to_json(), overwrite=True)
 
-    # -- plumbing ----------------------------------------------------------------------------
+    # -- outside the keyring -----------------------------------------------------------------
 
-    def put_string(self, name: str, value: str) -> None:
-        """Write a String parameter (a new version), unless it already holds this value."""
-        if self._get_many([name], decrypt=False).get(name) != value:
-            self._put(name, value, overwrite=True)
+    def read_blog_key(self, key_parameter: str, key_id_parameter: str) -> tuple[str, str]:
+        """(key ID, private key PEM) from the blog deployment's two parameters: one read."""
+        names = [key_parameter, key_id_parameter]
+        values = self._get_many(names, decrypt=True)
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
+        return values[key_id_parameter].strip(), values[key_parameter]
 
-    def get_string(self, name: str) -> str | None:
-        return self._get_many([name], decrypt=False).get(name)
-
-    def get_secret(self, name: str) -> str | None:
-        return self._get_many([name], decrypt=True).get(name)
-
-    def get_values(self, names: list[str], *, decrypt: bool) -> dict[str, str]:
-        """Up to 10 parameters in one call; missing ones are simply absent."""
-        return self._get_many(names, decrypt=decrypt)
-
-    def overwrite_string(self, name: str, value: str) -> None:
-        self._put(name, value, overwrite=True)
+    # -- by parameter name: for callers not yet on the intent-level methods above ------------
+    # (services/report_facts.py: secure_parameters; services/verify.py: existing)
 
     def secure_parameters(self) -> dict[str, str]:
         """Every SecureString under the prefix -> the KMS key protecting it (as SSM reports it):
@@ -283,34 +380,17 @@ class SsmKeyring:
             found.update(self._get_many(names[start : start + 10], decrypt=False))
         return found
 
-    def staged_rotation_ids(self) -> set[str]:
-        """The rotation IDs that have anything under `{prefix}/staging/` (never decrypted)."""
-        root = self.layout.staging_root()
-        with aws_call("ssm:GetParametersByPath", root):
-            paginator = self.ssm.get_paginator("get_parameters_by_path")
-            pages = list(paginator.paginate(Path=root, Recursive=True, WithDecryption=False))
-        names = [p["Name"] for page in pages for p in page["Parameters"]]
-        return {name[len(root) + 1 :].partition("/")[0] for name in names}
+    # -- plumbing ----------------------------------------------------------------------------
 
-    def orphaned_staging(self) -> set[str]:
-        """Staged rotation IDs that no unfinished rotation owns. A rotation records its ID
-        before it stages, so a rotation running concurrently owns its staging."""
-        staged = self.staged_rotation_ids()
-        if not staged:
-            return set()
-        owned = {
-            entry.rotation.rotation_id
-            for entry in self.instance_entries()
-            if entry.rotation is not None and not entry.rotation.finished
-        }
-        return staged - owned
+    def _put_string(self, name: str, value: str) -> None:
+        """Write a String parameter (a new version), unless it already holds this value."""
+        if self._get_many([name], decrypt=False).get(name) != value:
+            self._put(name, value, overwrite=True)
 
-    def delete_staging(self, rotation_id: str) -> None:
-        self.delete(
-            self.layout.staged_private_key(rotation_id), self.layout.staged_certificate(rotation_id)
-        )
+    def _get_string(self, name: str) -> str | None:
+        return self._get_many([name], decrypt=False).get(name)
 
-    def delete(self, *names: str) -> None:
+    def _delete(self, *names: str) -> None:
         """Delete parameters; ones already gone are fine (deletion is a step that may be redone)."""
         for start in range(0, len(names), 10):
             batch = list(names[start : start + 10])

@@ -1,8 +1,9 @@
-"""Connect resource IDs as operators paste them: a bare ID, or the ARN the console shows."""
+"""Connect IDs: a security key's key ID, and resource IDs as pasted (bare, or the console's ARN)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from rotator.errors import ConfigError
 
@@ -14,6 +15,32 @@ _FLOW_ARN = re.compile(
     rf"^arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{{12}}:instance/{_ID}/"
     rf"(?:contact-flow|flow-module)/(?P<id>{_ID})$"
 )
+
+
+def key_id_of_association(association_id: str) -> str:
+    """The key ID Connect writes into an encrypted message's header, and into a flow's
+    EncryptionKeyId, for a security key: its AssociationId (DESIGN.md section 2, the working
+    assumption). The one place that makes it; everything else asks here or `SecurityKey.key_id`."""
+    return association_id
+
+
+def association_id_of_key(key_id: str) -> str:
+    """The AssociationId that Connect's (Dis)AssociateSecurityKey calls need for a key ID: the
+    inverse of `key_id_of_association`."""
+    return key_id
+
+
+@dataclass(frozen=True)
+class SecurityKey:
+    """A public key Connect holds for an instance, as ListSecurityKeys lists it."""
+
+    association_id: str
+    public_key_pem: str
+
+    @property
+    def key_id(self) -> str:
+        """The key ID that messages encrypted for this key carry (see key_id_of_association)."""
+        return key_id_of_association(self.association_id)
 
 
 def instance_id_of(value: str, setting: str = "--instance-id") -> str:

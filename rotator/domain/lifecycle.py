@@ -91,16 +91,53 @@ class KeyRecord:
         kms_key_id: str | None,
     ) -> KeyRecord:
         """The first record of a key: its material's facts and one recorded transition."""
-        return cls(
-            key_id=key_id,
+        first = cls.for_public_key(
+            key_id,
+            material.public_key_sha256,
+            material.key_size,
             instance_id=instance_id,
             state=state,
-            key_size=material.key_size,
-            public_key_sha256=material.public_key_sha256,
+            at=at,
+            actor=actor,
+            reason=reason,
+            source=source,
+            kms_key_id=kms_key_id,
+        )
+        return replace(
+            first,
             certificate_sha256=material.certificate_sha256,
             subject=material.subject,
             not_before=material.not_before,
             not_after=material.not_after,
+        )
+
+    @classmethod
+    def for_public_key(
+        cls,
+        key_id: str,
+        public_key_sha256: str,
+        key_size: int,
+        *,
+        instance_id: str | None,
+        state: KeyState,
+        at: datetime,
+        actor: str,
+        reason: str,
+        source: str,
+        kms_key_id: str | None,
+    ) -> KeyRecord:
+        """The first record of a key known without its certificate (adopted from a private
+        key alone): no certificate facts, one recorded transition."""
+        return cls(
+            key_id=key_id,
+            instance_id=instance_id,
+            state=state,
+            key_size=key_size,
+            public_key_sha256=public_key_sha256,
+            certificate_sha256=None,
+            subject=None,
+            not_before=None,
+            not_after=None,
             created_at=at,
             source=source,
             kms_key_id=kms_key_id,

@@ -1,4 +1,4 @@
-"""Composition root: builds AWS clients and adapters from settings; entrypoints call only this."""
+"""Composition root: builds AWS clients and adapters from settings, and services on them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from botocore.exceptions import (
 
 from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
+from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.history import ClockKind
@@ -36,6 +37,9 @@ RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
 @dataclass(frozen=True)
 class Adapters:
+    """The adapters of one run. Each implements a port of rotator.ports (SsmKeyring: Keyring,
+    ConnectGateway: Connect, SsmLock: Lock); services are built here and see only the ports."""
+
     settings: Settings
     ssm: SSMClient
     connect_client: ConnectClient
@@ -50,6 +54,10 @@ class Adapters:
 
     def invariants(self) -> InvariantChecker:
         return InvariantChecker(self.keyring, self.connect, self.lock)
+
+    def runbook_audit(self) -> SsmRunbookAudit:
+        """The legacy runbook audit (read only) and the runbook history."""
+        return SsmRunbookAudit(self.ssm, self.settings.keyring_prefix)
 
     def s3(self) -> S3Client:
         """Made on demand: only the report job's S3 destination needs it."""

@@ -3,33 +3,42 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lambda_decrypt.decrypt import Decryptor
+from lambda_decrypt.decrypt import Decryptor, KeySource
 from lambda_decrypt.errors import DecryptError
 from lambda_decrypt.keyring import KeyringReader
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.errors import ConnectKeyRotatorError
 
 if TYPE_CHECKING:
-    from mypy_boto3_ssm import SSMClient
+    from rotator.ports import Keyring
 
 
 class VerificationFailed(ConnectKeyRotatorError):
     """A key stored in the keyring did not decrypt a canary encrypted for it."""
 
 
-def verify_key_decrypts(ssm: SSMClient, prefix: str, key_id: str, public_pem: str) -> None:
+def prove_key_decrypts(keyring: Keyring, key_id: str, public_pem: str) -> None:
     """Encrypt a random canary with `public_pem` (certificate or public key) as Connect would,
-    then decrypt it from the keyring through a fresh `lambda_decrypt` reader (no cache)."""
+    then decrypt it with the keyring's keys as the decrypt Lambda reads them (no cache)."""
+    canary_decrypts(keyring.decrypt_keys(), key_id, public_pem)
+
+
+def canary_decrypts(keys: KeySource, key_id: str, public_pem: str) -> None:
     canary = secrets.token_hex(8).encode("ascii")
     ciphertext = encrypt_like_connect(canary, key_id=key_id, certificate_pem=public_pem)
-    reader = KeyringReader(prefix, ssm_client_factory=lambda: ssm)
     try:
-        decrypted = Decryptor(reader).decrypt(ciphertext)
+        decrypted = Decryptor(keys).decrypt(ciphertext)
     except DecryptError as error:
         raise VerificationFailed(
             f"key {key_id} failed its canary decrypt from the keyring ({error.code})"
         ) from None
     if decrypted.plaintext != canary:
         raise VerificationFailed(f"key {key_id} decrypted its canary to the wrong value")
+
+
+def verify_key_decrypts(ssm: Any, prefix: str, key_id: str, public_pem: str) -> None:
+    """The canary on a raw SSM client: only for services/verify.py until it calls
+    `prove_key_decrypts(keyring, ...)`; remove then."""
+    canary_decrypts(KeyringReader(prefix, ssm_client_factory=lambda: ssm), key_id, public_pem)

@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
 from lambda_decrypt.message import is_valid_key_id
-from rotator.adapters.aws import aws_call
-from rotator.adapters.connect import SecurityKey
-from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.keys import (
     KeyMaterial,
     load_key_material,
@@ -20,13 +16,11 @@ from rotator.domain.keys import (
     public_key_sha256,
     public_key_sha256_of_pem,
 )
-from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
-from rotator.errors import ConnectKeyRotatorError, KeyMaterialError, KeyringConflict, NotFound
-from rotator.services.canary import verify_key_decrypts
+from rotator.domain.lifecycle import KeyRecord, KeyState
+from rotator.errors import ConnectKeyRotatorError, KeyMaterialError, KeyringConflict
+from rotator.ports import KeyPart, Keyring, SecurityKeys
+from rotator.services.canary import prove_key_decrypts
 from rotator.services.report import same_kms_key
-
-if TYPE_CHECKING:
-    from mypy_boto3_ssm import SSMClient
 
 BLOG_KEY_PARAMETER = "CONNECT_INPUT_DECRYPTION_KEY"
 BLOG_KEY_ID_PARAMETER = "CONNECT_INPUT_KEY_ID"
@@ -45,7 +39,7 @@ class ImportResult:
 
 
 def import_key(
-    keyring: SsmKeyring,
+    keyring: Keyring,
     *,
     key_id: str,
     private_key_pem: str,
@@ -77,17 +71,16 @@ def import_key(
         )
     warnings: list[str] = []
     state = _initial_state(keyring, material, instance_id, now, warnings, held=held)
-    record = _record(
+    record = KeyRecord.for_material(
         key_id,
-        material.public_key_sha256,
-        material.key_size,
-        instance_id,
-        state,
-        now,
-        actor,
-        source,
-        keyring.kms_key_id,
         material,
+        instance_id=instance_id,
+        state=state,
+        at=now,
+        actor=actor,
+        reason=_adopted(source),
+        source=source,
+        kms_key_id=keyring.kms_key_id,
     )
     if dry_run:
         return ImportResult(
@@ -96,15 +89,15 @@ def import_key(
     keyring.store_key(key_id, material, record)
     if keyring.read_material(key_id).public_key_sha256 != material.public_key_sha256:
         raise KeyringConflict(f"key {key_id} did not read back as stored")
-    verify_key_decrypts(keyring.ssm, keyring.layout.prefix, key_id, material.certificate_pem)
+    prove_key_decrypts(keyring, key_id, material.certificate_pem)
     if state is KeyState.ACTIVE and instance_id is not None:
         keyring.set_current(instance_id, key_id)
     return ImportResult(record, created=True, warnings=warnings)
 
 
 def import_from_blog(
-    keyring: SsmKeyring,
-    ssm: SSMClient,
+    keyring: Keyring,
+    ssm: object = None,
     *,
     key_parameter: str = BLOG_KEY_PARAMETER,
     key_id_parameter: str = BLOG_KEY_ID_PARAMETER,
@@ -116,10 +109,9 @@ def import_from_blog(
     dry_run: bool = False,
 ) -> ImportResult:
     """Copy the blog's two parameters into the keyring; the parameters themselves are only read.
-    Connect is checked as for `import_key`."""
-    values = _read_parameters(ssm, [key_parameter, key_id_parameter])
-    key_id = values[key_id_parameter].strip()
-    private_pem = values[key_parameter]
+    Connect is checked as for `import_key`. `ssm` is unused (the keyring reads the parameters):
+    kept until entrypoints/cli.py stops passing it."""
+    key_id, private_pem = keyring.read_blog_key(key_parameter, key_id_parameter)
     if certificate_pem is not None:
         return import_key(
             keyring,
@@ -157,17 +149,17 @@ def import_from_blog(
     else:
         _check_no_other_current(keyring, instance_id, key_id)
         state = KeyState.ACTIVE
-    record = _record(
+    record = KeyRecord.for_public_key(
         key_id,
         fingerprint,
         private_key.key_size,
-        instance_id,
-        state,
-        now,
-        actor,
-        "blog",
-        keyring.kms_key_id,
-        None,
+        instance_id=instance_id,
+        state=state,
+        at=now,
+        actor=actor,
+        reason=_adopted("blog"),
+        source="blog",
+        kms_key_id=keyring.kms_key_id,
     )
     if dry_run:
         return ImportResult(
@@ -175,14 +167,14 @@ def import_from_blog(
         )
     keyring.create_private_key(key_id, pkcs8)
     keyring.put_record(record)
-    verify_key_decrypts(keyring.ssm, keyring.layout.prefix, key_id, public_pem)
+    prove_key_decrypts(keyring, key_id, public_pem)
     if state is KeyState.ACTIVE and instance_id is not None:
         keyring.set_current(instance_id, key_id)
     return ImportResult(record, created=True, warnings=warnings)
 
 
 def _again(
-    keyring: SsmKeyring,
+    keyring: Keyring,
     record: KeyRecord,
     private_pem: str,
     public_pem: str,
@@ -195,17 +187,16 @@ def _again(
 
     `dry_run` (a what-if) says which of these a real run would do, and does nothing."""
     key_id = record.key_id
-    layout = keyring.layout
-    restorable = {layout.private_key(key_id): private_pem}
+    restorable = {KeyPart.PRIVATE_KEY: private_pem}
     if material is not None and material.certificate_sha256 == record.certificate_sha256:
-        restorable[layout.certificate(key_id)] = material.certificate_pem
-    missing = sorted(set(restorable) - keyring.existing(list(restorable)))
+        restorable[KeyPart.CERTIFICATE] = material.certificate_pem
+    missing = sorted(set(restorable) - keyring.stored_parts(key_id))
     if not missing:
         already = WHAT_IF_ALREADY if dry_run else f"key {key_id} was already imported"
         return ImportResult(record, created=False, warnings=[already])
     if not record.decrypts:
         raise KeyringConflict(f"key {key_id} was destroyed; a destroyed key is never restored")
-    restored = " and ".join(name.rsplit("/", 1)[1] for name in missing)
+    restored = " and ".join(missing)
     if dry_run:
         would = (
             f"key {key_id} ({record.state}) has no {restored}: would restore and test-decrypt it"
@@ -213,12 +204,12 @@ def _again(
         return ImportResult(
             record, created=False, warnings=[would, WHAT_IF_NOTHING_STORED], what_if=True
         )
-    for name in missing:  # certificate before private key, as everywhere
-        if name == layout.private_key(key_id):
+    for part in missing:  # certificate before private key, as everywhere
+        if part is KeyPart.PRIVATE_KEY:
             keyring.create_private_key(key_id, private_pem)
         else:
-            keyring.put_string(name, restorable[name])
-    verify_key_decrypts(keyring.ssm, layout.prefix, key_id, public_pem)
+            keyring.store_certificate(key_id, restorable[part])
+    prove_key_decrypts(keyring, key_id, public_pem)
     return ImportResult(
         record,
         created=True,
@@ -227,7 +218,7 @@ def _again(
 
 
 def _initial_state(
-    keyring: SsmKeyring,
+    keyring: Keyring,
     material: KeyMaterial,
     instance_id: str | None,
     now: datetime,
@@ -250,12 +241,6 @@ def _initial_state(
     return KeyState.ACTIVE
 
 
-class SecurityKeys(Protocol):
-    """The one Connect call an import makes (the Connect gateway, or a fake in tests)."""
-
-    def list_security_keys(self, instance_id: str) -> list[SecurityKey]: ...
-
-
 class ImportRefused(ConnectKeyRotatorError):
     """The key does not match what Connect holds under its key ID; nothing was stored."""
 
@@ -271,7 +256,7 @@ def _held_by_connect(
         return False
     if connect is None:
         raise ImportRefused(f"checking key {key_id} against instance {instance_id} needs Connect")
-    held = {k.association_id: k for k in connect.list_security_keys(instance_id)}.get(key_id)
+    held = {k.key_id: k for k in connect.list_security_keys(instance_id)}.get(key_id)
     if held is None:
         return False
     theirs = public_key_sha256_of_pem(held.public_key_pem)
@@ -292,7 +277,7 @@ def _not_listed(instance_id: str, key_id: str | None) -> str:
     )
 
 
-def _check_no_other_current(keyring: SsmKeyring, instance_id: str, key_id: str | None) -> None:
+def _check_no_other_current(keyring: Keyring, instance_id: str, key_id: str | None) -> None:
     current = keyring.get_current(instance_id)
     if current is not None and current != key_id:
         raise KeyringConflict(
@@ -301,7 +286,7 @@ def _check_no_other_current(keyring: SsmKeyring, instance_id: str, key_id: str |
         )
 
 
-def _existing(keyring: SsmKeyring, key_id: str, fingerprint: str) -> KeyRecord | None:
+def _existing(keyring: Keyring, key_id: str, fingerprint: str) -> KeyRecord | None:
     record = keyring.find_record(key_id)
     if record is None:
         return None
@@ -317,43 +302,9 @@ def _check_key_id(key_id: str) -> None:
         )
 
 
-def _record(
-    key_id: str,
-    fingerprint: str,
-    key_size: int,
-    instance_id: str | None,
-    state: KeyState,
-    now: datetime,
-    actor: str,
-    source: str,
-    kms_key_id: str | None,
-    material: KeyMaterial | None,
-) -> KeyRecord:
-    return KeyRecord(
-        key_id=key_id,
-        instance_id=instance_id,
-        state=state,
-        key_size=key_size,
-        public_key_sha256=fingerprint,
-        certificate_sha256=material.certificate_sha256 if material else None,
-        subject=material.subject if material else None,
-        not_before=material.not_before if material else None,
-        not_after=material.not_after if material else None,
-        created_at=now,
-        source=source,
-        kms_key_id=kms_key_id,
-        history=(Transition(state, now, actor, f"adopted ({source})"),),
-    )
-
-
-def _read_parameters(ssm: SSMClient, names: list[str]) -> dict[str, str]:
-    with aws_call("ssm:GetParameters", ", ".join(names)):
-        response = ssm.get_parameters(Names=names, WithDecryption=True)
-    values = {p["Name"]: p["Value"] for p in response.get("Parameters", [])}
-    missing = [name for name in names if name not in values]
-    if missing:
-        raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
-    return values
+def _adopted(source: str) -> str:
+    """The reason recorded on an adopted key's first transition."""
+    return f"adopted ({source})"
 
 
 @dataclass(frozen=True)
@@ -386,25 +337,22 @@ class KmsProtection:
         )
 
 
-def kms_protection(keyring: SsmKeyring, key_id: str) -> KmsProtection | None:
+def kms_protection(keyring: Keyring, key_id: str) -> KmsProtection | None:
     """What protects the key's private key, against the configured KMS key (or, with none
     configured, the one the keyring's other private keys use): one DescribeParameters sweep,
     nothing decrypted. None if no private key is stored."""
-    protection = keyring.secure_parameters()
-    layout = keyring.layout
-    name = layout.private_key(key_id)
-    actual = protection.get(name)
-    if actual is None:
+    protection = keyring.private_key_protection()
+    mine = protection.get(key_id)
+    if mine is None:
         return None
     expected = keyring.kms_key_id
     if expected is None:
         others = Counter(
-            kms
-            for parameter, kms in protection.items()
-            if parameter != name
-            and layout.key_id_of(parameter) is not None
-            and parameter.endswith("/private-key")
-            and kms not in ("", SSM_DEFAULT_KMS_KEY)
+            other.kms_key_id
+            for other_id, other in protection.items()
+            if other_id != key_id and other.kms_key_id not in ("", SSM_DEFAULT_KMS_KEY)
         )
         expected = others.most_common(1)[0][0] if others else None
-    return KmsProtection(key_id, name, actual, expected, configured=keyring.kms_key_id is not None)
+    return KmsProtection(
+        key_id, mine.location, mine.kms_key_id, expected, configured=keyring.kms_key_id is not None
+    )

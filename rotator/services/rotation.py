@@ -12,11 +12,9 @@ from functools import partial
 
 from lambda_decrypt import ConnectKey, Decryptor, StaticKeys
 from lambda_decrypt.logs import get_logger
-from rotator.adapters.connect import ConnectGateway, SecurityKey
-from rotator.adapters.lock import Lease, LockHeld, SsmLock
-from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
+from rotator.domain.connect_ids import SecurityKey
 from rotator.domain.flows import (
     ChangeKind,
     EncryptionKind,
@@ -28,17 +26,13 @@ from rotator.domain.flows import (
     referenced_key_ids,
     storing_blocks,
 )
-from rotator.domain.keys import (
-    KeyMaterial,
-    generate_key_material,
-    load_key_material,
-    public_key_sha256_of_pem,
-)
+from rotator.domain.keys import KeyMaterial, generate_key_material, public_key_sha256_of_pem
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import rotation_due
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
-from rotator.errors import ConnectKeyRotatorError, KeyringError, NotFound
-from rotator.services.canary import VerificationFailed, verify_key_decrypts
+from rotator.errors import ConnectKeyRotatorError, KeyringError, LockHeld, NotFound
+from rotator.ports import Connect, Keyring, Lease, Lock
+from rotator.services.canary import VerificationFailed, prove_key_decrypts
 
 log = get_logger("rotator.rotation")
 # AWS refuses requests signed more than 5 minutes off its clock: a new certificate's NotBefore is
@@ -83,13 +77,13 @@ class InstanceResult:
 
 
 class RotationService:
-    """Every state-changing operation on keys; adapters and the clock come in from outside."""
+    """Every state-changing operation on keys, on the ports (rotator.ports) it is given."""
 
     def __init__(
         self,
-        keyring: SsmKeyring,
-        connect: ConnectGateway,
-        lock: SsmLock,
+        keyring: Keyring,
+        connect: Connect,
+        lock: Lock,
         settings: Settings,
         *,
         actor: str,
@@ -428,15 +422,11 @@ class RotationService:
     # -- the steps; each can be redone after a crash at any point ------------------------------
 
     def _stage(self, state: RotationState, now: datetime) -> RotationState:
-        key_name = self.keyring.layout.staged_private_key(state.rotation_id)
-        cert_name = self.keyring.layout.staged_certificate(state.rotation_id)
         material = self._staged(state, validated=True)  # fully validated below
         if material is None:
             material = self.generate(now)
             material.check_registrable(now)
-            # Certificate first: a crash between the two writes leaves no orphaned private key.
-            self.keyring.overwrite_string(cert_name, material.certificate_pem)
-            self.keyring.create_secret(key_name, material.private_key_pem, "staged private key")
+            self.keyring.stage_key(state.rotation_id, material)
         material = self._staged(state)
         if material is None:
             raise KeyringError(f"staged key of rotation {state.rotation_id} did not read back")
@@ -452,7 +442,7 @@ class RotationService:
             if len(associations) >= 2:
                 raise RotationRefused(
                     f"instance {state.instance_id} already has two associated keys "
-                    f"({', '.join(a.association_id for a in associations)})"
+                    f"({', '.join(a.key_id for a in associations)})"
                 )
             mine = self.connect.associate_security_key(
                 state.instance_id, material.public_key_pem, client_token=state.rotation_id
@@ -475,12 +465,10 @@ class RotationService:
         )
         self.keyring.store_key(key_id, material, record)
         # The staged PEM was validated in full; identical bytes read back need no second check.
-        stored = self.keyring.get_secret(self.keyring.layout.private_key(key_id))
+        stored = self.keyring.find_private_key(key_id)
         if stored != material.private_key_pem:
             raise KeyringError(f"key {key_id} did not read back as stored")
-        verify_key_decrypts(
-            self.keyring.ssm, self.keyring.layout.prefix, key_id, material.certificate_pem
-        )
+        prove_key_decrypts(self.keyring, key_id, material.certificate_pem)
         return state.advance(RotationStep.STORED)
 
     def _point_flows(self, state: RotationState, now: datetime) -> RotationState:
@@ -560,7 +548,7 @@ class RotationService:
         held_by = [
             instance_id
             for instance_id in self._instances_to_check(record)
-            if any(a.association_id == key_id for a in self._associations(instance_id))
+            if any(a.key_id == key_id for a in self._associations(instance_id))
         ]
         if not held_by:
             return f"key {key_id} is retired (decrypt-only); nothing to do"
@@ -590,11 +578,10 @@ class RotationService:
         however the key came into the keyring. Inside the retention period only with an
         override and a recorded reason (or when the private key is already lost)."""
         record = self.keyring.get_record(key_id)
-        private_key = self.keyring.layout.private_key(key_id)
         if record.state is KeyState.DESTROYED:
             if dry_run:
                 return f"key {key_id} is destroyed; nothing to do"
-            self.keyring.delete(private_key)
+            self.keyring.delete_private_key(key_id)
             return f"key {key_id} is destroyed"
         if record.state is not KeyState.RETIRED:
             raise RotationRefused(
@@ -603,7 +590,7 @@ class RotationService:
         self._refuse_if_rotating(record, "destroy")
         for instance_id in self._instances_to_check(record):
             self._check_unreferenced(instance_id, key_id, "destroy")
-            if any(a.association_id == key_id for a in self._associations(instance_id)):
+            if any(a.key_id == key_id for a in self._associations(instance_id)):
                 raise RotationRefused(
                     f"cannot destroy key {key_id}: it is still associated with {instance_id} "
                     f"(rotator retire {key_id} disassociates it)"
@@ -612,7 +599,7 @@ class RotationService:
         ends = retired_at + self.settings.retention
         reason = "retention period over"
         if now < ends:
-            if not self.keyring.existing([private_key]):
+            if not self.keyring.stored_private_keys([key_id]):
                 # Retention keeps stored ciphertexts decryptable; a lost private key keeps nothing.
                 reason = "its private key was lost before the retention period ended"
             elif override_reason:
@@ -627,7 +614,7 @@ class RotationService:
             return f"would destroy key {key_id}: delete its private key, keep its record ({reason})"
         # Metadata first: a crash before the delete already answers key_destroyed.
         self._transition(key_id, KeyState.DESTROYED, now, reason)
-        self.keyring.delete(private_key)
+        self.keyring.delete_private_key(key_id)
         return f"key {key_id} destroyed: its private key is deleted, its record kept ({reason})"
 
     def rollback(self, instance_id: str, now: datetime, *, dry_run: bool = False) -> str:
@@ -647,7 +634,7 @@ class RotationService:
         if current_id is None or not previous:
             raise RotationRefused(f"instance {instance_id} has no previous key to roll back to")
         target = max(previous, key=lambda r: r.entered(KeyState.PREVIOUS) or r.created_at)
-        if not any(a.association_id == target.key_id for a in self._associations(instance_id)):
+        if not any(a.key_id == target.key_id for a in self._associations(instance_id)):
             raise RotationRefused(f"previous key {target.key_id} is no longer associated")
         certificate = self.keyring.read_certificate(target.key_id)
         if dry_run:
@@ -656,12 +643,7 @@ class RotationService:
                 f"{current_id} would become previous"
             )
         with self._locked(instance_id, f"rollback-{target.key_id}") as lease:
-            verify_key_decrypts(
-                self.keyring.ssm,
-                self.keyring.layout.prefix,
-                target.key_id,
-                certificate,
-            )
+            prove_key_decrypts(self.keyring, target.key_id, certificate)
             lease.check()
             self._point_instance_flows(instance_id, target.key_id, certificate)
             self._transition(target.key_id, KeyState.ACTIVE, now, f"rollback from {current_id}")
@@ -708,13 +690,7 @@ class RotationService:
             log.warning("stale_lock_removed", instance_id=instance_id, detail=cleared)
 
     def _staged(self, state: RotationState, *, validated: bool = False) -> KeyMaterial | None:
-        key_name = self.keyring.layout.staged_private_key(state.rotation_id)
-        cert_name = self.keyring.layout.staged_certificate(state.rotation_id)
-        values = self.keyring.get_values([key_name, cert_name], decrypt=True)
-        pem, certificate = values.get(key_name), values.get(cert_name)
-        if pem is None or certificate is None:
-            return None
-        return load_key_material(pem, certificate, validated=validated)
+        return self.keyring.read_staged(state.rotation_id, validated=validated)
 
     def _require_staged(self, state: RotationState) -> KeyMaterial:
         """The staged key, validated in full at STAGED and matched here by its fingerprint."""
@@ -752,21 +728,21 @@ class RotationService:
         self._disassociate(instance_id, key_id)
 
     def _disassociate(self, instance_id: str, key_id: str) -> None:
-        if any(a.association_id == key_id for a in self._associations(instance_id)):
+        if any(a.key_id == key_id for a in self._associations(instance_id)):
             try:
                 self.connect.disassociate_security_key(instance_id, key_id)
             except NotFound:
                 # A retried call whose first attempt took effect: the association is gone.
-                if any(a.association_id == key_id for a in self._associations(instance_id)):
+                if any(a.key_id == key_id for a in self._associations(instance_id)):
                     raise
 
     def _finish_retires(self, instance_id: str, *, dry_run: bool) -> str | None:
         """Disassociate keys recorded as retired that Connect still holds (a retire cut short
         between its record and Connect's answer): every run converges on the recorded state."""
         pending = [
-            a.association_id
+            a.key_id
             for a in self._associations(instance_id)
-            if (record := self.keyring.find_record(a.association_id)) is not None
+            if (record := self.keyring.find_record(a.key_id)) is not None
             and record.state in (KeyState.RETIRED, KeyState.DESTROYED)
         ]
         if pending:  # a key a managed flow still uses waits until the flows have moved off it
@@ -842,12 +818,12 @@ class RotationService:
             return []
         blocking = []
         for association in associations:
-            if association.association_id == current_id:
+            if association.key_id == current_id:
                 continue
-            record = self.keyring.find_record(association.association_id)
+            record = self.keyring.find_record(association.key_id)
             if record is None:
                 raise RotationRefused(
-                    f"association {association.association_id} of {instance_id} has no key in "
+                    f"association {association.key_id} of {instance_id} has no key in "
                     "the keyring (orphaned); see the runbook for decrypt failures"
                 )
             ends = self._grace_ends(record) if record.state is KeyState.PREVIOUS else None
@@ -877,7 +853,7 @@ def _new_key(state: RotationState) -> str:
 def _find_association(associations: list[SecurityKey], fingerprint: str | None) -> str | None:
     for association in associations:
         if public_key_sha256_of_pem(association.public_key_pem) == fingerprint:
-            return association.association_id
+            return association.key_id
     return None
 
 

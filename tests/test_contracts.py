@@ -1,0 +1,567 @@
+"""One contract per port, run against the fake and the real adapter (moto, the Connect emulator):
+the same assertions hold for both, so a fake cannot drift from what it stands in for."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from lambda_decrypt import Decryptor
+from rotator.adapters.connect import ConnectGateway
+from rotator.adapters.lock import SsmLock
+from rotator.adapters.ssm_keyring import SsmKeyring
+from rotator.clock import SystemClock
+from rotator.config import Settings
+from rotator.domain.connect_cipher import encrypt_like_connect
+from rotator.domain.flows import FlowKind, FlowRef, encrypting_blocks, point_blocks_at_key
+from rotator.domain.history import EventKind
+from rotator.domain.keys import KeyMaterial
+from rotator.domain.lifecycle import KeyState
+from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
+from rotator.errors import AwsCallError, KeyringConflict, LockHeld, LockLost, NotFound
+from rotator.ports import Clock, Connect, KeyPart, Keyring, Lock
+from rotator.sandbox.sample_flows import (
+    CARD_INPUT_ACTION,
+    card_blocks,
+    payment_flow_content,
+    payment_module_content,
+)
+from rotator.sandbox.server import Sandbox
+from rotator.services.canary import VerificationFailed, prove_key_decrypts
+from rotator.services.rotation import Outcome, RotationService
+from tests.conftest import NOW, make_record
+from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock
+from tests.world import KeyPool
+
+KEY_A, KEY_B = "key-a", "key-b"
+INSTANCE = "instance-1"
+_prefixes = iter(range(1, 10_000))
+
+# -- Keyring ------------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyringBackend:
+    keyring: Any  # FakeKeyring or SsmKeyring: the port, and history.events() to observe
+    put_outside: Callable[[str, str], None]  # a parameter outside the keyring (the blog's)
+
+
+@pytest.fixture(params=["fake", "ssm"])
+def backend(request: pytest.FixtureRequest) -> KeyringBackend:
+    if request.param == "fake":
+        fake = FakeKeyring()
+        return KeyringBackend(fake, fake.outside.__setitem__)
+    ssm = request.getfixturevalue("ssm")
+
+    def put_outside(name: str, value: str) -> None:
+        ssm.put_parameter(Name=name, Value=value, Type="SecureString")
+
+    return KeyringBackend(SsmKeyring(ssm, f"/contract-{next(_prefixes)}"), put_outside)
+
+
+@pytest.fixture
+def keyring(backend: KeyringBackend) -> Keyring:
+    port: Keyring = backend.keyring
+    return port
+
+
+def test_a_stored_key_reads_back_whole(keyring: Keyring, material_a: KeyMaterial) -> None:
+    record = make_record(KEY_A, material_a)
+    keyring.store_key(KEY_A, material_a, record)
+    assert keyring.read_material(KEY_A).public_key_sha256 == material_a.public_key_sha256
+    assert keyring.read_certificate(KEY_A) == material_a.certificate_pem
+    assert keyring.read_private_key_pem(KEY_A) == material_a.private_key_pem
+    assert keyring.find_private_key(KEY_A) == material_a.private_key_pem
+    assert keyring.stored_parts(KEY_A) == {KeyPart.PRIVATE_KEY, KeyPart.CERTIFICATE}
+    assert keyring.get_record(KEY_A) == record == keyring.find_record(KEY_A)
+    assert keyring.records() == [record]
+    keyring.store_key(KEY_A, material_a, record)  # a re-run is a no-op
+    assert keyring.records() == [record]
+
+
+def test_a_private_key_is_created_once_and_never_replaced(
+    keyring: Keyring, material_a: KeyMaterial, material_b: KeyMaterial
+) -> None:
+    keyring.create_private_key(KEY_A, material_a.private_key_pem)
+    keyring.create_private_key(KEY_A, material_a.private_key_pem)  # a retry: fine
+    with pytest.raises(KeyringConflict, match="never replaced"):
+        keyring.create_private_key(KEY_A, material_b.private_key_pem)
+    with pytest.raises(KeyringConflict):
+        keyring.store_key(KEY_A, material_b, make_record(KEY_A, material_b))
+    assert keyring.read_private_key_pem(KEY_A) == material_a.private_key_pem
+
+
+def test_what_is_missing_reads_as_missing(keyring: Keyring, material_a: KeyMaterial) -> None:
+    for read in (keyring.read_material, keyring.read_certificate, keyring.read_private_key_pem):
+        with pytest.raises(NotFound, match=KEY_A):
+            read(KEY_A)
+    with pytest.raises(NotFound, match=f"no key {KEY_A}"):
+        keyring.get_record(KEY_A)
+    assert keyring.find_record(KEY_A) is None
+    assert keyring.find_private_key(KEY_A) is None
+    assert keyring.stored_parts(KEY_A) == frozenset()
+    keyring.create_private_key(KEY_B, material_a.private_key_pem)
+    assert keyring.stored_private_keys([KEY_A, KEY_B]) == {KEY_B}
+    assert keyring.stored_parts(KEY_B) == {KeyPart.PRIVATE_KEY}
+    with pytest.raises(NotFound, match="certificate"):
+        keyring.read_material(KEY_B)
+
+
+def test_a_deleted_private_key_is_gone_and_deleting_again_is_fine(
+    keyring: Keyring, material_a: KeyMaterial
+) -> None:
+    keyring.store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    keyring.delete_private_key(KEY_A)
+    keyring.delete_private_key(KEY_A)
+    assert keyring.stored_parts(KEY_A) == {KeyPart.CERTIFICATE}
+    assert keyring.stored_private_keys([KEY_A]) == set()
+    assert keyring.find_record(KEY_A) is not None  # metadata stays
+    keyring.store_certificate(KEY_A, material_a.certificate_pem)
+    keyring.create_private_key(KEY_A, material_a.private_key_pem)  # a restore
+    assert keyring.read_material(KEY_A).public_key_sha256 == material_a.public_key_sha256
+
+
+def test_a_staged_key_reads_back_and_is_created_once(
+    keyring: Keyring, material_a: KeyMaterial, material_b: KeyMaterial
+) -> None:
+    assert keyring.read_staged("r1") is None
+    keyring.stage_key("r1", material_a)
+    keyring.stage_key("r1", material_a)  # a redone step
+    staged = keyring.read_staged("r1", validated=True)
+    assert staged is not None and staged.public_key_sha256 == material_a.public_key_sha256
+    with pytest.raises(KeyringConflict):
+        keyring.stage_key("r1", material_b)
+    assert keyring.stored_parts("r1") == frozenset()  # staging is not a stored key
+    keyring.delete_staging("r1")
+    keyring.delete_staging("r1")
+    assert keyring.read_staged("r1") is None
+
+
+def test_staging_no_unfinished_rotation_owns_is_orphaned(
+    keyring: Keyring, material_a: KeyMaterial, material_b: KeyMaterial
+) -> None:
+    assert keyring.orphaned_staging() == set()
+    running = RotationState("r-running", INSTANCE, RotationStep.STARTED, NOW, "test", None)
+    keyring.put_rotation(running, at=NOW)
+    keyring.stage_key("r-running", material_a)
+    keyring.stage_key("r-lost", material_b)
+    assert keyring.orphaned_staging() == {"r-lost"}
+    keyring.put_rotation(running.advance(RotationStep.DONE), at=NOW)
+    assert keyring.orphaned_staging() == {"r-lost", "r-running"}
+
+
+def test_instances_current_keys_and_rotations(keyring: Keyring) -> None:
+    assert keyring.get_instance(INSTANCE) is None
+    assert keyring.get_current(INSTANCE) is None
+    assert keyring.get_rotation(INSTANCE) is None
+    second = ManagedInstance("instance-0", ("flow-2",), ())
+    first = ManagedInstance(INSTANCE, ("flow-1",), ("module-1",))
+    keyring.put_instance(first)
+    keyring.put_instance(second)
+    assert keyring.get_instance(INSTANCE) == first
+    assert keyring.managed_instances() == [second, first]
+    keyring.set_current(INSTANCE, KEY_A)
+    keyring.set_current(INSTANCE, KEY_B)
+    assert keyring.get_current(INSTANCE) == KEY_B
+    state = RotationState("r1", INSTANCE, RotationStep.STARTED, NOW, "test", None, reason="first")
+    keyring.put_rotation(state, at=NOW)
+    assert keyring.get_rotation(INSTANCE) == state
+
+
+def test_changes_are_recorded_in_the_history(
+    backend: KeyringBackend, material_a: KeyMaterial
+) -> None:
+    keyring = backend.keyring
+    pending = make_record(KEY_A, material_a, state=KeyState.PENDING)
+    keyring.store_key(KEY_A, material_a, pending)
+    keyring.put_record(pending)  # unchanged: no new event
+    active = pending.transition(KeyState.ACTIVE, at=NOW, actor="test", reason="promoted")
+    keyring.write_record(active)
+    state = RotationState("r1", INSTANCE, RotationStep.STARTED, NOW, "test", None)
+    keyring.put_rotation(state, at=NOW)
+    kinds = [(e.kind, e.scope) for e in keyring.history.events()]
+    assert kinds.count((EventKind.KEY_TRANSITION, INSTANCE)) == 2
+    assert kinds.count((EventKind.ROTATION_STEP, INSTANCE)) == 1
+    assert keyring.get_record(KEY_A) == active
+
+
+def test_the_canary_decrypts_with_stored_keys_only(
+    keyring: Keyring, material_a: KeyMaterial
+) -> None:
+    keyring.store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    prove_key_decrypts(keyring, KEY_A, material_a.certificate_pem)
+    message = encrypt_like_connect(b"4111", key_id=KEY_A, certificate_pem=material_a.public_key_pem)
+    assert Decryptor(keyring.decrypt_keys()).decrypt(message).plaintext == b"4111"
+    with pytest.raises(VerificationFailed, match="unknown_key"):
+        prove_key_decrypts(keyring, KEY_B, material_a.certificate_pem)
+    record = keyring.get_record(KEY_A)
+    for state in (KeyState.RETIRED, KeyState.DESTROYED):
+        record = record.transition(state, at=NOW, actor="test", reason="test")
+        keyring.write_record(record)
+    with pytest.raises(VerificationFailed, match="key_destroyed"):
+        prove_key_decrypts(keyring, KEY_A, material_a.certificate_pem)
+    keyring.delete_private_key(KEY_A)
+    with pytest.raises(VerificationFailed, match="key_destroyed"):
+        prove_key_decrypts(keyring, KEY_A, material_a.certificate_pem)
+
+
+def test_private_key_protection_names_each_private_key_and_its_kms_key(
+    keyring: Keyring, material_a: KeyMaterial, material_b: KeyMaterial
+) -> None:
+    assert keyring.private_key_protection() == {}
+    keyring.store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    keyring.stage_key("r1", material_b)
+    protection = keyring.private_key_protection()
+    assert list(protection) == [KEY_A]
+    assert protection[KEY_A].kms_key_id == "alias/aws/ssm"
+    assert KEY_A in protection[KEY_A].location
+    sweep = keyring.protection_sweep()
+    assert sweep.keys == protection
+    assert list(sweep.staged) == ["r1"] and sweep.staged["r1"].kms_key_id == "alias/aws/ssm"
+    keyring.delete_staging("r1")
+    keyring.delete_private_key(KEY_A)
+    assert keyring.protection_sweep().keys == keyring.protection_sweep().staged == {}
+
+
+@pytest.mark.parametrize("kind", ["fake", "ssm"])
+def test_private_keys_are_protected_by_the_configured_kms_key(
+    request: pytest.FixtureRequest, kind: str, material_a: KeyMaterial, material_b: KeyMaterial
+) -> None:
+    ssm = request.getfixturevalue("ssm")  # moto's KMS makes the key for both
+    kms_key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    keyring: Keyring = (
+        FakeKeyring(kms_key_id=kms_key)
+        if kind == "fake"
+        else SsmKeyring(ssm, f"/contract-{next(_prefixes)}", kms_key_id=kms_key)
+    )
+    assert keyring.kms_key_id == kms_key
+    keyring.store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    keyring.stage_key("r1", material_b)
+    sweep = keyring.protection_sweep()
+    assert sweep.keys[KEY_A].kms_key_id == sweep.staged["r1"].kms_key_id == kms_key
+
+
+def test_the_blog_key_is_read_from_its_two_parameters(
+    backend: KeyringBackend, material_a: KeyMaterial
+) -> None:
+    keyring: Keyring = backend.keyring
+    with pytest.raises(NotFound, match="/blog/key, /blog/key-id"):
+        keyring.read_blog_key("/blog/key", "/blog/key-id")
+    backend.put_outside("/blog/key", material_a.private_key_pem)
+    with pytest.raises(NotFound, match="not found: /blog/key-id$"):
+        keyring.read_blog_key("/blog/key", "/blog/key-id")
+    backend.put_outside("/blog/key-id", f" {KEY_A}\n")
+    assert keyring.read_blog_key("/blog/key", "/blog/key-id") == (
+        KEY_A,
+        material_a.private_key_pem,
+    )
+
+
+# -- Connect ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConnectBackend:
+    connect: Connect
+    new_instance: Callable[[], str]
+    new_flow: Callable[[str, str, FlowKind], FlowRef]
+
+
+def _emulator_client(sandbox: Sandbox) -> Any:
+    return boto3.client(
+        "connect",
+        endpoint_url=sandbox.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+@pytest.fixture(params=["fake", "emulator"])
+def connect_backend(request: pytest.FixtureRequest) -> ConnectBackend:
+    if request.param == "fake":
+        fake = FakeConnect()
+        return ConnectBackend(fake, fake.create_instance, fake.create_flow)
+    sandbox: Sandbox = request.getfixturevalue("sandbox")
+    client = _emulator_client(sandbox)
+    names = iter(range(1, 1000))
+
+    def new_instance() -> str:
+        return str(
+            client.create_instance(
+                IdentityManagementType="CONNECT_MANAGED",
+                InboundCallsEnabled=True,
+                OutboundCallsEnabled=False,
+            )["Id"]
+        )
+
+    def new_flow(instance_id: str, content: str, kind: FlowKind) -> FlowRef:
+        name = f"flow-{next(names)}"
+        if kind is FlowKind.FLOW:
+            flow_id = client.create_contact_flow(
+                InstanceId=instance_id, Name=name, Type="CONTACT_FLOW", Content=content
+            )["ContactFlowId"]
+        else:
+            flow_id = client.create_contact_flow_module(
+                InstanceId=instance_id, Name=name, Content=content
+            )["Id"]
+        return FlowRef(kind, str(flow_id))
+
+    return ConnectBackend(ConnectGateway(client), new_instance, new_flow)
+
+
+def _reason(error: pytest.ExceptionInfo[AwsCallError]) -> str:
+    return error.value.reason
+
+
+def test_connect_holds_two_keys_and_each_public_key_once(
+    connect_backend: ConnectBackend,
+    material_a: KeyMaterial,
+    material_b: KeyMaterial,
+    material_2048: KeyMaterial,
+) -> None:
+    connect = connect_backend.connect
+    instance = connect_backend.new_instance()
+    assert connect.list_security_keys(instance) == []
+    first = connect.associate_security_key(instance, material_a.public_key_pem, "token-1")
+    assert connect.associate_security_key(instance, material_a.public_key_pem, "token-1") == first
+    with pytest.raises(AwsCallError) as same_key:
+        connect.associate_security_key(instance, material_a.public_key_pem, "token-2")
+    assert _reason(same_key) == "ResourceConflictException"
+    with pytest.raises(AwsCallError) as token_reused:
+        connect.associate_security_key(instance, material_b.public_key_pem, "token-1")
+    assert _reason(token_reused) == "ResourceConflictException"
+    second = connect.associate_security_key(instance, material_b.public_key_pem, "token-3")
+    with pytest.raises(AwsCallError) as third:
+        connect.associate_security_key(instance, material_2048.public_key_pem, "token-4")
+    assert _reason(third) == "ServiceQuotaExceededException"
+    listed = connect.list_security_keys(instance)
+    assert [(k.key_id, k.public_key_pem) for k in listed] == [
+        (first, material_a.public_key_pem),
+        (second, material_b.public_key_pem),
+    ]
+
+
+def test_connect_refuses_what_is_not_a_short_rsa_public_key(
+    connect_backend: ConnectBackend, material_a: KeyMaterial
+) -> None:
+    connect = connect_backend.connect
+    instance = connect_backend.new_instance()
+    for pem in ("not a key", material_a.certificate_pem, "x" * 1025):
+        with pytest.raises(AwsCallError) as refused:
+            connect.associate_security_key(instance, pem, "token")
+        assert _reason(refused) == "InvalidParameterException"
+    assert connect.list_security_keys(instance) == []
+
+
+def test_a_disassociated_key_is_gone_and_unknown_ids_are_not_found(
+    connect_backend: ConnectBackend, material_a: KeyMaterial
+) -> None:
+    connect = connect_backend.connect
+    instance = connect_backend.new_instance()
+    key_id = connect.associate_security_key(instance, material_a.public_key_pem, "token")
+    connect.disassociate_security_key(instance, key_id)
+    assert connect.list_security_keys(instance) == []
+    with pytest.raises(NotFound):
+        connect.disassociate_security_key(instance, key_id)
+    with pytest.raises(NotFound):
+        connect.list_security_keys("00000000-0000-4000-8000-000000000000")
+    with pytest.raises(NotFound):
+        connect.flow_content(instance, FlowRef(FlowKind.FLOW, "no-such-flow"))
+
+
+@pytest.mark.parametrize("kind", [FlowKind.FLOW, FlowKind.MODULE])
+def test_flow_content_names_only_keys_of_the_instance(
+    connect_backend: ConnectBackend,
+    material_a: KeyMaterial,
+    material_b: KeyMaterial,
+    kind: FlowKind,
+) -> None:
+    connect = connect_backend.connect
+    instance = connect_backend.new_instance()
+    make = payment_flow_content if kind is FlowKind.FLOW else payment_module_content
+    ref = connect_backend.new_flow(instance, make(None, None), kind)
+    content = connect.flow_content(instance, ref)
+    key_id = connect.associate_security_key(instance, material_a.public_key_pem, "token")
+    pointed = point_blocks_at_key(content, [CARD_INPUT_ACTION], key_id, material_a.certificate_pem)
+    assert pointed is not None
+    wrong_certificate = point_blocks_at_key(
+        content, [CARD_INPUT_ACTION], key_id, material_b.certificate_pem
+    )
+    unknown_key = point_blocks_at_key(
+        content, [CARD_INPUT_ACTION], "not-associated", material_a.certificate_pem
+    )
+    for refused in (wrong_certificate, unknown_key, "{}"):
+        assert refused is not None
+        with pytest.raises(AwsCallError) as invalid:
+            connect.update_flow_content(instance, ref, refused)
+        assert _reason(invalid).startswith("InvalidContactFlow")
+    assert connect.flow_content(instance, ref) == content
+    connect.update_flow_content(instance, ref, pointed)
+    assert connect.flow_content(instance, ref) == pointed
+    assert encrypting_blocks(pointed)[0].key_id == key_id
+
+
+# -- Lock ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LockBackend:
+    make: Callable[[timedelta], Lock]  # a lock with this lease
+    wait: Callable[[float], None]  # let this many seconds pass
+    made: list[Lock] = field(default_factory=list)
+
+
+@pytest.fixture(params=["fake", "ssm"])
+def lock_backend(request: pytest.FixtureRequest) -> LockBackend:
+    if request.param == "fake":
+        clock = FakeClock()
+        return LockBackend(
+            lambda lease: FakeLock(clock.now, lease),
+            lambda seconds: None if clock.advance(timedelta(seconds=seconds)) else None,
+        )
+    ssm = request.getfixturevalue("ssm")
+    prefix = f"/contract-{next(_prefixes)}"
+    return LockBackend(lambda lease: SsmLock(ssm, prefix, lease), time.sleep)
+
+
+def test_one_holder_at_a_time(lock_backend: LockBackend) -> None:
+    lock = lock_backend.make(timedelta(minutes=15))
+    lease = lock.acquire(INSTANCE, "r1")
+    lease.check()
+    with pytest.raises(LockHeld):
+        lock.acquire(INSTANCE, "r2")
+    other = lock.acquire("instance-2", "r3")  # another instance: its own lock
+    assert lock.clear_if_stale(INSTANCE) is None  # alive: not stale
+    lease.release()
+    lease.release()  # released already: fine
+    again = lock.acquire(INSTANCE, "r2")
+    with pytest.raises(LockLost):
+        lease.check()  # the lock is the new holder's now
+    lease.release()  # leaves the new holder's lock alone
+    with pytest.raises(LockHeld):
+        lock.acquire(INSTANCE, "r4")
+    again.release()
+    other.release()
+
+
+def test_a_lease_that_ran_out_is_broken_and_its_holder_stops(lock_backend: LockBackend) -> None:
+    lock = lock_backend.make(timedelta(seconds=1))
+    lease = lock.acquire(INSTANCE, "r1")
+    lock_backend.wait(2.5)
+    with pytest.raises(LockLost):
+        lease.check()  # its lease ran out: it stops before writing
+    cleared = lock.clear_if_stale(INSTANCE)
+    assert cleared is not None and "expired" in cleared
+    assert lock.clear_if_stale(INSTANCE) is None
+    taker = lock.acquire(INSTANCE, "r2")
+    taker.check()
+    with pytest.raises(LockLost):
+        lease.check()
+    taker.release()
+
+
+def test_a_checked_lease_is_renewed(lock_backend: LockBackend) -> None:
+    lock = lock_backend.make(timedelta(seconds=4))
+    lease = lock.acquire(INSTANCE, "r1")
+    # SSM's clock is read from its answers' Date header, cut to the second: 3.2 s is past half
+    # the lease by any reading.
+    lock_backend.wait(3.2)
+    lease.check()  # past half its lease: renewed
+    lock_backend.wait(2.6)  # past the first lease's end, inside the renewed one
+    lease.check()
+    with pytest.raises(LockHeld):
+        lock.acquire(INSTANCE, "r2")
+    lease.release()
+
+
+# -- Clock --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clock", [FakeClock(), SystemClock()], ids=["fake", "system"])
+def test_a_clock_tells_aware_utc_time_and_whether_it_is_simulated(clock: Clock) -> None:
+    first = clock.now()
+    assert first.tzinfo is not None and first.utcoffset() == timedelta(0)
+    assert clock.now() >= first
+    assert clock.simulated is isinstance(clock, FakeClock)
+
+
+# -- a service on the fakes ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def on_fakes(key_pool: KeyPool) -> Iterator[tuple[RotationService, FakeKeyring, FakeConnect]]:
+    keyring, connect, clock = FakeKeyring(), FakeConnect(), FakeClock(NOW)
+    service = RotationService(
+        keyring,
+        connect,
+        FakeLock(clock.now),
+        Settings(keyring_prefix="/fakes", key_size=2048),
+        actor="test",
+        generate=key_pool.generator(),
+    )
+    yield service, keyring, connect
+
+
+def test_a_rotation_runs_entirely_on_the_fakes(
+    on_fakes: tuple[RotationService, FakeKeyring, FakeConnect],
+) -> None:
+    service, keyring, connect = on_fakes
+    instance = connect.create_instance()
+    flow = connect.create_flow(instance, payment_flow_content(None, None))
+    module = connect.create_flow(instance, payment_module_content(None, None), FlowKind.MODULE)
+
+    first = service.init(
+        instance,
+        [flow.flow_id],
+        [module.flow_id],
+        NOW,
+        encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
+    )
+    assert first.outcome is Outcome.ROTATED, first
+    assert keyring.get_current(instance) == first.new_key_id
+    rotated = service.rotate(instance, NOW + timedelta(days=1), force=True)
+    [result] = rotated
+    assert result.outcome is Outcome.ROTATED, result
+    assert result.old_key_id == first.new_key_id != result.new_key_id
+    new_key = result.new_key_id
+    assert new_key is not None
+
+    # Connect holds both keys; the flows point at the new one; the canary decrypts.
+    assert {k.key_id for k in connect.list_security_keys(instance)} == {first.new_key_id, new_key}
+    for ref in (flow, module):
+        [block] = encrypting_blocks(connect.flow_content(instance, ref))
+        assert block.key_id == new_key and block.certificate_pem is not None
+    prove_key_decrypts(keyring, new_key, keyring.read_certificate(new_key))
+    [block] = encrypting_blocks(connect.flow_content(instance, flow))
+    assert block.key_id is not None and block.certificate_pem is not None
+    message = encrypt_like_connect(
+        b"4111111111111111", key_id=block.key_id, certificate_pem=block.certificate_pem
+    )
+    assert Decryptor(keyring.decrypt_keys()).decrypt(message).plaintext == b"4111111111111111"
+
+    assert keyring.get_record(new_key).state is KeyState.ACTIVE
+    assert first.new_key_id is not None
+    assert keyring.get_record(first.new_key_id).state is KeyState.PREVIOUS
+    assert keyring.staged == {} and keyring.orphaned_staging() == set()
+    rotation = keyring.get_rotation(instance)
+    assert rotation is not None and rotation.step is RotationStep.DONE
+
+    # After the grace period the old key retires: Connect lets it go, it still decrypts.
+    assert first.new_key_id in service.retire(first.new_key_id, NOW + timedelta(days=9))
+    assert [k.key_id for k in connect.list_security_keys(instance)] == [new_key]
+    prove_key_decrypts(keyring, first.new_key_id, keyring.read_certificate(first.new_key_id))
+
+
+def test_the_fake_clock_moves_only_when_told() -> None:
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    assert clock.now() == clock.now() == datetime(2030, 1, 1, tzinfo=UTC)
+    assert clock.advance(timedelta(days=1)) == datetime(2030, 1, 2, tzinfo=UTC)
