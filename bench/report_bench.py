@@ -26,7 +26,7 @@ from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, build_adapters
 from rotator.sandbox.sample_flows import payment_flow_content, payment_module_content
 from rotator.sandbox.server import start_sandbox
-from rotator.services.report import ReportOptions, build_report, gather
+from rotator.services.report import build_report, gather
 from rotator.services.report_render import ReportFormat, render
 
 PREFIX = "/bench-report"
@@ -213,7 +213,7 @@ def run(plan: Plan) -> tuple[list[Row], list[tuple[str, ...]]]:
         for client in (ssm, connect):
             counter.attach(client)
         adapters = build_adapters(Settings(keyring_prefix=PREFIX), ssm=ssm, connect=connect)
-        options = ReportOptions.from_settings(adapters.settings)
+        options = adapters.settings.report_options()
         started = time.perf_counter()
         facts = gather(adapters.keyring, adapters.connect, adapters.lock, now)
         gather_s = time.perf_counter() - started

@@ -73,7 +73,7 @@ def decrypt(ciphertext: str | bytes) -> Decrypted:
     global _default
     if _default is None:
         from lambda_decrypt.config import DecryptConfig
-        from lambda_decrypt.decrypt import Decryptor
+        from lambda_decrypt.keyring import keyring_decryptor
 
-        _default = Decryptor.from_config(DecryptConfig.from_env())
+        _default = keyring_decryptor(DecryptConfig.from_env())
     return _default.decrypt(ciphertext)

@@ -15,14 +15,13 @@ from aws_encryption_sdk.exceptions import (
 )
 from cryptography.exceptions import InvalidSignature, InvalidTag
 
-from lambda_decrypt.config import DEFAULT_MAX_MESSAGE_BYTES, DecryptConfig
+from lambda_decrypt.config import DEFAULT_MAX_MESSAGE_BYTES
 from lambda_decrypt.errors import (
     DecryptError,
     MalformedMessage,
     TamperedMessage,
     UnsupportedSuite,
 )
-from lambda_decrypt.keyring import DEFAULT_SSM_TIMEOUT_SECONDS, KeyringReader
 from lambda_decrypt.keys import ConnectKey
 from lambda_decrypt.message import ConnectHeader, decode_base64, read_header
 
@@ -58,19 +57,6 @@ class Decryptor:
             commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_ALLOW_DECRYPT,
             max_encrypted_data_keys=1,
         )
-
-    @classmethod
-    def from_config(cls, config: DecryptConfig) -> Decryptor:
-        """A decryptor over the SSM keyring, as the Lambda and `lambda_decrypt.decrypt` use it."""
-        keyring = KeyringReader(
-            config.keyring_prefix,
-            ttl_seconds=config.key_cache_ttl_seconds,
-            check_seconds=config.key_check_seconds,
-            negative_ttl_seconds=config.negative_cache_ttl_seconds,
-            max_lookups_per_minute=config.max_key_lookups_per_minute,
-            ssm_timeout_seconds=config.ssm_timeout_seconds or DEFAULT_SSM_TIMEOUT_SECONDS,
-        )
-        return cls(keyring, max_message_bytes=config.max_message_bytes)
 
     def header(self, ciphertext: str | bytes) -> tuple[bytes, ConnectHeader]:
         """Decode base64 text (or take raw bytes) and check the message's structure."""

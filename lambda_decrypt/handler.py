@@ -9,7 +9,6 @@ from dataclasses import replace
 from typing import Any
 
 from lambda_decrypt.config import DecryptConfig, Env
-from lambda_decrypt.decrypt import Decryptor
 from lambda_decrypt.errors import (
     ConfigError,
     ConnectKeyRotatorError,
@@ -17,7 +16,7 @@ from lambda_decrypt.errors import (
     KeyringAccessDenied,
     MalformedMessage,
 )
-from lambda_decrypt.keyring import DEFAULT_SSM_TIMEOUT_SECONDS, ssm_time_limit
+from lambda_decrypt.keyring import DEFAULT_SSM_TIMEOUT_SECONDS, keyring_decryptor, ssm_time_limit
 from lambda_decrypt.logs import clip, configure_logging, get_logger
 from lambda_decrypt.message import looks_like_sdk_message
 
@@ -43,7 +42,7 @@ class _Container:
             raise
         configure_logging(config.log_level)
         self.config = replace(config, ssm_timeout_seconds=ssm_timeout(config, seconds_left))
-        self.decryptor = Decryptor.from_config(self.config)
+        self.decryptor = keyring_decryptor(self.config)
         self.log = get_logger("lambda_decrypt.handler").bind()
 
 

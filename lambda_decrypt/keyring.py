@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_ssm.type_defs import GetParametersByPathResultTypeDef
 
+    from lambda_decrypt.config import DecryptConfig
+    from lambda_decrypt.decrypt import Decryptor
+
 _T = TypeVar("_T")
 DESTROYED = "destroyed"
 NEGATIVE_CACHE_CAPACITY = 1024
@@ -407,3 +410,20 @@ def _state_from_metadata(raw: str | None) -> str | None:
         return None
     state = metadata.get("state") if isinstance(metadata, dict) else None
     return state if isinstance(state, str) else None
+
+
+def keyring_decryptor(config: DecryptConfig) -> Decryptor:
+    """A decryptor over the SSM keyring, as the Lambda and `lambda_decrypt.decrypt` use it.
+    Here, not in `decrypt`: the decryption itself never needs SSM (the rotator's canary
+    decrypts with keys it passes in)."""
+    from lambda_decrypt.decrypt import Decryptor
+
+    reader = KeyringReader(
+        config.keyring_prefix,
+        ttl_seconds=config.key_cache_ttl_seconds,
+        check_seconds=config.key_check_seconds,
+        negative_ttl_seconds=config.negative_cache_ttl_seconds,
+        max_lookups_per_minute=config.max_key_lookups_per_minute,
+        ssm_timeout_seconds=config.ssm_timeout_seconds or DEFAULT_SSM_TIMEOUT_SECONDS,
+    )
+    return Decryptor(reader, max_message_bytes=config.max_message_bytes)

@@ -24,6 +24,7 @@ from lambda_decrypt.config import (
     validate_log_level,
     validate_prefix,
 )
+from rotator.domain.checks import DEFAULT_MIN_KEY_SIZE, ReportOptions
 from rotator.domain.keys import (
     DEFAULT_KEY_SIZE,
     DEFAULT_SUBJECT,
@@ -299,6 +300,10 @@ class Settings:
             renew_before=timedelta(days=self.renew_before_days),
             cryptoperiod=timedelta(days=self.cryptoperiod_days),
         )
+
+    def report_options(self, *, min_key_size: int = DEFAULT_MIN_KEY_SIZE) -> ReportOptions:
+        """The policy the report and `verify` hold the keys against."""
+        return ReportOptions(self.policy, self.grace, min_key_size, self.kms_key_id)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **explicit: object) -> Settings:

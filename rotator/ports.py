@@ -9,11 +9,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from rotator.domain.state import InstanceEntry, LockState, ProtectedKey, ProtectionSweep
+
 if TYPE_CHECKING:
     # Types only: ports stay cheap to import (lambda_decrypt.decrypt loads the Encryption SDK).
     from lambda_decrypt.decrypt import KeySource
     from rotator.domain.connect_ids import SecurityKey
     from rotator.domain.flows import FlowRef
+    from rotator.domain.history import HistoryEvent
     from rotator.domain.keys import KeyMaterial
     from rotator.domain.lifecycle import KeyRecord
     from rotator.domain.rotation import ManagedInstance, RotationState
@@ -21,10 +24,14 @@ if TYPE_CHECKING:
 __all__ = [
     "Clock",
     "Connect",
+    "ConnectReader",
+    "FlowReader",
     "KeyPart",
+    "InstanceEntry",
     "Keyring",
     "Lease",
     "Lock",
+    "LockState",
     "Metric",
     "ProtectedKey",
     "ProtectionSweep",
@@ -40,23 +47,6 @@ class KeyPart(StrEnum):
 
     CERTIFICATE = "certificate"
     PRIVATE_KEY = "private-key"
-
-
-@dataclass(frozen=True)
-class ProtectedKey:
-    """Where a private key is stored (shown to operators, e.g. to re-protect it) and which KMS
-    key encrypts it, as the store reports it ("" if it does not say)."""
-
-    location: str
-    kms_key_id: str
-
-
-@dataclass(frozen=True)
-class ProtectionSweep:
-    """Every private key the keyring holds, stored or staged, with its protection: one sweep."""
-
-    keys: dict[str, ProtectedKey]  # key ID -> its private key
-    staged: dict[str, ProtectedKey]  # rotation ID -> its staged private key
 
 
 class Keyring(Protocol):
@@ -152,6 +142,19 @@ class Keyring(Protocol):
 
     def managed_instances(self) -> list[ManagedInstance]: ...
 
+    def instance_entries(self) -> list[InstanceEntry]:
+        """Every instance the keyring knows (managed or only a current key), in one read."""
+        ...
+
+    @property
+    def prefix(self) -> str:
+        """Where the keyring lives, as operators name it (status and reports show it)."""
+        ...
+
+    def history_events(self) -> list[HistoryEvent]:
+        """The append-only history, oldest first."""
+        ...
+
     def get_rotation(self, instance_id: str) -> RotationState | None: ...
 
     def put_rotation(self, state: RotationState, *, at: datetime) -> None: ...
@@ -176,7 +179,17 @@ class SecurityKeys(Protocol):
     def list_security_keys(self, instance_id: str) -> list[SecurityKey]: ...
 
 
-class Connect(SecurityKeys, Protocol):
+class FlowReader(Protocol):
+    """A managed flow's or module's content (what `status` reads of Connect)."""
+
+    def flow_content(self, instance_id: str, ref: FlowRef) -> str: ...
+
+
+class ConnectReader(SecurityKeys, FlowReader, Protocol):
+    """What the read model asks of Connect: the keys it holds, and the managed flows."""
+
+
+class Connect(ConnectReader, Protocol):
     """Amazon Connect's security keys and flow content. Keys are named by their key ID (see
     rotator.domain.connect_ids); an unknown instance, flow or key raises NotFound."""
 
@@ -187,8 +200,6 @@ class Connect(SecurityKeys, Protocol):
         ...
 
     def disassociate_security_key(self, instance_id: str, key_id: str) -> None: ...
-
-    def flow_content(self, instance_id: str, ref: FlowRef) -> str: ...
 
     def update_flow_content(self, instance_id: str, ref: FlowRef, content: str) -> None: ...
 
@@ -218,6 +229,11 @@ class Lock(Protocol):
 
     def clear_if_stale(self, instance_id: str) -> str | None:
         """Remove a lock whose holder is provably gone or whose lease expired; say why."""
+        ...
+
+    def states(self) -> dict[str, LockState]:
+        """Instance ID -> its lock as `status`, `verify` and `report` show it: who holds it,
+        and why it is stale (None while its holder may still be running). One read."""
         ...
 
 

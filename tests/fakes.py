@@ -29,7 +29,7 @@ from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
 from rotator.errors import AwsCallError, KeyringConflict, LockHeld, LockLost, NotFound
-from rotator.ports import KeyPart, ProtectedKey, ProtectionSweep
+from rotator.ports import InstanceEntry, KeyPart, LockState, ProtectedKey, ProtectionSweep
 from rotator.sandbox import connect_emulator
 
 _K = TypeVar("_K")
@@ -220,6 +220,20 @@ class FakeKeyring:
 
     def managed_instances(self) -> list[ManagedInstance]:
         return [self.configs[i] for i in sorted(self.configs)]
+
+    def instance_entries(self) -> list[InstanceEntry]:
+        ids = sorted({*self.configs, *self.currents, *self.rotations})
+        return [
+            InstanceEntry(i, self.configs.get(i), self.currents.get(i), self.rotations.get(i))
+            for i in ids
+        ]
+
+    @property
+    def prefix(self) -> str:
+        return "fake:"
+
+    def history_events(self) -> list[HistoryEvent]:
+        return self.history.events()
 
     def get_rotation(self, instance_id: str) -> RotationState | None:
         return self.rotations.get(instance_id)
@@ -443,6 +457,15 @@ class FakeLock:
             return None
         del self.held[instance_id]
         return f"removed the stale lock {current.describe()}: its lease has expired"
+
+    def states(self) -> dict[str, LockState]:
+        now = self.now()
+        return {
+            instance_id: LockState(
+                held.describe(), "its lease has expired" if now >= held.expires_at else None
+            )
+            for instance_id, held in self.held.items()
+        }
 
 
 class FakeLease:

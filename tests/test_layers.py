@@ -28,7 +28,10 @@ FORBIDDEN = {
             "botocore",
         },
     ),
-    "services-see-ports": ({"rotator.services"}, {"rotator.entrypoints", "boto3", "botocore"}),
+    "services-see-ports": (
+        {"rotator.services"},
+        {"rotator.entrypoints", "rotator.adapters", "boto3", "botocore"},
+    ),
     "lambda-decrypt-stands-alone": ({"lambda_decrypt"}, {"rotator"}),
 }
 ACYCLIC = {"entrypoints-acyclic": {"rotator.entrypoints"}, "rotator-acyclic": {"rotator"}}

@@ -84,7 +84,7 @@ class Seeded:
     keys: dict[str, str]
 
     def options(self, **changes: Any) -> ReportOptions:
-        return replace(ReportOptions.from_settings(self.adapters.settings), **changes)
+        return replace(self.adapters.settings.report_options(), **changes)
 
     def report(self, **changes: Any) -> Report:
         a = self.adapters
@@ -437,7 +437,7 @@ def test_fail_on_critical_passes_with_warnings_only(world: World) -> None:
         ]
     )
     a = world.adapters
-    options = ReportOptions.from_settings(a.settings)
+    options = a.settings.report_options()
 
     def run(now: datetime, fail_on: Severity | None, fmt: ReportFormat) -> tuple[int, str]:
         out = io.StringIO()

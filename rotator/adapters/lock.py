@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from lambda_decrypt.keyring import KeyringLayout
 from lambda_decrypt.logs import get_logger
 from rotator.adapters.aws import aws_call
+from rotator.domain.state import LockState
 from rotator.errors import AwsCallError
 
 # Raised here, defined with the other errors so that services need no adapter to catch them.
@@ -254,6 +255,13 @@ class SsmLock:
                 for parameter in page["Parameters"]:
                     found[parameter["Name"][len(root) + 1 :]] = _held(parameter, seen_at)
         return found
+
+    def states(self) -> dict[str, LockState]:
+        """Every lock held, described for the read model, from the one sweep of `holders`."""
+        return {
+            instance_id: LockState(held.describe(), stale_reason(held))
+            for instance_id, held in self.holders().items()
+        }
 
     def break_lock(self, instance_id: str, expected: HeldLock) -> bool:
         """Remove a lock only if it is still the one judged stale (same holder, same version)."""

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lambda_decrypt.keyring import KeyringLayout, KeyringReader
 from rotator.adapters.aws import aws_call
 from rotator.adapters.history import SsmHistory
-from rotator.domain.history import ClockKind, key_transition_events, rotation_step_event
+from rotator.domain.history import (
+    ClockKind,
+    HistoryEvent,
+    key_transition_events,
+    rotation_step_event,
+)
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
+from rotator.domain.state import InstanceEntry as InstanceEntry
 from rotator.errors import AwsCallError, KeyringConflict, NotFound
 from rotator.ports import KeyPart, ProtectedKey, ProtectionSweep
 
@@ -24,16 +29,6 @@ if TYPE_CHECKING:
 
 # DescribeParameters answers at most 50 parameters a page.
 DESCRIBE_PAGE_SIZE = 50
-
-
-@dataclass(frozen=True)
-class InstanceEntry:
-    """What the keyring holds about one instance: managed flows, current key, last rotation."""
-
-    instance_id: str
-    config: ManagedInstance | None
-    current_key_id: str | None
-    rotation: RotationState | None
 
 
 class SsmKeyring:
@@ -307,6 +302,10 @@ class SsmKeyring:
             if "config" in leaves
         ]
         return sorted(found, key=lambda m: m.instance_id)
+
+    def history_events(self) -> list[HistoryEvent]:
+        """The whole history, oldest first."""
+        return self.history.events()
 
     def instance_entries(self) -> list[InstanceEntry]:
         """Every instance's config, current key and rotation in one paginated sweep, by ID."""

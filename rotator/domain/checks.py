@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
-from lambda_decrypt.keyring import KeyringLayout
 from rotator.domain.findings import Finding, FindingCode
 from rotator.domain.keys import ALLOWED_KEY_SIZES
 from rotator.domain.lifecycle import KeyRecord, KeyState
@@ -17,10 +15,7 @@ from rotator.domain.policy import (
     key_age_start,
     renew_window_start,
 )
-from rotator.domain.state import InstanceState, KeyringState
-
-if TYPE_CHECKING:
-    from rotator.config import Settings
+from rotator.domain.state import InstanceState, KeyringState, ProtectedKey
 
 # PCI DSS counts RSA of at least 2048 bits as strong cryptography; raise it with --min-key-size.
 DEFAULT_MIN_KEY_SIZE = min(ALLOWED_KEY_SIZES)
@@ -38,12 +33,6 @@ class ReportOptions:
     grace: timedelta = timedelta(days=7)
     min_key_size: int = DEFAULT_MIN_KEY_SIZE
     kms_key_id: str | None = None  # None: SSM's default key; no KMS finding is raised
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, min_key_size: int = DEFAULT_MIN_KEY_SIZE
-    ) -> ReportOptions:
-        return cls(settings.policy, settings.grace, min_key_size, settings.kms_key_id)
 
 
 # -- verify's invariants ------------------------------------------------------------------------
@@ -553,16 +542,19 @@ def protection_findings(state: KeyringState, options: ReportOptions) -> Iterator
     configured = options.kms_key_id
     if configured is None:
         return
-    layout = KeyringLayout(state.prefix)
     instance_of = {r.key_id: r.instance_id for r in state.records}
-    for name, kms_key_id in sorted(state.protection.items()):
-        if not same_kms_key(kms_key_id, configured):
-            key_id = layout.key_id_of(name)
+    stored: list[tuple[str | None, ProtectedKey]] = list(state.protection.keys.items())
+    staged: list[tuple[str | None, ProtectedKey]] = [
+        (None, protected) for protected in state.protection.staged.values()
+    ]
+    for key_id, protected in sorted(stored + staged, key=lambda pair: pair[1].location):
+        if not same_kms_key(protected.kms_key_id, configured):
             yield Finding(
                 FindingCode.KMS_KEY_MISMATCH,
                 instance_of.get(key_id or ""),
                 key_id,
-                f"{name} is encrypted with KMS key {kms_key_id or 'unknown'}, not {configured}",
+                f"{protected.location} is encrypted with KMS key "
+                f"{protected.kms_key_id or 'unknown'}, not {configured}",
             )
 
 

@@ -6,10 +6,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lambda_decrypt.keyring import KeyringLayout
 from rotator.domain.history import HistoryEvent, RotationRun
 from rotator.domain.lifecycle import KeyRecord
-from rotator.domain.rotation import RotationState
+from rotator.domain.rotation import ManagedInstance, RotationState
+
+
+@dataclass(frozen=True)
+class ProtectedKey:
+    """Where a private key is stored (shown to operators, e.g. to re-protect it) and which KMS
+    key encrypts it, as the store reports it ("" if it does not say)."""
+
+    location: str
+    kms_key_id: str
+
+
+@dataclass(frozen=True)
+class ProtectionSweep:
+    """Every private key the keyring holds, stored or staged, with its protection: one sweep."""
+
+    keys: dict[str, ProtectedKey]  # key ID -> its private key
+    staged: dict[str, ProtectedKey]  # rotation ID -> its staged private key
+
+    @classmethod
+    def unread(cls) -> ProtectionSweep:
+        """Not swept: `rotator status` reads no protection."""
+        return cls({}, {})
+
+
+@dataclass(frozen=True)
+class InstanceEntry:
+    """What the keyring holds about one instance: managed flows, current key, last rotation."""
+
+    instance_id: str
+    config: ManagedInstance | None
+    current_key_id: str | None
+    rotation: RotationState | None
 
 
 @dataclass(frozen=True)
@@ -115,7 +146,7 @@ class KeyringState:
     records: tuple[KeyRecord, ...]
     current: Mapping[str, str]  # instance ID -> current key ID (managed or not)
     instances: tuple[InstanceState, ...]  # managed instances (narrowed if one was asked for)
-    protection: Mapping[str, str]  # SecureString name -> KMS key ID as SSM reports it
+    protection: ProtectionSweep  # every stored and staged private key, with its KMS key
     orphaned_staging: tuple[str, ...] = ()  # staged rotation IDs no unfinished rotation owns
     events: tuple[HistoryEvent, ...] = ()  # the whole history, oldest first
     canaries: Mapping[str, CanaryResult] = field(default_factory=dict)  # by key ID
@@ -125,7 +156,7 @@ class KeyringState:
         return next((r for r in self.records if r.key_id == key_id), None)
 
     def private_key_stored(self, key_id: str) -> bool:
-        return KeyringLayout(self.prefix).private_key(key_id) in self.protection
+        return key_id in self.protection.keys
 
     def instance(self, instance_id: str | None) -> InstanceState | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)

@@ -427,12 +427,12 @@ def _override_reason(args: argparse.Namespace, flag: str, used: bool) -> str | N
 
 def run_report_command(args: argparse.Namespace, ctx: Context) -> int:
     from rotator.services.jobs import run_report
-    from rotator.services.report import DEFAULT_MIN_KEY_SIZE, ReportOptions
+    from rotator.services.report import DEFAULT_MIN_KEY_SIZE
     from rotator.services.report_render import ReportFormat
 
     adapters, now = ctx.adapters, ctx.moment.now
     min_key_size = args.min_key_size or DEFAULT_MIN_KEY_SIZE
-    options = ReportOptions.from_settings(adapters.settings, min_key_size=min_key_size)
+    options = adapters.settings.report_options(min_key_size=min_key_size)
     return run_report(
         adapters.keyring,
         adapters.connect,

@@ -31,7 +31,6 @@ from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
 from rotator.ports import Publisher
 from rotator.services import jobs
-from rotator.services.report import ReportOptions
 from rotator.services.rotation import InstanceResult, Outcome
 
 # A run that could not start on time (process suspended, previous run too long) still runs
@@ -125,7 +124,7 @@ def report_job(context: JobContext) -> JobFunction:
             adapters.keyring,
             adapters.connect,
             adapters.lock,
-            ReportOptions.from_settings(adapters.settings),
+            adapters.settings.report_options(),
         )
         destinations = serve_destinations(context.config, adapters.settings)
         result = jobs.report_job(make, context.publisher, destinations, now)

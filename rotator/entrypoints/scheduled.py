@@ -21,7 +21,6 @@ from rotator.entrypoints.invocation import on_clock, requested_time
 from rotator.errors import ConfigError
 from rotator.ports import Publisher
 from rotator.services.jobs import ReportDestinations, report_job, report_maker, rotation_job
-from rotator.services.report import ReportOptions
 
 REPORT_DESTINATIONS = (
     f"{RotatorEnv.REPORT_S3_URI}, {RotatorEnv.REPORT_SNS_TOPIC_ARN} or {RotatorEnv.SNS_TOPIC_ARN}"
@@ -77,7 +76,7 @@ def report_run(
     """The report job at `now`, delivered to ROTATOR_REPORT_S3_URI and the report topic."""
     settings = adapters.settings
     make = report_maker(
-        adapters.keyring, adapters.connect, adapters.lock, ReportOptions.from_settings(settings)
+        adapters.keyring, adapters.connect, adapters.lock, settings.report_options()
     )
     destinations = lambda_destinations(settings)
     return report_job(make, publisher, destinations, now, what_if=what_if).to_dict()

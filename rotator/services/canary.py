@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lambda_decrypt.decrypt import Decryptor, KeySource
 from lambda_decrypt.errors import DecryptError
-from lambda_decrypt.keyring import KeyringReader
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.errors import ConnectKeyRotatorError
 
@@ -36,9 +35,3 @@ def canary_decrypts(keys: KeySource, key_id: str, public_pem: str) -> None:
         ) from None
     if decrypted.plaintext != canary:
         raise VerificationFailed(f"key {key_id} decrypted its canary to the wrong value")
-
-
-def verify_key_decrypts(ssm: Any, prefix: str, key_id: str, public_pem: str) -> None:
-    """The canary on a raw SSM client: only for services/verify.py until it calls
-    `prove_key_decrypts(keyring, ...)`; remove then."""
-    canary_decrypts(KeyringReader(prefix, ssm_client_factory=lambda: ssm), key_id, public_pem)

@@ -20,15 +20,12 @@ from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
-from rotator.ports import Metric, Publisher
+from rotator.ports import Connect, Keyring, Lock, Metric, Publisher
 from rotator.services.report import Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
 from rotator.services.rotation import InstanceResult, Outcome
 
 if TYPE_CHECKING:
-    from rotator.adapters.connect import ConnectGateway
-    from rotator.adapters.lock import SsmLock
-    from rotator.adapters.ssm_keyring import SsmKeyring
     from rotator.domain.rotation import ManagedInstance
     from rotator.services.rotation import RotationService
 
@@ -97,7 +94,7 @@ class RotationRun:
 
 def rotation_job(
     rotation: RotationService,
-    keyring: SsmKeyring,
+    keyring: Keyring,
     publisher: Publisher,
     policy: RotationPolicy,
     now: datetime,
@@ -157,7 +154,7 @@ def rotation_job(
 
 
 def _initialise(
-    service: RotationService, keyring: SsmKeyring, instance: ManagedInstance, now: datetime
+    service: RotationService, keyring: Keyring, instance: ManagedInstance, now: datetime
 ) -> InstanceResult | None:
     """`init` for a configured instance not yet managed; None when it already is."""
     try:
@@ -187,7 +184,7 @@ def _initialise(
 
 
 def _key_metrics(
-    keyring: SsmKeyring, policy: RotationPolicy, now: datetime, busy: set[str]
+    keyring: Keyring, policy: RotationPolicy, now: datetime, busy: set[str]
 ) -> tuple[list[Metric], list[str]]:
     metrics: list[Metric] = []
     still_due: list[str] = []
@@ -298,7 +295,7 @@ def delivered_nowhere(settings_to_set: str) -> str:
 
 
 def report_maker(
-    keyring: SsmKeyring, connect: ConnectGateway, lock: SsmLock, options: ReportOptions
+    keyring: Keyring, connect: Connect, lock: Lock, options: ReportOptions
 ) -> Callable[[datetime], Report]:
     """The report at a given time, from the keyring, Connect and the locks."""
     return lambda now: make_report(keyring, connect, lock, options, now)
@@ -428,9 +425,9 @@ def publish_report(
 
 
 def run_report(
-    keyring: SsmKeyring,
-    connect: ConnectGateway,
-    lock: SsmLock,
+    keyring: Keyring,
+    connect: Connect,
+    lock: Lock,
     options: ReportOptions,
     now: datetime,
     *,

@@ -7,10 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lambda_decrypt.keyring import KeyringLayout
-from rotator.adapters.connect import ConnectGateway
-from rotator.adapters.lock import SsmLock
-from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.checks import (
     DEFAULT_MIN_KEY_SIZE,
     ENCRYPTING_STATES,
@@ -24,6 +20,7 @@ from rotator.domain.history import key_history, transitions_by_key
 from rotator.domain.lifecycle import KeyRecord, Transition
 from rotator.domain.policy import cryptoperiod_end, key_age_start, renew_window_start
 from rotator.domain.state import InstanceState, KeyringState
+from rotator.ports import ConnectReader, Keyring, Lock
 from rotator.services.state import read_state
 
 __all__ = [
@@ -141,9 +138,9 @@ class Report:
 
 
 def make_report(
-    keyring: SsmKeyring,
-    connect: ConnectGateway,
-    lock: SsmLock,
+    keyring: Keyring,
+    connect: ConnectReader,
+    lock: Lock,
     options: ReportOptions,
     now: datetime,
     *,
@@ -155,9 +152,9 @@ def make_report(
 
 
 def gather(
-    keyring: SsmKeyring,
-    connect: ConnectGateway,
-    lock: SsmLock,
+    keyring: Keyring,
+    connect: ConnectReader,
+    lock: Lock,
     now: datetime,
     *,
     canaries: bool = False,
@@ -185,7 +182,6 @@ def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> 
 
 def key_rows(facts: KeyringState, options: ReportOptions, now: datetime) -> list[KeyRow]:
     """Every key in the keyring, then every key Connect knows that the keyring does not."""
-    layout = KeyringLayout(facts.prefix)
     associated = {k for i in facts.instances for k in i.associations}
     flows: defaultdict[str, list[str]] = defaultdict(list)
     seen_in: dict[str, str] = {}
@@ -198,7 +194,6 @@ def key_rows(facts: KeyringState, options: ReportOptions, now: datetime) -> list
     transitions = transitions_by_key(facts.events)
     rows = []
     for record in facts.records:
-        private_key = layout.private_key(record.key_id)
         rows.append(
             _record_row(
                 record,
@@ -206,7 +201,7 @@ def key_rows(facts: KeyringState, options: ReportOptions, now: datetime) -> list
                 now,
                 current=facts.current.get(record.instance_id or "") == record.key_id,
                 associated=record.key_id in associated,
-                kms_key_id=facts.protection.get(private_key),
+                kms_key_id=_kms_key_of(facts, record.key_id),
                 flows=tuple(flows.get(record.key_id, ())),
                 history=key_history(transitions.get(record.key_id, []), record.history),
             )
@@ -220,8 +215,8 @@ def key_rows(facts: KeyringState, options: ReportOptions, now: datetime) -> list
                 state=UNKNOWN_STATE,
                 current=facts.current.get(seen_in[key_id]) == key_id,
                 associated=key_id in associated,
-                private_key_stored=layout.private_key(key_id) in facts.protection,
-                kms_key_id=facts.protection.get(layout.private_key(key_id)),
+                private_key_stored=facts.private_key_stored(key_id),
+                kms_key_id=_kms_key_of(facts, key_id),
                 flows=tuple(flows.get(key_id, ())),
                 record=None,
                 history=tuple(transitions.get(key_id, ())),
@@ -266,3 +261,9 @@ def _iso(value: datetime | None) -> str | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+def _kms_key_of(facts: KeyringState, key_id: str) -> str | None:
+    """The KMS key protecting the key's private key, as SSM reports it (None: not stored)."""
+    protected = facts.protection.keys.get(key_id)
+    return None if protected is None else protected.kms_key_id

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import partial
 
-from lambda_decrypt import ConnectKey, Decryptor, StaticKeys
+from lambda_decrypt.decrypt import Decryptor
+from lambda_decrypt.keys import ConnectKey, StaticKeys
 from lambda_decrypt.logs import get_logger
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect

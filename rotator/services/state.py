@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
 
-from rotator.adapters.lock import SsmLock, stale_reason
-from rotator.adapters.ssm_keyring import InstanceEntry, SsmKeyring
 from rotator.domain.flows import FlowRef, flow_drift, referenced_key_ids
 from rotator.domain.history import HistoryEvent, RotationRun, rotation_runs
 from rotator.domain.keys import public_key_sha256_of_pem
@@ -16,33 +12,21 @@ from rotator.domain.rotation import ManagedInstance
 from rotator.domain.state import (
     CanaryResult,
     FlowState,
+    InstanceEntry,
     InstanceState,
     KeyringState,
     LockState,
+    ProtectionSweep,
     rotation_summary,
 )
 from rotator.errors import ConnectKeyRotatorError
-from rotator.services.canary import verify_key_decrypts
-
-if TYPE_CHECKING:
-    from rotator.adapters.connect import SecurityKey
-
-
-class FlowReader(Protocol):
-    """Reads a managed flow's content (the Connect gateway, or a fake)."""
-
-    def flow_content(self, instance_id: str, ref: FlowRef) -> str: ...
-
-
-class ConnectReader(FlowReader, Protocol):
-    """What the read model asks of Connect: the keys it holds, and the managed flows."""
-
-    def list_security_keys(self, instance_id: str) -> list[SecurityKey]: ...
+from rotator.ports import ConnectReader, FlowReader, Keyring, Lock
+from rotator.services.canary import prove_key_decrypts
 
 
 def read_state(
-    keyring: SsmKeyring,
-    lock: SsmLock,
+    keyring: Keyring,
+    lock: Lock,
     *,
     connect: ConnectReader | None = None,
     flows: FlowReader | None = None,
@@ -57,9 +41,9 @@ def read_state(
     (`connect` or `flows`). `canaries`: a live canary decrypt of every key a managed flow uses
     whose private key is stored (`rotator verify`; it reads the private keys)."""
     entries = keyring.instance_entries()
-    holders = lock.holders()
+    locks = lock.states()
     records = tuple(keyring.records())
-    events = tuple(keyring.history.events()) if history else ()
+    events = tuple(keyring.history_events()) if history else ()
     scopes: dict[str, list[HistoryEvent]] = {}
     for event in events:
         scopes.setdefault(event.scope, []).append(event)
@@ -68,8 +52,7 @@ def read_state(
     for entry in entries:
         if entry.config is None or instance_id not in (None, entry.instance_id):
             continue
-        holder = holders.get(entry.instance_id)
-        held = None if holder is None else LockState(holder.describe(), stale_reason(holder))
+        held = locks.get(entry.instance_id)
         instances.append(
             _instance_state(
                 entry,
@@ -80,14 +63,14 @@ def read_state(
                 flows=flow_reader,
             )
         )
-    secure = keyring.secure_parameters() if protection else {}
+    sweep = keyring.protection_sweep() if protection else ProtectionSweep.unread()
     state = KeyringState(
-        prefix=keyring.layout.prefix,
+        prefix=keyring.prefix,
         records=records,
         current={e.instance_id: e.current_key_id for e in entries if e.current_key_id},
         instances=tuple(instances),
-        protection=secure,
-        orphaned_staging=_orphaned_staging(keyring, entries, secure) if protection else (),
+        protection=sweep,
+        orphaned_staging=_orphaned_staging(entries, sweep) if protection else (),
         events=events,
         managed_ids=tuple(e.instance_id for e in entries if e.config is not None),
     )
@@ -96,15 +79,11 @@ def read_state(
     return state
 
 
-def _orphaned_staging(
-    keyring: SsmKeyring, entries: list[InstanceEntry], protection: Mapping[str, str]
-) -> tuple[str, ...]:
-    """From the SecureString sweep already made: staged keys whose rotation is not unfinished."""
-    root = keyring.layout.staging_root() + "/"
-    staged = {name[len(root) :].partition("/")[0] for name in protection if name.startswith(root)}
+def _orphaned_staging(entries: list[InstanceEntry], sweep: ProtectionSweep) -> tuple[str, ...]:
+    """From the protection sweep already made: staged keys whose rotation is not unfinished."""
     rotations = [e.rotation for e in entries if e.rotation is not None]
     owned = {r.rotation_id for r in rotations if not r.finished}
-    return tuple(sorted(staged - owned))
+    return tuple(sorted(sweep.staged.keys() - owned))
 
 
 def _flow_state(
@@ -151,10 +130,8 @@ def _instance_state(
     try:
         if connect is not None:
             keys = connect.list_security_keys(instance_id)
-            associations = tuple(k.association_id for k in keys)
-            public_keys = {
-                k.association_id: public_key_sha256_of_pem(k.public_key_pem) or "" for k in keys
-            }
+            associations = tuple(k.key_id for k in keys)
+            public_keys = {k.key_id: public_key_sha256_of_pem(k.public_key_pem) or "" for k in keys}
         if flows is not None:
             flow_states = tuple(
                 _flow_state(ref, flows.flow_content(instance_id, ref), config, entry.current_key_id)
@@ -180,7 +157,7 @@ def _instance_state(
     )
 
 
-def _with_canaries(keyring: SsmKeyring, state: KeyringState) -> KeyringState:
+def _with_canaries(keyring: Keyring, state: KeyringState) -> KeyringState:
     """A canary for each key a managed flow uses that may decrypt: its record says so and its
     private key is stored (a key that fails those is a finding already, without a canary)."""
     results: dict[str, CanaryResult] = {}
@@ -197,11 +174,11 @@ def _may_decrypt(state: KeyringState, record: KeyRecord | None, key_id: str) -> 
     return record is not None and record.decrypts and state.private_key_stored(key_id)
 
 
-def _canary(keyring: SsmKeyring, key_id: str) -> CanaryResult:
+def _canary(keyring: Keyring, key_id: str) -> CanaryResult:
     """Live: encrypt as Connect would with the stored certificate, decrypt from the keyring."""
     try:
         certificate = keyring.read_certificate(key_id)
-        verify_key_decrypts(keyring.ssm, keyring.layout.prefix, key_id, certificate)
+        prove_key_decrypts(keyring, key_id, certificate)
     except ConnectKeyRotatorError as error:
         return CanaryResult(key_id, False, f"key {key_id}: {error}")
     return CanaryResult(key_id, True, f"key {key_id} decrypts a canary from the keyring")

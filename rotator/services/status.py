@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rotator.adapters.lock import SsmLock
-from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.findings import RunbookName
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
-from rotator.domain.state import InstanceState, KeyringState, rotation_summary
+from rotator.domain.state import InstanceState, KeyringState, ProtectionSweep, rotation_summary
 from rotator.errors import NotFound
-from rotator.services.state import FlowReader, read_state
+from rotator.ports import FlowReader, Keyring, Lock
+from rotator.services.state import read_state
 
 __all__ = ["FlowReader", "rotation_summary"]  # kept where callers found them
 
@@ -171,8 +170,8 @@ class KeyringStatus:
 
 
 def keyring_overview(
-    keyring: SsmKeyring,
-    lock: SsmLock,
+    keyring: Keyring,
+    lock: Lock,
     policy: RotationPolicy,
     now: datetime,
     *,
@@ -214,18 +213,18 @@ def flow_drift_of(instance: InstanceState) -> tuple[str, ...]:
 
 
 def unmanaged_instances(
-    keyring: SsmKeyring, policy: RotationPolicy, now: datetime
+    keyring: Keyring, policy: RotationPolicy, now: datetime
 ) -> list[UnmanagedInstance]:
     """Instances that hold keys in the keyring but were never `init`ed (reads keys and
     instances only)."""
     entries = keyring.instance_entries()
     current = {e.instance_id: e.current_key_id for e in entries if e.current_key_id}
     state = KeyringState(
-        prefix=keyring.layout.prefix,
+        prefix=keyring.prefix,
         records=tuple(keyring.records()),
         current=current,
         instances=(),
-        protection={},
+        protection=ProtectionSweep.unread(),
         managed_ids=tuple(e.instance_id for e in entries if e.config is not None),
     )
     return _unmanaged(state, key_rows(state.records, current, policy, now))

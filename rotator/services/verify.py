@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from rotator.adapters.connect import ConnectGateway
-from rotator.adapters.lock import SsmLock
-from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.domain.checks import INVARIANT_CODES, Verdict, invariants
 from rotator.domain.findings import Finding
 from rotator.domain.state import KeyringState
+from rotator.ports import ConnectReader, Keyring, Lock
 from rotator.services.state import read_state
 
 # A check of the command's argument, not of the keyring's state: no report finding matches it.
@@ -46,7 +44,7 @@ class Verification:
 
 
 class InvariantChecker:
-    def __init__(self, keyring: SsmKeyring, connect: ConnectGateway, lock: SsmLock) -> None:
+    def __init__(self, keyring: Keyring, connect: ConnectReader, lock: Lock) -> None:
         self.keyring = keyring
         self.connect = connect
         self.lock = lock
