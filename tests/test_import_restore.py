@@ -126,7 +126,6 @@ def test_the_blog_import_restores_a_deleted_private_key_too(
     def adopt() -> list[str]:
         result = import_from_blog(
             keyring,
-            ssm,
             certificate_pem=None,
             instance_id="instance-1",
             now=NOW,

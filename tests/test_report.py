@@ -206,7 +206,6 @@ def seed(world: World, key_pool: KeyPool) -> Seeded:
     instances["adopted"] = "adopted-instance"
     import_from_blog(
         keyring,
-        ssm,
         key_parameter=f"{world.prefix}-blog/key",
         key_id_parameter=f"{world.prefix}-blog/key-id",
         certificate_pem=None,

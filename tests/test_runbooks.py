@@ -444,7 +444,6 @@ def adopted(cli: Cli, blog: dict[str, Any], days_ago: float) -> None:
     w = cli.world
     import_from_blog(
         w.adapters.keyring,
-        w.ssm,
         key_parameter=blog["KEY_PARAMETER"],
         key_id_parameter=blog["KEY_ID_PARAMETER"],
         certificate_pem=Path(blog["CERTIFICATE_FILE"]).read_text(),

@@ -131,12 +131,12 @@ class SsmKeyring:
             self.layout.private_key(key_id): KeyPart.PRIVATE_KEY,
             self.layout.certificate(key_id): KeyPart.CERTIFICATE,
         }
-        return frozenset(names[name] for name in self.existing(list(names)))
+        return frozenset(names[name] for name in self._existing(list(names)))
 
     def stored_private_keys(self, key_ids: Sequence[str]) -> set[str]:
         """Those of `key_ids` whose private key exists, read 10 at a time, never decrypted."""
         names = {self.layout.private_key(key_id): key_id for key_id in key_ids}
-        return {names[name] for name in self.existing(list(names))}
+        return {names[name] for name in self._existing(list(names))}
 
     def delete_private_key(self, key_id: str) -> None:
         """Gone already is fine (a destroy may be redone)."""
@@ -150,7 +150,7 @@ class SsmKeyring:
         """Stored and staged private keys with their parameter and KMS key: one sweep."""
         keys, staged = {}, {}
         staging = self.layout.staging_root() + "/"
-        for name, kms_key_id in self.secure_parameters().items():
+        for name, kms_key_id in self._secure_parameters().items():
             key_id = self.layout.key_id_of(name)
             if key_id is not None and name == self.layout.private_key(key_id):
                 keys[key_id] = ProtectedKey(name, kms_key_id)
@@ -350,10 +350,9 @@ class SsmKeyring:
             raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
         return values[key_id_parameter].strip(), values[key_parameter]
 
-    # -- by parameter name: for callers not yet on the intent-level methods above ------------
-    # (services/report_facts.py: secure_parameters; services/verify.py: existing)
+    # -- by parameter name: private to this adapter ------------------------------------------
 
-    def secure_parameters(self) -> dict[str, str]:
+    def _secure_parameters(self) -> dict[str, str]:
         """Every SecureString under the prefix -> the KMS key protecting it (as SSM reports it):
         one paginated DescribeParameters sweep, 50 a page, nothing decrypted."""
         prefix = self.layout.prefix
@@ -372,7 +371,7 @@ class SsmKeyring:
                     found[parameter["Name"]] = parameter.get("KeyId", "")
         return found
 
-    def existing(self, names: list[str]) -> set[str]:
+    def _existing(self, names: list[str]) -> set[str]:
         """Which of these parameters exist, read 10 at a time and never decrypted."""
         found: set[str] = set()
         for start in range(0, len(names), 10):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -17,18 +17,18 @@ from botocore.exceptions import (
 
 from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
+from rotator.adapters.publishing import AwsPublisher
 from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.config import Settings
 from rotator.domain.history import ClockKind
 from rotator.errors import ConfigError
+from rotator.ports import Publisher
 from rotator.services.rotation import KeyGenerator, RotationService
 from rotator.services.verify import InvariantChecker
 
 if TYPE_CHECKING:
     from mypy_boto3_connect import ConnectClient
-    from mypy_boto3_s3 import S3Client
-    from mypy_boto3_sns import SNSClient
     from mypy_boto3_ssm import SSMClient
 
 # Throttling and transient errors are retried by botocore itself, with client-side rate limiting.
@@ -58,13 +58,6 @@ class Adapters:
     def runbook_audit(self) -> SsmRunbookAudit:
         """The legacy runbook audit (read only) and the runbook history."""
         return SsmRunbookAudit(self.ssm, self.settings.keyring_prefix)
-
-    def s3(self) -> S3Client:
-        """Made on demand: only the report job's S3 destination needs it."""
-        return boto3.client("s3", config=RETRY_CONFIG, region_name=aws_region())
-
-    def sns(self) -> SNSClient:
-        return boto3.client("sns", config=RETRY_CONFIG, region_name=aws_region())
 
 
 def aws_region() -> str | None:
@@ -136,3 +129,15 @@ def environment_problem(error: BaseException) -> ConfigError | None:
             )
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def build_publisher(settings: Settings) -> Publisher:
+    """CloudWatch in the settings' namespace, notices on the alert topic; clients on first use.
+    The scheduled Lambda and `rotator serve` both build theirs here, so both publish alike."""
+
+    def client(service: str) -> Any:
+        return boto3.client(service, config=RETRY_CONFIG, region_name=aws_region())  # type: ignore[call-overload]
+
+    return AwsPublisher(
+        client, namespace=settings.metrics_namespace, alert_topic_arn=settings.sns_topic_arn
+    )

@@ -198,7 +198,6 @@ def run_import(args: argparse.Namespace, ctx: Context) -> int:
             raise ConfigError("import", "--from-blog-parameters reads the key and its ID from SSM")
         result = import_from_blog(
             adapters.keyring,
-            adapters.ssm,
             key_parameter=blog_parameters(args)[0],
             key_id_parameter=blog_parameters(args)[1],
             certificate_pem=_read_file(args.certificate, "--certificate")

@@ -25,8 +25,12 @@ from apscheduler.triggers.base import BaseTrigger
 from lambda_decrypt.logs import configure_logging, get_logger
 from rotator.config import Settings
 from rotator.config_file import RotatorConfig, cron_trigger, load_config
-from rotator.entrypoints.bootstrap import Adapters, build_adapters, environment_problem
-from rotator.entrypoints.scheduled import build_publisher
+from rotator.entrypoints.bootstrap import (
+    Adapters,
+    build_adapters,
+    build_publisher,
+    environment_problem,
+)
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
 from rotator.ports import Publisher

@@ -39,7 +39,6 @@ def show_runbook(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_runbook(args: argparse.Namespace, ctx: Context) -> int:
     """`runbook run NAME`: each step through the CLI's own command runner, audited."""
-    from rotator.adapters.runbook_audit import SsmRunbookAudit
     from rotator.services.runbook_runner import Console, prepare, run_procedure, show_plan
     from rotator.services.runbooks import load_runbook
 
@@ -56,7 +55,7 @@ def run_runbook(args: argparse.Namespace, ctx: Context) -> int:
     global_options = ["--prefix", settings.keyring_prefix, "--log-level", settings.log_level]
     if settings.kms_key_id:
         global_options += ["--kms-key-id", settings.kms_key_id]
-    audit = SsmRunbookAudit(ctx.adapters.ssm, settings.keyring_prefix)
+    audit = ctx.adapters.runbook_audit()
     console = Console(
         execute=cli_executor(global_options, out, ctx.execute),
         confirm=stdin_confirm(out),
@@ -71,10 +70,9 @@ def run_runbook(args: argparse.Namespace, ctx: Context) -> int:
 
 def show_audit(args: argparse.Namespace, ctx: Context) -> int:
     """`runbook audit`: one line per run, as its latest record tells (`--json`: every record)."""
-    from rotator.adapters.runbook_audit import SsmRunbookAudit
 
     out = ctx.out
-    records = SsmRunbookAudit(ctx.adapters.ssm, ctx.settings.keyring_prefix).records()
+    records = ctx.adapters.runbook_audit().records()
     if args.json:
         out.write(json.dumps({"records": records}, indent=2) + "\n")
         return ExitCode.OK

@@ -10,13 +10,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import boto3
-
 from lambda_decrypt.logs import configure_logging
-from rotator.adapters.publishing import AwsPublisher
 from rotator.clock import clock_from_environment
 from rotator.config import RotatorEnv, Settings
-from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, aws_region, build_adapters
+from rotator.entrypoints.bootstrap import Adapters, build_adapters, build_publisher
 from rotator.entrypoints.invocation import on_clock, requested_time
 from rotator.errors import ConfigError
 from rotator.ports import Publisher
@@ -30,18 +27,6 @@ REPORT_DESTINATIONS = (
 class Job(StrEnum):
     ROTATION = "rotation"
     REPORT = "report"
-
-
-def build_publisher(settings: Settings) -> Publisher:
-    """CloudWatch in the settings' namespace, notices on the alert topic; clients on first use.
-    `rotator serve` builds its publisher here too, so both publish the same way."""
-
-    def client(service: str) -> Any:
-        return boto3.client(service, config=RETRY_CONFIG, region_name=aws_region())  # type: ignore[call-overload]
-
-    return AwsPublisher(
-        client, namespace=settings.metrics_namespace, alert_topic_arn=settings.sns_topic_arn
-    )
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:

@@ -97,7 +97,6 @@ def import_key(
 
 def import_from_blog(
     keyring: Keyring,
-    ssm: object = None,
     *,
     key_parameter: str = BLOG_KEY_PARAMETER,
     key_id_parameter: str = BLOG_KEY_ID_PARAMETER,
@@ -109,8 +108,7 @@ def import_from_blog(
     dry_run: bool = False,
 ) -> ImportResult:
     """Copy the blog's two parameters into the keyring; the parameters themselves are only read.
-    Connect is checked as for `import_key`. `ssm` is unused (the keyring reads the parameters):
-    kept until entrypoints/cli.py stops passing it."""
+    Connect is checked as for `import_key`."""
     key_id, private_pem = keyring.read_blog_key(key_parameter, key_id_parameter)
     if certificate_pem is not None:
         return import_key(
