@@ -19,18 +19,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lambda_decrypt import Decryptor
 from lambda_decrypt.errors import DecryptError, KeyDestroyed
-from lambda_decrypt.keyring import KeyringLayout
-from rotator.adapters.ssm_keyring import InstanceEntry
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import FlowKind, FlowRef, encrypting_blocks
 from rotator.domain.keys import KeyMaterial
-from rotator.domain.lifecycle import KeyRecord, KeyState
+from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import RotationState, RotationStep
 from rotator.sandbox.sample_flows import card_blocks, payment_flow_content, payment_module_content
 from rotator.services.rotation import InstanceResult, Outcome, RotationService
-from rotator.services.state import read_state
-from rotator.services.verify import judge
+from rotator.services.verify import InvariantChecker
 from tests.conftest import NOW, TEST_CARD
 from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeKeySource, FakeLease, FakeLock
 from tests.world import KeyPool
@@ -332,46 +329,12 @@ def assert_converged(
         assert fakes.decrypts(ciphertext) == digits.encode()
 
 
-class _ReadSide:
-    """What read_state reads of SsmKeyring and SsmLock, answered from the fakes: SecureStrings
-    named by lambda_decrypt's layout, as SSM would list them."""
-
-    def __init__(self, keyring: FakeKeyring, lock: FakeLock) -> None:
-        self.fake, self.lock = keyring, lock
-        self.layout = KeyringLayout(SETTINGS.keyring_prefix)
-        self.history = keyring.history
-
-    def records(self) -> list[KeyRecord]:
-        return self.fake.records()
-
-    def instance_entries(self) -> list[InstanceEntry]:
-        fake = self.fake
-        ids = sorted(set(fake.configs) | set(fake.currents) | set(fake.rotations))
-        return [
-            InstanceEntry(i, fake.configs.get(i), fake.currents.get(i), fake.rotations.get(i))
-            for i in ids
-        ]
-
-    def holders(self) -> dict[str, Any]:
-        # A fake lock has no SSM holder (host, PID) to describe: only a free lock is read here.
-        assert self.lock.held == {}, "the lock is left behind"
-        return {}
-
-    def secure_parameters(self) -> dict[str, str]:
-        sweep = self.fake.protection_sweep()
-        names = {self.layout.private_key(k): p.kms_key_id for k, p in sweep.keys.items()}
-        for rotation_id, protected in sweep.staged.items():
-            names[self.layout.staged_private_key(rotation_id)] = protected.kms_key_id
-        return names
-
-
 def assert_verify_holds(fakes: Fakes) -> None:
-    """`rotator verify`'s invariants over the one read model, read from the fakes. Its live
-    canaries read SSM directly (services/state.py), so they are not run: the ciphertexts
-    decrypted by the callers of this check stand in for them."""
-    side = cast(Any, _ReadSide(fakes.keyring, fakes.lock))
-    state = read_state(side, side, connect=fakes.connect, protection=True)
-    broken = [c.message for c in judge(state, fakes.clock.now()).checks if not c.ok]
+    """`rotator verify` itself over the fakes: every invariant of the one read model, and the
+    live canaries (encrypt like Connect, decrypt with the keys the fake keyring holds)."""
+    assert fakes.lock.held == {}, "the lock is left behind"
+    checker = InvariantChecker(fakes.keyring, fakes.connect, fakes.lock)
+    broken = [c.message for c in checker.check(None, fakes.clock.now()) if not c.ok]
     assert broken == []
 
 
