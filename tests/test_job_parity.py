@@ -101,7 +101,6 @@ def seed_left_due(world: World) -> None:
     world.ssm.put_parameter(Name=f"{world.prefix}-blog/key-id", Value=key_id, Type="String")
     result = import_from_blog(
         world.adapters.keyring,
-        world.ssm,
         key_parameter=f"{world.prefix}-blog/key",
         key_id_parameter=f"{world.prefix}-blog/key-id",
         certificate_pem=None,

@@ -32,7 +32,7 @@ from rotator.domain.findings import RULES, FindingCode, RunbookName, Severity
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState, Transition
 from rotator.domain.rotation import RotationState, RotationStep
-from rotator.domain.state import KeyringState
+from rotator.domain.state import KeyringState, ProtectedKey, ProtectionSweep
 from rotator.entrypoints.bootstrap import Adapters
 from rotator.entrypoints.scheduled import handler
 from rotator.errors import ConfigError
@@ -533,7 +533,13 @@ def test_publish_puts_the_report_in_s3_and_a_summary_on_sns(world: World) -> Non
 
 
 def test_an_empty_keyring_renders_in_every_format() -> None:
-    facts = KeyringState(prefix="/empty", records=(), current={}, instances=(), protection={})
+    facts = KeyringState(
+        prefix="/empty",
+        records=(),
+        current={},
+        instances=(),
+        protection=ProtectionSweep.unread(),
+    )
     report = build_report(facts, ReportOptions(), NOW)
     assert (report.keys, report.findings, report.fails(Severity.INFO)) == ((), (), False)
     jsonschema.validate(json.loads(render(report, ReportFormat.JSON)), report_schema())
@@ -578,7 +584,9 @@ def one_key_report(material: KeyMaterial, at: datetime) -> Report:
         records=(record,),
         current={"i": "k"},
         instances=(),
-        protection={"/p/keys/k/private-key": "alias/aws/ssm"},
+        protection=ProtectionSweep(
+            {"k": ProtectedKey("/p/keys/k/private-key", "alias/aws/ssm")}, {}
+        ),
     )
     return build_report(facts, ReportOptions(), at)
 
