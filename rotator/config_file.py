@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class ReportDestinations:
+class ReportTable:
     """Where the compliance report job delivers; any combination (none: it is only logged)."""
 
     directory: Path | None = None
@@ -66,7 +66,7 @@ class RotatorConfig:
     settings: Mapping[str, int | str] = field(default_factory=lambda: MappingProxyType({}))
     instances: tuple[ManagedInstance, ...] = ()
     schedules: Mapping[str, str] = field(default_factory=lambda: DEFAULT_SCHEDULES)
-    report: ReportDestinations = ReportDestinations()
+    report: ReportTable = ReportTable()
 
     def settings_for(self, environ: Mapping[str, str], **flags: object) -> Settings:
         """Flags (None = not given) > environment > this file > defaults."""
@@ -271,7 +271,7 @@ def _schedules(table: Mapping[str, Any], path: Path) -> dict[str, str]:
     return schedules
 
 
-def _report(table: Mapping[str, Any], path: Path) -> ReportDestinations:
+def _report(table: Mapping[str, Any], path: Path) -> ReportTable:
     """The [report] table, checked now: its settings' checks and non-empty strings."""
     _only_known(table, REPORT_KEYS, path, "[report]")
     for key, value in table.items():
@@ -285,7 +285,7 @@ def _report(table: Mapping[str, Any], path: Path) -> ReportDestinations:
                 problem = str(error).removeprefix(f"configuration: {error.setting}: ")
                 raise _error(path, setting.where, problem) from None
     directory = table.get("directory")
-    return ReportDestinations(
+    return ReportTable(
         # A relative directory is relative to the config file, not to the daemon's cwd.
         directory=None if directory is None else path.parent / directory,
         s3_uri=table.get("s3_uri"),

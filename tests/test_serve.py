@@ -28,14 +28,14 @@ from structlog.testing import capture_logs
 from lambda_decrypt.logs import configure_logging
 from rotator.config_file import (
     DEFAULT_SCHEDULES,
-    ReportDestinations,
+    ReportTable,
     RotatorConfig,
     cron_trigger,
     load_config,
 )
 from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock
 from rotator.domain.rotation import ManagedInstance
-from rotator.entrypoints.daemon import JOBS, Console, Daemon, JobResult, ScheduledJob, run_serve
+from rotator.entrypoints.daemon import JOBS, Daemon, DaemonLog, JobResult, ScheduledJob, run_serve
 from rotator.errors import AwsCallError, ConfigError, KeyringError
 from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from tests.conftest import NOW
@@ -119,7 +119,7 @@ def test_the_documented_example_parses_into_every_setting() -> None:
         ),
     )
     assert dict(config.schedules) == {"rotation": "0 3 * * *", "report": "0 6 * * 1"}
-    assert config.report == ReportDestinations(
+    assert config.report == ReportTable(
         Path("/var/lib/connect-key-rotator/reports"),
         "s3://example-compliance-evidence/connect-key-rotator/",
         "arn:aws:sns:us-east-1:123456789012:connect-key-rotator-reports",
@@ -418,7 +418,7 @@ def test_a_job_without_credentials_says_what_to_set() -> None:
         )
 
     out = io.StringIO()
-    assert Daemon([job("rotation", unsigned)], Console(out), _now).run_once() is False
+    assert Daemon([job("rotation", unsigned)], DaemonLog(out), _now).run_once() is False
     assert "FAILED" in out.getvalue()
     assert "; configuration: AWS credentials: no AWS credentials found: set AWS_PROFILE" in (
         out.getvalue()
@@ -446,7 +446,7 @@ def test_once_runs_every_job_after_one_fails_and_reports_each() -> None:
 
     out = io.StringIO()
     jobs = [job("crash", crash), job("refused", refused), job("fine", fine)]
-    daemon = Daemon(jobs, Console(out), _now)
+    daemon = Daemon(jobs, DaemonLog(out), _now)
     assert daemon.run_once() is False
     assert ran == ["crash", "refused", "fine"]
     lines = out.getvalue().splitlines()
@@ -454,7 +454,7 @@ def test_once_runs_every_job_after_one_fails_and_reports_each() -> None:
     assert "unexpected RuntimeError" in lines[0] and "secret" not in out.getvalue()
     assert lines[1].endswith("(nothing to do); the keyring is unreadable")
     assert ": ok in " in lines[2] and lines[2].endswith("(2 not due)")
-    assert Daemon([job("fine", fine)], Console(io.StringIO()), _now).run_once() is True
+    assert Daemon([job("fine", fine)], DaemonLog(io.StringIO()), _now).run_once() is True
 
 
 def _now() -> datetime:
@@ -490,7 +490,7 @@ def test_serve_never_runs_a_job_twice_at_once_survives_crashes_and_waits_on_stop
         raise RuntimeError("boom")
 
     out = io.StringIO()
-    daemon = Daemon([job("slow", slow), job("crash", crash)], Console(out), _now)
+    daemon = Daemon([job("slow", slow), job("crash", crash)], DaemonLog(out), _now)
     before = signal.getsignal(signal.SIGTERM)
     safety = threading.Timer(20, daemon.stop)
     safety.start()

@@ -148,7 +148,7 @@ def stale_reason(lock: HeldLock) -> str | None:
     return None
 
 
-class Lease:
+class SsmLease:
     """A lock as its taker holds it: `check()` before every write fences and renews it."""
 
     def __init__(self, lock: SsmLock, instance_id: str, holder: LockHolder) -> None:
@@ -208,7 +208,7 @@ class SsmLock:
         self.layout = KeyringLayout(prefix)
         self.lease = lease
 
-    def acquire(self, instance_id: str, rotation_id: str) -> Lease:
+    def acquire(self, instance_id: str, rotation_id: str) -> SsmLease:
         """Take the lock (a stale one is broken first), or raise LockHeld."""
         mine = LockHolder.this_process(rotation_id, self.lease)
         current = self._take(instance_id, mine)
@@ -223,7 +223,7 @@ class SsmLock:
             current = self._take(instance_id, mine)
             if current is not None:
                 raise LockHeld(instance_id, current.describe())
-        return Lease(self, instance_id, mine)
+        return SsmLease(self, instance_id, mine)
 
     def clear_if_stale(self, instance_id: str) -> str | None:
         """Remove a lock whose holder is provably gone or whose lease expired; say why."""

@@ -44,7 +44,7 @@ REPORT_DESTINATIONS = "directory, s3_uri or sns_topic_arn in the config's [repor
 log = get_logger("rotator.serve")
 
 
-class Console:
+class DaemonLog:
     """The daemon's stdout: whole lines, flushed, even when two jobs run in scheduler threads."""
 
     def __init__(self, out: TextIO) -> None:
@@ -81,7 +81,7 @@ class JobContext:
     config: RotatorConfig
     adapters: Adapters
     actor: str
-    console: Console
+    console: DaemonLog
     publisher: Publisher
 
 
@@ -172,7 +172,7 @@ class Daemon:
     """Runs jobs once each, or on their triggers until `stop()` (SIGTERM, SIGINT)."""
 
     def __init__(
-        self, jobs: Sequence[ScheduledJob], console: Console, now: Callable[[], datetime]
+        self, jobs: Sequence[ScheduledJob], console: DaemonLog, now: Callable[[], datetime]
     ) -> None:
         self.jobs = jobs
         self.console = console
@@ -293,7 +293,7 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 
 def scheduled_jobs(
-    config: RotatorConfig, adapters: Adapters, console: Console, publisher: Publisher
+    config: RotatorConfig, adapters: Adapters, console: DaemonLog, publisher: Publisher
 ) -> list[ScheduledJob]:
     """Every job of the registry, built, on its cron schedule from the config."""
     actor = f"rotator serve@{socket.gethostname()}"
@@ -331,7 +331,7 @@ def run_serve(
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.USAGE
-    console = Console(out)
+    console = DaemonLog(out)
     publisher = publisher_factory(settings)
     daemon = Daemon(scheduled_jobs(config, adapters, console, publisher), console, now)
     if once:

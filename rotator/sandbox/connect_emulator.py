@@ -203,7 +203,7 @@ def _not_found(kind: str, resource_id: str, where: str = "") -> ConnectError:
 
 
 @dataclass
-class SecurityKey:
+class HeldSecurityKey:
     association_id: str
     pem: str
     numbers: rsa.RSAPublicNumbers
@@ -232,7 +232,7 @@ class Instance:
     inbound: bool
     outbound: bool
     created: float
-    keys: dict[str, SecurityKey] = field(default_factory=dict)  # in association order
+    keys: dict[str, HeldSecurityKey] = field(default_factory=dict)  # in association order
     tokens: dict[str, tuple[rsa.RSAPublicNumbers, str]] = field(default_factory=dict)
     flows: dict[str, Flow] = field(default_factory=dict)
     modules: dict[str, Flow] = field(default_factory=dict)
@@ -372,7 +372,7 @@ class ConnectState:
                 f"instance {instance.id} already has {MAX_SECURITY_KEYS} security keys",
             )
         association_id = str(uuid.uuid4())
-        instance.keys[association_id] = SecurityKey(association_id, pem, numbers, time.time())
+        instance.keys[association_id] = HeldSecurityKey(association_id, pem, numbers, time.time())
         if isinstance(token, str):
             instance.tokens[token] = (numbers, association_id)
         return {"AssociationId": association_id}
@@ -622,7 +622,7 @@ def _check_content(content: str, instance: Instance, error_code: str) -> None:
         raise ConnectError(error_code, f"content is not valid: {problems[0]}{more}", problems)
 
 
-def _content_problems(content: str, keys: Mapping[str, SecurityKey]) -> list[str]:
+def _content_problems(content: str, keys: Mapping[str, HeldSecurityKey]) -> list[str]:
     try:
         document = json.loads(content)
     except ValueError:
@@ -653,7 +653,7 @@ def _content_problems(content: str, keys: Mapping[str, SecurityKey]) -> list[str
 
 
 def _action_problems(
-    index: int, action: Any, identifiers: set[str], keys: Mapping[str, SecurityKey]
+    index: int, action: Any, identifiers: set[str], keys: Mapping[str, HeldSecurityKey]
 ) -> list[str]:
     if not isinstance(action, dict):
         return [f"Actions[{index}] is not an object"]
@@ -680,7 +680,9 @@ def _action_problems(
     return problems
 
 
-def _encryption_problems(parameters: dict[str, Any], keys: Mapping[str, SecurityKey]) -> list[str]:
+def _encryption_problems(
+    parameters: dict[str, Any], keys: Mapping[str, HeldSecurityKey]
+) -> list[str]:
     problems = []
     if parameters.get("StoreInput") not in STORE_INPUT_VALUES:
         problems.append('InputEncryption needs StoreInput "True"')

@@ -42,7 +42,7 @@ log = get_logger("rotator.scheduled")
 
 
 @dataclass(frozen=True)
-class RotationRun:
+class RotationJobRun:
     """One run of the rotation job: a result per instance (certbot renew's per-item loop), the
     keys left due, whether a notice went out, and what could not be published."""
 
@@ -103,7 +103,7 @@ def rotation_job(
     initialise: Sequence[ManagedInstance] = (),
     on_initialised: Callable[[InstanceResult], None] | None = None,
     describe: Callable[[ConnectKeyRotatorError], str] = str,
-) -> RotationRun:
+) -> RotationJobRun:
     """Bring `initialise`'s instances under management (those not yet managed), rotate every
     managed instance that is due, publish the metrics, and notify on a failure or a key left
     due. Safe under at-least-once delivery: the lock and "not due" make a repeat a no-op.
@@ -138,7 +138,7 @@ def rotation_job(
         Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
         Metric("KeysDueNotRotated", len(still_due)),
     ]
-    run = RotationRun(now, results, still_due, what_if=what_if)
+    run = RotationJobRun(now, results, still_due, what_if=what_if)
     if not what_if:
         telemetry_error = None
         notified = False
@@ -148,7 +148,7 @@ def rotation_job(
                 notified = publisher.notify(_subject(run), _message(run))
         except ConnectKeyRotatorError as error:
             telemetry_error = describe(error)
-        run = RotationRun(now, results, still_due, notified, telemetry_error)
+        run = RotationJobRun(now, results, still_due, notified, telemetry_error)
     log.info("scheduled_run", **{k: v for k, v in run.to_dict().items() if k != "results"})
     return run
 
@@ -208,13 +208,13 @@ def _key_metrics(
     return metrics, still_due
 
 
-def _subject(run: RotationRun) -> str:
+def _subject(run: RotationJobRun) -> str:
     if run.failed:
         return f"connect-key-rotator: {len(run.failed)} rotation(s) failed"
     return f"connect-key-rotator: {len(run.still_due)} key(s) due and not rotated"
 
 
-def _message(run: RotationRun) -> str:
+def _message(run: RotationJobRun) -> str:
     lines = [f"Scheduled run at {run.now.isoformat()}"]
     lines += [f"- {r.instance_id}: {r.outcome.value}: {r.detail}" for r in run.results]
     if run.still_due:
@@ -239,7 +239,7 @@ class ReportDestinations:
 
 
 @dataclass(frozen=True)
-class ReportRun:
+class ReportJobRun:
     """One run of the report job: the findings' counts, where the report went, what failed."""
 
     now: datetime
@@ -308,7 +308,7 @@ def report_job(
     now: datetime,
     *,
     what_if: bool = False,
-) -> ReportRun:
+) -> ReportJobRun:
     """The compliance report at `now`: a ReportFindings metric per severity, then the report in
     every destination (HTML and JSON files in the directory, the HTML in S3, the summary on the
     topic). A report that cannot be built or delivered fails the run and sends a notice on the
@@ -317,9 +317,11 @@ def report_job(
     try:
         report = make(now)
     except ConnectKeyRotatorError as error:
-        return _report_failed(ReportRun(now, what_if), publisher, [f"building the report: {error}"])
+        return _report_failed(
+            ReportJobRun(now, what_if), publisher, [f"building the report: {error}"]
+        )
     if what_if:
-        run = ReportRun(now, what_if, report)
+        run = ReportJobRun(now, what_if, report)
         log.info("scheduled_report", **run.to_dict())
         return run
     errors: list[str] = []
@@ -344,7 +346,7 @@ def report_job(
         )
     except ConnectKeyRotatorError as error:
         errors.append(f"delivery: {error}")
-    run = ReportRun(now, what_if, report, published.location, tuple(files), published.notified)
+    run = ReportJobRun(now, what_if, report, published.location, tuple(files), published.notified)
     if errors:
         return _report_failed(run, publisher, errors)
     if not run.delivered:
@@ -353,7 +355,7 @@ def report_job(
     return run
 
 
-def _report_failed(run: ReportRun, publisher: Publisher, errors: list[str]) -> ReportRun:
+def _report_failed(run: ReportJobRun, publisher: Publisher, errors: list[str]) -> ReportJobRun:
     lines = [f"Compliance report at {run.now.isoformat()} failed:", *(f"- {e}" for e in errors)]
     try:
         publisher.notify(REPORT_FAILED_SUBJECT, "\n".join(lines))
