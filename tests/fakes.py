@@ -289,7 +289,7 @@ def _digest(pem: str) -> str:
 
 @dataclass
 class _Instance:
-    keys: dict[str, connect_emulator.SecurityKey] = field(default_factory=dict)
+    keys: dict[str, connect_emulator.HeldSecurityKey] = field(default_factory=dict)
     tokens: dict[str, tuple[rsa.RSAPublicNumbers, str]] = field(default_factory=dict)
     flows: dict[tuple[FlowKind, str], str] = field(default_factory=dict)
 
@@ -341,7 +341,7 @@ class FakeConnect:
         if len(instance.keys) >= connect_emulator.MAX_SECURITY_KEYS:
             raise AwsCallError(call, instance_id, "ServiceQuotaExceededException")
         association_id = str(uuid.uuid4())
-        instance.keys[association_id] = connect_emulator.SecurityKey(
+        instance.keys[association_id] = connect_emulator.HeldSecurityKey(
             association_id, public_key_pem, numbers, 0.0
         )
         instance.tokens[client_token] = (numbers, association_id)
