@@ -11,6 +11,8 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "rotator/sandbox/data/blog-truncated.b64"
 # Local state and caches of a checkout; the build works on a copy so that it leaves no build/
@@ -36,6 +38,7 @@ def test_the_packaged_blog_ciphertext_is_the_test_vector() -> None:
     assert packaged.read_bytes() == (ROOT / "tests" / "vectors" / "blog-truncated.b64").read_bytes()
 
 
+@pytest.mark.slow
 def test_the_demo_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     source, dist, environment = tmp_path / "source", tmp_path / "dist", tmp_path / "venv"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
