@@ -14,7 +14,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from lambda_decrypt import handler
+from lambda_decrypt import handler, logs
 from rotator.domain.keys import KeyMaterial, generate_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from tests.fakes import HeldKeys
@@ -128,6 +128,14 @@ def fresh_container() -> Iterator[None]:
     handler.reset_container()
     yield
     handler.reset_container()
+
+
+@pytest.fixture(autouse=True)
+def _logging_not_yet_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first `configure_logging` of a test takes effect, as the first of a new process does:
+    where the logs go (stdout for the Lambdas, stderr for the CLI) must not depend on which test
+    ran before in the same worker."""
+    monkeypatch.setattr(logs, "_configured", False)
 
 
 @pytest.fixture(autouse=True)
