@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# pytest-xdist workers: one per core (`auto`); tests/conftest.py keeps on one worker what must be.
-WORKERS ?= auto
+# pytest-xdist workers: one per logical core; tests/conftest.py keeps on one worker what must be.
+WORKERS ?= logical
 PYTEST  := $(BIN)/pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: install demo test test-fast lint deploy-lint typecheck pytest package bench clean
