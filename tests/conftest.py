@@ -1,4 +1,5 @@
-"""Shared fixtures: keys made once per session, the real Connect vectors, moto-backed AWS."""
+"""Shared fixtures: keys made once per session, the real Connect vectors, moto-backed AWS; and
+the tiers (`wire`, `slow`) and xdist groups given at collection."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from lambda_decrypt import handler
+from lambda_decrypt import handler, logs
 from rotator.domain.keys import KeyMaterial, generate_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from tests.fakes import HeldKeys
@@ -130,6 +131,14 @@ def fresh_container() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _logging_not_yet_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first `configure_logging` of a test takes effect, as the first of a new process does:
+    where the logs go (stdout for the Lambdas, stderr for the CLI) must not depend on which test
+    ran before in the same worker."""
+    monkeypatch.setattr(logs, "_configured", False)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in os.environ:
         if name.startswith(("KEYRING_", "ROTATOR_")) or name in (
@@ -138,6 +147,61 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
             "RESPONSE_MODE",
         ):
             monkeypatch.delenv(name)
+
+
+# Fixtures that put a test on the wire: HTTP to the sandbox (moto server + Connect emulator), in
+# this process or in a `rotator sandbox` child. A test using one, however indirectly, is `wire`.
+WIRE_FIXTURES = frozenset({"sandbox", "sandbox_process", "world"})
+# Fixtures that build the Lambda zips (tests/test_packaging.py): a test using one is `slow`.
+SLOW_FIXTURES = frozenset({"built"})
+
+
+# Modules run whole on one xdist worker: their tests share a module-scoped fixture, built once
+# per worker that runs any of them, or a directory. Every other test is a unit of its own.
+TOGETHER = {
+    "tests/test_packaging.py": "`built` (the Lambda zips), and the wheel cache that pip fills",
+    "tests/test_cli_e2e.py": "`sandbox_process`: `rotator sandbox` as a child process",
+    "tests/test_crash_processes.py": "`sandbox_process`",
+    "tests/test_rotation_races.py": "`sandbox_process`",
+    "tests/test_operator_walkthrough.py": "`walk`: the documents walked against the sandbox",
+    "tests/test_connect_emulator.py": "a sandbox of its own",
+    "tests/test_sandbox_server.py": "a sandbox of its own",
+    "tests/test_decrypt_adversarial.py": "keys loaded and messages encrypted once",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup`, grouped by TOGETHER: xdist_group marks do not group on pytest 9.2
+    (pytest-xdist issue 1386), and the controller sees node IDs only, not fixtures."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModulesTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in TOGETHER else super()._split_scope(nodeid)
+
+    return ModulesTogether(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `wire` and `slow` tests by their fixtures; then order the modules longest first
+    (xdist hands out work in collection order with --no-loadscope-reorder): those with a slow
+    test, then those with a wire test, then the many quick ones that fill in last. A module's
+    tests stay together and in their order."""
+    rank: dict[str, int] = {}
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & WIRE_FIXTURES:
+            item.add_marker(pytest.mark.wire)
+        if names & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        module = item.nodeid.split("::", 1)[0]
+        tier = 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("wire") else 2
+        rank[module] = min(rank.get(module, 2), tier)
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
 
 
 # Sandbox fixtures (moto + the Connect emulator on loopback) for rotation tests; imported last

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.wire  # the benches run as child processes
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "decrypt_bench.py"
 METRICS = (

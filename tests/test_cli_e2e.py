@@ -30,10 +30,9 @@ import pytest
 
 from lambda_decrypt import handler
 from rotator.clock import SANDBOX_CLOCK_PATH
-from rotator.domain.connect_cipher import encrypt_like_connect
-from rotator.domain.flows import EncryptingBlock, encrypting_blocks
-from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, create_payment_instance
+from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from tests.simulated import unmark
+from tests.world import Payments, create_payments
 
 DAY = timedelta(days=1)
 CLI_TIMEOUT = 90  # seconds for one command; a rotation makes one RSA-4096 key (< 1 s)
@@ -161,20 +160,12 @@ class CliRun:
 
 
 @dataclass
-class Scenario:
-    """One Connect instance with a payment flow and module, and a keyring prefix of its own."""
+class CliWorld(Payments):
+    """Payments (tests/world.py) on `rotator sandbox`, the rotator run through its command only."""
 
     sandbox: SandboxProcess
-    prefix: str
-    ssm: Any
-    connect: Any
-    instance_id: str = ""
-    flow_id: str = ""
-    module_id: str = ""
     runs: list[CliRun] = field(default_factory=list)
     private_keys: dict[str, str] = field(default_factory=dict)  # parameter name -> PEM
-
-    # -- the rotator, through its command only ---------------------------------------------
 
     def stand_clock_at(self, moment: datetime | None) -> None:
         """The sandbox's simulated clock at `moment`; None: back on real time."""
@@ -184,22 +175,6 @@ class Scenario:
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert json.loads(answer.read())["simulated"] is (moment is not None)
-
-    def init_argv(self) -> tuple[str, ...]:
-        """`rotator init` of the payment flow and module, their card-number blocks named."""
-        return (
-            "init",
-            "--instance-id",
-            self.instance_id,
-            "--flow-id",
-            self.flow_id,
-            "--flow-module-id",
-            self.module_id,
-            "--encrypt-block",
-            f"{self.flow_id}:{CARD_INPUT_ACTION}",
-            "--encrypt-block",
-            f"{self.module_id}:{CARD_INPUT_ACTION}",
-        )
 
     def cli_environment(self, **overrides: str | None) -> dict[str, str]:
         environment = {
@@ -269,65 +244,6 @@ class Scenario:
                 for card in ALL_CARDS:
                     assert card not in stream, f"rotator {' '.join(run.argv)} printed a card"
 
-    # -- Amazon Connect: the console set-up, and a caller reaching the encrypting block ------
-
-    def create_instance(self) -> None:
-        payments = create_payment_instance(self.connect, f"payments{self.prefix.replace('/', '-')}")
-        self.instance_id, self.flow_id = payments.instance_id, payments.flow_id
-        self.module_id = payments.module_id
-
-    def flow_content(self) -> str:
-        return str(
-            self.connect.describe_contact_flow(
-                InstanceId=self.instance_id, ContactFlowId=self.flow_id
-            )["ContactFlow"]["Content"]
-        )
-
-    def module_content(self) -> str:
-        return str(
-            self.connect.describe_contact_flow_module(
-                InstanceId=self.instance_id, ContactFlowModuleId=self.module_id
-            )["ContactFlowModule"]["Content"]
-        )
-
-    def flow_block(self) -> EncryptingBlock:
-        (block,) = encrypting_blocks(self.flow_content())
-        return block
-
-    def module_block(self) -> EncryptingBlock:
-        (block,) = encrypting_blocks(self.module_content())
-        return block
-
-    def caller_types(self, digits: str) -> str:
-        """What Connect stores when a caller types `digits` into the flow's block now."""
-        block = self.flow_block()
-        assert block.key_id is not None and block.certificate_pem is not None
-        return encrypt_like_connect(
-            digits.encode("ascii"), key_id=block.key_id, certificate_pem=block.certificate_pem
-        )
-
-    def associations(self) -> list[str]:
-        keys = self.connect.list_security_keys(InstanceId=self.instance_id)["SecurityKeys"]
-        return sorted(k["AssociationId"] for k in keys)
-
-    # -- what "nothing changed" compares -----------------------------------------------------
-
-    def parameter_versions(self) -> dict[str, int]:
-        paginator = self.ssm.get_paginator("get_parameters_by_path")
-        return {
-            p["Name"]: p["Version"]
-            for page in paginator.paginate(Path=self.prefix, Recursive=True)
-            for p in page["Parameters"]
-        }
-
-    def snapshot(self) -> tuple[Any, ...]:
-        return (
-            self.flow_content(),
-            self.module_content(),
-            self.associations(),
-            self.parameter_versions(),
-        )
-
 
 def lambda_decrypts(ciphertext: str, *, new_container: bool = False) -> dict[str, str]:
     """The decrypt Lambda, in-process, invoked as Connect invokes it (a new container if asked)."""
@@ -378,21 +294,18 @@ def use_sandbox_for_the_lambda(
 
 def new_scenario(
     sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch, name: str
-) -> Iterator[Scenario]:
+) -> Iterator[CliWorld]:
     prefix = f"/e2e-{name}"
     session = boto3.session.Session(
         aws_access_key_id=sandbox.exports["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=sandbox.exports["AWS_SECRET_ACCESS_KEY"],
         region_name=sandbox.exports["AWS_DEFAULT_REGION"],
     )
-    scenario = Scenario(
-        sandbox,
-        prefix,
-        ssm=session.client("ssm", endpoint_url=sandbox.url),
-        connect=session.client("connect", endpoint_url=sandbox.url),
-    )
+    ssm = session.client("ssm", endpoint_url=sandbox.url)
+    connect = session.client("connect", endpoint_url=sandbox.url)
+    payments = create_payments(prefix, ssm, connect, f"payments{prefix.replace('/', '-')}")
+    scenario = CliWorld(**vars(payments), sandbox=sandbox)
     assert scenario.parameter_versions() == {}, f"{prefix} is not fresh"
-    scenario.create_instance()
     use_sandbox_for_the_lambda(
         monkeypatch,
         sandbox,
@@ -411,25 +324,25 @@ def new_scenario(
 @pytest.fixture
 def lifecycle(
     sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Scenario]:
+) -> Iterator[CliWorld]:
     yield from new_scenario(sandbox_process, monkeypatch, "lifecycle")
 
 
 @pytest.fixture
 def rollback(
     sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Scenario]:
+) -> Iterator[CliWorld]:
     yield from new_scenario(sandbox_process, monkeypatch, "rollback")
 
 
 @pytest.fixture
 def per_service(
     sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Scenario]:
+) -> Iterator[CliWorld]:
     yield from new_scenario(sandbox_process, monkeypatch, "per-service")
 
 
-def test_full_key_lifecycle_through_the_cli(lifecycle: Scenario) -> None:
+def test_full_key_lifecycle_through_the_cli(lifecycle: CliWorld) -> None:
     s = lifecycle
     t0 = datetime.now(UTC)
     due = t0 + 366 * DAY  # the cryptoperiod (365 days) is over, the certificate (730) is not
@@ -562,7 +475,7 @@ def test_full_key_lifecycle_through_the_cli(lifecycle: Scenario) -> None:
     s.assert_no_secret_in_any_output(expected_keys=2)
 
 
-def test_rollback_through_the_cli_on_a_fresh_instance(rollback: Scenario) -> None:
+def test_rollback_through_the_cli_on_a_fresh_instance(rollback: CliWorld) -> None:
     s = rollback
     t0 = datetime.now(UTC)
     later = t0 + DAY
@@ -608,7 +521,7 @@ def test_rollback_through_the_cli_on_a_fresh_instance(rollback: Scenario) -> Non
 
 
 def test_per_service_endpoint_variables_are_enough(
-    per_service: Scenario, monkeypatch: pytest.MonkeyPatch
+    per_service: CliWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """AWS_ENDPOINT_URL_SSM and _CONNECT alone (the general variable points at nothing)."""
     s = per_service
@@ -636,11 +549,11 @@ def test_per_service_endpoint_variables_are_enough(
 
 
 @pytest.fixture
-def served(sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenario]:
+def served(sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliWorld]:
     yield from new_scenario(sandbox_process, monkeypatch, "serve")
 
 
-def test_serve_once_brings_a_configured_instance_under_management(served: Scenario) -> None:
+def test_serve_once_brings_a_configured_instance_under_management(served: CliWorld) -> None:
     """`rotator serve --once` against `rotator sandbox`: the config file declares the instance;
     the first run gives it its first key, the second finds nothing due."""
     s = served

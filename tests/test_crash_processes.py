@@ -33,8 +33,8 @@ from tests.test_cli_e2e import (
     CARD_LATE,
     CLI_TIMEOUT,
     CliRun,
+    CliWorld,
     SandboxProcess,
-    Scenario,
     lambda_decrypts,
     new_scenario,
     ok,
@@ -112,7 +112,7 @@ NEVER = Kill("never")
 class Crashing:
     """A scenario whose `rotator` runs can be killed; ciphertexts to check after each kill."""
 
-    s: Scenario
+    s: CliWorld
     killer: Path
     contacts: dict[str, str]  # ciphertext -> the card a caller typed
 
@@ -170,7 +170,7 @@ class Crashing:
         return dict(result)
 
 
-def key_ids(s: Scenario) -> set[str]:
+def key_ids(s: CliWorld) -> set[str]:
     """Every key in the keyring, by its metadata (a key is stored with it)."""
     root = f"{s.prefix}/keys/"
     return {

@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from rotator.entrypoints.cli import main
 from rotator.sandbox.demo import DEMO_CARD, SECOND_CARD
+
+pytestmark = pytest.mark.wire  # the demo runs the sandbox and talks to it over HTTP
 
 
 def test_demo_runs_the_story_and_shows_only_its_own_test_cards() -> None:

@@ -331,6 +331,7 @@ def test_alarms_cover_expiry_rotation_failures_and_decrypt_errors(
     assert metric_filter["MetricTransformations"][0]["MetricName"] == "DecryptFailures"
 
 
+@pytest.mark.wire
 def test_cfn_lint_reports_nothing() -> None:
     """Exit 0: no error, no warning (cfn-lint exits 2 on errors, 4 on warnings)."""
     cfn_lint = Path(sys.executable).parent / "cfn-lint"

@@ -304,6 +304,7 @@ def test_a_bad_setting_answers_internal_and_logs_a_config_error_in_json(
     assert TEST_CARD not in output
 
 
+@pytest.mark.wire
 def test_a_bad_log_level_logs_json_in_a_new_process(material_a: KeyMaterial) -> None:
     """Nothing configured beforehand: exactly what a Lambda container starts with."""
     contact = event({"Card": encrypt(material_a, KEY_A)})

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.wire  # a child Python proves what the Lambda imports
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("rotator", "apscheduler", "moto", "pytest", "hypothesis")
 

@@ -203,6 +203,7 @@ def test_entries_are_sorted_with_fixed_times_and_modes(built: Built) -> None:
     assert modes <= {0o100644, 0o100755, 0o040755}
 
 
+@pytest.mark.slow
 def test_the_decrypt_zip_alone_decrypts_connect_s_message_on_the_target_python(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

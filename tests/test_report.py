@@ -563,6 +563,7 @@ def test_report_object_names() -> None:
         report_object("https://b", T, ReportFormat.MD)
 
 
+@pytest.mark.wire
 def test_quick_report_bench_reports_its_figures() -> None:
     result = subprocess.run(
         [sys.executable, str(REPORT_BENCH), "--quick"],

@@ -34,8 +34,8 @@ from tests.test_cli_e2e import (
     CARD_LATE,
     CLI_TIMEOUT,
     CliRun,
+    CliWorld,
     SandboxProcess,
-    Scenario,
     sandbox_process,  # noqa: F401 - the module's `rotator sandbox` process, a fixture
 )
 from tests.test_crash_processes import Crashing, crashing, key_ids
@@ -123,7 +123,7 @@ class Run:
 
     argv: tuple[str, ...]
     folder: Path
-    scenario: Scenario = field(repr=False)  # it holds private keys: never in a failure's text
+    scenario: CliWorld = field(repr=False)  # it holds private keys: never in a failure's text
     gate_opened: bool = False
 
     def started(self) -> dict[str, Any]:
@@ -181,7 +181,7 @@ class Place:
     """Where runs start: PID 1 of a PID namespace of its own (same host name), or this one."""
 
     keeper: subprocess.Popen[str]
-    scenario: Scenario = field(repr=False)  # it holds private keys: never in a failure's text
+    scenario: CliWorld = field(repr=False)  # it holds private keys: never in a failure's text
     folder: Path
     runs: list[Run] = field(default_factory=list)
 
@@ -215,7 +215,7 @@ class Race:
     places: list[Place] = field(default_factory=list)
 
     @property
-    def s(self) -> Scenario:
+    def s(self) -> CliWorld:
         return self.c.s
 
     def rotate(self, *flags: str) -> tuple[str, ...]:

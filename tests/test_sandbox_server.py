@@ -20,6 +20,8 @@ import pytest
 from rotator.entrypoints.cli import main as cli
 from rotator.sandbox.server import Sandbox, run_sandbox, start_sandbox
 
+pytestmark = pytest.mark.wire  # the sandbox over HTTP, and `rotator sandbox` as a child process
+
 SERVICES = ["ssm", "kms", "s3", "sns", "cloudwatch", "events", "scheduler", "connect"]
 ROOT = Path(__file__).resolve().parents[1]
 

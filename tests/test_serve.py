@@ -511,6 +511,7 @@ def test_serve_never_runs_a_job_twice_at_once_survives_crashes_and_waits_on_stop
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.wire
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_serve_cleanly_in_a_child_process(tmp_path: Path, sig: int) -> None:
     config = write(tmp_path, "[schedules]\nrotation = '0 0 1 1 *'\n")

@@ -12,6 +12,8 @@ import zipfile
 from importlib import metadata, resources
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli_shape import probe_imports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,7 @@ def test_the_packaged_blog_ciphertext_is_the_test_vector() -> None:
     assert packaged.read_bytes() == (ROOT / "tests" / "vectors" / "blog-truncated.b64").read_bytes()
 
 
+@pytest.mark.slow
 def test_the_demo_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     source, dist, environment = tmp_path / "source", tmp_path / "dist", tmp_path / "venv"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)

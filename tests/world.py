@@ -15,10 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lambda_decrypt import handler
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
-from rotator.domain.flows import encrypting_blocks
+from rotator.domain.flows import EncryptingBlock, encrypting_blocks
 from rotator.domain.keys import KeyMaterial, load_private_key, self_signed_material
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
-from rotator.sandbox.sample_flows import card_blocks, create_payment_instance
+from rotator.sandbox.sample_flows import (
+    CARD_INPUT_ACTION,
+    card_blocks,
+    create_payment_instance,
+)
 from rotator.sandbox.server import Sandbox, start_sandbox
 from rotator.services.rotation import InstanceResult, RotationService
 from tests.conftest import TEST_CARD
@@ -40,22 +44,19 @@ class KeyPool:
 
 
 @dataclass
-class World:
+class Payments:
+    """A Connect instance with the payment flow and module, and a keyring prefix of its own, seen
+    through boto3 clients: what every rotation test looks at, whoever runs the rotator (the
+    in-process `World`, or `rotator` commands against `rotator sandbox` in tests/test_cli_e2e)."""
+
     prefix: str
-    sandbox: Sandbox
-    adapters: Adapters
-    service: RotationService
+    ssm: Any
+    connect: Any
     instance_id: str
     flow_id: str
     module_id: str
 
-    @property
-    def connect(self) -> Any:
-        return self.adapters.connect_client
-
-    @property
-    def ssm(self) -> Any:
-        return self.adapters.ssm
+    # -- Amazon Connect: what the console shows, and a caller reaching the encrypting block --
 
     def flow_content(self) -> str:
         return str(
@@ -71,6 +72,85 @@ class World:
             )["ContactFlowModule"]["Content"]
         )
 
+    def flow_block(self) -> EncryptingBlock:
+        """The flow's one encrypting block."""
+        (block,) = encrypting_blocks(self.flow_content())
+        return block
+
+    def module_block(self) -> EncryptingBlock:
+        """The module's one encrypting block."""
+        (block,) = encrypting_blocks(self.module_content())
+        return block
+
+    def flow_key_id(self) -> str | None:
+        return encrypting_blocks(self.flow_content())[0].key_id
+
+    def caller_types(self, digits: str = TEST_CARD) -> str:
+        """What Connect does when a caller reaches the flow's block now: encrypt with its key."""
+        block = self.flow_block()
+        assert block.key_id is not None and block.certificate_pem is not None
+        return encrypt_like_connect(
+            digits.encode("ascii"), key_id=block.key_id, certificate_pem=block.certificate_pem
+        )
+
+    def associations(self) -> list[str]:
+        keys = self.connect.list_security_keys(InstanceId=self.instance_id)["SecurityKeys"]
+        return sorted(k["AssociationId"] for k in keys)
+
+    def init_argv(self) -> tuple[str, ...]:
+        """`rotator init` of the payment flow and module, their card-number blocks named."""
+        return (
+            "init",
+            "--instance-id",
+            self.instance_id,
+            "--flow-id",
+            self.flow_id,
+            "--flow-module-id",
+            self.module_id,
+            "--encrypt-block",
+            f"{self.flow_id}:{CARD_INPUT_ACTION}",
+            "--encrypt-block",
+            f"{self.module_id}:{CARD_INPUT_ACTION}",
+        )
+
+    # -- the keyring, and what "nothing changed" compares -------------------------------------
+
+    def parameter_versions(self) -> dict[str, int]:
+        paginator = self.ssm.get_paginator("get_parameters_by_path")
+        return {
+            p["Name"]: p["Version"]
+            for page in paginator.paginate(Path=self.prefix, Recursive=True)
+            for p in page["Parameters"]
+        }
+
+    def parameter_names(self) -> list[str]:
+        return sorted(self.parameter_versions())
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (
+            self.flow_content(),
+            self.module_content(),
+            self.associations(),
+            self.parameter_versions(),
+        )
+
+
+def create_payments(prefix: str, ssm: Any, connect: Any, alias: str) -> Payments:
+    """The console set-up of a payment instance (see `create_payment_instance`) on `connect`."""
+    payments = create_payment_instance(connect, alias)
+    return Payments(
+        prefix, ssm, connect, payments.instance_id, payments.flow_id, payments.module_id
+    )
+
+
+@dataclass
+class World(Payments):
+    """Payments on the in-process sandbox, and the rotator wired to it in this process."""
+
+    sandbox: Sandbox
+    adapters: Adapters
+    service: RotationService
+
     def init(self, now: datetime) -> InstanceResult:
         """`rotator init` of the payment flow and module, their card-number blocks named."""
         return self.service.init(
@@ -81,32 +161,9 @@ class World:
             encrypt_blocks=card_blocks(self.flow_id, self.module_id),
         )
 
-    def flow_key_id(self) -> str | None:
-        return encrypting_blocks(self.flow_content())[0].key_id
-
-    def caller_types(self, digits: str = TEST_CARD) -> str:
-        """What Connect does when a caller reaches the flow's block now: encrypt with its key."""
-        block = encrypting_blocks(self.flow_content())[0]
-        assert block.key_id is not None and block.certificate_pem is not None
-        return encrypt_like_connect(
-            digits.encode(), key_id=block.key_id, certificate_pem=block.certificate_pem
-        )
-
     def lambda_decrypts(self, ciphertext: str) -> dict[str, str]:
         event = {"Details": {"ContactData": {"ContactId": "c"}, "Parameters": {"Card": ciphertext}}}
         return handler.lambda_handler(event, None)
-
-    def associations(self) -> list[str]:
-        keys = self.connect.list_security_keys(InstanceId=self.instance_id)["SecurityKeys"]
-        return sorted(k["AssociationId"] for k in keys)
-
-    def parameter_names(self) -> list[str]:
-        paginator = self.ssm.get_paginator("get_parameters_by_path")
-        return sorted(
-            p["Name"]
-            for page in paginator.paginate(Path=self.prefix, Recursive=True)
-            for p in page["Parameters"]
-        )
 
     def new_service(
         self, generate: Callable[[datetime], KeyMaterial] | None = None
@@ -145,11 +202,9 @@ def build_world(box: Sandbox, key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch
     prefix = f"/connect-keys-{next(_worlds)}"
     monkeypatch.setenv("KEYRING_PREFIX", prefix)
     adapters = make_adapters(Settings(keyring_prefix=prefix))
-    payments = create_payment_instance(adapters.connect_client, "payments")
+    payments = create_payments(prefix, adapters.ssm, adapters.connect_client, "payments")
     service = adapters.rotation("test", generate=key_pool.generator())
-    return World(
-        prefix, box, adapters, service, payments.instance_id, payments.flow_id, payments.module_id
-    )
+    return World(**vars(payments), sandbox=box, adapters=adapters, service=service)
 
 
 @pytest.fixture
