@@ -643,3 +643,14 @@ def test_the_lambda_report_job_warns_when_it_delivers_nowhere(
     assert summary["warnings"] == [warning]
     (line,) = [e for e in logs if e["event"] == "scheduled_report"]
     assert (line["level"], line["warnings"]) == ("warning", [warning])
+
+
+def test_the_readme_lists_every_finding_with_its_severity_and_runbook() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| ([^|]+) \| `([a-z-]+)` \| (\w+) \| ([a-z-]+) \|$", readme, re.M)
+    documented = {code: (title, severity, runbook) for title, code, severity, runbook in rows}
+    expected = {
+        code.value: (rule.title, rule.severity.value, rule.runbook.value)
+        for code, rule in RULES.items()
+    }
+    assert documented == expected
