@@ -152,17 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         "undecryptable); needs --reason",
     )  # fmt: skip
     _reason(init)
-    init.add_argument(
-        "--dry-run", action="store_true", help="say what would happen, change nothing"
-    )
+    _dry_run(init, checked=False)
     _timed_json(init)
 
     rotate = command("rotate", help="rotate every managed instance whose key is due")
     rotate.add_argument("--instance-id", type=instance_id_arg, help="only this instance")
     rotate.add_argument("--force", action="store_true", help="rotate even if not due")
-    rotate.add_argument(
-        "--dry-run", action="store_true", help="say what would happen, change nothing"
-    )
+    _dry_run(rotate, checked=False)
     rotate.add_argument(
         "--emergency",
         action="store_true",
@@ -179,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not wait for the grace period; needs --reason",
     )
-    retire.add_argument(
-        "--dry-run", action="store_true", help="check and say what would happen, change nothing"
-    )
+    _dry_run(retire, checked=True)
     _reason(retire)
     _timed_json(retire)
 
@@ -195,17 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="destroy inside the retention period; needs --reason",
     )
-    destroy.add_argument(
-        "--dry-run", action="store_true", help="check and say what would happen, change nothing"
-    )
+    _dry_run(destroy, checked=True)
     _reason(destroy)
     _timed_json(destroy)
 
     rollback = command("rollback", help="point the flows back to the previous key")
     rollback.add_argument("--instance-id", required=True, type=instance_id_arg)
-    rollback.add_argument(
-        "--dry-run", action="store_true", help="check and say what would happen, change nothing"
-    )
+    _dry_run(rollback, checked=True)
     _timed_json(rollback)
 
     verify = command("verify", help="check every invariant against the live state")
@@ -323,6 +313,15 @@ def leaf_commands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argumen
 def _timed_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _dry_run(parser: argparse.ArgumentParser, *, checked: bool) -> None:
+    """`checked`: its help says the command's own checks run before it says what it would do."""
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=("check and " if checked else "") + "say what would happen, change nothing",
+    )
 
 
 def _reason(parser: argparse.ArgumentParser) -> None:
