@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lambda_decrypt.errors import KeyDestroyed, UnknownKey
 from lambda_decrypt.keys import ConnectKey
+from rotator.adapters.publishing import SNS_SUBJECT_LIMIT
 from rotator.domain.connect_ids import SecurityKey, association_id_of_key, key_id_of_association
 from rotator.domain.flows import FlowKind, FlowRef
 from rotator.domain.history import (
@@ -28,8 +30,22 @@ from rotator.domain.history import (
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
-from rotator.errors import AwsCallError, KeyringConflict, LockHeld, LockLost, NotFound
-from rotator.ports import InstanceEntry, KeyPart, LockState, ProtectedKey, ProtectionSweep
+from rotator.errors import (
+    AwsCallError,
+    ConfigError,
+    KeyringConflict,
+    LockHeld,
+    LockLost,
+    NotFound,
+)
+from rotator.ports import (
+    InstanceEntry,
+    KeyPart,
+    LockState,
+    Metric,
+    ProtectedKey,
+    ProtectionSweep,
+)
 from rotator.sandbox import connect_emulator
 
 _K = TypeVar("_K")
@@ -507,3 +523,66 @@ class FakeClock:
     def advance(self, delta: timedelta) -> datetime:
         self.at += delta
         return self.at
+
+
+# -- Publishing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notice:
+    subject: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    location: str
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    topic_arn: str
+    subject: str
+    message: str
+
+
+@dataclass
+class FakePublisher:
+    """Implements `rotator.ports.Publisher`. `alert_topic_arn` None: `notify` sends nothing
+    and answers False, as the AWS publisher does without a topic."""
+
+    alert_topic_arn: str | None = "arn:aws:sns:us-east-1:123456789012:alerts"
+    metrics: list[tuple[Metric, datetime]] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    reports: list[StoredReport] = field(default_factory=list)
+    summaries: list[Summary] = field(default_factory=list)
+
+    def put_metrics(self, metrics: Sequence[Metric], at: datetime) -> None:
+        self.metrics += [(metric, at) for metric in metrics]
+
+    def notify(self, subject: str, message: str) -> bool:
+        if not self.alert_topic_arn:
+            return False
+        self.notices.append(Notice(subject[:SNS_SUBJECT_LIMIT], message))
+        return True
+
+    def store_report(self, location: str, body: bytes, content_type: str) -> None:
+        """S3 locations are kept; a directory's file is written, as the AWS publisher does."""
+        if not location.startswith("s3://"):
+            path = Path(location)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(body)
+            except OSError as error:
+                raise ConfigError("report directory", f"cannot write {path}") from error
+        self.reports.append(StoredReport(location, body, content_type))
+
+    def post_summary(self, topic_arn: str, subject: str, message: str) -> None:
+        self.summaries.append(Summary(topic_arn, subject[:SNS_SUBJECT_LIMIT], message))
+
+    def value(self, name: str) -> float:
+        """The value of the one metric `name` published (it must be the only one of that name)."""
+        (value,) = [m.value for m, _ in self.metrics if m.name == name]
+        return value

@@ -3,10 +3,12 @@ the same assertions hold for both, so a fake cannot drift from what it stands in
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,6 +18,7 @@ from botocore.config import Config
 from lambda_decrypt import Decryptor
 from rotator.adapters.connect import ConnectGateway
 from rotator.adapters.lock import SsmLock
+from rotator.adapters.publishing import AwsPublisher, split_s3_location
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.clock import SystemClock
 from rotator.config import Settings
@@ -25,8 +28,15 @@ from rotator.domain.history import EventKind
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
-from rotator.errors import AwsCallError, KeyringConflict, LockHeld, LockLost, NotFound
-from rotator.ports import Clock, Connect, KeyPart, Keyring, Lock
+from rotator.errors import (
+    AwsCallError,
+    ConfigError,
+    KeyringConflict,
+    LockHeld,
+    LockLost,
+    NotFound,
+)
+from rotator.ports import Clock, Connect, KeyPart, Keyring, Lock, Metric, Publisher
 from rotator.sandbox.sample_flows import (
     CARD_INPUT_ACTION,
     card_blocks,
@@ -36,8 +46,8 @@ from rotator.sandbox.sample_flows import (
 from rotator.sandbox.server import Sandbox
 from rotator.services.canary import VerificationFailed, prove_key_decrypts
 from rotator.services.rotation import Outcome, RotationService
-from tests.conftest import NOW, make_record
-from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock
+from tests.conftest import NOW, REGION, make_record
+from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock, FakePublisher
 from tests.world import KeyPool
 
 KEY_A, KEY_B = "key-a", "key-b"
@@ -565,3 +575,159 @@ def test_the_fake_clock_moves_only_when_told() -> None:
     clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
     assert clock.now() == clock.now() == datetime(2030, 1, 1, tzinfo=UTC)
     assert clock.advance(timedelta(days=1)) == datetime(2030, 1, 2, tzinfo=UTC)
+
+
+# -- Publisher ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PublisherBackend:
+    """A publisher, and how to read back what it sent: CloudWatch, an SQS queue subscribed to
+    each topic, and S3 on moto for the real one; the lists it keeps for the fake."""
+
+    publisher: Publisher
+    metric: Callable[[str, tuple[tuple[str, str], ...], datetime], float | None]
+    messages: Callable[[str], list[tuple[str, str]]]  # topic -> (subject, message)
+    report: Callable[[str], tuple[bytes, str]]  # S3 location -> (body, content type)
+
+
+PUBLISHED_AT = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+NAMESPACE = "ContractTest"
+
+
+def _aws_publisher(alert_topic: str | None) -> PublisherBackend:
+    s3, sns, sqs = boto3.client("s3"), boto3.client("sns"), boto3.client("sqs")
+    cloudwatch = boto3.client("cloudwatch")
+    s3.create_bucket(Bucket="evidence")
+    queues: dict[str, str] = {}
+    for topic_name in ("alerts", "reports"):
+        topic = sns.create_topic(Name=topic_name)["TopicArn"]
+        url = sqs.create_queue(QueueName=f"q-{topic_name}")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn["Attributes"]["QueueArn"])
+        queues[topic] = url
+
+    def metric(name: str, dimensions: tuple[tuple[str, str], ...], at: datetime) -> float | None:
+        points = cloudwatch.get_metric_statistics(
+            Namespace=NAMESPACE,
+            MetricName=name,
+            Dimensions=[{"Name": k, "Value": v} for k, v in dimensions],
+            StartTime=at - timedelta(minutes=5),
+            EndTime=at + timedelta(minutes=5),
+            Period=600,
+            Statistics=["Sum"],
+        )["Datapoints"]
+        return float(points[0]["Sum"]) if points else None
+
+    def messages(topic: str) -> list[tuple[str, str]]:
+        received = sqs.receive_message(QueueUrl=queues[topic], MaxNumberOfMessages=10)
+        bodies = [json.loads(m["Body"]) for m in received.get("Messages", [])]
+        return [(b["Subject"], b["Message"]) for b in bodies]
+
+    def report(location: str) -> tuple[bytes, str]:
+        bucket, key = split_s3_location(location)
+        stored = s3.get_object(Bucket=bucket, Key=key)
+        return stored["Body"].read(), stored["ContentType"]
+
+    publisher = AwsPublisher(
+        lambda service: boto3.client(service),
+        namespace=NAMESPACE,
+        alert_topic_arn=alert_topic,
+    )
+    return PublisherBackend(publisher, metric, messages, report)
+
+
+def _fake_publisher(alert_topic: str | None) -> PublisherBackend:
+    fake = FakePublisher(alert_topic_arn=alert_topic)
+
+    def metric(name: str, dimensions: tuple[tuple[str, str], ...], at: datetime) -> float | None:
+        values = [
+            m.value
+            for m, when in fake.metrics
+            if m.name == name and m.dimensions == dimensions and when == at
+        ]
+        return sum(values) if values else None
+
+    def messages(topic: str) -> list[tuple[str, str]]:
+        sent = [(n.subject, n.message) for n in fake.notices] if topic == alert_topic else []
+        return sent + [(s.subject, s.message) for s in fake.summaries if s.topic_arn == topic]
+
+    def report(location: str) -> tuple[bytes, str]:
+        (stored,) = [r for r in fake.reports if r.location == location]
+        return stored.body, stored.content_type
+
+    return PublisherBackend(fake, metric, messages, report)
+
+
+# moto's default account; the topics are created there in the same region as every client.
+ALERTS = f"arn:aws:sns:{REGION}:123456789012:alerts"
+REPORTS = f"arn:aws:sns:{REGION}:123456789012:reports"
+
+
+@pytest.fixture(params=["fake", "aws"])
+def publishing(request: pytest.FixtureRequest) -> Callable[[str | None], PublisherBackend]:
+    if request.param == "fake":
+        return _fake_publisher
+    request.getfixturevalue("aws")  # moto for CloudWatch, SNS, SQS and S3
+    return _aws_publisher
+
+
+def test_metrics_arrive_by_name_and_dimensions(
+    publishing: Callable[[str | None], PublisherBackend],
+) -> None:
+    backend = publishing(ALERTS)
+    backend.publisher.put_metrics(
+        [
+            Metric("RotationSuccess", 2),
+            Metric("ReportFindings", 3, dimensions=(("Severity", "critical"),)),
+            Metric("ReportFindings", 0, dimensions=(("Severity", "info"),)),
+        ],
+        PUBLISHED_AT,
+    )
+    assert backend.metric("RotationSuccess", (), PUBLISHED_AT) == 2
+    assert backend.metric("ReportFindings", (("Severity", "critical"),), PUBLISHED_AT) == 3
+    assert backend.metric("ReportFindings", (("Severity", "info"),), PUBLISHED_AT) == 0
+    assert backend.metric("RotationFailure", (), PUBLISHED_AT) is None
+
+
+def test_a_notice_goes_to_the_alert_topic_with_sns_s_subject_limit(
+    publishing: Callable[[str | None], PublisherBackend],
+) -> None:
+    backend = publishing(ALERTS)
+    subject = "connect-key-rotator: " + "x" * 200
+    assert backend.publisher.notify(subject, "instance i-1: rotation failed") is True
+    assert backend.messages(ALERTS) == [(subject[:100], "instance i-1: rotation failed")]
+    assert backend.messages(REPORTS) == []
+
+
+def test_without_an_alert_topic_a_notice_is_not_sent(
+    publishing: Callable[[str | None], PublisherBackend],
+) -> None:
+    backend = publishing(None)
+    assert backend.publisher.notify("subject", "message") is False
+    assert backend.messages(ALERTS) == []
+
+
+def test_a_summary_goes_to_the_topic_named(
+    publishing: Callable[[str | None], PublisherBackend],
+) -> None:
+    backend = publishing(ALERTS)
+    backend.publisher.post_summary(REPORTS, "weekly report", "2 critical findings")
+    assert backend.messages(REPORTS) == [("weekly report", "2 critical findings")]
+    assert backend.messages(ALERTS) == []
+
+
+def test_a_report_is_stored_whole_in_s3_or_a_directory(
+    publishing: Callable[[str | None], PublisherBackend], tmp_path: Path
+) -> None:
+    backend = publishing(ALERTS)
+    body = b"<!doctype html><p>keys</p>"
+    backend.publisher.store_report("s3://evidence/reports/r.html", body, "text/html")
+    assert backend.report("s3://evidence/reports/r.html") == (body, "text/html")
+    local = tmp_path / "reports" / "r.json"
+    backend.publisher.store_report(str(local), b"{}", "application/json")
+    assert local.read_bytes() == b"{}"
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(ConfigError, match="report directory"):
+        backend.publisher.store_report(str(blocked / "r.json"), b"{}", "application/json")

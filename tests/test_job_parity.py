@@ -27,7 +27,7 @@ from rotator.sandbox import connect_emulator
 from rotator.sandbox.sample_flows import create_payment_instance
 from rotator.services.importing import import_from_blog
 from tests.conftest import NOW
-from tests.fake_publisher import FakePublisher
+from tests.fakes import FakePublisher
 from tests.world import KeyPool, World, build_world
 
 DAY = timedelta(days=1)

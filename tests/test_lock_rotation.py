@@ -20,7 +20,7 @@ from rotator.errors import KeyMaterialError
 from rotator.services.jobs import rotation_job
 from rotator.services.rotation import Outcome
 from tests.conftest import NOW
-from tests.fake_publisher import FakePublisher
+from tests.fakes import FakePublisher
 from tests.world import World
 
 ROTATE_AT = NOW + timedelta(days=400)  # past the cryptoperiod: due
