@@ -170,7 +170,14 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> int:
         "kms_key_id": args.kms_key_id,
         "log_level": args.log_level,
     }
-    return serve(args.config, once=args.once, out=ctx.out, flags=flags)
+    return serve(
+        args.config,
+        once=args.once,
+        out=ctx.out,
+        flags=flags,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+    )
 
 
 def run_sandbox(args: argparse.Namespace, ctx: Context) -> int:

@@ -226,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", help="run the scheduled jobs on a host (APScheduler)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
     serve.add_argument("--once", action="store_true", help="run every job once and exit")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus/OpenMetrics metrics at http://ADDRESS:N/metrics (0: any free "
+        "port; default: no metrics, no port opened)",
+    )
+    serve.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the address --metrics-port listens on (default 127.0.0.1: this host only; "
+        "0.0.0.0 for a scraper on another host)",
+    )
 
     sandbox = command("sandbox", help="serve moto + the Connect emulator on loopback")
     sandbox.add_argument("--port", type=int, default=4566)

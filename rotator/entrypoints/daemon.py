@@ -23,8 +23,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from lambda_decrypt.logs import configure_logging, get_logger
+# prometheus_client itself is imported by serve_metrics, only when --metrics-port is given.
+from rotator.adapters.prometheus_metrics import (
+    DEFAULT_ADDRESS,
+    JobMetrics,
+    KeyExpiry,
+    serve_metrics,
+)
 from rotator.config import Settings
 from rotator.config_file import RotatorConfig, cron_trigger, load_config
+from rotator.domain.lifecycle import KeyRecord
 from rotator.entrypoints.bootstrap import (
     Adapters,
     build_adapters,
@@ -33,13 +41,14 @@ from rotator.entrypoints.bootstrap import (
 )
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
-from rotator.ports import Publisher
+from rotator.ports import Keyring, Metric, Publisher
 from rotator.services import jobs
 from rotator.services.rotation import InstanceResult, Outcome
 
 # A run that could not start on time (process suspended, previous run too long) still runs
 # within this many seconds of its time; later, it is skipped until its next time.
 MISFIRE_GRACE_SECONDS = 3600
+MAX_PORT = 65535
 REPORT_DESTINATIONS = "directory, s3_uri or sns_topic_arn in the config's [report] table"
 log = get_logger("rotator.serve")
 
@@ -83,6 +92,7 @@ class JobContext:
     actor: str
     console: DaemonLog
     publisher: Publisher
+    metrics: JobMetrics | None = None  # `--metrics-port`: where each run's results go
 
 
 @dataclass(frozen=True)
@@ -98,16 +108,26 @@ def rotation_job(context: JobContext) -> JobFunction:
 
     def run(now: datetime) -> JobResult:
         adapters = context.adapters
+        # What the job itself read and published, for /metrics: no second reading of AWS.
+        keyring = _RecordsRead(adapters.keyring)
+        publisher = _MetricsPublished(context.publisher)
         result = jobs.rotation_job(
             adapters.rotation(context.actor),
-            adapters.keyring,
-            context.publisher,
+            keyring,
+            publisher,
             adapters.settings.policy,
             now,
             initialise=context.config.instances,
             on_initialised=lambda r: context.console.say(_initialised(r)),
             describe=_describe,
         )
+        if context.metrics is not None:
+            context.metrics.rotation_run(
+                now,
+                result.counts(),
+                [r.instance_id for r in result.results if r.outcome is Outcome.ROTATED],
+                _key_expiries(publisher.metrics, keyring.records_read),
+            )
         return JobResult(
             outcomes=dict(Counter(str(r.outcome) for r in result.results)),
             failures=tuple(result.failures()),
@@ -133,6 +153,10 @@ def report_job(context: JobContext) -> JobFunction:
         destinations = serve_destinations(context.config, adapters.settings)
         result = jobs.report_job(make, context.publisher, destinations, now)
         counts = result.counts()
+        if context.metrics is not None:
+            context.metrics.report_run(
+                now, None if counts is None else {s.value: n for s, n in counts.items()}
+            )
         outcomes: dict[str, int] = {}
         if counts is not None:
             outcomes = {f"findings {s.value}": n for s, n in counts.items()}
@@ -140,6 +164,57 @@ def report_job(context: JobContext) -> JobFunction:
         return JobResult(outcomes, failures=result.errors, warnings=result.warnings)
 
     return run
+
+
+class _RecordsRead:
+    """The job's keyring, keeping the records the job read (None until a read succeeded)."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self.records_read: list[KeyRecord] | None = None
+
+    def records(self) -> list[KeyRecord]:
+        records = self._keyring.records()
+        self.records_read = list(records)
+        return records
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._keyring, name)
+
+
+class _MetricsPublished:
+    """The job's publisher, keeping the metrics the job published (kept first: /metrics
+    shows them even when CloudWatch refuses them)."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self.metrics: list[Metric] = []
+
+    def put_metrics(self, metrics: Sequence[Metric], at: datetime) -> None:
+        self.metrics.extend(metrics)
+        self._publisher.put_metrics(metrics, at)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._publisher, name)
+
+
+def _key_expiries(
+    metrics: Sequence[Metric], records: Sequence[KeyRecord] | None
+) -> list[KeyExpiry] | None:
+    """The job's per-key DaysToExpiry metrics, labelled with the state of the key record the
+    job read; None when the job could not read the keyring (the gauge keeps the last values)."""
+    if records is None:
+        return None
+    states = {r.key_id: str(r.state) for r in records}
+    expiries = []
+    for metric in metrics:
+        dimensions = dict(metric.dimensions)
+        if metric.name != "DaysToExpiry" or "KeyId" not in dimensions:
+            continue  # the dimensionless minimum is for the CloudWatch alarm
+        key_id = dimensions["KeyId"]
+        instance_id = dimensions.get("InstanceId", "-")
+        expiries.append(KeyExpiry(instance_id, key_id, states.get(key_id, "unknown"), metric.value))
+    return expiries
 
 
 def serve_destinations(config: RotatorConfig, settings: Settings) -> jobs.ReportDestinations:
@@ -172,11 +247,16 @@ class Daemon:
     """Runs jobs once each, or on their triggers until `stop()` (SIGTERM, SIGINT)."""
 
     def __init__(
-        self, jobs: Sequence[ScheduledJob], console: DaemonLog, now: Callable[[], datetime]
+        self,
+        jobs: Sequence[ScheduledJob],
+        console: DaemonLog,
+        now: Callable[[], datetime],
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.jobs = jobs
         self.console = console
         self.now = now
+        self.metrics = metrics
         self._stopping = threading.Event()
 
     def run_once(self) -> bool:
@@ -225,6 +305,8 @@ class Daemon:
             log.debug("job_error", job=job.name, exc_info=True)
             result = JobResult({}, (_describe(error),))
         duration = time.monotonic() - started
+        if self.metrics is not None:
+            self.metrics.job_ran(job.name, now, ok=result.ok)
         level = log.error if not result.ok else log.warning if result.warnings else log.info
         level(
             "job_run",
@@ -293,11 +375,15 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 
 def scheduled_jobs(
-    config: RotatorConfig, adapters: Adapters, console: DaemonLog, publisher: Publisher
+    config: RotatorConfig,
+    adapters: Adapters,
+    console: DaemonLog,
+    publisher: Publisher,
+    metrics: JobMetrics | None = None,
 ) -> list[ScheduledJob]:
     """Every job of the registry, built, on its cron schedule from the config."""
     actor = f"rotator serve@{socket.gethostname()}"
-    context = JobContext(config, adapters, actor, console, publisher)
+    context = JobContext(config, adapters, actor, console, publisher, metrics)
     return [
         ScheduledJob(name, cron_trigger(config.schedules[name]), build(context))
         for name, build in JOBS.items()
@@ -317,11 +403,16 @@ def run_serve(
     now: Callable[[], datetime] = _utc_now,
     adapters_factory: Callable[[Settings], Adapters] = build_adapters,
     publisher_factory: Callable[[Settings], Publisher] = build_publisher,
+    metrics_port: int | None = None,
+    metrics_address: str = DEFAULT_ADDRESS,
 ) -> int:
-    """`rotator serve [--config FILE] [--once]`; `flags` are the global CLI flags (None = unset).
+    """`rotator serve [--config FILE] [--once] [--metrics-port N [--metrics-address ADDR]]`;
+    `flags` are the global CLI flags (None = unset).
 
     With `once`: every job once, 0 if all succeeded, else 1. Otherwise: until SIGTERM/SIGINT,
-    then 0. A config error: 2, before anything runs.
+    then 0. A config error, or a metrics port it cannot listen on: 2, before anything runs.
+    With `metrics_port` (0: any free port), /metrics serves the job runs' results while the
+    daemon runs; without it, no port is opened and prometheus_client is not imported.
     """
     try:
         config = RotatorConfig() if config_path is None else load_config(config_path)
@@ -333,11 +424,29 @@ def run_serve(
         return ExitCode.USAGE
     console = DaemonLog(out)
     publisher = publisher_factory(settings)
-    daemon = Daemon(scheduled_jobs(config, adapters, console, publisher), console, now)
-    if once:
-        return ExitCode.OK if daemon.run_once() else ExitCode.FAILURE
-    daemon.serve()
-    return ExitCode.OK
+    metrics = None if metrics_port is None else JobMetrics(o.value for o in Outcome)
+    jobs_ = scheduled_jobs(config, adapters, console, publisher, metrics)
+    daemon = Daemon(jobs_, console, now, metrics)
+    endpoint = None
+    if metrics is not None and metrics_port is not None:
+        where = f"{metrics_address}:{metrics_port}"
+        try:
+            if not 0 <= metrics_port <= MAX_PORT:
+                raise OSError(f"{metrics_port} is not a port number (0 to {MAX_PORT})")
+            endpoint = serve_metrics(metrics, metrics_port, metrics_address)
+        except OSError as error:  # in use, not ours to bind, an unknown address
+            print(f"error: --metrics-port: cannot listen on {where}: {error}", file=sys.stderr)
+            return ExitCode.USAGE
+        console.say(f"rotator serve: metrics at {endpoint.url}")
+        log.info("metrics_serving", url=endpoint.url)
+    try:
+        if once:
+            return ExitCode.OK if daemon.run_once() else ExitCode.FAILURE
+        daemon.serve()
+        return ExitCode.OK
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def _adapters(factory: Callable[[Settings], Adapters], settings: Settings) -> Adapters:
