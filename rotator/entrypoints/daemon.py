@@ -23,7 +23,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from lambda_decrypt.logs import configure_logging, get_logger
-# prometheus_client itself is imported by serve_metrics, only when --metrics-port is given.
 from rotator.adapters.prometheus_metrics import (
     DEFAULT_ADDRESS,
     JobMetrics,
