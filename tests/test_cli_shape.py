@@ -50,7 +50,7 @@ MINIMAL_ARGV = {
 }
 VALUED_GLOBALS = {"--prefix": "prefix", "--kms-key-id": "kms_key_id", "--log-level": "log_level"}
 # A command that needs no AWS must not load these (about 0.35 s of start-up on 2 cores).
-FORBIDDEN = ("boto3", "botocore", "aws_encryption_sdk")
+FORBIDDEN = ("boto3", "botocore", "aws_encryption_sdk", "prometheus_client")
 REPORTED = (*FORBIDDEN, "cryptography", "structlog", "rotator.services", "rotator.adapters")
 # Runs main(argv) in a fresh interpreter; prints which of REPORTED it imported, as JSON.
 IMPORT_PROBE = f"""
