@@ -50,12 +50,13 @@ TIMEOUT = 60
 PROBE = """
 <script>
 (() => {
+  const shown = (e) => e.checkVisibility({opacityProperty: true, visibilityProperty: true});
   const box = (e) => { const r = e.getBoundingClientRect();
     return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; };
   const own = (e) => [...e.childNodes].filter((n) => n.nodeType === 3).map((n) => n.data).join("");
   const painted = (e) => {
     const s = getComputedStyle(e), r = e.getBoundingClientRect();
-    return e.checkVisibility({opacityProperty: true, visibilityProperty: true})
+    return shown(e)
       && !["none", "transparent"].includes(s.fill) && !/^rgba\\(.*, 0\\)$/.test(s.fill)
       && parseFloat(s.fillOpacity) > 0
       && parseFloat(s.fontSize) > 0 && r.width > 0 && r.height > 0;
@@ -65,9 +66,10 @@ PROBE = """
     text: own(e).trim(), cls: e.getAttribute("class") || "", painted: painted(e), box: box(e),
   })) : [];
   const headline = [...document.querySelectorAll("h1, p.headline")].map(box);
+  const badges = [...document.querySelectorAll("p.headline .sev")].filter((e) => shown(e));
   const probe = {
     text: document.body.innerText, labels, svg: svg && svg.checkVisibility() ? box(svg) : null,
-    headline, badges: document.querySelectorAll("p.headline .sev").length,
+    headline, badges: badges.length,
   };
   const out = document.createElement("pre");
   out.id = "browser-probe";
@@ -262,7 +264,7 @@ class Rendered:
 def rendered(
     sandbox: Sandbox, key_pool: KeyPool, tmp_path_factory: pytest.TempPathFactory
 ) -> Rendered:
-    """The seeded keyring (eight instances, every finding) reported through the CLI, once for
+    """The seeded keyring (several instances, every finding) reported through the CLI, once for
     the module: the browser only reads the file, so the tests share it."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         for name in os.environ:  # as tests/conftest.py's _isolated_env, which is per test
