@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WORKERS ?= logical
 PYTEST  := $(BIN)/pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: install demo test test-fast lint deploy-lint typecheck pytest package bench clean
+.PHONY: install browser demo test test-fast lint deploy-lint typecheck pytest package bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Headless Chromium for tests/test_report_browser.py: installed only when missing, so a machine
+# that has it pays one `command -v`. Installing needs root (CI runs as root); anyone else is told.
+BROWSER_PACKAGES := chromium fonts-dejavu-core
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "make browser: chromium is missing and installing it needs root:" >&2; \
+	    echo "  sudo apt-get install -y --no-install-recommends $(BROWSER_PACKAGES)" >&2; \
+	    exit 1; \
+	  fi; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); \
+	}
 
 demo: $(STAMP)
 	$(BIN)/rotator demo
@@ -31,7 +45,7 @@ deploy-lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(PYTEST)
 
 # The fast tier: no HTTP to a sandbox, no child process, no wheel or zip build.

@@ -167,6 +167,7 @@ TOGETHER = {
     "tests/test_connect_emulator.py": "a sandbox of its own",
     "tests/test_sandbox_server.py": "a sandbox of its own",
     "tests/test_decrypt_adversarial.py": "keys loaded and messages encrypted once",
+    "tests/test_report_browser.py": "the report seeded and rendered once per module",
 }
 
 
