@@ -651,7 +651,7 @@ def _aws_publisher(alert_topic: str | None) -> PublisherBackend:
         return stored["Body"].read(), stored["ContentType"]
 
     # Events are read as a deployment reads them: a rule on the default bus, an SQS target.
-    events_client = boto3.client("events")
+    events_client: Any = boto3.client("events")
     event_queue = sqs.create_queue(QueueName="q-events")["QueueUrl"]
     event_queue_arn = sqs.get_queue_attributes(QueueUrl=event_queue, AttributeNames=["QueueArn"])[
         "Attributes"
