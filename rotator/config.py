@@ -25,6 +25,7 @@ from lambda_decrypt.config import (
     validate_prefix,
 )
 from rotator.domain.checks import DEFAULT_MIN_KEY_SIZE, ReportOptions
+from rotator.domain.expiry import DEFAULT_EXPIRY_EVENT_DAYS_TEXT, parse_thresholds
 from rotator.domain.keys import (
     DEFAULT_KEY_SIZE,
     DEFAULT_SUBJECT,
@@ -51,6 +52,8 @@ class RotatorEnv(StrEnum):
     METRICS_NAMESPACE = "ROTATOR_METRICS_NAMESPACE"
     REPORT_S3_URI = "ROTATOR_REPORT_S3_URI"
     REPORT_SNS_TOPIC_ARN = "ROTATOR_REPORT_SNS_TOPIC_ARN"
+    EXPIRY_EVENT_DAYS = "ROTATOR_EXPIRY_EVENT_DAYS"
+    EVENT_BUS = "ROTATOR_EVENT_BUS"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -237,6 +240,25 @@ SETTINGS: tuple[Setting[Any], ...] = (
         empty_is_unset=True,
     ),
     Setting(
+        "expiry_event_days",
+        RotatorEnv.EXPIRY_EVENT_DAYS,
+        ("settings", "expiry_event_days"),
+        str,
+        DEFAULT_EXPIRY_EVENT_DAYS_TEXT,
+        "days before NotAfter at which the rotation job puts an expiry event (empty: none)",
+        "ExpiryEventDays",
+        check=parse_thresholds,
+    ),
+    Setting(
+        "event_bus",
+        RotatorEnv.EVENT_BUS,
+        ("settings", "event_bus"),
+        str,
+        "default",
+        "EventBridge bus (name or ARN) of the expiry events",
+        empty_is_unset=True,
+    ),
+    Setting(
         "log_level",
         Env.LOG_LEVEL,
         ("settings", "log_level"),
@@ -271,6 +293,8 @@ class Settings:
     metrics_namespace: str = _default("metrics_namespace")
     report_s3_uri: str | None = _default("report_s3_uri")
     report_sns_topic_arn: str | None = _default("report_sns_topic_arn")
+    expiry_event_days: str = _default("expiry_event_days")
+    event_bus: str = _default("event_bus")
     log_level: str = _default("log_level")
 
     def __post_init__(self) -> None:
@@ -293,6 +317,11 @@ class Settings:
     def report_topic_arn(self) -> str | None:
         """Where the report's summary goes: its own topic if set, else the alert topic."""
         return self.report_sns_topic_arn or self.sns_topic_arn
+
+    @property
+    def expiry_thresholds(self) -> tuple[int, ...]:
+        """`expiry_event_days` as days, widest first."""
+        return parse_thresholds(self.expiry_event_days)
 
     @property
     def policy(self) -> RotationPolicy:

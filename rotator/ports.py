@@ -3,11 +3,11 @@ clock and publishing), as Protocols the adapters implement."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rotator.domain.state import InstanceEntry, LockState, ProtectedKey, ProtectionSweep
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rotator.domain.rotation import ManagedInstance, RotationState
 
 __all__ = [
+    "BusEvent",
     "Clock",
     "Connect",
     "ConnectReader",
@@ -155,6 +156,11 @@ class Keyring(Protocol):
         """The append-only history, oldest first."""
         ...
 
+    def append_event(self, event: HistoryEvent) -> None:
+        """Append an event that no key or rotation write records (an expiry event sent), its
+        clock the keyring's."""
+        ...
+
     def get_rotation(self, instance_id: str) -> RotationState | None: ...
 
     def put_rotation(self, state: RotationState, *, at: datetime) -> None: ...
@@ -263,6 +269,16 @@ class Metric:
     dimensions: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class BusEvent:
+    """One EventBridge event: its source, detail type, JSON detail, and time (the job's)."""
+
+    source: str
+    detail_type: str
+    detail: Mapping[str, Any]
+    time: datetime
+
+
 class Publisher(Protocol):
     """Where a job's results go: metrics, notices on the alert topic, and the report's delivery.
 
@@ -284,4 +300,9 @@ class Publisher(Protocol):
 
     def post_summary(self, topic_arn: str, subject: str, message: str) -> None:
         """Post a report's summary on `topic_arn` (the report topic, or the alert topic)."""
+        ...
+
+    def put_events(self, event_bus: str, events: Sequence[BusEvent]) -> None:
+        """Put `events` on the EventBridge bus `event_bus` (a name or ARN). Raises when any is
+        not accepted; the others may have been."""
         ...

@@ -36,6 +36,7 @@ def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str,
         "ReportBucket": ("report-bucket", "arn:aws:s3:::report-bucket"),
         "KeyringKeyLossRule": ("loss", f"arn:aws:events:{region}:{account}:rule/loss"),
         "KeyringKeyPolicyRule": ("policy", f"arn:aws:events:{region}:{account}:rule/policy"),
+        "ExpiryEventsRule": ("expiry", f"arn:aws:events:{region}:{account}:rule/expiry"),
     }
 
 
@@ -489,8 +490,20 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
     ),
 }
 
+# The rotation job's expiry events: PutEvents on the default bus, as the rotator role makes it
+# (IAM adds the entry's source and detail type to the request's context).
+EXPIRY_EVENT = Request(
+    "events:PutEvents",
+    f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/default",
+    (
+        ("events:source", "connect-key-rotator"),
+        ("events:detail-type", "Connect Key Approaching Expiration"),
+    ),
+)
+
 # The rotator Lambda runs rotate and the report; the rest of OperatorPolicy serves people.
 ROTATOR_LAMBDA_EXTRA = {
+    "events:putevents",
     "cloudwatch:putmetricdata",
     "sns:publish",
     "s3:putobject",

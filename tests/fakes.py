@@ -7,7 +7,7 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -39,6 +39,7 @@ from rotator.errors import (
     NotFound,
 )
 from rotator.ports import (
+    BusEvent,
     InstanceEntry,
     KeyPart,
     LockState,
@@ -250,6 +251,9 @@ class FakeKeyring:
 
     def history_events(self) -> list[HistoryEvent]:
         return self.history.events()
+
+    def append_event(self, event: HistoryEvent) -> None:
+        self.history.append(replace(event, clock=self.clock))
 
     def get_rotation(self, instance_id: str) -> RotationState | None:
         return self.rotations.get(instance_id)
@@ -558,6 +562,9 @@ class FakePublisher:
     notices: list[Notice] = field(default_factory=list)
     reports: list[StoredReport] = field(default_factory=list)
     summaries: list[Summary] = field(default_factory=list)
+    # The buses that exist (names; an ARN names its bus after the last "/"), as on EventBridge.
+    event_buses: set[str] = field(default_factory=lambda: {"default"})
+    events: list[tuple[str, BusEvent]] = field(default_factory=list)  # (bus, event)
 
     def put_metrics(self, metrics: Sequence[Metric], at: datetime) -> None:
         self.metrics += [(metric, at) for metric in metrics]
@@ -581,6 +588,20 @@ class FakePublisher:
 
     def post_summary(self, topic_arn: str, subject: str, message: str) -> None:
         self.summaries.append(Summary(topic_arn, subject[:SNS_SUBJECT_LIMIT], message))
+
+    def put_events(self, event_bus: str, events: Sequence[BusEvent]) -> None:
+        """EventBridge's checks: the bus exists; each entry has a source, a detail type and a
+        detail (a refused one raises, as the AWS publisher does on FailedEntryCount)."""
+        bus = event_bus.rsplit("/", 1)[-1]
+        if bus not in self.event_buses:
+            raise AwsCallError("events:PutEvents", event_bus, "ResourceNotFoundException")
+        refused = [e for e in events if not (e.source and e.detail_type and e.detail)]
+        accepted = [e for e in events if e not in refused]
+        self.events += [(bus, event) for event in accepted]
+        if refused:
+            raise AwsCallError(
+                "events:PutEvents", event_bus, f"{len(refused)} event(s) refused (InvalidArgument)"
+            )
 
     def value(self, name: str) -> float:
         """The value of the one metric `name` published (it must be the only one of that name)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from rotator.clock import SystemClock
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import FlowKind, FlowRef, encrypting_blocks, point_blocks_at_key
-from rotator.domain.history import EventKind
+from rotator.domain.history import ClockKind, EventKind, HistoryEvent
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
@@ -36,7 +36,7 @@ from rotator.errors import (
     LockLost,
     NotFound,
 )
-from rotator.ports import Clock, Connect, KeyPart, Keyring, Lock, Metric, Publisher
+from rotator.ports import BusEvent, Clock, Connect, KeyPart, Keyring, Lock, Metric, Publisher
 from rotator.sandbox.sample_flows import (
     CARD_INPUT_ACTION,
     card_blocks,
@@ -200,6 +200,24 @@ def test_changes_are_recorded_in_the_history(
     assert kinds.count((EventKind.KEY_TRANSITION, INSTANCE)) == 2
     assert kinds.count((EventKind.ROTATION_STEP, INSTANCE)) == 1
     assert keyring.get_record(KEY_A) == active
+
+
+def test_an_appended_event_is_kept_with_the_keyring_s_clock(backend: KeyringBackend) -> None:
+    keyring: Keyring = backend.keyring
+    event = HistoryEvent(
+        kind=EventKind.EXPIRY_EVENT_SENT,
+        at=NOW,
+        actor="test",
+        instance_id=INSTANCE,
+        key_id=KEY_A,
+        reason="crossed 30 days",
+        details={"threshold": 30, "covered": [45, 30]},
+        clock=ClockKind.SIMULATED,
+    )
+    keyring.append_event(event)
+    (kept,) = keyring.history_events()
+    assert kept == replace(event, clock=ClockKind.REAL)  # the keyring's clock, not the caller's
+    assert kept.scope == INSTANCE
 
 
 def test_the_canary_decrypts_with_stored_keys_only(
@@ -589,10 +607,13 @@ class PublisherBackend:
     metric: Callable[[str, tuple[tuple[str, str], ...], datetime], float | None]
     messages: Callable[[str], list[tuple[str, str]]]  # topic -> (subject, message)
     report: Callable[[str], tuple[bytes, str]]  # S3 location -> (body, content type)
+    # The events on the default bus whose source is EVENT_SOURCE: (source, detail type, detail)
+    events: Callable[[], list[tuple[str, str, dict[str, Any]]]]
 
 
 PUBLISHED_AT = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 NAMESPACE = "ContractTest"
+EVENT_SOURCE = "connect-key-rotator"
 
 
 def _aws_publisher(alert_topic: str | None) -> PublisherBackend:
@@ -629,12 +650,34 @@ def _aws_publisher(alert_topic: str | None) -> PublisherBackend:
         stored = s3.get_object(Bucket=bucket, Key=key)
         return stored["Body"].read(), stored["ContentType"]
 
+    # Events are read as a deployment reads them: a rule on the default bus, an SQS target.
+    events_client: Any = boto3.client("events")
+    event_queue = sqs.create_queue(QueueName="q-events")["QueueUrl"]
+    event_queue_arn = sqs.get_queue_attributes(QueueUrl=event_queue, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    events_client.put_rule(
+        Name="rotator-events", EventPattern=json.dumps({"source": [EVENT_SOURCE]})
+    )
+    events_client.put_targets(Rule="rotator-events", Targets=[{"Id": "q", "Arn": event_queue_arn}])
+
+    def events() -> list[tuple[str, str, dict[str, Any]]]:
+        found = []
+        while received := sqs.receive_message(QueueUrl=event_queue, MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
+            for message in received:
+                body = json.loads(message["Body"])
+                found.append((body["source"], body["detail-type"], body["detail"]))
+                sqs.delete_message(QueueUrl=event_queue, ReceiptHandle=message["ReceiptHandle"])
+        return found
+
     publisher = AwsPublisher(
         lambda service: boto3.client(service),
         namespace=NAMESPACE,
         alert_topic_arn=alert_topic,
     )
-    return PublisherBackend(publisher, metric, messages, report)
+    return PublisherBackend(publisher, metric, messages, report, events)
 
 
 def _fake_publisher(alert_topic: str | None) -> PublisherBackend:
@@ -656,7 +699,16 @@ def _fake_publisher(alert_topic: str | None) -> PublisherBackend:
         (stored,) = [r for r in fake.reports if r.location == location]
         return stored.body, stored.content_type
 
-    return PublisherBackend(fake, metric, messages, report)
+    def events() -> list[tuple[str, str, dict[str, Any]]]:
+        on_the_bus = [
+            (e.source, e.detail_type, dict(e.detail))
+            for bus, e in fake.events
+            if bus == "default" and e.source == EVENT_SOURCE
+        ]
+        fake.events.clear()  # read once, as a queue's messages are
+        return on_the_bus
+
+    return PublisherBackend(fake, metric, messages, report, events)
 
 
 # moto's default account; the topics are created there in the same region as every client.
@@ -731,3 +783,40 @@ def test_a_report_is_stored_whole_in_s3_or_a_directory(
     blocked.write_text("not a directory")
     with pytest.raises(ConfigError, match="report directory"):
         backend.publisher.store_report(str(blocked / "r.json"), b"{}", "application/json")
+
+
+def test_events_arrive_on_the_bus_in_batches_with_their_detail(
+    publishing: Callable[[str | None], PublisherBackend],
+) -> None:
+    backend = publishing(ALERTS)
+    details = [
+        {"keyId": f"key-{n}", "threshold": 30, "notAfter": "2027-01-01T00:00:00+00:00"}
+        for n in range(12)
+    ]  # more than one PutEvents call holds
+    events = [
+        BusEvent(EVENT_SOURCE, "Connect Key Approaching Expiration", d, PUBLISHED_AT)
+        for d in details
+    ]
+    backend.publisher.put_events("default", events)
+    received = backend.events()
+    assert sorted(received, key=lambda e: str(e[2]["keyId"])) == sorted(
+        ((EVENT_SOURCE, "Connect Key Approaching Expiration", d) for d in details),
+        key=lambda e: str(e[2]["keyId"]),
+    )
+    backend.publisher.put_events("default", [])  # nothing to put: no call, no event
+    other = BusEvent("someone-else", "Other", {"a": 1}, PUBLISHED_AT)
+    backend.publisher.put_events(f"arn:aws:events:{REGION}:123456789012:event-bus/default", [other])
+    assert backend.events() == []  # on the bus, but not the rule's source
+
+
+def test_an_event_the_bus_refuses_or_a_missing_bus_raises(
+    publishing: Callable[[str | None], PublisherBackend],
+) -> None:
+    backend = publishing(ALERTS)
+    refused = BusEvent(EVENT_SOURCE, "", {"keyId": "k"}, PUBLISHED_AT)  # no detail type
+    with pytest.raises(AwsCallError, match="events:PutEvents failed for default: 1 event"):
+        backend.publisher.put_events("default", [refused])
+    fine = BusEvent(EVENT_SOURCE, "Connect Key Approaching Expiration", {"k": 1}, PUBLISHED_AT)
+    with pytest.raises(AwsCallError, match="events:PutEvents failed for no-such-bus"):
+        backend.publisher.put_events("no-such-bus", [fine])
+    assert backend.events() == []

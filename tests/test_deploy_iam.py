@@ -11,6 +11,7 @@ from tests.cfn_policy import (
     ACCOUNT,
     ADMIN_ROLE_ARN,
     BLOG,
+    EXPIRY_EVENT,
     FLOW_ARN,
     INSTANCE_ARN,
     INSTANCE_ID,
@@ -94,6 +95,27 @@ def test_the_rotator_lambda_rotates_and_reports_with_the_same_policy(stack: Stac
     }
     called = {r.action.lower() for calls in OPERATOR_COMMANDS.values() for r in calls}
     assert granted - called == ROTATOR_LAMBDA_EXTRA
+
+
+def test_the_rotator_lambda_puts_only_its_expiry_events_on_the_default_bus(
+    stack: Stack,
+) -> None:
+    assert rotator(stack, EXPIRY_EVENT) == "allow"
+    assert operator(stack, EXPIRY_EVENT) == "implicit deny"  # people do not put events
+    assert decide(stack.policy("OperatorPolicy"), as_(DECRYPT_ROLE_ARN, EXPIRY_EVENT)) != "allow"
+    other_bus = Request(
+        EXPIRY_EVENT.action,
+        f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/payments",
+        EXPIRY_EVENT.context,
+    )
+    assert rotator(stack, other_bus) == "implicit deny"
+    for key, value in (
+        ("events:source", "aws.kms"),  # no forged AWS events that the key rules would match
+        ("events:detail-type", "AWS API Call via CloudTrail"),
+    ):
+        forged = dict(EXPIRY_EVENT.context) | {key: value}
+        request = Request(EXPIRY_EVENT.action, EXPIRY_EVENT.resource, tuple(forged.items()))
+        assert rotator(stack, request) == "implicit deny", key
 
 
 def test_only_people_read_the_blog_parameters(stack: Stack) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from lambda_decrypt.config import Env
 from rotator.config import RotatorEnv
+from rotator.domain.expiry import EXPIRY_EVENT_DETAIL_TYPE, EXPIRY_EVENT_SOURCE
 from rotator_build.lambda_zips import DEFAULT_TEMPLATE, Target, read_target
 from tests.cfn_policy import TEMPLATE, load_template, resources
 
@@ -600,7 +601,62 @@ def test_disabling_or_scheduling_deletion_of_the_keyring_key_alerts(
     policy = _rule(template, "KeyringKeyPolicyRule")
     assert policy["EventPattern"]["detail"]["eventName"] == ["PutKeyPolicy", "CreateGrant"]
     rules = [n for n, r in resources(template).items() if r["Type"] == "AWS::Events::Rule"]
-    assert sorted(rules) == ["KeyringKeyLossRule", "KeyringKeyPolicyRule"]
+    assert sorted(rules) == ["ExpiryEventsRule", "KeyringKeyLossRule", "KeyringKeyPolicyRule"]
+
+
+def test_expiry_events_go_to_the_alert_topic(template: dict[str, Any]) -> None:
+    rule = resources(template)["ExpiryEventsRule"]
+    assert rule["Type"] == "AWS::Events::Rule"
+    properties = rule["Properties"]
+    assert properties["State"] == "ENABLED"
+    assert "EventBusName" not in properties  # the default bus, where the rotator puts them
+    assert properties["EventPattern"] == {
+        "source": [EXPIRY_EVENT_SOURCE],
+        "detail-type": [EXPIRY_EVENT_DETAIL_TYPE],
+    }
+    (target,) = properties["Targets"]
+    assert target["Arn"] == {"Ref": "AlertTopic"}
+    paths = target["InputTransformer"]["InputPathsMap"]
+    assert paths == {
+        "key": "$.detail.keyId",
+        "instance": "$.detail.instanceId",
+        "notAfter": "$.detail.notAfter",
+        "days": "$.detail.daysToExpiry",
+        "threshold": "$.detail.threshold",
+    }
+    message = target["InputTransformer"]["InputTemplate"]
+    assert message.startswith('"') and message.endswith('"')  # one JSON string for SNS
+    assert all(f"<{name}>" in message for name in paths)
+    assert "runbooks/certificate-expiry.md" in message
+    assert (TEMPLATE.parents[1] / "runbooks" / "certificate-expiry.md").is_file()
+    # The rotation job's thresholds are the stack's parameter.
+    function = resources(template)["RotatorFunction"]["Properties"]
+    variables = function["Environment"]["Variables"]
+    assert variables[RotatorEnv.EXPIRY_EVENT_DAYS] == {"Ref": "ExpiryEventDays"}
+    assert RotatorEnv.EVENT_BUS not in variables  # the default bus, which the rule is on
+
+
+def test_the_rotator_role_puts_events_on_the_default_bus_with_its_source_only(
+    template: dict[str, Any],
+) -> None:
+    granting = [
+        s for s in role_statements(template, "RotatorRole") if "events:putevents" in actions(s)
+    ]
+    (statement,) = granting
+    assert (statement["Effect"], actions(statement)) == ("Allow", ["events:putevents"])
+    assert list(resource_strings(statement)) == [
+        "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default"
+    ]
+    assert statement["Condition"] == {
+        "StringEquals": {
+            "events:source": EXPIRY_EVENT_SOURCE,
+            "events:detail-type": EXPIRY_EVENT_DETAIL_TYPE,
+        }
+    }
+    others = [r for r in roles(template) if r != "RotatorRole"]
+    assert all(
+        not any(a.startswith("events:") for a in allowed_actions(template, r)) for r in others
+    )
 
 
 def test_alert_topic_lets_the_rules_and_the_alarms_publish(template: dict[str, Any]) -> None:
@@ -611,7 +667,7 @@ def test_alert_topic_lets_the_rules_and_the_alarms_publish(template: dict[str, A
     ]
     assert policy["Topics"] == [{"Ref": "AlertTopic"}]
     by_sid = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
-    assert set(by_sid) == {"AlarmsOfThisAccount", "KeyringKeyRules"}
+    assert set(by_sid) == {"AlarmsOfThisAccount", "KeyringKeyRules", "ExpiryEvents"}
     for statement in by_sid.values():
         assert (statement["Effect"], actions(statement)) == ("Allow", ["sns:publish"])
         assert statement["Resource"] == {"Ref": "AlertTopic"}
@@ -624,6 +680,11 @@ def test_alert_topic_lets_the_rules_and_the_alarms_publish(template: dict[str, A
                 {"Fn::GetAtt": ["KeyringKeyPolicyRule", "Arn"]},
             ]
         }
+    }
+    expiry = by_sid["ExpiryEvents"]
+    assert expiry["Principal"] == {"Service": "events.amazonaws.com"}
+    assert expiry["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ExpiryEventsRule", "Arn"]}}
     }
     alarms = by_sid["AlarmsOfThisAccount"]
     assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}

@@ -97,6 +97,8 @@ def test_the_documented_example_parses_into_every_setting() -> None:
         "retention_days": 90,
         "sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:connect-key-rotator-alerts",
         "metrics_namespace": "ConnectKeyRotator",
+        "expiry_event_days": "45,30,14,7,3,1",
+        "event_bus": "default",
         "log_level": "INFO",
         # The [report] table's S3 location and topic are the report settings.
         "report_s3_uri": "s3://example-compliance-evidence/connect-key-rotator/",

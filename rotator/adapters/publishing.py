@@ -1,21 +1,32 @@
-"""The Publisher port on AWS: CloudWatch metrics, SNS notices, reports in S3 or a directory."""
+"""The Publisher port on AWS: CloudWatch metrics, SNS notices, reports in S3 or a directory,
+EventBridge events."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rotator.adapters.aws import aws_call
-from rotator.errors import ConfigError
-from rotator.ports import Metric
+from rotator.errors import AwsCallError, ConfigError
+from rotator.ports import BusEvent, Metric
 
 SNS_SUBJECT_LIMIT = 100
 # PutMetricData takes up to 1000 values per call.
 METRICS_PER_CALL = 1000
+# PutEvents takes up to 10 entries per call.
+EVENTS_PER_CALL = 10
 
-__all__ = ["METRICS_PER_CALL", "SNS_SUBJECT_LIMIT", "AwsPublisher", "Metric", "split_s3_location"]
+__all__ = [
+    "EVENTS_PER_CALL",
+    "METRICS_PER_CALL",
+    "SNS_SUBJECT_LIMIT",
+    "AwsPublisher",
+    "Metric",
+    "split_s3_location",
+]
 
 
 class AwsPublisher:
@@ -84,6 +95,33 @@ class AwsPublisher:
             self._client("sns").publish(
                 TopicArn=topic_arn, Subject=subject[:SNS_SUBJECT_LIMIT], Message=message
             )
+
+    def put_events(self, event_bus: str, events: Sequence[BusEvent]) -> None:
+        entries: list[Any] = [
+            {
+                "Source": event.source,
+                "DetailType": event.detail_type,
+                "Detail": json.dumps(event.detail, sort_keys=True),
+                "Time": event.time,
+                "EventBusName": event_bus,
+            }
+            for event in events
+        ]
+        for start in range(0, len(entries), EVENTS_PER_CALL):
+            with aws_call("events:PutEvents", event_bus):
+                answer = self._client("events").put_events(
+                    Entries=entries[start : start + EVENTS_PER_CALL]
+                )
+            # PutEvents answers 200 with the entries it refused counted, not an error.
+            if answer.get("FailedEntryCount", 0):
+                codes = sorted(
+                    {e["ErrorCode"] for e in answer.get("Entries", []) if e.get("ErrorCode")}
+                )
+                raise AwsCallError(
+                    "events:PutEvents",
+                    event_bus,
+                    f"{answer['FailedEntryCount']} event(s) refused ({', '.join(codes) or '?'})",
+                )
 
 
 def split_s3_location(location: str) -> tuple[str, str]:

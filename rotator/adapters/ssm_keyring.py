@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -306,6 +307,9 @@ class SsmKeyring:
     def history_events(self) -> list[HistoryEvent]:
         """The whole history, oldest first."""
         return self.history.events()
+
+    def append_event(self, event: HistoryEvent) -> None:
+        self.history.append(replace(event, clock=self.clock))
 
     def instance_entries(self) -> list[InstanceEntry]:
         """Every instance's config, current key and rotation in one paginated sweep, by ID."""

@@ -21,6 +21,7 @@ class EventKind(StrEnum):
     KEY_TRANSITION = "key_transition"
     ROTATION_STEP = "rotation_step"
     RUNBOOK_RUN = "runbook_run"
+    EXPIRY_EVENT_SENT = "expiry_event_sent"  # an expiry event was put on the bus (its instance's)
 
 
 class ClockKind(StrEnum):

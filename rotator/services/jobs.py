@@ -15,17 +15,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lambda_decrypt.logs import get_logger
+from rotator.domain.expiry import (
+    EXPIRY_EVENT_DETAIL_TYPE,
+    EXPIRY_EVENT_SOURCE,
+    EXPIRY_EVENT_STATES,
+    Crossing,
+    event_detail,
+    newly_crossed,
+    recorded_thresholds,
+    sent_event,
+)
 from rotator.domain.findings import Severity
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
-from rotator.ports import Connect, Keyring, Lock, Metric, Publisher
+from rotator.ports import BusEvent, Connect, Keyring, Lock, Metric, Publisher
 from rotator.services.report import Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
 from rotator.services.rotation import InstanceResult, Outcome
 
 if TYPE_CHECKING:
+    from rotator.domain.lifecycle import KeyRecord
     from rotator.domain.rotation import ManagedInstance
     from rotator.services.rotation import RotationService
 
@@ -52,6 +63,8 @@ class RotationJobRun:
     notified: bool = False
     telemetry_error: str | None = None
     what_if: bool = False
+    # The expiry events' details: those put on the bus (a what-if: those it would put).
+    expiry_events: tuple[dict[str, Any], ...] = ()
 
     @property
     def failed(self) -> list[InstanceResult]:
@@ -89,6 +102,7 @@ class RotationJobRun:
             "still_due": self.still_due,
             "notified": self.notified,
             "telemetry_error": self.telemetry_error,
+            "expiry_events": list(self.expiry_events),
         }
 
 
@@ -138,17 +152,25 @@ def rotation_job(
         Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
         Metric("KeysDueNotRotated", len(still_due)),
     ]
-    run = RotationJobRun(now, results, still_due, what_if=what_if)
+    expiry = expiry_events_job(rotation, keyring, publisher, now, what_if, describe)
+    run = RotationJobRun(
+        now,
+        results,
+        still_due,
+        telemetry_error=expiry.error,
+        what_if=what_if,
+        expiry_events=expiry.details,
+    )
     if not what_if:
-        telemetry_error = None
+        errors = [expiry.error] if expiry.error else []
         notified = False
         try:
             publisher.put_metrics(metrics, now)
             if not run.ok:
                 notified = publisher.notify(_subject(run), _message(run))
         except ConnectKeyRotatorError as error:
-            telemetry_error = describe(error)
-        run = RotationJobRun(now, results, still_due, notified, telemetry_error)
+            errors.append(describe(error))
+        run = replace(run, notified=notified, telemetry_error="; ".join(errors) or None)
     log.info("scheduled_run", **{k: v for k, v in run.to_dict().items() if k != "results"})
     return run
 
@@ -211,7 +233,9 @@ def _key_metrics(
 def _subject(run: RotationJobRun) -> str:
     if run.failed:
         return f"connect-key-rotator: {len(run.failed)} rotation(s) failed"
-    return f"connect-key-rotator: {len(run.still_due)} key(s) due and not rotated"
+    if run.still_due:
+        return f"connect-key-rotator: {len(run.still_due)} key(s) due and not rotated"
+    return "connect-key-rotator: publishing failed"
 
 
 def _message(run: RotationJobRun) -> str:
@@ -220,8 +244,83 @@ def _message(run: RotationJobRun) -> str:
     if run.still_due:
         lines.append("Keys inside their renew window or cryptoperiod that did not rotate:")
         lines += [f"- {entry}" for entry in run.still_due]
+    if run.telemetry_error is not None:
+        lines.append(f"Publishing failed: {run.telemetry_error}")
     lines.append("Runbook: runbooks/ (rotator verify shows every invariant).")
     return "\n".join(lines)
+
+
+# -- expiry events (ACM's "approaching expiration") ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpiryEvents:
+    """One run's expiry events: the details of those put on the bus (a what-if: of those it
+    would put), and what stopped them."""
+
+    details: tuple[dict[str, Any], ...] = ()
+    error: str | None = None
+
+
+def expiry_events_job(
+    rotation: RotationService,
+    keyring: Keyring,
+    publisher: Publisher,
+    now: datetime,
+    what_if: bool,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+) -> ExpiryEvents:
+    """Put an event on the bus for each active key that has crossed a threshold of the
+    `expiry_event_days` setting since its last one, then record it in the history: one event
+    per key and threshold however often the job runs. Sent first, recorded after: a crash in
+    between sends it again on the next run (at least once, as EventBridge delivers). Nothing
+    recorded, nothing sent: the next run sends it. A what-if sends and records nothing."""
+    settings = rotation.settings
+    try:
+        owed = _owed_expiry_events(keyring, settings.expiry_thresholds, now)
+    except ConnectKeyRotatorError as error:
+        return ExpiryEvents(error=f"expiry events: reading the keyring: {describe(error)}")
+    details = tuple(event_detail(record, now, crossing.threshold) for record, crossing in owed)
+    if what_if or not owed:
+        return ExpiryEvents(details)
+    events = [
+        BusEvent(EXPIRY_EVENT_SOURCE, EXPIRY_EVENT_DETAIL_TYPE, detail, now) for detail in details
+    ]
+    try:
+        publisher.put_events(settings.event_bus, events)
+    except ConnectKeyRotatorError as error:
+        return ExpiryEvents(error=f"expiry events: {describe(error)}")
+    try:
+        for record, crossing in owed:
+            keyring.append_event(sent_event(record, crossing, now, rotation.actor))
+    except ConnectKeyRotatorError as error:  # sent, not recorded: the next run sends them again
+        return ExpiryEvents(details, f"expiry events: recording them: {describe(error)}")
+    log.info("expiry_events", events=[(d["keyId"], d["threshold"]) for d in details])
+    return ExpiryEvents(details)
+
+
+def _owed_expiry_events(
+    keyring: Keyring, thresholds: Sequence[int], now: datetime
+) -> list[tuple[KeyRecord, Crossing]]:
+    """Each key that is owed an event, and the crossing it is owed for. The history is read
+    only when a key is inside the widest threshold (most days, none is)."""
+    if not thresholds:
+        return []
+    widest = max(thresholds)
+    near: list[tuple[KeyRecord, float]] = []
+    for record in keyring.records():
+        days = record.days_to_expiry(now)
+        if record.state in EXPIRY_EVENT_STATES and days is not None and days <= widest:
+            near.append((record, days))
+    if not near:
+        return []
+    recorded = recorded_thresholds(keyring.history_events())
+    owed = []
+    for record, days in near:
+        crossing = newly_crossed(days, thresholds, recorded.get(record.key_id, ()))
+        if crossing is not None:
+            owed.append((record, crossing))
+    return owed
 
 
 # -- the report job ------------------------------------------------------------------------------
