@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from functools import cached_property
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -291,6 +292,46 @@ class RotationSchedule:
         """A time as an operator reads it: in the schedule's time zone, and in UTC."""
         text = f"{moment.astimezone(self.tz):%Y-%m-%d %H:%M} {self.zone}"
         return text if self.zone == "UTC" else f"{text} ({moment.astimezone(UTC):%H:%M} UTC)"
+
+
+@dataclass(frozen=True)
+class WindowStatus:
+    """The rotation window and freezes at a time: open now (until when), or when they open next."""
+
+    schedule: RotationSchedule
+    open: bool
+    opens_at: datetime | None
+    closes_at: datetime | None
+    reason: str  # why it is closed ("" when open)
+
+    @classmethod
+    def at(cls, schedule: RotationSchedule, now: datetime) -> WindowStatus:
+        opening = schedule.opening(now)
+        return cls(schedule, opening.open, opening.opens_at, opening.closes_at, opening.reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        window, freezes = self.schedule.window, self.schedule.freezes
+        return {
+            "window": None if window is None else str(window),
+            "freezes": [str(freeze) for freeze in freezes],
+            "time_zone": self.schedule.zone,
+            "renew_before_minimum_days": self.schedule.minimum.days,
+            "open": self.open,
+            "next_opening": None if self.opens_at is None else self.opens_at.isoformat(),
+            "closes_at": None if self.closes_at is None else self.closes_at.isoformat(),
+            "closed_because": self.reason or None,
+        }
+
+    def describe(self) -> str:
+        """One line: what is configured, and whether rotations may run now or from when."""
+        local = self.schedule.local
+        if self.open:
+            when = "open now" + (f" until {local(self.closes_at)}" if self.closes_at else "")
+        elif self.opens_at is None:
+            when = f"closed ({self.reason}) and never opens again"
+        else:
+            when = f"closed ({self.reason}); next opens {local(self.opens_at)}"
+        return f"{self.schedule.describe()}: {when}"
 
 
 class WindowAction(StrEnum):
