@@ -203,9 +203,12 @@ def parse_freezes(text: str) -> tuple[Freeze, ...]:
 
 def _date(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        parsed = date.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    if parsed.year >= date.max.year:  # its end, the next midnight, would not be a datetime
+        raise ValueError(f"{text!r} is too far ahead")
+    return parsed
 
 
 # -- the schedule and the decision ---------------------------------------------------------------
