@@ -34,6 +34,14 @@ from rotator.domain.keys import (
     parse_subject,
 )
 from rotator.domain.policy import RotationPolicy
+from rotator.domain.window import (
+    FREEZE_EXAMPLE,
+    WINDOW_EXAMPLE,
+    RotationSchedule,
+    parse_freezes,
+    parse_window,
+    schedule_from,
+)
 from rotator.errors import ConfigError, KeyMaterialError
 
 
@@ -54,6 +62,9 @@ class RotatorEnv(StrEnum):
     REPORT_SNS_TOPIC_ARN = "ROTATOR_REPORT_SNS_TOPIC_ARN"
     EXPIRY_EVENT_DAYS = "ROTATOR_EXPIRY_EVENT_DAYS"
     EVENT_BUS = "ROTATOR_EVENT_BUS"
+    ROTATION_WINDOW = "ROTATOR_ROTATION_WINDOW"
+    FREEZE = "ROTATOR_FREEZE"
+    RENEW_BEFORE_MINIMUM_DAYS = "ROTATOR_RENEW_BEFORE_MINIMUM_DAYS"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -239,6 +250,37 @@ SETTINGS: tuple[Setting[Any], ...] = (
         check=_sns_topic_arn,
         empty_is_unset=True,
     ),
+    Setting[str | None](
+        "rotation_window",
+        RotatorEnv.ROTATION_WINDOW,
+        ("settings", "rotation_window"),
+        str,
+        None,
+        f"when due rotations may run: cron, duration, time zone (`{WINDOW_EXAMPLE}`); "
+        "none: whenever due",
+        check=parse_window,
+        empty_is_unset=True,
+    ),
+    Setting[str | None](
+        "freeze",
+        RotatorEnv.FREEZE,
+        ("settings", "freeze"),
+        str,
+        None,
+        "dates on which no due rotation runs, ends included, in the window's time zone "
+        f"(`{FREEZE_EXAMPLE}`)",
+        check=parse_freezes,
+        empty_is_unset=True,
+    ),
+    Setting(
+        "renew_before_minimum_days",
+        RotatorEnv.RENEW_BEFORE_MINIMUM_DAYS,
+        ("settings", "renew_before_minimum_days"),
+        int,
+        7,
+        "a due key never waits for a window or freeze once this close (in days) to expiry",
+        check=_positive_days,
+    ),
     Setting(
         "expiry_event_days",
         RotatorEnv.EXPIRY_EVENT_DAYS,
@@ -293,6 +335,9 @@ class Settings:
     metrics_namespace: str = _default("metrics_namespace")
     report_s3_uri: str | None = _default("report_s3_uri")
     report_sns_topic_arn: str | None = _default("report_sns_topic_arn")
+    rotation_window: str | None = _default("rotation_window")
+    freeze: str | None = _default("freeze")
+    renew_before_minimum_days: int = _default("renew_before_minimum_days")
     expiry_event_days: str = _default("expiry_event_days")
     event_bus: str = _default("event_bus")
     log_level: str = _default("log_level")
@@ -330,9 +375,20 @@ class Settings:
             cryptoperiod=timedelta(days=self.cryptoperiod_days),
         )
 
+    @property
+    def schedule(self) -> RotationSchedule | None:
+        """When due rotations may run; None (no window, no freeze): whenever they are due."""
+        return schedule_from(
+            self.rotation_window,
+            self.freeze,
+            timedelta(days=self.renew_before_minimum_days),
+        )
+
     def report_options(self, *, min_key_size: int = DEFAULT_MIN_KEY_SIZE) -> ReportOptions:
         """The policy the report and `verify` hold the keys against."""
-        return ReportOptions(self.policy, self.grace, min_key_size, self.kms_key_id)
+        return ReportOptions(
+            self.policy, self.grace, min_key_size, self.kms_key_id, schedule=self.schedule
+        )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **explicit: object) -> Settings:

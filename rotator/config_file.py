@@ -28,6 +28,7 @@ from rotator.config import SETTINGS, Setting, Settings
 from rotator.domain.connect_ids import encrypt_block_of, flow_id_of, instance_id_of
 from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock
 from rotator.domain.rotation import ManagedInstance
+from rotator.domain.window import cron_trigger as window_cron_trigger
 from rotator.errors import ConfigError
 
 # (table, key) in the file -> the setting it holds.
@@ -43,7 +44,6 @@ INSTANCE_KEYS = ("id", "flows", "modules", "encrypt_blocks")
 SETTINGS_KEYS = tuple(key for table, key in FILE_SETTINGS if table == "settings")
 # `directory` is the daemon's own destination (no environment variable, not a setting).
 REPORT_KEYS = ("directory", *(key for table, key in FILE_SETTINGS if table == "report"))
-WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 T = TypeVar("T")
 
@@ -106,53 +106,10 @@ def load_config(path: Path) -> RotatorConfig:
 
 
 def cron_trigger(expression: str) -> CronTrigger:
-    """A standard five-field crontab line, in UTC, as an APScheduler trigger.
-
-    Weekdays mean what cron means (0 or 7 = Sunday): APScheduler 3 counts them from Monday, so
-    they are handed over as names. Raises ValueError saying what is wrong.
+    """A standard five-field crontab line, in UTC, as an APScheduler trigger (weekdays as cron
+    counts them; see rotator.domain.window.cron_trigger). Raises ValueError saying what is wrong.
     """
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError(
-            f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
-        )
-    minute, hour, day, month, weekday = fields
-    if day != "*" and weekday != "*":
-        raise ValueError(
-            "restrict the day of month or the day of week, not both (cron runs when either matches)"
-        )
-    return CronTrigger(
-        minute=minute,
-        hour=hour,
-        day=day,
-        month=month,
-        day_of_week=_weekdays(weekday.lower()),
-        timezone=UTC,
-    )
-
-
-def _weekdays(spec: str) -> str:
-    if spec == "*":
-        return spec
-    days: set[int] = set()
-    for item in spec.split(","):
-        span, slash, step_text = item.partition("/")
-        first, _, last = ("0-7" if span == "*" else span).partition("-")
-        start = _weekday(first)
-        end = _weekday(last) if last else (7 if slash else start)
-        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else 0
-        if (slash and not step) or end < start:
-            raise ValueError(f"{item!r} is not a weekday, range or step of the day-of-week field")
-        days.update(day % 7 for day in range(start, end + 1, step or 1))
-    return ",".join(WEEKDAYS[day] for day in sorted(days))
-
-
-def _weekday(token: str) -> int:
-    if token in WEEKDAYS:
-        return WEEKDAYS.index(token)
-    if token.isdigit() and int(token) <= 7:
-        return int(token)
-    raise ValueError(f"{token!r} is not a weekday (0-7 or sun-sat; 0 and 7 are Sunday)")
+    return window_cron_trigger(expression, UTC)
 
 
 def _error(path: Path | None, where: str, problem: str) -> ConfigError:

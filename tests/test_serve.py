@@ -99,6 +99,9 @@ def test_the_documented_example_parses_into_every_setting() -> None:
         "metrics_namespace": "ConnectKeyRotator",
         "expiry_event_days": "45,30,14,7,3,1",
         "event_bus": "default",
+        "rotation_window": "0 2 * * TUE 4h Europe/London",
+        "freeze": "2026-12-01..2026-12-31,2027-03-28",
+        "renew_before_minimum_days": 7,
         "log_level": "INFO",
         # The [report] table's S3 location and topic are the report settings.
         "report_s3_uri": "s3://example-compliance-evidence/connect-key-rotator/",

@@ -16,6 +16,7 @@ from rotator.domain.policy import (
     renew_window_start,
 )
 from rotator.domain.state import InstanceState, KeyringState, ProtectedKey
+from rotator.domain.window import RotationSchedule
 
 # PCI DSS counts RSA of at least 2048 bits as strong cryptography; raise it with --min-key-size.
 DEFAULT_MIN_KEY_SIZE = min(ALLOWED_KEY_SIZES)
@@ -33,6 +34,8 @@ class ReportOptions:
     grace: timedelta = timedelta(days=7)
     min_key_size: int = DEFAULT_MIN_KEY_SIZE
     kms_key_id: str | None = None  # None: SSM's default key; no KMS finding is raised
+    # When due rotations may run (rotation window, freezes); None: whenever they are due.
+    schedule: RotationSchedule | None = None
 
 
 # -- verify's invariants ------------------------------------------------------------------------

@@ -325,11 +325,14 @@ def run_status(args: argparse.Namespace, ctx: Context) -> int:
         now,
         instance_id=args.instance_id,
         flows=adapters.connect,
+        schedule=adapters.settings.schedule,
     )
     if args.json:
         json.dump({"now": now.isoformat(), **status.to_dict()}, out, indent=2)
         out.write("\n")
         return ExitCode.OK
+    if status.window is not None:
+        out.write(f"{status.window.describe()}\n")
     for instance in status.instances:
         out.write(
             f"instance {instance.instance_id}: current key {instance.current_key_id}; "

@@ -139,8 +139,9 @@ def rotation_job(
     results += [r for r in rotated if r.instance_id not in done]
     still_due: list[str] = []
     metrics: list[Metric] = []
-    # Skipped: another run holds the instance's lock and is rotating it right now.
-    busy = {r.instance_id for r in results if r.outcome is Outcome.SKIPPED}
+    # Skipped: another run holds the instance's lock and is rotating it right now. Waiting: due,
+    # but held back by the rotation window or a freeze, as configured (not "left due").
+    busy = {r.instance_id for r in results if r.outcome in (Outcome.SKIPPED, Outcome.WAITING)}
     try:
         metrics, still_due = _key_metrics(keyring, policy, now, busy)
     except ConnectKeyRotatorError as error:

@@ -17,9 +17,15 @@ from rotator.domain.checks import (
 )
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import key_history, transitions_by_key
-from rotator.domain.lifecycle import KeyRecord, Transition
-from rotator.domain.policy import cryptoperiod_end, key_age_start, renew_window_start
+from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
+from rotator.domain.policy import (
+    cryptoperiod_end,
+    key_age_start,
+    renew_window_start,
+    rotation_due,
+)
 from rotator.domain.state import InstanceState, KeyringState
+from rotator.domain.window import WindowAction, WindowStatus, window_decision
 from rotator.ports import ConnectReader, Keyring, Lock
 from rotator.services.state import read_state
 
@@ -58,9 +64,19 @@ class KeyRow:
     renew_at: datetime | None = None
     grace_ends: datetime | None = None
     history: tuple[Transition, ...] = ()  # from the history events (see key_history)
+    # A due key and the rotation window: why it waits (or does not) and until when; None when
+    # the key is not due or no window or freeze is configured.
+    rotation_window: str | None = None
+    waits_until: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         record = self.record
+        window: dict[str, Any] = {}
+        if self.rotation_window is not None:
+            window = {
+                "rotation_window": self.rotation_window,
+                "waits_until": _iso(self.waits_until),
+            }
         return {
             "key_id": self.key_id,
             "instance_id": self.instance_id,
@@ -85,6 +101,7 @@ class KeyRow:
             "grace_ends": _iso(self.grace_ends),
             "flows": list(self.flows),
             "history": [t.to_dict() for t in self.history],
+            **window,
         }
 
 
@@ -113,8 +130,15 @@ class Report:
             or (f.key_id is None and f.instance_id is not None and f.instance_id == key.instance_id)
         ]
 
+    @property
+    def window(self) -> WindowStatus | None:
+        """The rotation window and freezes at the report's time; None: none configured."""
+        schedule = self.options.schedule
+        return None if schedule is None else WindowStatus.at(schedule, self.generated_at)
+
     def to_dict(self) -> dict[str, Any]:
         policy = self.options.policy
+        window = self.window
         return {
             "schema": REPORT_SCHEMA,
             "generated_at": self.generated_at.isoformat(),
@@ -125,6 +149,7 @@ class Report:
                 "grace_days": self.options.grace.days,
                 "min_key_size": self.options.min_key_size,
                 "kms_key_id": self.options.kms_key_id,
+                **({} if window is None else {"rotation_window": window.to_dict()}),
             },
             "summary": {
                 "instances": len(self.instances),
@@ -236,6 +261,7 @@ def _record_row(
     flows: tuple[str, ...],
     history: tuple[Transition, ...],
 ) -> KeyRow:
+    waiting, waits_until = _window(record, options, now)
     return KeyRow(
         key_id=record.key_id,
         instance_id=record.instance_id,
@@ -252,7 +278,25 @@ def _record_row(
         renew_at=renew_window_start(record, options.policy),
         grace_ends=grace_end(record, options),
         history=history,
+        rotation_window=waiting,
+        waits_until=waits_until,
     )
+
+
+def _window(
+    record: KeyRecord, options: ReportOptions, now: datetime
+) -> tuple[str | None, datetime | None]:
+    """For an active key that is due, with a window or freeze configured: what the window does
+    with it (waits until when, and why; or why it does not wait)."""
+    schedule = options.schedule
+    if schedule is None or record.state is not KeyState.ACTIVE:
+        return None, None
+    if not rotation_due(record, options.policy, now).due:
+        return None, None
+    decision = window_decision(schedule, record.not_after, now)
+    if decision.action is WindowAction.ROTATE:
+        return "rotates at the next rotation run: inside the rotation window", None
+    return decision.describe(schedule), decision.until
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -43,6 +43,8 @@ CSV_COLUMNS = (
     "history",
     "findings",
 )
+# Only when a rotation window or freeze is configured: what it does with each due key.
+WINDOW_COLUMNS = ("rotation_window", "waits_until")
 FINDING_COLUMNS = ("severity", "finding", "instance", "key", "detail", "runbook")
 INSTANCE_COLUMNS = (
     "instance",
@@ -141,7 +143,8 @@ def render_csv(report: Report) -> str:
     """One row per key; `findings` lists those naming the key or its instance as a whole."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    columns = CSV_COLUMNS + (WINDOW_COLUMNS if report.options.schedule is not None else ())
+    writer.writerow(columns)
     cryptoperiod_days = report.options.policy.cryptoperiod.days
     for key in report.keys:
         data = key.to_dict()
@@ -151,7 +154,7 @@ def render_csv(report: Report) -> str:
         data["flows"] = "; ".join(key.flows)
         data["history"] = "; ".join(_transition_text(t) for t in key.history)
         data["findings"] = "; ".join(_finding_tag(f) for f in report.findings_for(key))
-        writer.writerow(_csv_cell(data[column]) for column in CSV_COLUMNS)
+        writer.writerow(_csv_cell(data.get(column)) for column in columns)
     return buffer.getvalue()
 
 
@@ -338,11 +341,18 @@ def _headline(report: Report) -> str:
 def _policy_text(report: Report) -> str:
     options = report.options
     kms = options.kms_key_id or "SSM's default key (not checked)"
-    return (
+    text = (
         f"Policy: renew {options.policy.renew_before.days} days before expiry, cryptoperiod "
         f"{options.policy.cryptoperiod.days} days, grace {options.grace.days} days, minimum "
         f"RSA-{options.min_key_size}, private keys under KMS key {kms}."
     )
+    window = report.window
+    if window is not None:
+        text += (
+            f" Due rotations: {window.describe()}; a due key within "
+            f"{window.schedule.minimum.days} days of expiry does not wait."
+        )
+    return text
 
 
 def _finding_line(finding: Finding) -> str:
@@ -432,6 +442,8 @@ def _key_facts(key: KeyRow) -> list[tuple[str, str]]:
             ("not before", "-" if record.not_before is None else record.not_before.isoformat()),
             ("not after", "-" if record.not_after is None else record.not_after.isoformat()),
         ]
+    if key.rotation_window is not None:
+        facts.append(("rotation window", key.rotation_window))
     return facts
 
 

@@ -31,6 +31,7 @@ from rotator.domain.keys import KeyMaterial, generate_key_material, public_key_s
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import rotation_due
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
+from rotator.domain.window import WindowAction, window_decision
 from rotator.errors import ConnectKeyRotatorError, KeyringError, LockHeld, NotFound
 from rotator.ports import Connect, Keyring, Lease, Lock
 from rotator.services.canary import VerificationFailed, prove_key_decrypts
@@ -54,6 +55,8 @@ class Outcome(StrEnum):
     WOULD_ROTATE = "would_rotate"
     FAILED = "failed"
     SKIPPED = "skipped"  # another run holds the instance's lock: not a failure
+    # Due, but outside the rotation window or inside a freeze: rotates at the next opening.
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class RotationService:
         self.settings = settings
         self.actor = actor
         self.generate = generate or self._generate
+        self.schedule = settings.schedule  # the rotation window and freezes; None: no limit
 
     # -- init and rotate ---------------------------------------------------------------------
 
@@ -351,6 +355,30 @@ class RotationService:
             reason = due.reason
         else:
             reason = "forced" if current is not None else first_reason
+        # The rotation window and freezes hold back a key that has one; an emergency (key
+        # compromise) and an instance's first key never wait.
+        if current is not None and not emergency and self.schedule is not None:
+            window = window_decision(self.schedule, current.not_after, now)
+            if window.waits and force:
+                opens = (
+                    ""
+                    if window.until is None
+                    else f"; it next opens {self.schedule.local(window.until)}"
+                )
+                raise RotationRefused(
+                    f"{instance_id}: {window.reason} ({self.schedule.describe()}){opens}. "
+                    "--force does not override the window: rotate then, or use --emergency "
+                    "--reason TEXT (ignores windows and freezes). Nothing was changed."
+                )
+            if window.waits:
+                return InstanceResult(
+                    instance_id,
+                    Outcome.WAITING,
+                    f"{reason}; {window.describe(self.schedule)}",
+                    current_id,
+                )
+            if window.action is WindowAction.ROTATE_ANYWAY:
+                reason = f"{reason}; {window.reason}"
         if emergency:
             reason = f"emergency ({override_reason or 'no reason given'}): {reason}"
         blocking = self._blocking_associations(instance_id, current_id, now, emergency)

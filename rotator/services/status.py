@@ -11,6 +11,7 @@ from rotator.domain.findings import RunbookName
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.domain.state import InstanceState, KeyringState, ProtectionSweep, rotation_summary
+from rotator.domain.window import RotationSchedule, WindowAction, WindowStatus, window_decision
 from rotator.errors import NotFound
 from rotator.ports import FlowReader, Keyring, Lock
 from rotator.services.state import read_state
@@ -30,8 +31,11 @@ class KeyStatus:
     days_to_expiry: float | None
     rotation: str
     due: bool = False  # an active key that must be rotated now
+    # A due key held back by the rotation window or a freeze: until when (None: not waiting).
+    waits_until: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        waiting = {} if self.waits_until is None else {"waits_until": self.waits_until.isoformat()}
         return {
             "key_id": self.key_id,
             "instance_id": self.instance_id,
@@ -45,6 +49,7 @@ class KeyStatus:
             else round(self.days_to_expiry, 1),
             "rotation": self.rotation,
             "due": self.due,
+            **waiting,
         }
 
     def describe(self) -> str:
@@ -57,20 +62,32 @@ class KeyStatus:
         else:
             facts.append(f"expires {self.not_after:%Y-%m-%d}, {self.days_to_expiry:.0f} days left")
         if self.due:
-            facts.append(f"OVERDUE: {self.rotation}")
+            facts.append(f"{'WAITING' if self.waits_until else 'OVERDUE'}: {self.rotation}")
         return f"{self.key_id} ({', '.join(facts)})"
 
 
 def key_rows(
-    records: Iterable[KeyRecord], current: Mapping[str, str], policy: RotationPolicy, now: datetime
+    records: Iterable[KeyRecord],
+    current: Mapping[str, str],
+    policy: RotationPolicy,
+    now: datetime,
+    schedule: RotationSchedule | None = None,
 ) -> list[KeyStatus]:
-    """One row per key; `rotation` says when an active key is due (other states: not applicable)."""
+    """One row per key; `rotation` says when an active key is due (other states: not applicable)
+    and, with a `schedule`, whether a due key waits for the rotation window and until when."""
     rows = []
     for record in records:
         is_current = (
             record.instance_id is not None and current.get(record.instance_id) == record.key_id
         )
         due = rotation_due(record, policy, now) if record.state is KeyState.ACTIVE else None
+        rotation = "-" if due is None else due.reason
+        waits_until = None
+        if due is not None and due.due and schedule is not None:
+            window = window_decision(schedule, record.not_after, now)
+            if window.action is not WindowAction.ROTATE:
+                rotation = f"{rotation}; {window.describe(schedule)}"
+            waits_until = window.until if window.waits else None
         rows.append(
             KeyStatus(
                 key_id=record.key_id,
@@ -81,8 +98,9 @@ def key_rows(
                 not_before=record.not_before,
                 not_after=record.not_after,
                 days_to_expiry=record.days_to_expiry(now),
-                rotation="-" if due is None else due.reason,
+                rotation=rotation,
                 due=due is not None and due.due,
+                waits_until=waits_until,
             )
         )
     return rows
@@ -159,10 +177,13 @@ class KeyringStatus:
     instances: tuple[InstanceStatus, ...]
     unmanaged: tuple[UnmanagedInstance, ...]
     keys: tuple[KeyStatus, ...]
+    window: WindowStatus | None = None  # None: no rotation window and no freeze configured
 
     def to_dict(self) -> dict[str, Any]:
+        window = {} if self.window is None else {"rotation_window": self.window.to_dict()}
         return {
             "prefix": self.prefix,
+            **window,
             "instances": [i.to_dict() for i in self.instances],
             "unmanaged_instances": [u.to_dict() for u in self.unmanaged],
             "keys": [k.to_dict() for k in self.keys],
@@ -177,13 +198,16 @@ def keyring_overview(
     *,
     instance_id: str | None = None,
     flows: FlowReader | None = None,
+    schedule: RotationSchedule | None = None,
 ) -> KeyringStatus:
     """Everything `status` shows, from one read of keys, instances and locks (see
     services/state.py); narrowed to one instance if given (NotFound if the keyring knows
-    nothing of it). With `flows`, each managed flow is read once and its drift shown."""
+    nothing of it). With `flows`, each managed flow is read once and its drift shown. With a
+    `schedule`, the rotation window's next opening and why a due key waits."""
     state = read_state(keyring, lock, flows=flows, instance_id=instance_id)
-    rows = key_rows(state.records, state.current, policy, now)
-    unmanaged = _unmanaged(state, rows)
+    rows = key_rows(state.records, state.current, policy, now, schedule)
+    # Unmanaged instances are never rotated: no window holds their keys back.
+    unmanaged = _unmanaged(state, key_rows(state.records, state.current, policy, now))
     if instance_id is not None:
         known = set(state.managed_ids) | set(state.current)
         known |= {r.instance_id for r in rows if r.instance_id}
@@ -196,7 +220,8 @@ def keyring_overview(
         unmanaged = [u for u in unmanaged if u.instance_id == instance_id]
         rows = [r for r in rows if r.instance_id == instance_id]
     instances = [instance_row(i, shown_drift=flows is not None) for i in state.instances]
-    return KeyringStatus(state.prefix, tuple(instances), tuple(unmanaged), tuple(rows))
+    window = None if schedule is None else WindowStatus.at(schedule, now)
+    return KeyringStatus(state.prefix, tuple(instances), tuple(unmanaged), tuple(rows), window)
 
 
 def flow_drift_of(instance: InstanceState) -> tuple[str, ...]:
