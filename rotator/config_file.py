@@ -39,6 +39,9 @@ FILE_SETTINGS: Mapping[tuple[str, str], Setting[Any]] = MappingProxyType(
 DEFAULT_SCHEDULES: Mapping[str, str] = MappingProxyType(
     {"rotation": "0 3 * * *", "report": "0 6 * * 1"}
 )
+# Jobs that run only when the file gives them a schedule (the verify job: in the cloud it runs
+# on a CloudTrail alert; a daemon may check on a schedule of its own).
+OPTIONAL_SCHEDULES = ("verify",)
 TABLES = ("settings", "instances", "schedules", "report")
 INSTANCE_KEYS = ("id", "flows", "modules", "encrypt_blocks")
 SETTINGS_KEYS = tuple(key for table, key in FILE_SETTINGS if table == "settings")
@@ -214,7 +217,7 @@ def _parsed(value: Any, path: Path, where: str, parse: Callable[[str, str], T]) 
 
 
 def _schedules(table: Mapping[str, Any], path: Path) -> dict[str, str]:
-    _only_known(table, tuple(DEFAULT_SCHEDULES), path, "[schedules]")
+    _only_known(table, (*DEFAULT_SCHEDULES, *OPTIONAL_SCHEDULES), path, "[schedules]")
     schedules = dict(DEFAULT_SCHEDULES)
     for job, expression in table.items():
         where = f"[schedules] {job}"

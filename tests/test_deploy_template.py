@@ -601,7 +601,12 @@ def test_disabling_or_scheduling_deletion_of_the_keyring_key_alerts(
     policy = _rule(template, "KeyringKeyPolicyRule")
     assert policy["EventPattern"]["detail"]["eventName"] == ["PutKeyPolicy", "CreateGrant"]
     rules = [n for n, r in resources(template).items() if r["Type"] == "AWS::Events::Rule"]
-    assert sorted(rules) == ["ExpiryEventsRule", "KeyringKeyLossRule", "KeyringKeyPolicyRule"]
+    assert sorted(rules) == [
+        "ConnectChangeRule",
+        "ExpiryEventsRule",
+        "KeyringKeyLossRule",
+        "KeyringKeyPolicyRule",
+    ]
 
 
 def test_expiry_events_go_to_the_alert_topic(template: dict[str, Any]) -> None:
@@ -667,7 +672,12 @@ def test_alert_topic_lets_the_rules_and_the_alarms_publish(template: dict[str, A
     ]
     assert policy["Topics"] == [{"Ref": "AlertTopic"}]
     by_sid = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
-    assert set(by_sid) == {"AlarmsOfThisAccount", "KeyringKeyRules", "ExpiryEvents"}
+    assert set(by_sid) == {
+        "AlarmsOfThisAccount",
+        "KeyringKeyRules",
+        "ExpiryEvents",
+        "ConnectChangeRule",
+    }
     for statement in by_sid.values():
         assert (statement["Effect"], actions(statement)) == ("Allow", ["sns:publish"])
         assert statement["Resource"] == {"Ref": "AlertTopic"}
@@ -685,6 +695,11 @@ def test_alert_topic_lets_the_rules_and_the_alarms_publish(template: dict[str, A
     assert expiry["Principal"] == {"Service": "events.amazonaws.com"}
     assert expiry["Condition"] == {
         "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ExpiryEventsRule", "Arn"]}}
+    }
+    connect_changes = by_sid["ConnectChangeRule"]
+    assert connect_changes["Principal"] == {"Service": "events.amazonaws.com"}
+    assert connect_changes["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ConnectChangeRule", "Arn"]}}
     }
     alarms = by_sid["AlarmsOfThisAccount"]
     assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
@@ -710,3 +725,65 @@ def test_a_decrypt_configuration_error_raises_an_alarm(template: dict[str, Any])
     assert log_group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-decrypt"}
     logging = found["DecryptFunction"]["Properties"]["LoggingConfig"]
     assert logging["LogGroup"] == {"Ref": "DecryptLogGroup"}
+
+
+# -- drift and substitution (3.7.7): a Connect change by anyone but the rotator -----------------
+
+
+def test_a_connect_key_or_flow_change_not_by_the_rotator_alerts_and_starts_a_verify_run(
+    template: dict[str, Any],
+) -> None:
+    found = resources(template)
+    rule = found["ConnectChangeRule"]
+    assert rule["Type"] == "AWS::Events::Rule"
+    properties = rule["Properties"]
+    assert properties["State"] == "ENABLED" and "EventBusName" not in properties
+    pattern = properties["EventPattern"]
+    assert pattern["source"] == ["aws.connect"]
+    assert pattern["detail-type"] == ["AWS API Call via CloudTrail"]
+    detail = pattern["detail"]
+    assert detail["eventSource"] == ["connect.amazonaws.com"]
+    assert detail["eventName"] == [
+        "AssociateSecurityKey",
+        "DisassociateSecurityKey",
+        "UpdateContactFlowContent",
+        "UpdateContactFlowModuleContent",
+    ]
+    # Any caller whose session was not issued by the rotator's role, or that has no session
+    # issuer at all (an IAM user, the root user): anything-but does not match a missing field.
+    not_the_rotator, no_issuer = detail["$or"]
+    issuer = not_the_rotator["userIdentity"]["sessionContext"]["sessionIssuer"]
+    assert issuer == {"arn": [{"anything-but": [{"Fn::GetAtt": ["RotatorRole", "Arn"]}]}]}
+    issuer = no_issuer["userIdentity"]["sessionContext"]["sessionIssuer"]
+    assert issuer == {"arn": [{"exists": False}]}
+
+    alert, verify = properties["Targets"]
+    assert alert["Arn"] == {"Ref": "AlertTopic"}
+    paths = alert["InputTransformer"]["InputPathsMap"]
+    assert paths["event"] == "$.detail.eventName"
+    assert paths["caller"] == "$.detail.userIdentity.arn"
+    assert paths["instance"] == "$.detail.requestParameters.InstanceId"
+    message = alert["InputTransformer"]["InputTemplate"]
+    assert message.startswith('"') and message.endswith('"')  # one JSON string for SNS
+    assert all(f"<{name}>" in message for name in paths)
+    assert "runbooks/flow-drift.md" in message
+    assert (TEMPLATE.parents[1] / "runbooks" / "flow-drift.md").is_file()
+
+    assert verify["Arn"] == {"Fn::GetAtt": ["RotatorFunction", "Arn"]}
+    assert json.loads(verify["Input"]) == {"job": "verify"}
+    assert "InputTransformer" not in verify and "InputPath" not in verify
+    (permission,) = [
+        r["Properties"]
+        for r in found.values()
+        if r["Type"] == "AWS::Lambda::Permission"
+        and r["Properties"].get("Principal") == "events.amazonaws.com"
+    ]
+    assert permission["Action"] == "lambda:InvokeFunction"
+    assert permission["FunctionName"] == {"Fn::GetAtt": ["RotatorFunction", "Arn"]}
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["ConnectChangeRule", "Arn"]}
+
+
+def test_the_verify_input_is_a_job_the_lambda_knows() -> None:
+    from rotator.entrypoints.scheduled import Job
+
+    assert Job("verify") is Job.VERIFY

@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -261,3 +262,64 @@ def test_a_failed_report_delivery_is_the_same_notice_from_both(
     assert notice.subject == "connect-key-rotator: compliance report failed"
     assert "s3:PutObject" in notice.message
     assert by_lambda.summaries == by_serve.summaries == []
+
+
+# -- the verify job ----------------------------------------------------------------------------
+
+STRAY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def seed_drifted(world: World) -> None:
+    """A managed instance, then a key associated by hand (the same key on each side)."""
+    world.init(NOW)
+    public = STRAY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    world.connect.associate_security_key(InstanceId=world.instance_id, Key=public.decode("ascii"))
+
+
+@pytest.mark.usefixtures("environment")
+def test_the_verify_job_is_the_same_from_the_lambda_and_serve(
+    fresh_world: Callable[[], World], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CloudTrail rule's `{"job": "verify"}` and serve's `[schedules] verify`: the same
+    VerifyFailures metric and the same notice naming the hand-made association; the rotation
+    job's drift check names it too, on both sides."""
+    at = NOW + DAY
+    first = fresh_world()
+    seed_drifted(first)
+    by_lambda = run_lambda(first, at, monkeypatch)
+    by_lambda_verify = FakePublisher(alert_topic_arn=ALERTS)
+    monkeypatch.setattr(scheduled, "build_publisher", lambda settings: by_lambda_verify)
+    first.sandbox.clock.stand_at(at)
+    summary = scheduled.handler({"job": "verify"}, None)
+    first.sandbox.clock.reset()
+    assert summary["ok"] is False and summary["job"] == "verify", summary
+    assert any("association-added" in line for line in summary["failures"]), summary
+    by_lambda.metrics += by_lambda_verify.metrics
+    by_lambda.notices += by_lambda_verify.notices
+    lambda_side = normalised(by_lambda, first)
+
+    other = fresh_world()
+    seed_drifted(other)
+    config = tmp_path / "rotator.toml"
+    config.write_text('[schedules]\nverify = "30 * * * *"\n', encoding="utf-8")
+    published = FakePublisher(alert_topic_arn=ALERTS)
+    out = io.StringIO()
+    code = run_serve(
+        config, once=True, out=out, now=lambda: at, publisher_factory=lambda s: published
+    )
+    assert code == 1, out.getvalue()
+    assert normalised(published, other) == lambda_side
+
+    assert published.value("VerifyFailures") >= 1
+    critical = [
+        m.value
+        for m, _ in published.metrics
+        if m.name == "DriftFindings" and ("Severity", "critical") in m.dimensions
+    ]
+    assert critical == [1]
+    subjects = [n.subject for n in published.notices]
+    assert subjects[0].startswith("connect-key-rotator: 1 critical drift finding(s)")
+    assert subjects[-1].startswith("connect-key-rotator: verify failed")
+    assert all("association-added" in n.message for n in published.notices)

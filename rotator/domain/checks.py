@@ -15,7 +15,7 @@ from rotator.domain.policy import (
     key_age_start,
     renew_window_start,
 )
-from rotator.domain.state import InstanceState, KeyringState, ProtectedKey
+from rotator.domain.state import FlowState, InstanceState, KeyringState, ProtectedKey
 from rotator.domain.window import RotationSchedule
 
 # PCI DSS counts RSA of at least 2048 bits as strong cryptography; raise it with --min-key-size.
@@ -65,6 +65,8 @@ _REFERENCED = frozenset(
     }
 )
 _ASSOCIATED = _REFERENCED | {
+    FindingCode.ASSOCIATION_ADDED,
+    FindingCode.ASSOCIATION_REMOVED,
     FindingCode.ASSOCIATION_KEY_MISMATCH,
     FindingCode.ASSOCIATION_WITHOUT_PRIVATE_KEY,
     FindingCode.KEY_RECORD_MISSING,
@@ -83,7 +85,7 @@ INVARIANT_CODES: dict[str, frozenset[FindingCode]] = {
     AT_MOST_TWO: frozenset({FindingCode.TOO_MANY_ASSOCIATIONS}),
     NO_ORPHANED_ASSOCIATION: _ASSOCIATED,
     STATE_MATCHES: _ASSOCIATED | {FindingCode.RETIRED_KEY_ASSOCIATED},
-    FLOWS_AS_MANAGED: frozenset({FindingCode.FLOW_DRIFT}),
+    FLOWS_AS_MANAGED: frozenset({FindingCode.FLOW_DRIFT, FindingCode.FLOW_CERTIFICATE_MISMATCH}),
     ON_CURRENT_KEY: frozenset(),
     REFERENCED_DECRYPT: _REFERENCED,
     PRIVATE_KEY_STORED: frozenset(
@@ -212,6 +214,8 @@ def _instance_invariants(
     for flow in instance.flows:
         for finding in _drift_findings(instance_id, flow.drift):
             yield broken(FLOWS_AS_MANAGED, finding)
+        for finding in flow_certificate_findings(state, instance_id, flow):
+            yield broken(FLOWS_AS_MANAGED, finding)
         for identifier in flow.as_managed:
             yield holds(ON_CURRENT_KEY, f"{flow.flow} block {identifier} -> {current}")
     for key_id in sorted(instance.referenced()):
@@ -306,6 +310,10 @@ def _association_problem(
         return None
     if key_id in instance.referenced():
         return _referenced_problem(state, instance, key_id)
+    if record is None and not state.private_key_stored(key_id):
+        added = association_added(instance, key_id)
+        if added is not None:
+            return added
     if not state.private_key_stored(key_id):
         return _association_without_private_key(instance.instance_id, key_id)
     if record is None:
@@ -332,6 +340,10 @@ def _state_problem(
         found = _association_problem(state, instance, record.key_id)
         if found is not None:
             return found
+    if not associated:
+        removed = association_removed(instance, record)
+        if removed is not None:
+            return removed
     return _state_mismatch(instance.instance_id, record, associated=associated)
 
 
@@ -571,3 +583,96 @@ def _kms_short(kms_key_id: str) -> str:
     if kms_key_id.startswith("arn:"):
         kms_key_id = kms_key_id.split(":", 5)[-1]
     return kms_key_id.removeprefix("key/")
+
+
+# -- drift and substitution (PCI DSS 3.7.7): what the rotator recorded against what is live ----
+
+# The findings that say Connect differs from what the rotator recorded and wrote: the rotation
+# job's drift check counts these (DriftFindings), and names each critical one in a notice.
+DRIFT_CODES = frozenset(
+    {
+        FindingCode.FLOW_DRIFT,
+        FindingCode.FLOW_CERTIFICATE_MISMATCH,
+        FindingCode.ASSOCIATION_ADDED,
+        FindingCode.ASSOCIATION_REMOVED,
+        FindingCode.ASSOCIATION_KEY_MISMATCH,
+        FindingCode.KEY_RECORD_MISSING,
+        FindingCode.STATE_MISMATCH,
+        FindingCode.TOO_MANY_ASSOCIATIONS,
+        FindingCode.RETIRED_KEY_ASSOCIATED,
+    }
+)
+
+
+def drift_findings(state: KeyringState, now: datetime) -> list[Finding]:
+    """The broken invariants that are drift: Connect's associations and the managed blocks'
+    keys and certificates against the keyring's records; each once, most severe first."""
+    found = [
+        v.finding
+        for v in invariants(state, now)
+        if v.finding is not None and v.finding.code in DRIFT_CODES
+    ]
+    unique = list(dict.fromkeys(found))
+    unique.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
+    return unique
+
+
+def association_added(instance: InstanceState, key_id: str) -> Finding | None:
+    """A key Connect holds that the keyring has no trace of (no record, no private key): the
+    rotator associates a key only inside a rotation, which records it next. While a rotation
+    is unfinished it may be that rotation's (None: the interrupted rotation is the finding)."""
+    if instance.rotation_interrupted:
+        return None
+    return Finding(
+        FindingCode.ASSOCIATION_ADDED,
+        instance.instance_id,
+        key_id,
+        f"key {key_id} is associated with Connect but the rotator did not associate it (no "
+        "record, no private key, no rotation running): a key added by hand, or a substitution",
+    )
+
+
+def association_removed(instance: InstanceState, record: KeyRecord) -> Finding | None:
+    """A current or previous key Connect no longer holds: the rotator disassociates a key only
+    after recording it retired. While a rotation is unfinished it may be that rotation's."""
+    if record.state not in ASSOCIATED_STATES or instance.rotation_interrupted:
+        return None
+    return Finding(
+        FindingCode.ASSOCIATION_REMOVED,
+        instance.instance_id,
+        record.key_id,
+        f"key {record.key_id} is {record.state} but no longer associated with Connect, and the "
+        "rotator did not disassociate it: removed by hand",
+    )
+
+
+def flow_certificate_findings(
+    state: KeyringState, instance_id: str, flow: FlowState
+) -> Iterator[Finding]:
+    """A managed block on the right key ID whose certificate is not the one the keyring
+    recorded for that key: Connect encrypts with the block's certificate, so another public
+    key means contacts the keyring cannot decrypt (or someone else can)."""
+    for block in flow.certificates:
+        if block.identifier not in flow.as_managed:
+            continue  # a block on another key is flow drift already
+        record = state.record(block.key_id)
+        if record is None:
+            continue  # the key's missing record is its own finding
+        where = f"{flow.flow} block {block.identifier}"
+        if block.public_key_sha256 is None:
+            problem = "holds no readable certificate"
+        elif block.public_key_sha256 != record.public_key_sha256:
+            problem = (
+                "encrypts with a certificate for another public key than the keyring's: "
+                "contacts it encrypts cannot be decrypted by the rotator's key"
+            )
+        elif record.certificate_sha256 not in (None, block.certificate_sha256):
+            problem = "holds another certificate (same public key) than the one the rotator wrote"
+        else:
+            continue
+        yield Finding(
+            FindingCode.FLOW_CERTIFICATE_MISMATCH,
+            instance_id,
+            block.key_id,
+            f"{where} names key {block.key_id} but {problem}: the rotator did not make this change",
+        )

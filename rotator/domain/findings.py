@@ -65,6 +65,10 @@ class FindingCode(StrEnum):
     STATE_MISMATCH = "state-mismatch"
     PRIVATE_KEY_MISSING = "private-key-missing"
     CANARY_FAILED = "canary-failed"
+    # Drift and substitution (issue 11, PCI DSS 3.7.7): a change the rotator did not make.
+    ASSOCIATION_ADDED = "association-added"
+    ASSOCIATION_REMOVED = "association-removed"
+    FLOW_CERTIFICATE_MISMATCH = "flow-certificate-mismatch"
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,21 @@ RULES: dict[FindingCode, Rule] = {
     ),
     FindingCode.CANARY_FAILED: Rule(
         Severity.CRITICAL, RunbookName.DECRYPT_FAILURES, "a stored key failed its canary decrypt"
+    ),
+    FindingCode.ASSOCIATION_ADDED: Rule(
+        Severity.CRITICAL,
+        RunbookName.FLOW_DRIFT,
+        "a key associated with Connect that the rotator did not associate",
+    ),
+    FindingCode.ASSOCIATION_REMOVED: Rule(
+        Severity.CRITICAL,
+        RunbookName.FLOW_DRIFT,
+        "a key the rotator associated was removed from Connect",
+    ),
+    FindingCode.FLOW_CERTIFICATE_MISMATCH: Rule(
+        Severity.CRITICAL,
+        RunbookName.FLOW_DRIFT,
+        "a managed block's certificate is not the keyring's for its key",
     ),
 }
 

@@ -44,6 +44,17 @@ class InstanceEntry:
 
 
 @dataclass(frozen=True)
+class BlockCertificate:
+    """The certificate a managed block encrypts with, as fingerprints: what is compared with the
+    keyring's record of the block's key (None: the block's Key is not a readable certificate)."""
+
+    identifier: str
+    key_id: str
+    certificate_sha256: str | None
+    public_key_sha256: str | None
+
+
+@dataclass(frozen=True)
 class FlowState:
     """A managed flow or module: the key IDs its encrypting blocks name, how it differs from
     what the rotator manages in it, and the managed blocks that are as managed."""
@@ -52,6 +63,8 @@ class FlowState:
     key_ids: tuple[str, ...]
     drift: tuple[str, ...] = ()  # how the flow differs from what the rotator manages in it
     as_managed: tuple[str, ...] = ()  # managed block identifiers on the current key
+    # The static key and certificate of each managed block (drift and substitution, 3.7.7).
+    certificates: tuple[BlockCertificate, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"flow": self.flow, "key_ids": list(self.key_ids), "drift": list(self.drift)}

@@ -228,10 +228,30 @@ def serve_destinations(config: RotatorConfig, settings: Settings) -> jobs.Report
     )
 
 
-# The jobs, by their key in [schedules]: adding a job is one entry here.
+def verify_job(context: JobContext) -> JobFunction:
+    """`rotator verify`'s checks as the scheduled Lambda runs them on `{"job": "verify"}`
+    (`services.jobs`: a VerifyFailures metric, a notice listing the failed checks); a failed
+    check fails the job."""
+
+    def run(now: datetime) -> JobResult:
+        result = jobs.verify_job(
+            context.adapters.invariants(), context.publisher, now, describe=_describe
+        )
+        passed = len(result.checks) - len(result.failed)
+        return JobResult(
+            outcomes={"passed": passed, "failed": len(result.failed)},
+            failures=tuple(result.failures()),
+        )
+
+    return run
+
+
+# The jobs, by their key in [schedules]: adding a job is one entry here. A job whose key is
+# neither in the file nor a default (config_file.OPTIONAL_SCHEDULES) is not scheduled.
 JOBS: Mapping[str, Callable[[JobContext], JobFunction]] = {
     "rotation": rotation_job,
     "report": report_job,
+    "verify": verify_job,
 }
 
 
@@ -386,6 +406,7 @@ def scheduled_jobs(
     return [
         ScheduledJob(name, cron_trigger(config.schedules[name]), build(context))
         for name, build in JOBS.items()
+        if name in config.schedules
     ]
 
 

@@ -1,7 +1,9 @@
 """The rotator's Lambda: an EventBridge Scheduler event in, a run summary out.
 
-Two jobs share the function: the rotation (the default) and the weekly compliance report
-(`{"job": "report"}`); both are `rotator.services.jobs`, which `rotator serve` runs too.
+Three jobs share the function: the rotation (the default), the weekly compliance report
+(`{"job": "report"}`) and `rotator verify`'s checks (`{"job": "verify"}`, which the CloudTrail
+rule on a Connect key or flow change made by anyone but the rotator sends at once); all are
+`rotator.services.jobs`, which `rotator serve` runs too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from rotator.entrypoints.bootstrap import Adapters, build_adapters, build_publis
 from rotator.entrypoints.invocation import on_clock, requested_time
 from rotator.errors import ConfigError
 from rotator.ports import Publisher
-from rotator.services.jobs import ReportDestinations, report_job, report_maker, rotation_job
+from rotator.services.jobs import (
+    ReportDestinations,
+    report_job,
+    report_maker,
+    rotation_job,
+    verify_job,
+)
 
 REPORT_DESTINATIONS = (
     f"{RotatorEnv.REPORT_S3_URI}, {RotatorEnv.REPORT_SNS_TOPIC_ARN} or {RotatorEnv.SNS_TOPIC_ARN}"
@@ -27,10 +35,11 @@ REPORT_DESTINATIONS = (
 class Job(StrEnum):
     ROTATION = "rotation"
     REPORT = "report"
+    VERIFY = "verify"
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    """The schedule's input may carry {"job": "rotation" | "report"} (no job: the rotation) and
+    """The input may carry {"job": "rotation" | "report" | "verify"} (no job: the rotation) and
     {"now": ISO 8601} for a what-if run that evaluates at that time and changes, publishes and
     delivers nothing; otherwise the clock. Never raises for a bad input or a failure of AWS
     calls: the summary's "ok" and "error", the metrics and the notices carry it."""
@@ -48,6 +57,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     now = requested if requested is not None else clock.now()
     if job is Job.REPORT:
         return report_run(adapters, publisher, now, what_if=what_if)
+    if job is Job.VERIFY:
+        return verify_job(adapters.invariants(), publisher, now, what_if=what_if).to_dict()
     function = getattr(context, "function_name", None) or "rotator"
     actor = f"eventbridge-scheduler ({function})"
     rotation = adapters.rotation(on_clock(actor, simulated=clock.simulated))

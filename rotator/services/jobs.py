@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lambda_decrypt.logs import get_logger
+from rotator.domain.checks import drift_findings
 from rotator.domain.expiry import (
     EXPIRY_EVENT_DETAIL_TYPE,
     EXPIRY_EVENT_SOURCE,
@@ -25,15 +26,17 @@ from rotator.domain.expiry import (
     recorded_thresholds,
     sent_event,
 )
-from rotator.domain.findings import Severity
+from rotator.domain.findings import Finding, Severity
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
-from rotator.ports import BusEvent, Connect, Keyring, Lock, Metric, Publisher
+from rotator.ports import BusEvent, Connect, ConnectReader, Keyring, Lock, Metric, Publisher
 from rotator.services.report import Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
 from rotator.services.rotation import InstanceResult, Outcome
+from rotator.services.state import read_state
+from rotator.services.verify import Check, InvariantChecker
 
 if TYPE_CHECKING:
     from rotator.domain.lifecycle import KeyRecord
@@ -43,6 +46,10 @@ if TYPE_CHECKING:
 # One series per severity (dimension Severity); the template alarms on Severity=critical > 0.
 REPORT_FINDINGS_METRIC = "ReportFindings"
 REPORT_FAILED_SUBJECT = "connect-key-rotator: compliance report failed"
+# The rotation job's drift check: its findings per severity (dimension Severity).
+DRIFT_FINDINGS_METRIC = "DriftFindings"
+# The verify job: how many of `rotator verify`'s checks failed.
+VERIFY_FAILURES_METRIC = "VerifyFailures"
 # A destination directory keeps the JSON evidence next to the HTML (S3 gets the HTML).
 DIRECTORY_FORMATS = (ReportFormat.HTML, ReportFormat.JSON)
 
@@ -65,16 +72,24 @@ class RotationJobRun:
     what_if: bool = False
     # The expiry events' details: those put on the bus (a what-if: those it would put).
     expiry_events: tuple[dict[str, Any], ...] = ()
+    # The drift check's findings: what Connect holds that the rotator did not make (3.7.7).
+    drift: tuple[Finding, ...] = ()
 
     @property
     def failed(self) -> list[InstanceResult]:
         return [r for r in self.results if r.outcome is Outcome.FAILED]
 
     @property
+    def critical_drift(self) -> list[Finding]:
+        return [f for f in self.drift if f.severity is Severity.CRITICAL]
+
+    @property
     def ok(self) -> bool:
-        # A what-if rotates nothing, so a key it finds due is its answer, not a failure.
+        # A what-if rotates nothing, so a key it finds due is its answer, not a failure; so is
+        # the drift it finds.
         left_due = bool(self.still_due) and not self.what_if
-        return not self.failed and not left_due and self.telemetry_error is None
+        drifted = bool(self.critical_drift) and not self.what_if
+        return not self.failed and not left_due and not drifted and self.telemetry_error is None
 
     def exit_status(self) -> int:
         return ExitCode.OK if self.ok else ExitCode.FAILURE
@@ -88,6 +103,7 @@ class RotationJobRun:
         lines = [f"{r.instance_id}: {r.detail}" for r in self.failed]
         if not self.what_if:
             lines += [f"due and not rotated: {entry}" for entry in self.still_due]
+            lines += [f"drift: {_drift_line(f)}" for f in self.critical_drift]
         if self.telemetry_error is not None:
             lines.append(f"publishing: {self.telemetry_error}")
         return lines
@@ -103,6 +119,7 @@ class RotationJobRun:
             "notified": self.notified,
             "telemetry_error": self.telemetry_error,
             "expiry_events": list(self.expiry_events),
+            "drift": [f.to_dict() for f in self.drift],
         }
 
 
@@ -148,6 +165,11 @@ def rotation_job(
         results.append(
             InstanceResult("*", Outcome.FAILED, f"reading the keyring: {describe(error)}")
         )
+    drift = drift_check(keyring, rotation.connect, rotation.lock, now, describe)
+    if drift.error is not None:
+        results.append(InstanceResult("*", Outcome.FAILED, drift.error))
+    else:
+        metrics += drift.metrics()
     metrics += [
         Metric("RotationSuccess", sum(r.outcome is Outcome.ROTATED for r in results)),
         Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
@@ -161,6 +183,7 @@ def rotation_job(
         telemetry_error=expiry.error,
         what_if=what_if,
         expiry_events=expiry.details,
+        drift=drift.findings,
     )
     if not what_if:
         errors = [expiry.error] if expiry.error else []
@@ -236,6 +259,11 @@ def _subject(run: RotationJobRun) -> str:
         return f"connect-key-rotator: {len(run.failed)} rotation(s) failed"
     if run.still_due:
         return f"connect-key-rotator: {len(run.still_due)} key(s) due and not rotated"
+    if run.critical_drift:
+        return (
+            f"connect-key-rotator: {len(run.critical_drift)} critical drift finding(s): "
+            "a change the rotator did not make"
+        )
     return "connect-key-rotator: publishing failed"
 
 
@@ -245,10 +273,157 @@ def _message(run: RotationJobRun) -> str:
     if run.still_due:
         lines.append("Keys inside their renew window or cryptoperiod that did not rotate:")
         lines += [f"- {entry}" for entry in run.still_due]
+    if run.critical_drift:
+        lines.append("Changes the rotator did not make (critical drift findings):")
+        lines += [f"- {_drift_line(f)}" for f in run.critical_drift]
     if run.telemetry_error is not None:
         lines.append(f"Publishing failed: {run.telemetry_error}")
     lines.append("Runbook: runbooks/ (rotator verify shows every invariant).")
     return "\n".join(lines)
+
+
+# -- the drift check (PCI DSS 3.7.7): every rotation run compares Connect with the records ------
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """What one read after the rotations found: the drift findings, or why it could not read."""
+
+    findings: tuple[Finding, ...] = ()
+    error: str | None = None
+
+    def metrics(self) -> list[Metric]:
+        """DriftFindings per severity, zeros included: the alarm's series always has data."""
+        return [
+            Metric(
+                DRIFT_FINDINGS_METRIC,
+                sum(f.severity is severity for f in self.findings),
+                dimensions=(("Severity", severity.value),),
+            )
+            for severity in Severity
+        ]
+
+
+def drift_check(
+    keyring: Keyring,
+    connect: ConnectReader,
+    lock: Lock,
+    now: datetime,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+) -> DriftCheck:
+    """One read of the state (the read model: keys, locks, one ListSecurityKeys per managed
+    instance, one read per managed flow, the SecureString sweep; no history, no canary), judged
+    by the same rules as `rotator verify`: Connect's associations and the managed blocks' key
+    IDs and certificates against what the rotator recorded. An instance Connect does not answer
+    for is a finding (instance-unreadable), not an error."""
+    try:
+        state = read_state(keyring, lock, connect=connect, protection=True)
+    except ConnectKeyRotatorError as error:
+        return DriftCheck(error=f"drift check: reading the keyring: {describe(error)}")
+    return DriftCheck(tuple(drift_findings(state, now)))
+
+
+def _drift_line(finding: Finding) -> str:
+    where = " ".join(x for x in (finding.instance_id, finding.key_id) if x)
+    return (
+        f"[{finding.severity}] {finding.code} {where}: {finding.message} "
+        f"(runbook: {finding.rule.runbook.path})"
+    )
+
+
+# -- the verify job: `rotator verify`'s checks on a schedule, or at once on a CloudTrail alert --
+
+VERIFY_FAILED_SUBJECT = "connect-key-rotator: verify failed"
+
+
+@dataclass(frozen=True)
+class VerifyJobRun:
+    """One run of the verify job: every check `rotator verify` makes, or why none could run."""
+
+    now: datetime
+    what_if: bool
+    checks: tuple[Check, ...] = ()
+    error: str | None = None  # the keyring could not be read
+    notified: bool = False
+    telemetry_error: str | None = None
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.failed and self.telemetry_error is None
+
+    def exit_status(self) -> int:
+        return ExitCode.OK if self.ok else ExitCode.FAILURE
+
+    def failures(self) -> list[str]:
+        """One line per thing that makes the run not ok."""
+        lines = [f"{c.check} ({c.instance_id or '-'}): {c.message}" for c in self.failed]
+        for problem in (self.error, self.telemetry_error):
+            if problem is not None:
+                lines.append(problem)
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "ok": self.ok,
+            "job": "verify",
+            "now": self.now.isoformat(),
+            "what_if": self.what_if,
+            "counts": {"passed": len(self.checks) - len(self.failed), "failed": len(self.failed)},
+            "failures": [f"{c.check} ({c.instance_id or '-'}): {c.message}" for c in self.failed],
+            "notified": self.notified,
+            "telemetry_error": self.telemetry_error,
+        }
+        if self.error is not None:
+            summary["error"] = self.error
+        return summary
+
+
+def verify_job(
+    checker: InvariantChecker,
+    publisher: Publisher,
+    now: datetime,
+    *,
+    what_if: bool = False,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+) -> VerifyJobRun:
+    """Every invariant of every managed instance at `now` (with the live canaries, as `rotator
+    verify`): a VerifyFailures metric, and a notice listing each failed check (or saying the
+    checks could not run). A what-if checks and publishes nothing."""
+    try:
+        verification = checker.verify(None, now)
+        run = VerifyJobRun(now, what_if, verification.checks)
+    except ConnectKeyRotatorError as error:
+        run = VerifyJobRun(now, what_if, error=f"reading the keyring: {describe(error)}")
+    if what_if:
+        log.info("scheduled_verify", **run.to_dict())
+        return run
+    notified = False
+    errors: list[str] = []
+    try:
+        if run.error is None:  # a count of failed checks means nothing when none ran
+            publisher.put_metrics([Metric(VERIFY_FAILURES_METRIC, len(run.failed))], now)
+        if not run.ok:
+            notified = publisher.notify(*_verify_notice(run))
+    except ConnectKeyRotatorError as error:
+        errors.append(describe(error))
+    run = replace(run, notified=notified, telemetry_error="; ".join(errors) or None)
+    (log.info if run.ok else log.error)("scheduled_verify", **run.to_dict())
+    return run
+
+
+def _verify_notice(run: VerifyJobRun) -> tuple[str, str]:
+    if run.error is not None:
+        return f"{VERIFY_FAILED_SUBJECT}: it could not run", (
+            f"Verify at {run.now.isoformat()} could not run: {run.error}"
+        )
+    lines = [f"Verify at {run.now.isoformat()}: {len(run.failed)} check(s) failed"]
+    lines += [f"- {line}" for line in run.failures()]
+    lines.append("Each line names its finding and runbook (runbooks/).")
+    return f"{VERIFY_FAILED_SUBJECT}: {len(run.failed)} check(s)", "\n".join(lines)
 
 
 # -- expiry events (ACM's "approaching expiration") ----------------------------------------------

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rotator.domain.flows import FlowRef, flow_drift, referenced_key_ids
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from rotator.domain.flows import FlowRef, encrypting_blocks, flow_drift, referenced_key_ids
 from rotator.domain.history import HistoryEvent, RotationRun, rotation_runs
-from rotator.domain.keys import public_key_sha256_of_pem
+from rotator.domain.keys import load_certificate, public_key_sha256, public_key_sha256_of_pem
 from rotator.domain.lifecycle import KeyRecord
 from rotator.domain.rotation import ManagedInstance
 from rotator.domain.state import (
+    BlockCertificate,
     CanaryResult,
     FlowState,
     InstanceEntry,
@@ -98,6 +102,28 @@ def _flow_state(
         key_ids=tuple(sorted(referenced_key_ids(content))),
         drift=tuple(str(d) for d in drifts),
         as_managed=tuple(i for i in managed if i not in drifted),
+        certificates=tuple(
+            _block_certificate(block.identifier, block.key_id, block.certificate_pem)
+            for block in encrypting_blocks(content)
+            if block.identifier in managed
+        ),
+    )
+
+
+def _block_certificate(identifier: str, key_id: str, certificate_pem: str) -> BlockCertificate:
+    """Fingerprints of a block's certificate; one that does not parse is judged, not raised:
+    the rest of the instance stays readable."""
+    try:
+        certificate = load_certificate(certificate_pem)
+    except ConnectKeyRotatorError:
+        return BlockCertificate(identifier, key_id, None, None)
+    public_key = certificate.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)  # noqa: S101 - load_certificate checks it
+    return BlockCertificate(
+        identifier,
+        key_id,
+        certificate.fingerprint(hashes.SHA256()).hex(),
+        public_key_sha256(public_key),
     )
 
 
