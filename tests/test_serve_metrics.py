@@ -20,7 +20,8 @@ from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
-from rotator.adapters.prometheus_metrics import JobMetrics, KeyExpiry, Snapshot
+from rotator.adapters.prometheus_metrics import JobMetrics, Snapshot
+from rotator.domain.expiry import KeyExpiry
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints.daemon import run_serve
 from rotator.services.rotation import Outcome

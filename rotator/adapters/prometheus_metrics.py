@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from rotator.domain.expiry import KeyExpiry
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
@@ -27,16 +29,6 @@ REPORT_TIMESTAMP = f"{PREFIX}report_timestamp_seconds"
 ROTATIONS = f"{PREFIX}rotations"  # a counter: exposed as connect_key_rotator_rotations_total
 JOB_SUCCESS = f"{PREFIX}job_last_success_timestamp_seconds"
 DEFAULT_ADDRESS = "127.0.0.1"  # loopback: exposing the metrics is the operator's choice
-
-
-@dataclass(frozen=True)
-class KeyExpiry:
-    """One key's days to expiry as the rotation job computed them, and the key's state then."""
-
-    instance_id: str
-    key_id: str
-    state: str
-    days: float
 
 
 @dataclass(frozen=True)

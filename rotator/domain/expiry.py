@@ -19,6 +19,16 @@ EXPIRY_EVENT_DETAIL_TYPE = "Connect Key Approaching Expiration"
 EXPIRY_EVENT_STATES = frozenset({KeyState.ACTIVE})
 
 
+@dataclass(frozen=True)
+class KeyExpiry:
+    """One key's days to expiry as the rotation job computed them, and the key's state then."""
+
+    instance_id: str
+    key_id: str
+    state: str
+    days: float
+
+
 def parse_thresholds(text: str) -> tuple[int, ...]:
     """`"45,30,14"` -> (45, 30, 14), widest first; empty: no thresholds (no events). Raises
     ValueError saying what is wrong."""

@@ -26,12 +26,10 @@ from lambda_decrypt.logs import configure_logging, get_logger
 from rotator.adapters.prometheus_metrics import (
     DEFAULT_ADDRESS,
     JobMetrics,
-    KeyExpiry,
     serve_metrics,
 )
 from rotator.config import Settings
 from rotator.config_file import RotatorConfig, cron_trigger, load_config
-from rotator.domain.lifecycle import KeyRecord
 from rotator.entrypoints.bootstrap import (
     Adapters,
     build_adapters,
@@ -40,7 +38,7 @@ from rotator.entrypoints.bootstrap import (
 )
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
-from rotator.ports import Keyring, Metric, Publisher
+from rotator.ports import Publisher
 from rotator.services import jobs
 from rotator.services.rotation import InstanceResult, Outcome
 
@@ -107,13 +105,10 @@ def rotation_job(context: JobContext) -> JobFunction:
 
     def run(now: datetime) -> JobResult:
         adapters = context.adapters
-        # What the job itself read and published, for /metrics: no second reading of AWS.
-        keyring = _RecordsRead(adapters.keyring)
-        publisher = _MetricsPublished(context.publisher)
         result = jobs.rotation_job(
             adapters.rotation(context.actor),
-            keyring,
-            publisher,
+            adapters.keyring,
+            context.publisher,
             adapters.settings.policy,
             now,
             initialise=context.config.instances,
@@ -125,7 +120,7 @@ def rotation_job(context: JobContext) -> JobFunction:
                 now,
                 result.counts(),
                 [r.instance_id for r in result.results if r.outcome is Outcome.ROTATED],
-                _key_expiries(publisher.metrics, keyring.records_read),
+                None if result.expiries is None else list(result.expiries),
             )
         return JobResult(
             outcomes=dict(Counter(str(r.outcome) for r in result.results)),
@@ -163,57 +158,6 @@ def report_job(context: JobContext) -> JobFunction:
         return JobResult(outcomes, failures=result.errors, warnings=result.warnings)
 
     return run
-
-
-class _RecordsRead:
-    """The job's keyring, keeping the records the job read (None until a read succeeded)."""
-
-    def __init__(self, keyring: Keyring) -> None:
-        self._keyring = keyring
-        self.records_read: list[KeyRecord] | None = None
-
-    def records(self) -> list[KeyRecord]:
-        records = self._keyring.records()
-        self.records_read = list(records)
-        return records
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._keyring, name)
-
-
-class _MetricsPublished:
-    """The job's publisher, keeping the metrics the job published (kept first: /metrics
-    shows them even when CloudWatch refuses them)."""
-
-    def __init__(self, publisher: Publisher) -> None:
-        self._publisher = publisher
-        self.metrics: list[Metric] = []
-
-    def put_metrics(self, metrics: Sequence[Metric], at: datetime) -> None:
-        self.metrics.extend(metrics)
-        self._publisher.put_metrics(metrics, at)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._publisher, name)
-
-
-def _key_expiries(
-    metrics: Sequence[Metric], records: Sequence[KeyRecord] | None
-) -> list[KeyExpiry] | None:
-    """The job's per-key DaysToExpiry metrics, labelled with the state of the key record the
-    job read; None when the job could not read the keyring (the gauge keeps the last values)."""
-    if records is None:
-        return None
-    states = {r.key_id: str(r.state) for r in records}
-    expiries = []
-    for metric in metrics:
-        dimensions = dict(metric.dimensions)
-        if metric.name != "DaysToExpiry" or "KeyId" not in dimensions:
-            continue  # the dimensionless minimum is for the CloudWatch alarm
-        key_id = dimensions["KeyId"]
-        instance_id = dimensions.get("InstanceId", "-")
-        expiries.append(KeyExpiry(instance_id, key_id, states.get(key_id, "unknown"), metric.value))
-    return expiries
 
 
 def serve_destinations(config: RotatorConfig, settings: Settings) -> jobs.ReportDestinations:

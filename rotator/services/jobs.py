@@ -21,6 +21,7 @@ from rotator.domain.expiry import (
     EXPIRY_EVENT_SOURCE,
     EXPIRY_EVENT_STATES,
     Crossing,
+    KeyExpiry,
     event_detail,
     newly_crossed,
     recorded_thresholds,
@@ -74,6 +75,8 @@ class RotationJobRun:
     expiry_events: tuple[dict[str, Any], ...] = ()
     # The drift check's findings: what Connect holds that the rotator did not make (3.7.7).
     drift: tuple[Finding, ...] = ()
+    # Each active or previous key's days to expiry, as published (None: the keyring was not read).
+    expiries: tuple[KeyExpiry, ...] | None = None
 
     @property
     def failed(self) -> list[InstanceResult]:
@@ -156,11 +159,12 @@ def rotation_job(
     results += [r for r in rotated if r.instance_id not in done]
     still_due: list[str] = []
     metrics: list[Metric] = []
+    expiries: tuple[KeyExpiry, ...] | None = None
     # Skipped: another run holds the instance's lock and is rotating it right now. Waiting: due,
     # but held back by the rotation window or a freeze, as configured (not "left due").
     busy = {r.instance_id for r in results if r.outcome in (Outcome.SKIPPED, Outcome.WAITING)}
     try:
-        metrics, still_due = _key_metrics(keyring, policy, now, busy)
+        metrics, still_due, expiries = _key_metrics(keyring, policy, now, busy)
     except ConnectKeyRotatorError as error:
         results.append(
             InstanceResult("*", Outcome.FAILED, f"reading the keyring: {describe(error)}")
@@ -184,6 +188,7 @@ def rotation_job(
         what_if=what_if,
         expiry_events=expiry.details,
         drift=drift.findings,
+        expiries=expiries,
     )
     if not what_if:
         errors = [expiry.error] if expiry.error else []
@@ -231,10 +236,11 @@ def _initialise(
 
 def _key_metrics(
     keyring: Keyring, policy: RotationPolicy, now: datetime, busy: set[str]
-) -> tuple[list[Metric], list[str]]:
+) -> tuple[list[Metric], list[str], tuple[KeyExpiry, ...]]:
     metrics: list[Metric] = []
     still_due: list[str] = []
     active_days: list[float] = []
+    expiries: list[KeyExpiry] = []
     for record in keyring.records():
         days = record.days_to_expiry(now)
         if record.state not in (KeyState.ACTIVE, KeyState.PREVIOUS) or days is None:
@@ -243,6 +249,9 @@ def _key_metrics(
             continue
         dimensions = (("InstanceId", record.instance_id or "-"), ("KeyId", record.key_id))
         metrics.append(Metric("DaysToExpiry", days, "None", dimensions))
+        expiries.append(
+            KeyExpiry(record.instance_id or "-", record.key_id, str(record.state), days)
+        )
         if record.state is KeyState.ACTIVE:
             active_days.append(days)
             due = rotation_due(record, policy, now)
@@ -251,7 +260,7 @@ def _key_metrics(
     if active_days:
         # Dimensionless minimum: the one series the days-to-expiry alarm watches.
         metrics.append(Metric("DaysToExpiry", min(active_days), "None"))
-    return metrics, still_due
+    return metrics, still_due, tuple(expiries)
 
 
 def _subject(run: RotationJobRun) -> str:
