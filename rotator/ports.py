@@ -175,6 +175,11 @@ class Keyring(Protocol):
         NotFound names the missing ones."""
         ...
 
+    def existing_outside(self, names: Sequence[str]) -> set[str]:
+        """Which of these parameters outside the keyring exist: one metadata read, nothing
+        read or decrypted (copies of adopted private keys left behind)."""
+        ...
+
 
 # -- Connect ------------------------------------------------------------------------------------
 

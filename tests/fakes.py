@@ -275,6 +275,9 @@ class FakeKeyring:
             raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
         return self.outside[key_id_parameter].strip(), self.outside[key_parameter]
 
+    def existing_outside(self, names: Sequence[str]) -> set[str]:
+        return {name for name in names if name in self.outside}
+
 
 class FakeKeySource:
     """What the decrypt Lambda's reader answers for the fake keyring, read afresh each time."""

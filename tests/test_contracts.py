@@ -61,19 +61,25 @@ _prefixes = iter(range(1, 10_000))
 class KeyringBackend:
     keyring: Any  # FakeKeyring or SsmKeyring: the port, and history.events() to observe
     put_outside: Callable[[str, str], None]  # a parameter outside the keyring (the blog's)
+    delete_outside: Callable[[str], None]
 
 
 @pytest.fixture(params=["fake", "ssm"])
 def backend(request: pytest.FixtureRequest) -> KeyringBackend:
     if request.param == "fake":
         fake = FakeKeyring()
-        return KeyringBackend(fake, fake.outside.__setitem__)
+        return KeyringBackend(fake, fake.outside.__setitem__, fake.outside.__delitem__)
     ssm = request.getfixturevalue("ssm")
 
     def put_outside(name: str, value: str) -> None:
         ssm.put_parameter(Name=name, Value=value, Type="SecureString")
 
-    return KeyringBackend(SsmKeyring(ssm, f"/contract-{next(_prefixes)}"), put_outside)
+    def delete_outside(name: str) -> None:
+        ssm.delete_parameter(Name=name)
+
+    return KeyringBackend(
+        SsmKeyring(ssm, f"/contract-{next(_prefixes)}"), put_outside, delete_outside
+    )
 
 
 @pytest.fixture
@@ -290,6 +296,21 @@ def test_the_blog_key_is_read_from_its_two_parameters(
         KEY_A,
         material_a.private_key_pem,
     )
+
+
+def test_parameters_outside_the_keyring_are_found_by_name_without_their_values(
+    backend: KeyringBackend, material_a: KeyMaterial
+) -> None:
+    keyring: Keyring = backend.keyring
+    names = ["CONNECT_INPUT_DECRYPTION_KEY", "/blog/key", "/blog/never-created"]
+    assert keyring.existing_outside(names) == set()
+    backend.put_outside("CONNECT_INPUT_DECRYPTION_KEY", material_a.private_key_pem)
+    backend.put_outside("/blog/key", material_a.private_key_pem)
+    backend.put_outside("/blog/key-2", material_a.private_key_pem)  # not asked for
+    assert keyring.existing_outside(names) == {"CONNECT_INPUT_DECRYPTION_KEY", "/blog/key"}
+    backend.delete_outside("/blog/key")
+    assert keyring.existing_outside(names) == {"CONNECT_INPUT_DECRYPTION_KEY"}
+    assert keyring.existing_outside([]) == set()
 
 
 # -- Connect ------------------------------------------------------------------------------------

@@ -354,6 +354,23 @@ class SsmKeyring:
             raise NotFound(f"blog parameter(s) not found: {', '.join(missing)}")
         return values[key_id_parameter].strip(), values[key_parameter]
 
+    def existing_outside(self, names: Sequence[str]) -> set[str]:
+        """Which of these parameters exist: DescribeParameters by name, 50 names a call, so
+        that nothing is decrypted (and no GetParameters grant on them is needed: the rotator's
+        role may describe every parameter but read none outside the keyring)."""
+        found: set[str] = set()
+        for start in range(0, len(names), DESCRIBE_PAGE_SIZE):
+            batch = list(names[start : start + DESCRIBE_PAGE_SIZE])
+            with aws_call("ssm:DescribeParameters", ", ".join(batch)):
+                paginator = self.ssm.get_paginator("describe_parameters")
+                pages = paginator.paginate(
+                    ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": batch}],
+                    PaginationConfig={"PageSize": DESCRIBE_PAGE_SIZE},
+                )
+                for page in pages:
+                    found.update(p["Name"] for p in page["Parameters"] if p["Name"] in batch)
+        return found
+
     # -- by parameter name: private to this adapter ------------------------------------------
 
     def _secure_parameters(self) -> dict[str, str]:

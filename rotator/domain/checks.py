@@ -469,6 +469,8 @@ def findings(state: KeyringState, options: ReportOptions, now: datetime) -> list
     for record in state.records:
         found.extend(key_findings(record, options, now, record.key_id in current, associated))
     found.extend(protection_findings(state, options))
+    found.extend(copy_findings(state))
+    found.extend(shared_key_findings(state.records))
     unique = list(dict.fromkeys(found))
     unique.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
     return unique
@@ -571,6 +573,41 @@ def protection_findings(state: KeyringState, options: ReportOptions) -> Iterator
                 f"{protected.location} is encrypted with KMS key "
                 f"{protected.kms_key_id or 'unknown'}, not {configured}",
             )
+
+
+def copy_findings(state: KeyringState) -> Iterator[Finding]:
+    """Parameters outside the keyring that still hold an adopted private key (3.6.1.4): the
+    finding names the parameter, never its value (which is not even read)."""
+    for copy in state.copies:
+        record = state.record(copy.key_ids[0]) if copy.key_ids else None
+        yield Finding(
+            FindingCode.PRIVATE_KEY_COPY,
+            None if record is None else record.instance_id,
+            copy.key_ids[0] if copy.key_ids else None,
+            f"parameter {copy.parameter} still holds the private key adopted as key "
+            f"{', '.join(copy.key_ids)}: delete it once the adoption is verified",
+        )
+
+
+def shared_key_findings(records: tuple[KeyRecord, ...]) -> Iterator[Finding]:
+    """One public key (so one private key) under two key IDs or instances: PCI DSS forbids a
+    key shared between environments, e.g. production and test."""
+    by_fingerprint: dict[str, list[KeyRecord]] = {}
+    for record in records:
+        by_fingerprint.setdefault(record.public_key_sha256, []).append(record)
+    for fingerprint, group in sorted(by_fingerprint.items()):
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda r: (r.key_id, r.instance_id or ""))
+        holders = ", ".join(f"{r.key_id} ({r.instance_id or 'no instance'})" for r in group)
+        instances = {r.instance_id for r in group}
+        yield Finding(
+            FindingCode.KEY_SHARED,
+            group[0].instance_id if len(instances) == 1 else None,
+            group[0].key_id,
+            f"keys {holders} share one key pair (public key SHA-256 {fingerprint[:16]}...): "
+            "give each its own key",
+        )
 
 
 def same_kms_key(reported: str, configured: str) -> bool:

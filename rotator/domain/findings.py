@@ -69,6 +69,9 @@ class FindingCode(StrEnum):
     ASSOCIATION_ADDED = "association-added"
     ASSOCIATION_REMOVED = "association-removed"
     FLOW_CERTIFICATE_MISMATCH = "flow-certificate-mismatch"
+    # Evidence (issue 11): a private key kept in the fewest places, each key used once (3.6.1).
+    PRIVATE_KEY_COPY = "private-key-copy"
+    KEY_SHARED = "key-shared"
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,19 @@ RULES: dict[FindingCode, Rule] = {
         Severity.CRITICAL,
         RunbookName.FLOW_DRIFT,
         "a managed block's certificate is not the keyring's for its key",
+    ),
+    # Out of policy (PCI DSS 3.6.1.4: the fewest locations), but no contact fails: a warning.
+    FindingCode.PRIVATE_KEY_COPY: Rule(
+        Severity.WARNING,
+        RunbookName.ADOPT_BLOG_DEPLOYMENT,
+        "an adopted private key is still stored outside the keyring",
+    ),
+    # One key pair serving two key IDs or instances (production and test): a compromise of
+    # either is a compromise of both, and rotating one leaves the other in use.
+    FindingCode.KEY_SHARED: Rule(
+        Severity.CRITICAL,
+        RunbookName.EMERGENCY_ROTATION,
+        "one key pair under two key IDs or instances",
     ),
 }
 

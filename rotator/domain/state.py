@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rotator.domain.history import HistoryEvent, RotationRun
 from rotator.domain.lifecycle import KeyRecord
 from rotator.domain.rotation import ManagedInstance, RotationState
+
+# The blog deployment's private key parameter ("Creating a secure IVR solution with Amazon
+# Connect"), and the source a key adopted from it records: "blog" for this name, else
+# "blog:<name>", so that the report can check the copy is gone (PCI DSS 3.6.1.4).
+BLOG_KEY_PARAMETER = "CONNECT_INPUT_DECRYPTION_KEY"
+BLOG_SOURCE = "blog"
+
+
+def blog_source(key_parameter: str) -> str:
+    """The source a key adopted from the blog parameter `key_parameter` records."""
+    if key_parameter == BLOG_KEY_PARAMETER:
+        return BLOG_SOURCE
+    return f"{BLOG_SOURCE}:{key_parameter}"
+
+
+def copied_from(source: str) -> str | None:
+    """The parameter outside the keyring a key with this source was copied from, if any."""
+    if source == BLOG_SOURCE:
+        return BLOG_KEY_PARAMETER
+    prefix = f"{BLOG_SOURCE}:"
+    return source[len(prefix) :] if source.startswith(prefix) else None
+
+
+def copy_sources(records: Sequence[KeyRecord]) -> dict[str, tuple[str, ...]]:
+    """Parameter outside the keyring -> the key IDs adopted from it, by name."""
+    found: dict[str, list[str]] = {}
+    for record in records:
+        parameter = copied_from(record.source)
+        if parameter is not None:
+            found.setdefault(parameter, []).append(record.key_id)
+    return {name: tuple(sorted(found[name])) for name in sorted(found)}
+
+
+@dataclass(frozen=True)
+class KeyCopy:
+    """A parameter outside the keyring that still holds a private key the keyring adopted: its
+    name only (never read, never decrypted) and the key IDs adopted from it."""
+
+    parameter: str
+    key_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -164,6 +204,8 @@ class KeyringState:
     events: tuple[HistoryEvent, ...] = ()  # the whole history, oldest first
     canaries: Mapping[str, CanaryResult] = field(default_factory=dict)  # by key ID
     managed_ids: tuple[str, ...] = ()  # every managed instance, however narrowed
+    # Parameters outside the keyring still holding an adopted private key (the report reads them)
+    copies: tuple[KeyCopy, ...] = ()
 
     def record(self, key_id: str) -> KeyRecord | None:
         return next((r for r in self.records if r.key_id == key_id), None)

@@ -17,12 +17,13 @@ from rotator.domain.keys import (
     public_key_sha256_of_pem,
 )
 from rotator.domain.lifecycle import KeyRecord, KeyState
+from rotator.domain.state import BLOG_KEY_PARAMETER as BLOG_KEY_PARAMETER
+from rotator.domain.state import blog_source
 from rotator.errors import ConnectKeyRotatorError, KeyMaterialError, KeyringConflict
 from rotator.ports import KeyPart, Keyring, SecurityKeys
 from rotator.services.canary import prove_key_decrypts
 from rotator.services.report import same_kms_key
 
-BLOG_KEY_PARAMETER = "CONNECT_INPUT_DECRYPTION_KEY"
 BLOG_KEY_ID_PARAMETER = "CONNECT_INPUT_KEY_ID"
 WHAT_IF_NOTHING_STORED = "what-if: every check passed; nothing was stored"
 WHAT_IF_ALREADY = "what-if: the key is already in the keyring; nothing was changed"
@@ -120,7 +121,7 @@ def import_from_blog(
             now=now,
             actor=actor,
             connect=connect,
-            source="blog",
+            source=blog_source(key_parameter),
             dry_run=dry_run,
         )
     _check_key_id(key_id)
@@ -155,8 +156,8 @@ def import_from_blog(
         state=state,
         at=now,
         actor=actor,
-        reason=_adopted("blog"),
-        source="blog",
+        reason=_adopted(blog_source(key_parameter)),
+        source=blog_source(key_parameter),
         kms_key_id=keyring.kms_key_id,
     )
     if dry_run:

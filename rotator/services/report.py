@@ -188,7 +188,13 @@ def gather(
     `canaries` (`now` is not read: the state is what it is)."""
     del now
     return read_state(
-        keyring, lock, connect=connect, protection=True, history=True, canaries=canaries
+        keyring,
+        lock,
+        connect=connect,
+        protection=True,
+        history=True,
+        canaries=canaries,
+        copies=True,
     )
 
 

@@ -18,9 +18,11 @@ from rotator.domain.state import (
     FlowState,
     InstanceEntry,
     InstanceState,
+    KeyCopy,
     KeyringState,
     LockState,
     ProtectionSweep,
+    copy_sources,
     rotation_summary,
 )
 from rotator.errors import ConnectKeyRotatorError
@@ -37,13 +39,16 @@ def read_state(
     protection: bool = False,
     history: bool = False,
     canaries: bool = False,
+    copies: bool = False,
     instance_id: str | None = None,
 ) -> KeyringState:
     """Batched reads, each once: keys, instances (and the history) by path, locks by path,
     SecureStrings by one DescribeParameters sweep (`protection`); per managed instance (only
     `instance_id`'s if given) one ListSecurityKeys (`connect`) and one read per managed flow
     (`connect` or `flows`). `canaries`: a live canary decrypt of every key a managed flow uses
-    whose private key is stored (`rotator verify`; it reads the private keys)."""
+    whose private key is stored (`rotator verify`; it reads the private keys). `copies`: which
+    parameters outside the keyring that adopted keys were copied from still exist (one
+    metadata read, and none if no key was adopted from one: the report)."""
     entries = keyring.instance_entries()
     locks = lock.states()
     records = tuple(keyring.records())
@@ -77,10 +82,20 @@ def read_state(
         orphaned_staging=_orphaned_staging(entries, sweep) if protection else (),
         events=events,
         managed_ids=tuple(e.instance_id for e in entries if e.config is not None),
+        copies=_copies(keyring, records) if copies else (),
     )
     if canaries:
         state = _with_canaries(keyring, state)
     return state
+
+
+def _copies(keyring: Keyring, records: tuple[KeyRecord, ...]) -> tuple[KeyCopy, ...]:
+    """The parameters adopted keys were copied from that still exist, by name."""
+    sources = copy_sources(records)
+    if not sources:
+        return ()
+    existing = keyring.existing_outside(list(sources))
+    return tuple(KeyCopy(name, key_ids) for name, key_ids in sources.items() if name in existing)
 
 
 def _orphaned_staging(entries: list[InstanceEntry], sweep: ProtectionSweep) -> tuple[str, ...]:
