@@ -160,11 +160,13 @@ def rotation_job(
     still_due: list[str] = []
     metrics: list[Metric] = []
     expiries: tuple[KeyExpiry, ...] | None = None
+    records: list[KeyRecord] | None = None  # read once: the metrics and the expiry events
     # Skipped: another run holds the instance's lock and is rotating it right now. Waiting: due,
     # but held back by the rotation window or a freeze, as configured (not "left due").
     busy = {r.instance_id for r in results if r.outcome in (Outcome.SKIPPED, Outcome.WAITING)}
     try:
-        metrics, still_due, expiries = _key_metrics(keyring, policy, now, busy)
+        records = keyring.records()
+        metrics, still_due, expiries = _key_metrics(records, policy, now, busy)
     except ConnectKeyRotatorError as error:
         results.append(
             InstanceResult("*", Outcome.FAILED, f"reading the keyring: {describe(error)}")
@@ -179,7 +181,7 @@ def rotation_job(
         Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
         Metric("KeysDueNotRotated", len(still_due)),
     ]
-    expiry = expiry_events_job(rotation, keyring, publisher, now, what_if, describe)
+    expiry = expiry_events_job(rotation, keyring, records, publisher, now, what_if, describe)
     run = RotationJobRun(
         now,
         results,
@@ -235,13 +237,13 @@ def _initialise(
 
 
 def _key_metrics(
-    keyring: Keyring, policy: RotationPolicy, now: datetime, busy: set[str]
+    records: Sequence[KeyRecord], policy: RotationPolicy, now: datetime, busy: set[str]
 ) -> tuple[list[Metric], list[str], tuple[KeyExpiry, ...]]:
     metrics: list[Metric] = []
     still_due: list[str] = []
     active_days: list[float] = []
     expiries: list[KeyExpiry] = []
-    for record in keyring.records():
+    for record in records:
         days = record.days_to_expiry(now)
         if record.state not in (KeyState.ACTIVE, KeyState.PREVIOUS) or days is None:
             if record.state is KeyState.ACTIVE:  # adopted without a certificate: always due
@@ -450,6 +452,7 @@ class ExpiryEvents:
 def expiry_events_job(
     rotation: RotationService,
     keyring: Keyring,
+    records: Sequence[KeyRecord] | None,
     publisher: Publisher,
     now: datetime,
     what_if: bool,
@@ -459,10 +462,13 @@ def expiry_events_job(
     `expiry_event_days` setting since its last one, then record it in the history: one event
     per key and threshold however often the job runs. Sent first, recorded after: a crash in
     between sends it again on the next run (at least once, as EventBridge delivers). Nothing
-    recorded, nothing sent: the next run sends it. A what-if sends and records nothing."""
+    recorded, nothing sent: the next run sends it. A what-if sends and records nothing.
+    `records`: the job's read of the keyring (None: it failed, and the run already says so)."""
     settings = rotation.settings
+    if records is None:
+        return ExpiryEvents()
     try:
-        owed = _owed_expiry_events(keyring, settings.expiry_thresholds, now)
+        owed = _owed_expiry_events(records, keyring, settings.expiry_thresholds, now)
     except ConnectKeyRotatorError as error:
         return ExpiryEvents(error=f"expiry events: reading the keyring: {describe(error)}")
     details = tuple(event_detail(record, now, crossing.threshold) for record, crossing in owed)
@@ -485,7 +491,7 @@ def expiry_events_job(
 
 
 def _owed_expiry_events(
-    keyring: Keyring, thresholds: Sequence[int], now: datetime
+    records: Sequence[KeyRecord], keyring: Keyring, thresholds: Sequence[int], now: datetime
 ) -> list[tuple[KeyRecord, Crossing]]:
     """Each key that is owed an event, and the crossing it is owed for. The history is read
     only when a key is inside the widest threshold (most days, none is)."""
@@ -493,7 +499,7 @@ def _owed_expiry_events(
         return []
     widest = max(thresholds)
     near: list[tuple[KeyRecord, float]] = []
-    for record in keyring.records():
+    for record in records:
         days = record.days_to_expiry(now)
         if record.state in EXPIRY_EVENT_STATES and days is not None and days <= widest:
             near.append((record, days))
