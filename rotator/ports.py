@@ -27,6 +27,7 @@ __all__ = [
     "Connect",
     "ConnectReader",
     "FlowReader",
+    "Identity",
     "KeyPart",
     "InstanceEntry",
     "Keyring",
@@ -258,6 +259,18 @@ class Clock(Protocol):
     def simulated(self) -> bool: ...
 
     def now(self) -> datetime: ...
+
+
+# -- Identity -----------------------------------------------------------------------------------
+
+
+class Identity(Protocol):
+    """Who is calling AWS: the principal that dual control and custodian records name."""
+
+    def caller_arn(self) -> str:
+        """The calling principal's ARN (STS GetCallerIdentity), read once per run. An assumed
+        role reads `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`."""
+        ...
 
 
 # -- Publishing ---------------------------------------------------------------------------------

@@ -532,6 +532,19 @@ class FakeClock:
         return self.at
 
 
+# -- Identity -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeIdentity:
+    """Implements `rotator.ports.Identity`: whoever the test says is calling."""
+
+    arn: str = "arn:aws:iam::123456789012:user/alice"
+
+    def caller_arn(self) -> str:
+        return self.arn
+
+
 # -- Publishing ---------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from botocore.config import Config
 
 from lambda_decrypt import Decryptor
 from rotator.adapters.connect import ConnectGateway
+from rotator.adapters.identity import StsIdentity
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.publishing import AwsPublisher, split_s3_location
 from rotator.adapters.ssm_keyring import SsmKeyring
@@ -36,7 +37,17 @@ from rotator.errors import (
     LockLost,
     NotFound,
 )
-from rotator.ports import BusEvent, Clock, Connect, KeyPart, Keyring, Lock, Metric, Publisher
+from rotator.ports import (
+    BusEvent,
+    Clock,
+    Connect,
+    Identity,
+    KeyPart,
+    Keyring,
+    Lock,
+    Metric,
+    Publisher,
+)
 from rotator.sandbox.sample_flows import (
     CARD_INPUT_ACTION,
     card_blocks,
@@ -47,7 +58,14 @@ from rotator.sandbox.server import Sandbox
 from rotator.services.canary import VerificationFailed, prove_key_decrypts
 from rotator.services.rotation import Outcome, RotationService
 from tests.conftest import NOW, REGION, make_record
-from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock, FakePublisher
+from tests.fakes import (
+    FakeClock,
+    FakeConnect,
+    FakeIdentity,
+    FakeKeyring,
+    FakeLock,
+    FakePublisher,
+)
 from tests.world import KeyPool
 
 KEY_A, KEY_B = "key-a", "key-b"
@@ -541,6 +559,63 @@ def test_a_clock_tells_aware_utc_time_and_whether_it_is_simulated(clock: Clock) 
     assert first.tzinfo is not None and first.utcoffset() == timedelta(0)
     assert clock.now() >= first
     assert clock.simulated is isinstance(clock, FakeClock)
+
+
+# -- Identity -----------------------------------------------------------------------------------
+
+ROLE_TRUST = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+)
+
+
+def _identities(kind: str) -> tuple[Identity, Identity]:
+    """Two principals: a user, and a role that user assumed."""
+    if kind == "fake":
+        return (
+            FakeIdentity("arn:aws:iam::123456789012:user/moto"),
+            FakeIdentity("arn:aws:sts::123456789012:assumed-role/approver/bob"),
+        )
+    iam = boto3.client("iam", region_name=REGION)
+    role = iam.create_role(RoleName="approver", AssumeRolePolicyDocument=ROLE_TRUST)["Role"]
+    sts = boto3.client("sts", region_name=REGION)
+    credentials = sts.assume_role(RoleArn=role["Arn"], RoleSessionName="bob")["Credentials"]
+    assumed = boto3.client(
+        "sts",
+        region_name=REGION,
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )
+    return StsIdentity(sts), StsIdentity(assumed)
+
+
+@pytest.mark.parametrize("kind", ["fake", "sts"])
+def test_an_identity_names_its_principal_and_an_assumed_role_is_another(
+    kind: str, aws: None
+) -> None:
+    user, role = _identities(kind)
+    assert user.caller_arn().startswith("arn:aws:")
+    assert role.caller_arn() == "arn:aws:sts::123456789012:assumed-role/approver/bob"
+    assert user.caller_arn() != role.caller_arn()
+    assert user.caller_arn() == user.caller_arn()
+
+
+def test_the_sts_identity_asks_once_per_run(aws: None) -> None:
+    sts = boto3.client("sts", region_name=REGION)
+    calls: list[str] = []
+    sts.meta.events.register("before-call.sts.*", lambda model, **_: calls.append(model.name))
+    identity = StsIdentity(sts)
+    assert identity.caller_arn() == identity.caller_arn()
+    assert calls == ["GetCallerIdentity"]
 
 
 # -- a service on the fakes ---------------------------------------------------------------------

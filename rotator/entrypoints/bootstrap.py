@@ -16,6 +16,7 @@ from botocore.exceptions import (
 )
 
 from rotator.adapters.connect import ConnectGateway
+from rotator.adapters.identity import StsIdentity
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.publishing import AwsPublisher
 from rotator.adapters.runbook_audit import SsmRunbookAudit
@@ -38,7 +39,8 @@ RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8})
 @dataclass(frozen=True)
 class Adapters:
     """The adapters of one run. Each implements a port of rotator.ports (SsmKeyring: Keyring,
-    ConnectGateway: Connect, SsmLock: Lock); services are built here and see only the ports."""
+    ConnectGateway: Connect, SsmLock: Lock, StsIdentity: Identity); services are built here
+    and see only the ports."""
 
     settings: Settings
     ssm: SSMClient
@@ -46,6 +48,7 @@ class Adapters:
     keyring: SsmKeyring
     connect: ConnectGateway
     lock: SsmLock
+    identity: StsIdentity
 
     def rotation(self, actor: str, generate: KeyGenerator | None = None) -> RotationService:
         return RotationService(
@@ -96,6 +99,7 @@ def build_adapters(
         ),
         connect=ConnectGateway(connect_client),
         lock=SsmLock(ssm_client, settings.keyring_prefix),
+        identity=StsIdentity(boto3.client("sts", config=RETRY_CONFIG, region_name=region)),
     )
 
 
