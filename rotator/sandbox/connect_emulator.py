@@ -9,6 +9,16 @@ per supported operation, keyed by operation name (`ConnectState.operations`). St
 behind one lock; tests read it through `ConnectState.update_count` (how often a flow was written)
 and `reset`.
 
+State is partitioned by AWS account and region, as Connect's is: an instance lives in the
+(account, region) of the request that created it, its ARN says so
+(`arn:aws:connect:REGION:ACCOUNT:instance/ID`), and a request signed for another account or
+region does not find it (ResourceNotFoundException, as Connect answers for an ID it does not
+hold). The region is the SigV4 credential scope's. The account is whatever `account_of` says of
+the request; the sandbox passes moto's own rule (`rotator.sandbox.server.moto_account`), so that
+the emulator and moto agree on who is calling; alone, every request is moto's default account.
+`ConnectState.invoke` runs an operation in-process for a given partition, through the same
+handlers and checks as the wire (the sandbox seeds fleets with it).
+
 Connect's rules it enforces:
 - at most two security keys per instance (ServiceQuotaExceededException, HTTP 402 as modelled);
 - a security key is an RSA public key PEM of at most 1024 characters;
@@ -70,7 +80,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from botocore.model import ServiceModel
 
-ACCOUNT_ID = "123456789012"  # moto's default account, so ARNs agree across the sandbox
+DEFAULT_ACCOUNT = "123456789012"  # moto's default account, so ARNs agree across the sandbox
 DEFAULT_REGION = "us-east-1"
 # Connect's own limits (botocore's model: PEM max 1024; the quota of two keys an instance).
 # Deliberately not imported from rotator.domain: the emulator stands for Connect, so a change on
@@ -127,10 +137,21 @@ def credential_scope(environ: Mapping[str, Any]) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+def default_account(environ: Mapping[str, Any]) -> str:
+    """The account of every request when nobody says otherwise: moto's default."""
+    return DEFAULT_ACCOUNT
+
+
 @functools.cache
 def connect_model() -> ServiceModel:
     """botocore's Connect service model, loaded once (about 0.2 s)."""
     return botocore.session.get_session().get_service_model("connect")
+
+
+@functools.cache
+def operation_named(name: str) -> Operation:
+    """One operation as the model describes it, read once per process."""
+    return Operation.from_model(name)
 
 
 @dataclass(frozen=True)
@@ -227,6 +248,7 @@ class Flow:
 class Instance:
     id: str
     arn: str
+    account: str
     alias: str | None
     identity_type: str
     inbound: bool
@@ -245,8 +267,8 @@ class Instance:
             "IdentityManagementType": self.identity_type,
             "CreatedTime": self.created,
             # Connect's service-linked role, one per instance.
-            "ServiceRole": f"arn:aws:iam::{ACCOUNT_ID}:role/aws-service-role/connect.amazonaws.com/"
-            f"AWSServiceRoleForAmazonConnect_{self.id.replace('-', '')[:20]}",
+            "ServiceRole": f"arn:aws:iam::{self.account}:role/aws-service-role/"
+            f"connect.amazonaws.com/AWSServiceRoleForAmazonConnect_{self.id.replace('-', '')[:20]}",
             "InstanceStatus": "ACTIVE",
             "InboundCallsEnabled": self.inbound,
             "OutboundCallsEnabled": self.outbound,
@@ -260,10 +282,13 @@ class Instance:
 class Params:
     """One request's members by model name (JSON body, query string and URI labels merged)."""
 
-    def __init__(self, operation: Operation, members: dict[str, Any], region: str) -> None:
+    def __init__(
+        self, operation: Operation, members: dict[str, Any], region: str, account: str
+    ) -> None:
         self.operation = operation
         self.members = members
         self.region = region
+        self.account = account
 
     def required(self, name: str) -> str:
         value = self.members.get(name)
@@ -282,11 +307,12 @@ class Params:
 
 
 class ConnectState:
-    """Every instance with its keys, flows and modules; each operation runs under one lock."""
+    """Every instance with its keys, flows and modules, by (account, region); each operation
+    runs under one lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._instances: dict[str, Instance] = {}
+        self._partitions: dict[tuple[str, str], dict[str, Instance]] = {}
         self._updates: Counter[tuple[str, str]] = Counter()
         self.operations: dict[str, Callable[[Params], dict[str, Any]]] = {
             "CreateInstance": self._create_instance,
@@ -309,10 +335,34 @@ class ConnectState:
         with self._lock:
             return self.operations[params.operation.name](params)
 
-    def reset(self) -> None:
-        """Forget everything, as a new sandbox would."""
+    def invoke(
+        self,
+        operation: str,
+        members: Mapping[str, Any],
+        *,
+        account: str = DEFAULT_ACCOUNT,
+        region: str = DEFAULT_REGION,
+    ) -> dict[str, Any]:
+        """Run one operation (`"CreateInstance"`, members by model name) as a request from this
+        account and region would, without HTTP: the same handler and the same checks, and the
+        same ConnectError a client would get as an error answer."""
+        if operation not in self.operations:
+            raise ConnectError(UNKNOWN_OPERATION, f"the Connect emulator serves no {operation}")
+        return self.handle(Params(operation_named(operation), dict(members), region, account))
+
+    def instances(self) -> list[tuple[str, str, Instance]]:
+        """(account, region, instance) of every instance, partition by partition."""
         with self._lock:
-            self._instances.clear()
+            return [
+                (account, region, instance)
+                for (account, region), held in self._partitions.items()
+                for instance in held.values()
+            ]
+
+    def reset(self) -> None:
+        """Forget everything, in every account and region, as a new sandbox would."""
+        with self._lock:
+            self._partitions.clear()
             self._updates.clear()
 
     def update_count(self, instance_id: str, flow_id: str) -> int:
@@ -327,10 +377,12 @@ class ConnectState:
                 "InvalidRequestException", f"unknown IdentityManagementType {identity_type!r}"
             )
         instance_id = str(uuid.uuid4())
-        arn = f"arn:aws:connect:{p.region}:{ACCOUNT_ID}:instance/{instance_id}"
-        self._instances[instance_id] = Instance(
+        arn = f"arn:aws:connect:{p.region}:{p.account}:instance/{instance_id}"
+        held = self._partitions.setdefault((p.account, p.region), {})
+        held[instance_id] = Instance(
             id=instance_id,
             arn=arn,
+            account=p.account,
             alias=p.optional("InstanceAlias"),
             identity_type=identity_type,
             inbound=bool(p.optional("InboundCallsEnabled")),
@@ -340,7 +392,7 @@ class ConnectState:
         return {"Id": instance_id, "Arn": arn}
 
     def _list_instances(self, p: Params) -> dict[str, Any]:
-        instances, next_token = _page(list(self._instances.values()), p)
+        instances, next_token = _page(list(self._held(p).values()), p)
         listed = [instance.summary() for instance in instances]
         return _with_token({"InstanceSummaryList": listed}, next_token)
 
@@ -476,10 +528,16 @@ class ConnectState:
 
     def _instance(self, p: Params) -> Instance:
         instance_id = p.required("InstanceId")
-        instance = self._instances.get(instance_id)
+        # Only the caller's partition is searched: an instance of another account or region is
+        # not found, whatever its ID (Connect never answers AccessDenied for it).
+        instance = self._held(p).get(instance_id)
         if instance is None:
             raise _not_found("Instance", instance_id)
         return instance
+
+    def _held(self, p: Params) -> Mapping[str, Instance]:
+        """The instances of the request's account and region."""
+        return self._partitions.get((p.account, p.region), {})
 
     @staticmethod
     def _create(
@@ -502,11 +560,18 @@ class ConnectState:
 
 
 class ConnectEmulator:
-    """The WSGI application; `state` is the in-memory Connect it serves."""
+    """The WSGI application; `state` is the in-memory Connect it serves, `account_of` names the
+    account a request comes from (by default, moto's default account for every request)."""
 
-    def __init__(self, state: ConnectState | None = None) -> None:
+    def __init__(
+        self,
+        state: ConnectState | None = None,
+        *,
+        account_of: Callable[[WSGIEnvironment], str] = default_account,
+    ) -> None:
         self.state = state or ConnectState()
-        self.operations = {name: Operation.from_model(name) for name in self.state.operations}
+        self.account_of = account_of
+        self.operations = {name: operation_named(name) for name in self.state.operations}
         self._routes = Map([operation.rule() for operation in self.operations.values()])
 
     def reset(self) -> None:
@@ -545,7 +610,8 @@ class ConnectEmulator:
                 members[member_name] = values if listed else values[0]
         members.update(labels)
         scope = credential_scope(request.environ)
-        return Params(operation, members, scope[0] if scope else DEFAULT_REGION)
+        region = scope[0] if scope else DEFAULT_REGION
+        return Params(operation, members, region, self.account_of(request.environ))
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Response:

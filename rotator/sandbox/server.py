@@ -1,8 +1,40 @@
-"""`rotator sandbox`: moto and the Connect emulator behind one loopback HTTP endpoint."""
+"""`rotator sandbox`: moto and the Connect emulator behind one loopback HTTP endpoint.
+
+Accounts and regions. moto keeps its state per account and region, and so does the Connect
+emulator, by the same rule: a request is in the region of its SigV4 credential scope and in the
+account moto would give it (`moto_account`: the `MOTO_ACCOUNT_ID` variable, else an
+`x-moto-account-id` header, else the account of its access key, which for credentials from STS
+AssumeRole is the role's account; any other key is moto's default account 123456789012). So a
+fleet runs in one sandbox: assume `arn:aws:iam::ACCOUNT:role/NAME` (moto lets the default account
+assume a role of any account, whether or not it exists) and every client made with those
+credentials sees only that account's SSM, KMS, ... and Connect instances.
+
+Seeding a fleet, in Python (an in-process sandbox, as the tests and benches have):
+
+- `Sandbox.add_instance(alias, *, account=DEFAULT_ACCOUNT, region=REGION) -> PaymentInstance`:
+  a Connect instance with the payment flow and card-capture module (as `create_payment_instance`
+  makes over the wire), in that account and region, in-process (no HTTP, the same checks);
+- `Sandbox.session(*, account=DEFAULT_ACCOUNT, region=REGION) -> boto3.Session`: clients of it
+  act in that account (assumed-role credentials) and region;
+- `Sandbox.environment(*, account=DEFAULT_ACCOUNT, region=REGION)`: the same as environment
+  variables, for a child process.
+
+Over HTTP (a `rotator sandbox` in another process), unsigned, like the clock:
+
+- `POST /_sandbox/instances {"alias": A, "account": ACCOUNT, "region": REGION}` (account and
+  region optional) answers `{"Account", "Region", "InstanceId", "InstanceArn", "FlowId",
+  "ModuleId"}`;
+- `GET /_sandbox/instances` lists every instance: `{"Instances": [{"Account", "Region",
+  "InstanceId", "InstanceArn", "Alias"}]}`.
+
+The simulated clock and the reset are the sandbox's, not an account's: time is the same in every
+account, and moto's reset empties every account.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import socket
@@ -17,10 +49,21 @@ from typing import TYPE_CHECKING, Any, TextIO
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from rotator.clock import SANDBOX_CLOCK_MARK, SANDBOX_CLOCK_PATH
-from rotator.sandbox.connect_emulator import ConnectEmulator, credential_scope
+from rotator.sandbox.connect_emulator import (
+    DEFAULT_ACCOUNT,
+    ConnectEmulator,
+    ConnectError,
+    credential_scope,
+)
+from rotator.sandbox.sample_flows import (
+    PaymentInstance,
+    payment_flow_content,
+    payment_module_content,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from boto3 import Session
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -31,6 +74,23 @@ DUMMY_CREDENTIALS = {
 }
 MOTO_SERVICES = "SSM, KMS, S3, SNS, CloudWatch, EventBridge, Scheduler"
 RESET_PATH = "/moto-api/reset"  # moto's own reset endpoint; the emulator is reset with it
+INSTANCES_PATH = "/_sandbox/instances"  # seeds and lists Connect instances of any account
+# The role `Sandbox.session` assumes in another account; moto needs no such role to exist.
+SANDBOX_ROLE = "sandbox-account-access"
+_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+
+
+def moto_account(environ: WSGIEnvironment) -> str:
+    """The account moto gives this request, by moto's own rule (its `get_current_account`: the
+    MOTO_ACCOUNT_ID variable, the x-moto-account-id header, the access key's account)."""
+    from moto.core.responses import BaseResponse
+    from werkzeug.datastructures import EnvironHeaders
+
+    response = BaseResponse(service_name="connect")
+    response.headers = EnvironHeaders(environ)
+    response.querystring = {}
+    return response.get_current_account()
 
 
 class SimulatedClock:
@@ -86,6 +146,8 @@ class SandboxApp:
             return self.emulator(environ, start_response)
         if environ.get("PATH_INFO") == SANDBOX_CLOCK_PATH:
             return self._clock(environ, start_response)
+        if environ.get("PATH_INFO") == INSTANCES_PATH:
+            return self._instances(environ, start_response)
         if environ.get("PATH_INFO") == RESET_PATH and environ.get("REQUEST_METHOD") == "POST":
             self.emulator.state.reset()
             self.clock.reset()
@@ -116,6 +178,95 @@ class SandboxApp:
         start_response(status, [("Content-Type", "application/json")])
         return [body]
 
+    def _instances(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """POST {"alias", "account", "region"}: a payment instance in that partition; GET: every
+        instance of every partition."""
+        status = "200 OK"
+        answer: dict[str, Any]
+        if environ.get("REQUEST_METHOD") == "POST":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(min(length, 4096)))
+                answer = add_payment_instance(
+                    self.emulator,
+                    str(body["alias"]),
+                    account=str(body.get("account", DEFAULT_ACCOUNT)),
+                    region=str(body.get("region", REGION)),
+                )
+            except (ValueError, KeyError, TypeError, AttributeError, ConnectError) as error:
+                status, answer = "400 Bad Request", {"Message": _refusal(error)}
+        else:
+            answer = {
+                "Instances": [
+                    {
+                        "Account": account,
+                        "Region": region,
+                        "InstanceId": instance.id,
+                        "InstanceArn": instance.arn,
+                        "Alias": instance.alias,
+                    }
+                    for account, region, instance in self.emulator.state.instances()
+                ]
+            }
+        start_response(status, [("Content-Type", "application/json")])
+        return [json.dumps(answer).encode()]
+
+
+def _refusal(error: Exception) -> str:
+    if isinstance(error, ConnectError):
+        return f"{error.code}: {error.message}"
+    return "give a JSON object with alias (and account: 12 digits, region: like eu-west-2)"
+
+
+def add_payment_instance(
+    emulator: ConnectEmulator, alias: str, *, account: str, region: str
+) -> dict[str, str]:
+    """A Connect instance with the payment flow and card-capture module in one partition, made
+    through the emulator's own handlers (as `create_payment_instance` makes it over the wire)."""
+    if not _ACCOUNT.fullmatch(account) or not _REGION.fullmatch(region):
+        raise ValueError((account, region))
+    state = emulator.state
+    where = {"account": account, "region": region}
+    instance = state.invoke(
+        "CreateInstance",
+        {
+            "IdentityManagementType": "CONNECT_MANAGED",
+            "InstanceAlias": alias,
+            "InboundCallsEnabled": True,
+            "OutboundCallsEnabled": False,
+        },
+        **where,
+    )
+    flow = state.invoke(
+        "CreateContactFlow",
+        {
+            "InstanceId": instance["Id"],
+            "Name": "Payment IVR",
+            "Type": "CONTACT_FLOW",
+            "Content": payment_flow_content(None, None),
+        },
+        **where,
+    )
+    module = state.invoke(
+        "CreateContactFlowModule",
+        {
+            "InstanceId": instance["Id"],
+            "Name": "Card capture",
+            "Content": payment_module_content(None, None),
+        },
+        **where,
+    )
+    return {
+        "Account": account,
+        "Region": region,
+        "InstanceId": instance["Id"],
+        "InstanceArn": instance["Arn"],
+        "FlowId": flow["ContactFlowId"],
+        "ModuleId": module["Id"],
+    }
+
 
 class Sandbox:
     """A running sandbox; stop it (or leave its `with` block) to release the port.
@@ -129,6 +280,8 @@ class Sandbox:
     ) -> None:
         self.emulator = emulator
         self.clock = clock
+        self._credentials: dict[str, dict[str, str]] = {}
+        self._credentials_lock = threading.Lock()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="sandbox", daemon=True)
         self._thread.start()
@@ -141,12 +294,73 @@ class Sandbox:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def environment(self) -> dict[str, str]:
-        """What a process needs to use the sandbox through boto3's standard variables."""
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": REGION, **DUMMY_CREDENTIALS}
+    def environment(
+        self, *, account: str = DEFAULT_ACCOUNT, region: str = REGION
+    ) -> dict[str, str]:
+        """What a process needs to use the sandbox through boto3's standard variables, acting in
+        this account (moto's default: dummy credentials; another: assumed-role ones) and region."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_DEFAULT_REGION": region,
+            **self.credentials(account),
+        }
+
+    def credentials(self, account: str = DEFAULT_ACCOUNT) -> dict[str, str]:
+        """Environment-variable credentials that moto and the emulator take for this account:
+        the default account's dummy ones, or those of `SANDBOX_ROLE` in `account`, assumed once
+        from the default account (moto lets it assume a role of any account)."""
+        if account == DEFAULT_ACCOUNT:
+            return dict(DUMMY_CREDENTIALS)
+        if not _ACCOUNT.fullmatch(account):
+            raise ValueError(f"an AWS account ID is 12 digits, not {account!r}")
+        with self._credentials_lock:
+            if account not in self._credentials:
+                self._credentials[account] = self._assume(account)
+            return dict(self._credentials[account])
+
+    def _assume(self, account: str) -> dict[str, str]:
+        import boto3
+
+        sts = boto3.client(
+            "sts",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+        assumed = sts.assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/{SANDBOX_ROLE}", RoleSessionName="sandbox"
+        )["Credentials"]
+        return {
+            "AWS_ACCESS_KEY_ID": assumed["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": assumed["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": assumed["SessionToken"],
+        }
+
+    def session(self, *, account: str = DEFAULT_ACCOUNT, region: str = REGION) -> Session:
+        """A boto3 session acting in this account and region; give its clients
+        `endpoint_url=sandbox.url` (or set AWS_ENDPOINT_URL)."""
+        import boto3
+
+        credentials = self.credentials(account)
+        return boto3.Session(
+            aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+            region_name=region,
+        )
+
+    def add_instance(
+        self, alias: str, *, account: str = DEFAULT_ACCOUNT, region: str = REGION
+    ) -> PaymentInstance:
+        """A Connect instance with the payment flow and card-capture module (their card-number
+        blocks not yet encrypting), in this account and region; in-process, so a fleet of a
+        thousand is seeded in moments."""
+        created = add_payment_instance(self.emulator, alias, account=account, region=region)
+        return PaymentInstance(created["InstanceId"], created["FlowId"], created["ModuleId"])
 
     def reset(self) -> None:
-        """Empty every service, as a fresh sandbox is."""
+        """Empty every service in every account, as a fresh sandbox is."""
         # S310: the URL is this sandbox's own http://127.0.0.1 address, never user input.
         request = urllib.request.Request(self.url + RESET_PATH, method="POST")  # noqa: S310
         with urllib.request.urlopen(request, timeout=10):  # noqa: S310
@@ -191,7 +405,7 @@ def start_sandbox(port: int = 0, *, log_requests: bool = False) -> Sandbox:
             if log_requests:
                 super().log_request(code, size)
 
-    emulator = ConnectEmulator()
+    emulator = ConnectEmulator(account_of=moto_account)
     clock = SimulatedClock()
     app = SandboxApp(emulator, DomainDispatcherApplication(create_backend_app), clock)
     # Bound here, not by werkzeug, which answers a busy port with sys.exit().
