@@ -280,8 +280,6 @@ class Sandbox:
     ) -> None:
         self.emulator = emulator
         self.clock = clock
-        self._credentials: dict[str, dict[str, str]] = {}
-        self._credentials_lock = threading.Lock()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="sandbox", daemon=True)
         self._thread.start()
@@ -307,18 +305,14 @@ class Sandbox:
 
     def credentials(self, account: str = DEFAULT_ACCOUNT) -> dict[str, str]:
         """Environment-variable credentials that moto and the emulator take for this account:
-        the default account's dummy ones, or those of `SANDBOX_ROLE` in `account`, assumed once
-        from the default account (moto lets it assume a role of any account)."""
+        the default account's dummy ones, or those of `SANDBOX_ROLE` in `account`, assumed from
+        the default account (moto lets it assume a role of any account). Not cached: a reset
+        makes moto forget assumed roles, and their keys would then act in the default account,
+        so ask again after one."""
         if account == DEFAULT_ACCOUNT:
             return dict(DUMMY_CREDENTIALS)
         if not _ACCOUNT.fullmatch(account):
             raise ValueError(f"an AWS account ID is 12 digits, not {account!r}")
-        with self._credentials_lock:
-            if account not in self._credentials:
-                self._credentials[account] = self._assume(account)
-            return dict(self._credentials[account])
-
-    def _assume(self, account: str) -> dict[str, str]:
         import boto3
 
         sts = boto3.client(
@@ -450,6 +444,12 @@ def run_sandbox(port: int, out: TextIO) -> int:
             out.write(
                 f"# simulated clock (rotator commands run at its time, and say so): "
                 f"curl -d '{{\"advance_days\": 30}}' {sandbox.url}{SANDBOX_CLOCK_PATH}\n"
+            )
+            out.write(
+                "# a payment instance in another account and region (assume "
+                f"arn:aws:iam::ACCOUNT:role/{SANDBOX_ROLE} to see it): curl -d "
+                f'\'{{"alias": "payments-b", "account": "111111111111", '
+                f'"region": "eu-west-2"}}\' {sandbox.url}{INSTANCES_PATH}\n'
             )
             out.flush()
             stopping.wait()
