@@ -166,6 +166,7 @@ TOGETHER = {
     "tests/test_operator_walkthrough.py": "`walk`: the documents walked against the sandbox",
     "tests/test_connect_emulator.py": "a sandbox of its own",
     "tests/test_sandbox_server.py": "a sandbox of its own",
+    "tests/test_sandbox_accounts.py": "a sandbox of its own",
     "tests/test_decrypt_adversarial.py": "keys loaded and messages encrypted once",
     "tests/test_report_browser.py": "the report seeded and rendered once per module",
 }
