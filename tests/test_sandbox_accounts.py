@@ -4,10 +4,12 @@ by the credentials' account (an assumed role's) and the request's region, as AWS
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -285,17 +287,22 @@ def test_add_instance_seeds_a_payment_instance_in_any_account_and_region(
 
 
 def test_environment_for_another_account_reaches_its_partition(
-    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     seeded = sandbox.add_instance("fleet-c", account="333333333333", region=MEMBER_REGION)
     environment = sandbox.environment(account="333333333333", region=MEMBER_REGION)
     assert environment["AWS_DEFAULT_REGION"] == MEMBER_REGION
-    for name in ("AWS_PROFILE", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    assert boto3.client("sts").get_caller_identity()["Account"] == "333333333333"
-    assert _listed(boto3.client("connect")) == [seeded.instance_id]
+    # A new session, as a child process has: boto3's default one keeps the first credentials.
+    session = boto3.session.Session()
+    assert session.client("sts").get_caller_identity()["Account"] == "333333333333"
+    assert _listed(session.client("connect")) == [seeded.instance_id]
     # The default account's environment is unchanged: dummy keys, moto's default region.
     assert sandbox.environment() == {
         "AWS_ENDPOINT_URL": sandbox.url,
