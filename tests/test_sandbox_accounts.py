@@ -275,6 +275,11 @@ def test_add_instance_seeds_a_payment_instance_in_any_account_and_region(
         "ContactFlowModulesSummaryList"
     ]
     assert module["Id"] == seeded.module_id
+    content = away.describe_contact_flow(InstanceId=seeded.instance_id, ContactFlowId=flow["Id"])[
+        "ContactFlow"
+    ]["Content"]
+    # The flow invokes its own account's decrypt Lambda, not the central account's.
+    assert "arn:aws:lambda:ap-southeast-2:222222222222:function:connect-decrypt" in content
 
     central = sandbox.session().client("connect", endpoint_url=sandbox.url, config=ONE_ATTEMPT)
     assert _listed(central) == [home.instance_id]

@@ -15,22 +15,34 @@ DECRYPT_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:connect-dec
 CARD_INPUT_ACTION = "card-number"
 
 
-def payment_flow_content(key_id: str | None, certificate_pem: str | None) -> str:
+def decrypt_lambda_arn(account: str, region: str) -> str:
+    """The placeholder decrypt Lambda of an instance's own account and region (a member account
+    runs its own decrypt Lambda: private keys never leave the account)."""
+    return f"arn:aws:lambda:{region}:{account}:function:connect-decrypt"
+
+
+def payment_flow_content(
+    key_id: str | None, certificate_pem: str | None, *, lambda_arn: str = DECRYPT_LAMBDA_ARN
+) -> str:
     """An inbound flow: greet, store the card number (encrypted if key_id is given), decrypt
     it with the Lambda, thank the caller and hang up."""
     return _payment_content(
-        key_id, certificate_pem, end=_action("hang-up", "DisconnectParticipant")
+        key_id, certificate_pem, lambda_arn, end=_action("hang-up", "DisconnectParticipant")
     )
 
 
-def payment_module_content(key_id: str | None, certificate_pem: str | None) -> str:
+def payment_module_content(
+    key_id: str | None, certificate_pem: str | None, *, lambda_arn: str = DECRYPT_LAMBDA_ARN
+) -> str:
     """The same steps as a flow module, which returns to its calling flow instead of hanging up."""
     return _payment_content(
-        key_id, certificate_pem, end=_action("return", "EndFlowModuleExecution")
+        key_id, certificate_pem, lambda_arn, end=_action("return", "EndFlowModuleExecution")
     )
 
 
-def _payment_content(key_id: str | None, certificate_pem: str | None, end: dict[str, Any]) -> str:
+def _payment_content(
+    key_id: str | None, certificate_pem: str | None, lambda_arn: str, end: dict[str, Any]
+) -> str:
     card_input: dict[str, Any] = {
         "Text": "Please enter your card number, then press the pound key.",
         "StoreInput": "True",
@@ -57,7 +69,7 @@ def _payment_content(key_id: str | None, certificate_pem: str | None, end: dict[
                 "decrypt-card",
                 "InvokeLambdaFunction",
                 {
-                    "LambdaFunctionARN": DECRYPT_LAMBDA_ARN,
+                    "LambdaFunctionARN": lambda_arn,
                     # Connect's maximum; the decrypt Lambda answers well within it.
                     "InvocationTimeLimitSeconds": "8",
                     "LambdaInvocationAttributes": {"EncryptedCreditCard": "$.StoredCustomerInput"},

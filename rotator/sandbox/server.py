@@ -57,6 +57,7 @@ from rotator.sandbox.connect_emulator import (
 )
 from rotator.sandbox.sample_flows import (
     PaymentInstance,
+    decrypt_lambda_arn,
     payment_flow_content,
     payment_module_content,
 )
@@ -229,6 +230,7 @@ def add_payment_instance(
         raise ValueError((account, region))
     state = emulator.state
     where = {"account": account, "region": region}
+    lambda_arn = decrypt_lambda_arn(account, region)
     instance = state.invoke(
         "CreateInstance",
         {
@@ -245,7 +247,7 @@ def add_payment_instance(
             "InstanceId": instance["Id"],
             "Name": "Payment IVR",
             "Type": "CONTACT_FLOW",
-            "Content": payment_flow_content(None, None),
+            "Content": payment_flow_content(None, None, lambda_arn=lambda_arn),
         },
         **where,
     )
@@ -254,7 +256,7 @@ def add_payment_instance(
         {
             "InstanceId": instance["Id"],
             "Name": "Card capture",
-            "Content": payment_module_content(None, None),
+            "Content": payment_module_content(None, None, lambda_arn=lambda_arn),
         },
         **where,
     )
