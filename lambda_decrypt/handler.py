@@ -18,6 +18,9 @@ import botocore.config  # noqa: F401
 import botocore.exceptions  # noqa: F401
 import botocore.session  # noqa: F401
 
+# The Encryption SDK imports cryptography's OpenSSL backend on its first decryption only.
+import cryptography.hazmat.backends.openssl  # noqa: F401
+
 from lambda_decrypt import snapstart
 from lambda_decrypt.config import DecryptConfig, Env
 from lambda_decrypt.decrypt import Decryptor
