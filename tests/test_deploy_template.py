@@ -787,3 +787,60 @@ def test_the_verify_input_is_a_job_the_lambda_knows() -> None:
     from rotator.entrypoints.scheduled import Job
 
     assert Job("verify") is Job.VERIFY
+
+
+def test_the_decrypt_function_publishes_snapstart_versions_behind_the_live_alias(
+    template: dict[str, Any],
+) -> None:
+    decrypt = resources(template)["DecryptFunction"]["Properties"]
+    assert decrypt["AutoPublishAlias"] == "live"
+    # SnapStart on published versions, unless provisioned concurrency (Lambda allows one).
+    assert decrypt["SnapStart"] == {
+        "ApplyOn": {"Fn::If": ["DecryptHasProvisionedConcurrency", "None", "PublishedVersions"]}
+    }
+    # A runtime SnapStart supports for Python (3.12 and later), the one packaging builds for.
+    major, minor = read_target(TEMPLATE).python_version.split(".")
+    assert (int(major), int(minor)) >= (3, 12)
+
+
+def test_connect_invokes_and_is_associated_with_the_alias_only(template: dict[str, Any]) -> None:
+    (loop,) = [v for k, v in template["Resources"].items() if k.startswith("Fn::ForEach::")]
+    by_type = {r["Type"]: r["Properties"] for r in loop[2].values()}
+    alias = {"Ref": "DecryptFunction.Alias"}
+    assert by_type["AWS::Lambda::Permission"]["FunctionName"] == alias
+    assert by_type["AWS::Connect::IntegrationAssociation"]["IntegrationArn"] == alias
+    assert template["Outputs"]["DecryptFunctionArn"]["Value"] == alias
+    # No other permission lets anything invoke the decrypt function, qualified or not.
+    others = [
+        r["Properties"]["FunctionName"]
+        for name, r in resources(template).items()
+        if r["Type"] == "AWS::Lambda::Permission" and not name.startswith("ConnectInvokesDecrypt")
+    ]
+    assert all("Decrypt" not in json.dumps(target) for target in others)
+
+
+@pytest.mark.parametrize(
+    ("provisioned", "snapstart", "config"),
+    [
+        ("0", "PublishedVersions", None),
+        ("5", "None", {"ProvisionedConcurrentExecutions": "5"}),
+    ],
+)
+def test_provisioned_concurrency_is_optional_and_replaces_snapstart(
+    template: dict[str, Any], provisioned: str, snapstart: str, config: dict[str, str] | None
+) -> None:
+    """Parameters reach conditions as strings (CloudFormation's Ref of a Number)."""
+    from tests.cfn_policy import Stack
+
+    spec = template["Parameters"]["DecryptProvisionedConcurrency"]
+    assert (spec["Type"], spec["Default"], spec["MinValue"]) == ("Number", 0, 0)
+    assert list(template["Parameters"])[-1] == "DecryptProvisionedConcurrency"
+    stack = Stack(template, {"DecryptProvisionedConcurrency": provisioned})
+    decrypt = stack.resolve(
+        {
+            key: resources(template)["DecryptFunction"]["Properties"][key]
+            for key in ("SnapStart", "ProvisionedConcurrencyConfig")
+        }
+    )
+    assert decrypt["SnapStart"] == {"ApplyOn": snapstart}
+    assert decrypt.get("ProvisionedConcurrencyConfig") == config
