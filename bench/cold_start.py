@@ -125,7 +125,7 @@ def compare() -> None:
         server.stop()
 
     def median(target: str, field: str) -> float:
-        return statistics.median(sample[field] for sample in samples[target])
+        return statistics.median(float(sample[field]) for sample in samples[target])
 
     rows = [
         ("plain cold start: import + first invocation", "ours", "elapsed_ms"),

@@ -77,7 +77,7 @@ def import_handler(hooks: types.ModuleType | None) -> types.ModuleType:
         return importlib.import_module(HANDLER)
     finally:
         sys.modules[HANDLER] = saved
-        lambda_decrypt.handler = saved  # type: ignore[attr-defined]
+        lambda_decrypt.handler = saved
         if had_library:
             sys.modules[snapstart.HOOK_LIBRARY] = previous_library  # type: ignore[assignment]
         else:
@@ -391,8 +391,10 @@ def ssm_server(
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        counter = CountingApp(server._server.app)
-        server._server.app = counter
+        wsgi = server._server
+        assert wsgi is not None
+        counter = CountingApp(wsgi.app)
+        wsgi.app = counter
         client = boto3.client("ssm", region_name=REGION, endpoint_url=endpoint)
         store = SsmKeyring(client, "/connect-keys")
         store.store_key(KEY_A, material_a, make_record(KEY_A, material_a, state=KeyState.PREVIOUS))
