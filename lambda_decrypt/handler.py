@@ -35,6 +35,7 @@ from lambda_decrypt.keyring import (
     DEFAULT_SSM_TIMEOUT_SECONDS,
     KeyringReader,
     keyring_reader,
+    renew_default_session,
     ssm_time_limit,
 )
 from lambda_decrypt.logs import clip, configure_logging, get_logger
@@ -180,6 +181,7 @@ def before_snapshot() -> None:
     if container is not None:
         container.reader.forget()
         container.reader.disconnect()
+    renew_default_session()  # no credentials until a client is built, after the restore
     # Key objects freed now, not at some later collection, before memory is captured.
     gc.collect()
 

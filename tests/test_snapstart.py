@@ -147,7 +147,9 @@ def ssm_calls(monkeypatch: pytest.MonkeyPatch) -> CallCounter:
 
 
 @pytest.fixture
-def hooks() -> FakeHookLibrary:
+def hooks(monkeypatch: pytest.MonkeyPatch) -> FakeHookLibrary:
+    # The before-snapshot hook replaces boto3's default session: this process gets its own back.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", boto3.DEFAULT_SESSION)
     return FakeHookLibrary()
 
 
@@ -182,9 +184,13 @@ def test_the_snapshot_holds_no_key_and_no_client_and_the_restore_loads_the_keys_
     material_a: KeyMaterial,
     material_b: KeyMaterial,
 ) -> None:
+    in_init = boto3.DEFAULT_SESSION
     hooks.snapshot()
     reader = lambda_init._container.reader
     assert reader._client is None  # its credentials would be stale after a restore
+    # ... and so would those its session cached: a new session, which has resolved none yet.
+    assert boto3.DEFAULT_SESSION is not in_init
+    assert boto3.DEFAULT_SESSION._session._credentials is None
     assert ssm_calls.calls == []
     assert key_material(module_state(lambda_init)) == []
 
