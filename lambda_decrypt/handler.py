@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+# Init phase: everything the first invocation would otherwise import (the Encryption SDK and
+# cryptography through `decrypt`, boto3 and botocore for the keyring's client). Under SnapStart
+# they are in the snapshot; without it they are paid before the first event, not during it.
+import boto3  # noqa: F401
+import botocore.config  # noqa: F401
+import botocore.exceptions  # noqa: F401
+import botocore.session  # noqa: F401
+
+# The Encryption SDK imports cryptography's OpenSSL backend on its first decryption only.
+import cryptography.hazmat.backends.openssl  # noqa: F401
+
+from lambda_decrypt import snapstart
 from lambda_decrypt.config import DecryptConfig, Env
+from lambda_decrypt.decrypt import Decryptor
 from lambda_decrypt.errors import (
     ConfigError,
     ConnectKeyRotatorError,
@@ -16,7 +31,13 @@ from lambda_decrypt.errors import (
     KeyringAccessDenied,
     MalformedMessage,
 )
-from lambda_decrypt.keyring import DEFAULT_SSM_TIMEOUT_SECONDS, keyring_decryptor, ssm_time_limit
+from lambda_decrypt.keyring import (
+    DEFAULT_SSM_TIMEOUT_SECONDS,
+    KeyringReader,
+    keyring_reader,
+    renew_default_session,
+    ssm_time_limit,
+)
 from lambda_decrypt.logs import clip, configure_logging, get_logger
 from lambda_decrypt.message import looks_like_sdk_message
 
@@ -27,10 +48,14 @@ MIN_SSM_TIMEOUT_SECONDS = 0.1
 # At most this many parameter names in a log line (each clipped like every event field).
 LOGGED_NAMES = 16
 REASON_LIMIT = 512
+# What the after-restore hook may spend on SSM: Lambda fails a restore whose hooks take more
+# than 10 s (SnapStartTimeoutException); keys it could not load in time load on first use.
+RESTORE_SSM_SECONDS = 4.0
 
 
 class _Container:
-    """Built on the first invocation and kept for the container's life: keys load once, and
+    """Built once per execution environment: at init under Lambda, else on the first
+    invocation. Keys load once (after a SnapStart restore, or on first use) and stay cached;
     the logger is bound once (after configuration) instead of resolved on every call."""
 
     def __init__(self, seconds_left: float | None) -> None:
@@ -41,9 +66,19 @@ class _Container:
             configure_logging()
             raise
         configure_logging(config.log_level)
+        self.settings = config
         self.config = replace(config, ssm_timeout_seconds=ssm_timeout(config, seconds_left))
-        self.decryptor = keyring_decryptor(self.config)
+        # Built at init, the SSM timeout could not be checked against the function's time yet.
+        self.timing_checked = seconds_left is not None
+        self.reader: KeyringReader = keyring_reader(self.config)
+        self.decryptor = Decryptor(self.reader, max_message_bytes=self.config.max_message_bytes)
         self.log = get_logger("lambda_decrypt.handler").bind()
+
+    def check_timing(self, seconds_left: float | None) -> None:
+        """On the first invocation of a container built at init: the SSM timeout must fit."""
+        if not self.timing_checked and seconds_left is not None:
+            ssm_timeout(self.settings, seconds_left)
+            self.timing_checked = True
 
 
 _container: _Container | None = None
@@ -60,6 +95,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, str]:
     try:
         container = _container_state(seconds_left)
         log = container.log
+        container.check_timing(seconds_left)
         values = _encrypted_values(event, container.config)
         response: dict[str, str] = {"status": "ok"}
         key_ids = []
@@ -121,6 +157,63 @@ def _container_state(seconds_left: float | None) -> _Container:
     if _container is None:
         _container = _Container(seconds_left)
     return _container
+
+
+def init_phase() -> None:
+    """The init phase's work that needs the settings but no secret: the container and its SSM
+    client (botocore's models parsed, the client class built). Never raises: a configuration
+    error is answered, and logged, by the first invocation."""
+    global _container
+    try:
+        container = _Container(None)
+        container.reader.connect()
+    except Exception:  # noqa: BLE001 - the first invocation builds it again and reports why
+        _container = None
+        return
+    _container = container
+
+
+def before_snapshot() -> None:
+    """SnapStart, before the snapshot: nothing secret or stale may be in it. No key should
+    have been loaded in the init phase; whatever was (an invocation before the snapshot) is
+    dropped, with the SSM client and the credentials it resolved."""
+    container = _container
+    if container is not None:
+        container.reader.forget()
+        container.reader.disconnect()
+    renew_default_session()  # no credentials until a client is built, after the restore
+    # Key objects freed now, not at some later collection, before memory is captured.
+    gc.collect()
+
+
+def after_restore() -> None:
+    """SnapStart, after a restore: new randomness, a new SSM client (this environment's
+    credentials), then the keys in use, so that the first contact waits for no SSM call.
+    Never raises: what fails here is retried, and reported, by the first invocation."""
+    # Every environment restored from one snapshot starts with the same PRNG state; the
+    # keyring's retry jitter must differ between them.
+    random.seed()
+    started = time.perf_counter()
+    global _container
+    try:
+        container = _container_state(None)
+    except Exception:  # noqa: BLE001 - a configuration error: the first invocation answers it
+        _container = None
+        return
+    try:
+        container.reader.disconnect()
+        container.reader.connect()
+        with ssm_time_limit(RESTORE_SSM_SECONDS):
+            loaded = container.reader.preload()
+    except Exception as error:  # noqa: BLE001 - keys load on first use instead
+        container.log.warning("snapstart_restore", outcome="error", reason=clip(str(error)))
+        return
+    container.log.info(
+        "snapstart_restore",
+        outcome="ok",
+        key_ids=loaded,
+        restore_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
 
 
 def _seconds_left(context: Any) -> float | None:
@@ -234,3 +327,9 @@ def _fail(
         latency_ms=round((time.perf_counter() - started) * 1000, 3),
     )
     return {"status": "error", "error": code}
+
+
+# Registered only where the runtime's hook library exists (Lambda's Python 3.12+ runtimes); it
+# runs them only for a SnapStart version. There the container is built now, in the init phase.
+if snapstart.register(before_snapshot, after_restore):
+    init_phase()

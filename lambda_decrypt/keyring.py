@@ -48,6 +48,10 @@ THROTTLED = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsExce
 log = get_logger("lambda_decrypt.keyring")
 # The time.monotonic() by which every SSM call of the current invocation must be over.
 _deadline: ContextVar[float | None] = ContextVar("lambda_decrypt_ssm_deadline", default=None)
+# Keys whose metadata says Connect may be encrypting with them now (the flows' current key, and
+# the previous one for contacts still in flight): what `preload` loads before any invocation.
+PRELOAD_STATES = frozenset({"active", "previous"})
+PRELOAD_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,21 @@ def default_ssm_client(timeout_seconds: float = DEFAULT_SSM_TIMEOUT_SECONDS) -> 
     return boto3.client("ssm", config=config)
 
 
+def renew_default_session() -> None:
+    """Replace boto3's default session by a new one, which resolves credentials again when its
+    first client is built: a session caches the credentials it resolved, and after a SnapStart
+    restore the snapshot's are stale. The new session keeps botocore's data loader (service
+    models and endpoints, no credentials), so the next client skips parsing them (~80 ms)."""
+    import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    if boto3.DEFAULT_SESSION is not None:
+        loader = boto3.DEFAULT_SESSION._session.get_component("data_loader")
+        core.register_component("data_loader", loader)
+    boto3.setup_default_session(botocore_session=core)
+
+
 @dataclass(frozen=True)
 class _Cached:
     key: ConnectKey
@@ -223,6 +242,63 @@ class KeyringReader:
             else:
                 self._keys.pop(key_id, None)
                 self._misses.pop(key_id, None)
+
+    def connect(self) -> None:
+        """Build the SSM client now (its cost moves to the init phase); no AWS call."""
+        self._ssm()
+
+    def disconnect(self) -> None:
+        """Drop the SSM client, and the credentials it resolved; the next call builds another."""
+        with self._lock:
+            self._client = None
+
+    def loaded_key_ids(self) -> list[str]:
+        """The key IDs whose private keys are in memory now."""
+        return sorted(self._keys)
+
+    def preload(self, limit: int = PRELOAD_LIMIT) -> list[str]:
+        """Load the keys Connect may be encrypting with now (metadata state active or
+        previous, at most `limit`), so that their first contacts wait for no SSM call.
+
+        One listing of the keyring's String parameters (metadata and certificates, no private
+        key, no KMS call), then one GetParameters per key. Never raises: a key it could not
+        load loads on its first use, as without a preload. Returns the key IDs loaded.
+        """
+        try:
+            wanted = self._keys_in_use()
+        except KeyringUnavailable as error:
+            log.warning("keyring_preload_failed", reason=str(error))
+            return []
+        loaded = []
+        for key_id in wanted[:limit]:
+            try:
+                self.get(key_id)
+            except DecryptError as error:
+                log.warning("key_preload_failed", key_id=key_id, outcome=error.code)
+                continue
+            loaded.append(key_id)
+        if len(wanted) > limit:
+            log.warning("keyring_preload_capped", keys=len(wanted), limit=limit)
+        return loaded
+
+    def _keys_in_use(self) -> list[str]:
+        """Key IDs whose metadata state is in PRELOAD_STATES, listed without decryption."""
+        root = self.layout.keys_root()
+        found: list[str] = []
+        token: str | None = None
+        while True:
+            response = self._call(
+                "ssm:GetParametersByPath", root, partial(_list_page, root, token, "String")
+            )
+            for parameter in response.get("Parameters", []):
+                key_id = self.layout.key_id_of(parameter["Name"])
+                if key_id is None or parameter["Name"] != self.layout.metadata(key_id):
+                    continue
+                if _state_from_metadata(parameter.get("Value")) in PRELOAD_STATES:
+                    found.append(key_id)
+            token = response.get("NextToken")
+            if not token:
+                return sorted(found)
 
     def _refresh(self, key_id: str, now: float) -> ConnectKey:
         cached = self._keys.get(key_id)
@@ -297,7 +373,9 @@ class KeyringReader:
         token: str | None = None
         pages = 0
         while True:
-            response = self._call("ssm:GetParametersByPath", root, partial(_list_page, root, token))
+            response = self._call(
+                "ssm:GetParametersByPath", root, partial(_list_page, root, token, "SecureString")
+            )
             pages += 1
             for parameter in response.get("Parameters", []):
                 key_id = self.layout.key_id_of(parameter["Name"])
@@ -375,14 +453,17 @@ class KeyringReader:
         return key
 
 
-def _list_page(root: str, token: str | None, client: SSMClient) -> GetParametersByPathResultTypeDef:
+def _list_page(
+    root: str, token: str | None, kind: str, client: SSMClient
+) -> GetParametersByPathResultTypeDef:
+    """One page of the parameters of type `kind` under `root`, never decrypted."""
     paging = {"NextToken": token} if token else {}
     return client.get_parameters_by_path(
         Path=root,
         Recursive=True,
         WithDecryption=False,
         MaxResults=LISTING_PAGE_SIZE,
-        ParameterFilters=[{"Key": "Type", "Option": "Equals", "Values": ["SecureString"]}],
+        ParameterFilters=[{"Key": "Type", "Option": "Equals", "Values": [kind]}],
         **paging,
     )
 
@@ -418,7 +499,12 @@ def keyring_decryptor(config: DecryptConfig) -> Decryptor:
     decrypts with keys it passes in)."""
     from lambda_decrypt.decrypt import Decryptor
 
-    reader = KeyringReader(
+    return Decryptor(keyring_reader(config), max_message_bytes=config.max_message_bytes)
+
+
+def keyring_reader(config: DecryptConfig) -> KeyringReader:
+    """The SSM keyring reader the settings describe (no AWS call, no client yet)."""
+    return KeyringReader(
         config.keyring_prefix,
         ttl_seconds=config.key_cache_ttl_seconds,
         check_seconds=config.key_check_seconds,
@@ -426,4 +512,3 @@ def keyring_decryptor(config: DecryptConfig) -> Decryptor:
         max_lookups_per_minute=config.max_key_lookups_per_minute,
         ssm_timeout_seconds=config.ssm_timeout_seconds or DEFAULT_SSM_TIMEOUT_SECONDS,
     )
-    return Decryptor(reader, max_message_bytes=config.max_message_bytes)

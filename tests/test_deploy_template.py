@@ -283,11 +283,14 @@ def test_runtime_is_declared_once_and_packaging_reads_it(template: dict[str, Any
 def test_connect_may_invoke_the_decrypt_function_per_instance(template: dict[str, Any]) -> None:
     (loop,) = [v for k, v in template["Resources"].items() if k.startswith("Fn::ForEach::")]
     assert loop[1] == {"Ref": "ConnectInstanceArns"}
-    (permission,) = [r for r in loop[2].values() if r["Type"] == "AWS::Lambda::Permission"]
-    properties = permission["Properties"]
-    assert properties["Principal"] == "connect.amazonaws.com"
-    assert properties["SourceArn"] == {"Ref": loop[0]}
-    assert properties["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    permissions = [r for r in loop[2].values() if r["Type"] == "AWS::Lambda::Permission"]
+    assert len(permissions) == 2  # the alias, and the function while flows are repointed
+    for permission in permissions:
+        properties = permission["Properties"]
+        assert properties["Action"] == "lambda:InvokeFunction"
+        assert properties["Principal"] == "connect.amazonaws.com"
+        assert properties["SourceArn"] == {"Ref": loop[0]}
+        assert properties["SourceAccount"] == {"Ref": "AWS::AccountId"}
 
 
 def _alarm(
@@ -787,3 +790,73 @@ def test_the_verify_input_is_a_job_the_lambda_knows() -> None:
     from rotator.entrypoints.scheduled import Job
 
     assert Job("verify") is Job.VERIFY
+
+
+def test_the_decrypt_function_publishes_snapstart_versions_behind_the_live_alias(
+    template: dict[str, Any],
+) -> None:
+    decrypt = resources(template)["DecryptFunction"]["Properties"]
+    assert decrypt["AutoPublishAlias"] == "live"
+    # SnapStart on published versions, unless provisioned concurrency (Lambda allows one).
+    assert decrypt["SnapStart"] == {
+        "ApplyOn": {"Fn::If": ["DecryptHasProvisionedConcurrency", "None", "PublishedVersions"]}
+    }
+    # A runtime SnapStart supports for Python (3.12 and later), the one packaging builds for.
+    major, minor = read_target(TEMPLATE).python_version.split(".")
+    assert (int(major), int(minor)) >= (3, 12)
+
+
+def test_connect_is_associated_with_the_alias_and_may_still_invoke_the_function(
+    template: dict[str, Any],
+) -> None:
+    """The alias is what Connect is given; the unqualified function stays invocable so that
+    flows not yet repointed keep decrypting through the upgrade (no contact lost)."""
+    (loop,) = [v for k, v in template["Resources"].items() if k.startswith("Fn::ForEach::")]
+    alias = {"Ref": "DecryptFunction.Alias"}
+    invoked = sorted(
+        json.dumps(r["Properties"]["FunctionName"])
+        for r in loop[2].values()
+        if r["Type"] == "AWS::Lambda::Permission"
+    )
+    assert invoked == sorted([json.dumps(alias), json.dumps({"Ref": "DecryptFunction"})])
+    (association,) = [
+        r["Properties"]
+        for r in loop[2].values()
+        if r["Type"] == "AWS::Connect::IntegrationAssociation"
+    ]
+    assert association["IntegrationArn"] == alias
+    assert template["Outputs"]["DecryptFunctionArn"]["Value"] == alias
+    # No other permission lets anything invoke the decrypt function, qualified or not.
+    others = [
+        r["Properties"]["FunctionName"]
+        for name, r in resources(template).items()
+        if r["Type"] == "AWS::Lambda::Permission" and not name.startswith("ConnectInvokesDecrypt")
+    ]
+    assert all("Decrypt" not in json.dumps(target) for target in others)
+
+
+@pytest.mark.parametrize(
+    ("provisioned", "snapstart", "config"),
+    [
+        ("0", "PublishedVersions", None),
+        ("5", "None", {"ProvisionedConcurrentExecutions": "5"}),
+    ],
+)
+def test_provisioned_concurrency_is_optional_and_replaces_snapstart(
+    template: dict[str, Any], provisioned: str, snapstart: str, config: dict[str, str] | None
+) -> None:
+    """Parameters reach conditions as strings (CloudFormation's Ref of a Number)."""
+    from tests.cfn_policy import Stack
+
+    spec = template["Parameters"]["DecryptProvisionedConcurrency"]
+    assert (spec["Type"], spec["Default"], spec["MinValue"]) == ("Number", 0, 0)
+    assert list(template["Parameters"])[-1] == "DecryptProvisionedConcurrency"
+    stack = Stack(template, {"DecryptProvisionedConcurrency": provisioned})
+    decrypt = stack.resolve(
+        {
+            key: resources(template)["DecryptFunction"]["Properties"][key]
+            for key in ("SnapStart", "ProvisionedConcurrencyConfig")
+        }
+    )
+    assert decrypt["SnapStart"] == {"ApplyOn": snapstart}
+    assert decrypt.get("ProvisionedConcurrencyConfig") == config
