@@ -10,12 +10,15 @@ names the record and the error's type, never its message (which could quote what
 from __future__ import annotations
 
 import hmac
+import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Lock
-from typing import Any
+from typing import Any, TextIO
+from urllib.parse import quote
 
 from lambda_decrypt.decrypt import Decryptor, KeySource
 from lambda_decrypt.errors import DecryptError
@@ -28,6 +31,7 @@ from rotator.domain.stored_ciphertext import (
     Inventory,
     KeyCount,
     StoredRecord,
+    parse_store_uri,
 )
 from rotator.errors import ConnectKeyRotatorError
 from rotator.ports import Checkpoint, CiphertextStore, Keyring
@@ -258,3 +262,50 @@ class Rewrapper:
                 clock=clock,
             )
         )
+
+
+def progress_printer(stream: TextIO, *, every: float = 1.0) -> Callable[[RewrapProgress], None]:
+    """A progress bar on a terminal, JSON lines otherwise; at most one update per `every`
+    seconds, and the last one always (counts and refs only: nothing a value holds)."""
+    tty = stream.isatty()
+    last = [0.0]
+    seen: list[dict[str, int]] = []
+
+    def show(state: RewrapProgress) -> None:
+        now = time.monotonic()
+        snapshot = state.to_dict()
+        if seen and seen[-1] == snapshot:
+            return
+        if now - last[0] < every and snapshot["records_read"] and seen:
+            seen.append(snapshot)
+            return
+        last[0] = now
+        seen[:] = [snapshot]
+        if tty:
+            done = state.records_written + state.conflicts + state.failures
+            bar = "#" * min(30, done * 30 // max(1, state.records_read))
+            stream.write(
+                f"\r[{bar:<30}] {state.records_written} records written, "
+                f"{state.values_rewrapped} values, {state.conflicts} changed, "
+                f"{state.failures} failed, {state.records_read} read"
+            )
+        else:
+            stream.write(json.dumps({"progress": snapshot}, sort_keys=True) + "\n")
+        stream.flush()
+
+    return show
+
+
+def batch_manifest(stores: Sequence[CiphertextStore], from_key: str | None) -> str:
+    """An S3 Batch Operations CSV manifest (`bucket,key`, the key URL-encoded) of the objects
+    that hold ciphertexts of `from_key` (of any key when None): the job's Lambda (the template's
+    rewrap function) rewraps each one with this same code."""
+    lines = []
+    for store in stores:
+        scheme, bucket, _ = parse_store_uri(store.uri)
+        if scheme != "s3":
+            raise RewrapRefused(f"{store.uri}: a Batch Operations manifest lists S3 objects only")
+        for record in store.records():
+            if record.ciphertexts(from_key):
+                lines.append(f"{bucket},{quote(record.ref, safe='')}\n")
+    return "".join(lines)
