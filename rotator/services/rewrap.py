@@ -205,27 +205,33 @@ class Rewrapper:
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             pending: set[Future[None]] = set()
-            for store, record in self._records(stores):
-                with lock:
-                    state.records_read += 1
-                if (store.uri, record.ref) in done:
+            try:
+                for store, record in self._records(stores):
                     with lock:
-                        state.skipped_done += 1
-                    continue
-                texts = [value.text for value, _ in record.ciphertexts(self.from_key)]
-                if not texts:
-                    continue
-                result.records_found += 1
-                result.values_found += len(texts)
-                if dry_run:
-                    continue
-                pending.add(pool.submit(work, store, record, texts))
-                if len(pending) >= 2 * max(1, concurrency):  # bounded: reads wait for writes
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        future.result()
-            for future in pending:
-                future.result()
+                        state.records_read += 1
+                    if (store.uri, record.ref) in done:
+                        with lock:
+                            state.skipped_done += 1
+                        continue
+                    texts = [value.text for value, _ in record.ciphertexts(self.from_key)]
+                    if not texts:
+                        continue
+                    result.records_found += 1
+                    result.values_found += len(texts)
+                    if dry_run:
+                        continue
+                    pending.add(pool.submit(work, store, record, texts))
+                    if len(pending) >= 2 * max(1, concurrency):  # bounded: reads wait for writes
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            future.result()
+                for future in pending:
+                    future.result()
+            except BaseException:
+                # Interrupted (Ctrl-C, a crash): queued records are left for --resume.
+                for future in pending:
+                    future.cancel()
+                raise
         report()
         return result
 
