@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -146,7 +147,7 @@ def test_a_crash_after_a_write_resumes_with_nothing_done_twice_or_lost(setup: Se
     real_replace = store.replace
     writes = [0]
 
-    def dies_after_the_fourth_write(record: StoredRecord, changes: dict[str, str]) -> None:
+    def dies_after_the_fourth_write(record: StoredRecord, changes: Mapping[str, str]) -> None:
         if writes[0] >= 4:  # the process is dead: its other threads write nothing more
             raise Crash
         real_replace(record, changes)
