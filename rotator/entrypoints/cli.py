@@ -407,8 +407,10 @@ def run_destroy(args: argparse.Namespace, ctx: Context) -> int:
     if not args.yes and not dry_run:
         raise ConfigError("destroy", "--yes is required: a destroyed key never decrypts again")
     reason = _override_reason(args, "--override-retention", args.override_retention)
-    ignore_reason = _override_reason(
-        args, "--ignore-stored-ciphertexts", args.ignore_stored_ciphertexts
+    ignore_reason = (  # --reason may serve both overrides
+        _override_reason(args, "--ignore-stored-ciphertexts", True)
+        if args.ignore_stored_ciphertexts
+        else None
     )
     _check_stored_ciphertexts(args.key_id, ctx, ignore_reason, record=not dry_run)
     message = ctx.adapters.rotation(actor("cli", simulated=moment.simulated)).destroy(

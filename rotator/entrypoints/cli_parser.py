@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _stores(inventory, required=False)
     inventory.add_argument("--key", metavar="KEY_ID", help="count only this key's ciphertexts")
-    _timed_json(inventory)
+    _json(inventory)
 
     rewrap = command(
         "rewrap", help="re-encrypt stored ciphertexts of an old key for the current key"
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write an S3 Batch Operations CSV manifest of the objects to rewrap, change nothing",
     )
     _dry_run(rewrap, checked=False)
-    _timed_json(rewrap)
+    _json(rewrap)
 
     verify = command("verify", help="check every invariant against the live state")
     verify.add_argument("--instance-id", type=instance_id_arg, help="only this instance")
@@ -373,6 +373,11 @@ def _dry_run(parser: argparse.ArgumentParser, *, checked: bool) -> None:
         action="store_true",
         help=("check and " if checked else "") + "say what would happen, change nothing",
     )
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    """--json without --now: what is stored is read as it is now, not at another time."""
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _stores(parser: argparse.ArgumentParser, *, required: bool) -> None:
