@@ -34,6 +34,7 @@ from rotator.domain.keys import (
     parse_subject,
 )
 from rotator.domain.policy import RotationPolicy
+from rotator.domain.stored_ciphertext import stores_from_text
 from rotator.domain.window import (
     FREEZE_EXAMPLE,
     WINDOW_EXAMPLE,
@@ -65,6 +66,7 @@ class RotatorEnv(StrEnum):
     ROTATION_WINDOW = "ROTATOR_ROTATION_WINDOW"
     FREEZE = "ROTATOR_FREEZE"
     RENEW_BEFORE_MINIMUM_DAYS = "ROTATOR_RENEW_BEFORE_MINIMUM_DAYS"
+    CIPHERTEXT_STORES = "ROTATOR_CIPHERTEXT_STORES"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -310,6 +312,17 @@ SETTINGS: tuple[Setting[Any], ...] = (
         check=lambda level: validate_log_level(level, Env.LOG_LEVEL),
         upper=True,
     ),
+    Setting[str | None](
+        "ciphertext_stores",
+        RotatorEnv.CIPHERTEXT_STORES,
+        ("settings", "ciphertext_stores"),
+        str,
+        None,
+        "stores of Connect ciphertexts (`s3://bucket/prefix dynamodb://table`, space or comma "
+        "separated): `destroy` refuses while they hold ciphertexts of the key",
+        check=stores_from_text,
+        empty_is_unset=True,
+    ),
 )
 SETTING_BY_NAME: Mapping[str, Setting[Any]] = {setting.name: setting for setting in SETTINGS}
 
@@ -341,6 +354,7 @@ class Settings:
     expiry_event_days: str = _default("expiry_event_days")
     event_bus: str = _default("event_bus")
     log_level: str = _default("log_level")
+    ciphertext_stores: str | None = _default("ciphertext_stores")
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:
@@ -349,6 +363,11 @@ class Settings:
             raise ConfigError(
                 RotatorEnv.RENEW_BEFORE_DAYS, "must be shorter than the certificate validity"
             )
+
+    @property
+    def stores(self) -> tuple[str, ...]:
+        """`ciphertext_stores` as store URIs."""
+        return stores_from_text(self.ciphertext_stores or "")
 
     @property
     def grace(self) -> timedelta:

@@ -3,7 +3,7 @@ clock and publishing), as Protocols the adapters implement."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -20,9 +20,12 @@ if TYPE_CHECKING:
     from rotator.domain.keys import KeyMaterial
     from rotator.domain.lifecycle import KeyRecord
     from rotator.domain.rotation import ManagedInstance, RotationState
+    from rotator.domain.stored_ciphertext import StoredRecord
 
 __all__ = [
     "BusEvent",
+    "Checkpoint",
+    "CiphertextStore",
     "Clock",
     "Connect",
     "ConnectReader",
@@ -324,3 +327,47 @@ class Publisher(Protocol):
         """Put `events` on the EventBridge bus `event_bus` (a name or ARN). Raises when any is
         not accepted; the others may have been."""
         ...
+
+
+# -- Stored ciphertexts (rewrap) ----------------------------------------------------------------
+
+
+class CiphertextStore(Protocol):
+    """Where Connect ciphertexts outlive the contact: `s3://bucket/prefix` (JSON, JSON Lines,
+    gzip of either) or `dynamodb://table` (string attributes anywhere in an item). Records are
+    the unit of a conditional write: an object, or an item."""
+
+    @property
+    def uri(self) -> str: ...
+
+    def records(self, *, after: str | None = None) -> Iterator[StoredRecord]:
+        """Every record with its string values, in a stable order (S3: by key; DynamoDB: by
+        the Scan's pages); `after` starts past that ref (S3 only, a hint others may ignore)."""
+        ...
+
+    def read(self, ref: str) -> StoredRecord | None:
+        """One record as stored now (None if it is gone)."""
+        ...
+
+    def replace(self, record: StoredRecord, changes: Mapping[str, str]) -> None:
+        """Write `record` back with each old value (key of `changes`) replaced by its new one,
+        only if it is unchanged since `record` was read: S3 a conditional PutObject on the ETag
+        (the bucket's versioning keeps the old object), DynamoDB a condition on each old value.
+        Raises ConcurrentChange when the store refused the write because of a change."""
+        ...
+
+
+class Checkpoint(Protocol):
+    """A rewrap's progress: the records done (after their write), durable across a crash."""
+
+    def done(self) -> set[tuple[str, str]]:
+        """(store URI, ref) of every record recorded as done."""
+        ...
+
+    def record(self, store: str, ref: str) -> None:
+        """Record a record as done, durably, before returning."""
+        ...
+
+    def exists(self) -> bool: ...
+
+    def clear(self) -> None: ...

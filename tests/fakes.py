@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +30,7 @@ from rotator.domain.history import (
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
+from rotator.domain.stored_ciphertext import ConcurrentChange, StoredRecord, strings_in
 from rotator.errors import (
     AwsCallError,
     ConfigError,
@@ -623,3 +624,84 @@ class FakePublisher:
         """The value of the one metric `name` published (it must be the only one of that name)."""
         (value,) = [m.value for m, _ in self.metrics if m.name == name]
         return value
+
+
+# -- Stored ciphertexts (rewrap) ----------------------------------------------------------------
+
+
+def _replace_strings(document: object, changes: Mapping[str, str]) -> object:
+    if isinstance(document, str):
+        return changes.get(document, document)
+    if isinstance(document, dict):
+        return {k: _replace_strings(v, changes) for k, v in document.items()}
+    if isinstance(document, list):
+        return [_replace_strings(v, changes) for v in document]
+    return document
+
+
+class FakeCiphertextStore:
+    """Implements `rotator.ports.CiphertextStore` in memory: records are JSON documents under
+    refs, each with a version that every write bumps (S3's ETag, DynamoDB's old values).
+
+    `before_write(ref)` runs before each conditional write (a concurrent change, a crash);
+    `writes` lists the refs written, in order."""
+
+    def __init__(self, uri: str = "s3://fake-store/records/") -> None:
+        self._uri = uri
+        self.documents: dict[str, object] = {}
+        self.versions: dict[str, int] = {}
+        self.writes: list[str] = []
+        self.before_write: Callable[[str], None] | None = None
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def put(self, ref: str, document: object) -> None:
+        """An outside writer (Firehose, a payment back end) stores or changes a record."""
+        self.documents[ref] = document
+        self.versions[ref] = self.versions.get(ref, 0) + 1
+
+    def records(self, *, after: str | None = None) -> Iterator[StoredRecord]:
+        for ref in sorted(self.documents):
+            if after is None or ref > after:
+                record = self.read(ref)
+                if record is not None:
+                    yield record
+
+    def read(self, ref: str) -> StoredRecord | None:
+        if ref not in self.documents:
+            return None
+        values = tuple(strings_in(self.documents[ref]))
+        return StoredRecord(self._uri, ref, str(self.versions[ref]), values)
+
+    def replace(self, record: StoredRecord, changes: Mapping[str, str]) -> None:
+        if self.before_write is not None:
+            self.before_write(record.ref)
+        if str(self.versions.get(record.ref)) != record.version:
+            raise ConcurrentChange(f"{self._uri} {record.ref} changed since it was read")
+        self.documents[record.ref] = _replace_strings(self.documents[record.ref], changes)
+        self.versions[record.ref] += 1
+        self.writes.append(record.ref)
+
+
+class FakeCheckpoint:
+    """Implements `rotator.ports.Checkpoint` in memory."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+        self.present = False
+
+    def done(self) -> set[tuple[str, str]]:
+        return set(self.entries)
+
+    def record(self, store: str, ref: str) -> None:
+        self.present = True
+        self.entries.append((store, ref))
+
+    def exists(self) -> bool:
+        return self.present
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.present = False

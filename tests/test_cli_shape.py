@@ -47,6 +47,8 @@ MINIMAL_ARGV = {
     "serve": ["serve"],
     "sandbox": ["sandbox"],
     "demo": ["demo"],
+    "inventory": ["inventory", "--store", "s3://bucket/prefix"],
+    "rewrap": ["rewrap", "--from", "k", "--store", "dynamodb://table"],
 }
 VALUED_GLOBALS = {"--prefix": "prefix", "--kms-key-id": "kms_key_id", "--log-level": "log_level"}
 # A command that needs no AWS must not load these (about 0.35 s of start-up on 2 cores).

@@ -3,6 +3,7 @@ the same assertions hold for both, so a fake cannot drift from what it stands in
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from boto3.dynamodb.types import TypeSerializer
 from botocore.config import Config
 
 from lambda_decrypt import Decryptor
@@ -21,6 +23,7 @@ from rotator.adapters.identity import StsIdentity
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.publishing import AwsPublisher, split_s3_location
 from rotator.adapters.ssm_keyring import SsmKeyring
+from rotator.adapters.stores import DynamoDbCiphertextStore, FileCheckpoint, S3CiphertextStore
 from rotator.clock import SystemClock
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
@@ -29,6 +32,7 @@ from rotator.domain.history import ClockKind, EventKind, HistoryEvent
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
+from rotator.domain.stored_ciphertext import ConcurrentChange
 from rotator.errors import (
     AwsCallError,
     ConfigError,
@@ -59,6 +63,8 @@ from rotator.services.canary import VerificationFailed, prove_key_decrypts
 from rotator.services.rotation import Outcome, RotationService
 from tests.conftest import NOW, REGION, make_record
 from tests.fakes import (
+    FakeCheckpoint,
+    FakeCiphertextStore,
     FakeClock,
     FakeConnect,
     FakeIdentity,
@@ -916,3 +922,186 @@ def test_an_event_the_bus_refuses_or_a_missing_bus_raises(
     with pytest.raises(AwsCallError, match="events:PutEvents failed for no-such-bus"):
         backend.publisher.put_events("no-such-bus", [fine])
     assert backend.events() == []
+
+
+# -- CiphertextStore and Checkpoint (rewrap) ----------------------------------------------------
+
+
+@dataclass
+class StoreBackend:
+    store: Any  # FakeCiphertextStore, S3CiphertextStore or DynamoDbCiphertextStore
+    put: Callable[[str, dict[str, Any]], None]  # an outside writer stores a record by name
+    ref: Callable[[str], str]  # a record's name -> its ref
+
+
+def _s3_store() -> StoreBackend:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="contact-records")
+    s3.put_bucket_versioning(
+        Bucket="contact-records", VersioningConfiguration={"Status": "Enabled"}
+    )
+
+    def put(name: str, document: dict[str, Any]) -> None:
+        s3.put_object(Bucket="contact-records", Key=f"records/{name}", Body=json.dumps(document))
+
+    return StoreBackend(
+        S3CiphertextStore(s3, "s3://contact-records/records/"), put, lambda n: f"records/{n}"
+    )
+
+
+def _dynamodb_store() -> StoreBackend:
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    dynamodb.create_table(
+        TableName="payments",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    serializer = TypeSerializer()
+
+    def put(name: str, document: dict[str, Any]) -> None:
+        item = {k: serializer.serialize(v) for k, v in {"id": name, **document}.items()}
+        dynamodb.put_item(TableName="payments", Item=item)
+
+    return StoreBackend(
+        DynamoDbCiphertextStore(dynamodb, "dynamodb://payments"),
+        put,
+        lambda n: json.dumps({"id": {"S": n}}, sort_keys=True, separators=(",", ":")),
+    )
+
+
+@pytest.fixture(params=["fake", "s3", "dynamodb"])
+def store_backend(request: pytest.FixtureRequest) -> StoreBackend:
+    if request.param == "fake":
+        fake = FakeCiphertextStore()
+        return StoreBackend(fake, fake.put, lambda n: n)
+    request.getfixturevalue("aws")
+    return _s3_store() if request.param == "s3" else _dynamodb_store()
+
+
+@pytest.fixture(scope="module")
+def stored_values(material_a: KeyMaterial, material_b: KeyMaterial) -> dict[str, str]:
+    """Two ciphertexts under KEY_A, one under KEY_B (made once)."""
+    return {
+        "a1": encrypt_like_connect(
+            b"4111", key_id=KEY_A, certificate_pem=material_a.certificate_pem
+        ),
+        "a2": encrypt_like_connect(
+            b"5500", key_id=KEY_A, certificate_pem=material_a.certificate_pem
+        ),
+        "b1": encrypt_like_connect(
+            b"3782", key_id=KEY_B, certificate_pem=material_b.certificate_pem
+        ),
+    }
+
+
+def _texts(store: Any, ref: str) -> list[str]:
+    record = store.read(ref)
+    assert record is not None
+    return sorted(v.text for v in record.values)
+
+
+def test_a_store_lists_every_string_value_nested_ones_included(
+    store_backend: StoreBackend, stored_values: dict[str, str]
+) -> None:
+    v = stored_values
+    store_backend.put("c1", {"Attributes": {"Card": v["a1"], "Note": "plain"}, "n": 3})
+    store_backend.put("c2", {"List": [{"Deep": [v["b1"], v["a2"]]}], "Queue": "sales"})
+    store = store_backend.store
+    records = {r.ref: r for r in store.records()}
+    assert set(records) == {store_backend.ref("c1"), store_backend.ref("c2")}
+    assert all(r.store == store.uri for r in records.values())
+    by_key = sorted((k, v.text) for r in records.values() for v, k in r.ciphertexts())
+    assert by_key == sorted([(KEY_A, v["a1"]), (KEY_A, v["a2"]), (KEY_B, v["b1"])])
+    assert [k for _, k in records[store_backend.ref("c2")].ciphertexts(KEY_B)] == [KEY_B]
+    assert _texts(store, store_backend.ref("c1")) == sorted([v["a1"], "plain"])
+    assert store.read(store_backend.ref("missing")) is None
+
+
+def test_a_replace_changes_only_the_values_named(
+    store_backend: StoreBackend, stored_values: dict[str, str]
+) -> None:
+    v = stored_values
+    store_backend.put("c1", {"A": v["a1"], "B": v["b1"], "Deep": {"L": [v["a2"], "x"]}})
+    store = store_backend.store
+    ref = store_backend.ref("c1")
+    record = store.read(ref)
+    store.replace(record, {v["a1"]: "new-1", v["a2"]: "new-2"})
+    assert _texts(store, ref) == sorted(["new-1", "new-2", v["b1"], "x"])
+
+
+def test_a_replace_after_an_outside_change_is_refused_and_keeps_the_change(
+    store_backend: StoreBackend, stored_values: dict[str, str]
+) -> None:
+    v = stored_values
+    store_backend.put("c1", {"A": v["a1"]})
+    store = store_backend.store
+    ref = store_backend.ref("c1")
+    stale = store.read(ref)
+    store_backend.put("c1", {"A": v["a2"]})  # the record changed after it was read
+    with pytest.raises(ConcurrentChange):
+        store.replace(stale, {v["a1"]: "new-1"})
+    assert _texts(store, ref) == [v["a2"]]
+    fresh = store.read(ref)
+    store.replace(fresh, {v["a2"]: "new-2"})
+    with pytest.raises(ConcurrentChange):  # a record read before a write is stale after it
+        store.replace(fresh, {"new-2": "new-3"})
+    assert _texts(store, ref) == ["new-2"]
+
+
+def test_s3_objects_of_json_lines_and_gzip_are_rewritten_in_place_old_kept_as_version(
+    aws: None, stored_values: dict[str, str]
+) -> None:
+    v = stored_values
+    backend = _s3_store()
+    s3 = boto3.client("s3", region_name=REGION)
+    lines = f'{{"Card":"{v["a1"]}","n":1}}\n{{"Card": "{v["b1"]}",  "n":2}}\n'
+    s3.put_object(Bucket="contact-records", Key="records/x.gz", Body=gzip.compress(lines.encode()))
+    s3.put_object(Bucket="contact-records", Key="records/y.json", Body=b"not json")
+    records = {r.ref: r for r in backend.store.records()}
+    assert sorted(k for _, k in records["records/x.gz"].ciphertexts()) == [KEY_A, KEY_B]
+    assert records["records/y.json"].problem and not records["records/y.json"].values
+    backend.store.replace(records["records/x.gz"], {v["a1"]: "NEW"})
+    body = s3.get_object(Bucket="contact-records", Key="records/x.gz")["Body"].read()
+    assert gzip.decompress(body).decode() == lines.replace(v["a1"], "NEW")
+    versions = s3.list_object_versions(Bucket="contact-records", Prefix="records/x.gz")
+    assert len(versions["Versions"]) == 2
+
+
+def test_s3_refuses_to_rewrite_in_an_unversioned_bucket(
+    aws: None, stored_values: dict[str, str]
+) -> None:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="unversioned")
+    s3.put_object(Bucket="unversioned", Key="r", Body=json.dumps({"A": stored_values["a1"]}))
+    store = S3CiphertextStore(s3, "s3://unversioned")
+    (record,) = store.records()
+    with pytest.raises(ConfigError, match="versioning"):
+        store.replace(record, {stored_values["a1"]: "NEW"})
+    assert json.loads(s3.get_object(Bucket="unversioned", Key="r")["Body"].read()) == {
+        "A": stored_values["a1"]
+    }
+
+
+@pytest.fixture(params=["fake", "file"])
+def checkpoint(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    return FakeCheckpoint() if request.param == "fake" else FileCheckpoint(tmp_path / "cp")
+
+
+def test_a_checkpoint_keeps_what_was_recorded_until_cleared(checkpoint: Any) -> None:
+    assert not checkpoint.exists() and checkpoint.done() == set()
+    checkpoint.record("s3://b/p", "k1")
+    checkpoint.record("dynamodb://t", '{"id":{"S":"1"}}')
+    assert checkpoint.exists()
+    assert checkpoint.done() == {("s3://b/p", "k1"), ("dynamodb://t", '{"id":{"S":"1"}}')}
+    checkpoint.clear()
+    assert not checkpoint.exists() and checkpoint.done() == set()
+
+
+def test_a_file_checkpoint_survives_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "cp"
+    FileCheckpoint(path).record("s3://b", "k1")
+    with path.open("a") as file:
+        file.write('\n{"store":"s3://b","re')  # the crash cut this line short
+    FileCheckpoint(path).record("s3://b", "k2")
+    assert FileCheckpoint(path).done() == {("s3://b", "k1"), ("s3://b", "k2")}

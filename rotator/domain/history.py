@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     ROTATION_STEP = "rotation_step"
     RUNBOOK_RUN = "runbook_run"
     EXPIRY_EVENT_SENT = "expiry_event_sent"  # an expiry event was put on the bus (its instance's)
+    STORED_CIPHERTEXTS = "stored_ciphertexts"  # an inventory of stored ciphertexts per key ID
 
 
 class ClockKind(StrEnum):

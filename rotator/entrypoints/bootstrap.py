@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +22,11 @@ from rotator.adapters.lock import SsmLock
 from rotator.adapters.publishing import AwsPublisher
 from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.adapters.ssm_keyring import SsmKeyring
+from rotator.adapters.stores import store_for
 from rotator.config import Settings
 from rotator.domain.history import ClockKind
 from rotator.errors import ConfigError
-from rotator.ports import Publisher
+from rotator.ports import CiphertextStore, Publisher
 from rotator.services.rotation import KeyGenerator, RotationService
 from rotator.services.verify import InvariantChecker
 
@@ -57,6 +59,25 @@ class Adapters:
 
     def invariants(self) -> InvariantChecker:
         return InvariantChecker(self.keyring, self.connect, self.lock)
+
+    def ciphertext_stores(self, uris: Sequence[str]) -> list[CiphertextStore]:
+        """The stores of stored Connect ciphertexts the URIs name (ConfigError if one is bad)."""
+        clients: dict[str, Any] = {}
+
+        def client(service: str) -> Any:
+            if service not in clients:
+                clients[service] = boto3.client(  # type: ignore[call-overload]
+                    service, config=RETRY_CONFIG, region_name=aws_region()
+                )
+            return clients[service]
+
+        stores: list[CiphertextStore] = []
+        for uri in uris:
+            try:
+                stores.append(store_for(uri, client))
+            except ValueError as error:
+                raise ConfigError("--store", str(error)) from None
+        return stores
 
     def runbook_audit(self) -> SsmRunbookAudit:
         """The legacy runbook audit (read only) and the runbook history."""

@@ -407,6 +407,12 @@ def run_destroy(args: argparse.Namespace, ctx: Context) -> int:
     if not args.yes and not dry_run:
         raise ConfigError("destroy", "--yes is required: a destroyed key never decrypts again")
     reason = _override_reason(args, "--override-retention", args.override_retention)
+    ignore_reason = (  # --reason may serve both overrides
+        _override_reason(args, "--ignore-stored-ciphertexts", True)
+        if args.ignore_stored_ciphertexts
+        else None
+    )
+    _check_stored_ciphertexts(args.key_id, ctx, ignore_reason, record=not dry_run)
     message = ctx.adapters.rotation(actor("cli", simulated=moment.simulated)).destroy(
         args.key_id,
         moment.now,
@@ -414,6 +420,142 @@ def run_destroy(args: argparse.Namespace, ctx: Context) -> int:
         dry_run=dry_run,
     )
     return _print_message(message, args.json, ctx.out)
+
+
+def _check_stored_ciphertexts(
+    key_id: str, ctx: Context, ignore_reason: str | None, *, record: bool
+) -> None:
+    """`destroy` consults the registered stores (ROTATOR_CIPHERTEXT_STORES) first."""
+    from rotator.domain.history import ClockKind
+    from rotator.services.inventory import check_destroy
+
+    adapters, moment = ctx.adapters, ctx.moment
+    if not adapters.settings.stores:
+        return
+    check_destroy(
+        adapters.ciphertext_stores(adapters.settings.stores),
+        adapters.keyring,
+        key_id,
+        moment.now,
+        actor("cli", simulated=moment.simulated),
+        ignore_reason=ignore_reason,
+        record=record,
+        clock=ClockKind.SIMULATED if moment.simulated else ClockKind.REAL,
+    )
+
+
+def _store_uris(args: argparse.Namespace, ctx: Context) -> list[str]:
+    uris = list(args.stores or ctx.adapters.settings.stores)
+    if not uris:
+        raise ConfigError("--store", "name a store (s3://bucket/prefix or dynamodb://table)")
+    return uris
+
+
+def run_inventory(args: argparse.Namespace, ctx: Context) -> int:
+    """Count stored ciphertexts per key ID; recorded in the history (unless a what-if)."""
+    from rotator.domain.history import ClockKind
+    from rotator.services.inventory import inventory_event, take_inventory
+
+    adapters, moment = ctx.adapters, ctx.moment
+    inventory = take_inventory(adapters.ciphertext_stores(_store_uris(args, ctx)), key_id=args.key)
+    if not moment.what_if:
+        adapters.keyring.append_event(
+            inventory_event(
+                inventory,
+                moment.now,
+                actor("cli", simulated=moment.simulated),
+                key_id=args.key,
+                clock=ClockKind.SIMULATED if moment.simulated else ClockKind.REAL,
+            )
+        )
+    if args.json:
+        json.dump(inventory.to_dict(), ctx.out, indent=2)
+        ctx.out.write("\n")
+        return ExitCode.OK
+    out = ctx.out
+    out.write(
+        f"{inventory.records_read} records read in {len(inventory.stores)} store(s), "
+        "headers only (nothing decrypted)\n"
+    )
+    if not inventory.keys:
+        out.write("no stored Connect ciphertexts found\n")
+    for key_id, entry in sorted(inventory.keys.items()):
+        sample = ", ".join(f"{store} {ref}" for store, ref in entry.samples[:2])
+        out.write(f"  {key_id}  {entry.count} ciphertexts  (e.g. {sample})\n")
+    for store, ref, problem in inventory.unreadable:
+        out.write(f"  unreadable: {store} {ref}: {problem}\n")
+    return ExitCode.OK
+
+
+def run_rewrap(args: argparse.Namespace, ctx: Context) -> int:
+    """Re-encrypt the stored ciphertexts of --from for its instance's current key."""
+    from rotator.adapters.stores import FileCheckpoint
+    from rotator.domain.history import ClockKind
+    from rotator.services.rewrap import Rewrapper, progress_printer
+
+    adapters, moment = ctx.adapters, ctx.moment
+    uris = _store_uris(args, ctx)
+    if args.plan:
+        return _write_plan(args, ctx, uris)
+    if not args.from_key:
+        raise ConfigError("--from", "name the old key whose stored ciphertexts to rewrap")
+    dry_run = args.dry_run or moment.what_if
+    rewrapper = Rewrapper(adapters.keyring, args.from_key)
+    checkpoint = FileCheckpoint(args.checkpoint or Path(f"rewrap-{args.from_key}.checkpoint"))
+    result = rewrapper.run(
+        adapters.ciphertext_stores(uris),
+        checkpoint,
+        dry_run=dry_run,
+        resume=args.resume,
+        concurrency=args.concurrency,
+        progress=progress_printer(sys.stderr),
+    )
+    if not dry_run:
+        rewrapper.record_result(
+            result,
+            moment.now,
+            actor("cli", simulated=moment.simulated),
+            ClockKind.SIMULATED if moment.simulated else ClockKind.REAL,
+        )
+    if args.json:
+        json.dump(result.to_dict(), ctx.out, indent=2)
+        ctx.out.write("\n")
+    else:
+        _print_rewrap(result, ctx.out, checkpoint.path)
+    return ExitCode.OK if result.ok else ExitCode.FAILURE
+
+
+def _print_rewrap(result: Any, out: TextIO, checkpoint: Path) -> None:
+    state = result.progress
+    if result.dry_run:
+        out.write(
+            f"would rewrap {result.values_found} values in {result.records_found} records "
+            f"from key {result.from_key} to key {result.to_key} (nothing changed)\n"
+        )
+        return
+    out.write(
+        f"rewrapped {state.values_rewrapped} values in {state.records_written} records from "
+        f"key {result.from_key} to key {result.to_key}"
+        f" ({state.skipped_done} records done before, skipped)\n"
+    )
+    for store, ref in result.conflicts:
+        out.write(f"  changed while rewrapping, left for --resume: {store} {ref}\n")
+    for store, ref, why in result.failures:
+        out.write(f"  failed, left for --resume: {store} {ref}: {why}\n")
+    if not result.ok:
+        out.write(f"rerun with --resume (checkpoint {checkpoint}) to retry the records left\n")
+
+
+def _write_plan(args: argparse.Namespace, ctx: Context, uris: list[str]) -> int:
+    from rotator.entrypoints.bootstrap import build_publisher
+    from rotator.services.rewrap import batch_manifest
+
+    manifest = batch_manifest(ctx.adapters.ciphertext_stores(uris), args.from_key)
+    build_publisher(ctx.adapters.settings).store_report(
+        args.plan, manifest.encode("utf-8"), "text/csv"
+    )
+    ctx.out.write(f"S3 Batch Operations manifest written to {args.plan}\n")
+    return ExitCode.OK
 
 
 def run_rollback(args: argparse.Namespace, ctx: Context) -> int:
@@ -596,6 +738,8 @@ COMMANDS: dict[str, Command] = {
     "retire": Command(run_retire),
     "destroy": Command(run_destroy),
     "rollback": Command(run_rollback),
+    "inventory": Command(run_inventory),
+    "rewrap": Command(run_rewrap),
     "verify": Command(run_verify),
     "report": Command(run_report_command),
     "runbook run": Command(runbook.run_runbook),

@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="destroy inside the retention period; needs --reason",
     )
+    destroy.add_argument(
+        "--ignore-stored-ciphertexts",
+        action="store_true",
+        help="destroy although the registered stores still hold its ciphertexts; needs --reason",
+    )
     _dry_run(destroy, checked=True)
     _reason(destroy)
     _timed_json(destroy)
@@ -197,6 +202,38 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--instance-id", required=True, type=instance_id_arg)
     _dry_run(rollback, checked=True)
     _timed_json(rollback)
+
+    inventory = command(
+        "inventory", help="count stored Connect ciphertexts per key ID (headers only)"
+    )
+    _stores(inventory, required=False)
+    inventory.add_argument("--key", metavar="KEY_ID", help="count only this key's ciphertexts")
+    _json(inventory)
+
+    rewrap = command(
+        "rewrap", help="re-encrypt stored ciphertexts of an old key for the current key"
+    )
+    rewrap.add_argument("--from", dest="from_key", metavar="KEY_ID", help="the old key")
+    _stores(rewrap, required=False)
+    rewrap.add_argument(
+        "--resume", action="store_true", help="continue after the records the checkpoint holds"
+    )
+    rewrap.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="progress file (default rewrap-KEY_ID.checkpoint in the current directory)",
+    )
+    rewrap.add_argument(
+        "--concurrency", type=positive_int, default=4, metavar="N", help="values at once"
+    )
+    rewrap.add_argument(
+        "--plan",
+        metavar="S3_URI",
+        help="write an S3 Batch Operations CSV manifest of the objects to rewrap, change nothing",
+    )
+    _dry_run(rewrap, checked=False)
+    _json(rewrap)
 
     verify = command("verify", help="check every invariant against the live state")
     verify.add_argument("--instance-id", type=instance_id_arg, help="only this instance")
@@ -335,6 +372,22 @@ def _dry_run(parser: argparse.ArgumentParser, *, checked: bool) -> None:
         "--dry-run",
         action="store_true",
         help=("check and " if checked else "") + "say what would happen, change nothing",
+    )
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    """--json without --now: what is stored is read as it is now, not at another time."""
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _stores(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--store",
+        dest="stores",
+        action="append",
+        required=required,
+        metavar="URI",
+        help="s3://bucket/prefix or dynamodb://table (repeat; default ROTATOR_CIPHERTEXT_STORES)",
     )
 
 
