@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rotator.domain.rotation import ManagedInstance, RotationState
 
 __all__ = [
+    "Approvals",
     "BusEvent",
     "Clock",
     "Connect",
@@ -323,4 +324,25 @@ class Publisher(Protocol):
     def put_events(self, event_bus: str, events: Sequence[BusEvent]) -> None:
         """Put `events` on the EventBridge bus `event_bus` (a name or ARN). Raises when any is
         not accepted; the others may have been."""
+        ...
+
+
+# -- Approvals (dual control) -------------------------------------------------------------------
+
+
+class Approvals(Protocol):
+    """Dual control's requests (domain/approval.py): their events in the append-only history,
+    and the create-once claim that makes a decision on a request happen exactly once."""
+
+    def record(self, event: HistoryEvent) -> None:
+        """Append a dual-control event to the history (never overwritten)."""
+        ...
+
+    def events(self) -> list[HistoryEvent]:
+        """Every dual-control event, oldest first."""
+        ...
+
+    def claim(self, request_id: str, decision: HistoryEvent) -> bool:
+        """Decide `request_id` once: True if this is the first decision (approve or cancel)
+        on it, False if another decision was claimed first (two approvers racing)."""
         ...

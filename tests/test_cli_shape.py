@@ -224,7 +224,7 @@ def test_a_bad_now_is_refused_by_the_parser_with_the_same_words() -> None:
 
 
 def test_exit_codes_are_the_documented_numbers() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 130]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 130]
 
 
 def test_quick_cli_bench_reports_start_up_and_the_import_budget() -> None:
