@@ -101,7 +101,9 @@ class Request:
 
 def check_request_id(request_id: str) -> str:
     if not REQUEST_ID.fullmatch(request_id):
-        raise ConfigError("REQUEST_ID", f"{request_id!r} is not a request ID (like req-0123456789ab)")
+        raise ConfigError(
+            "REQUEST_ID", f"{request_id!r} is not a request ID (like req-0123456789ab)"
+        )
     return request_id
 
 
