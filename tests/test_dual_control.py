@@ -169,3 +169,45 @@ def test_a_request_names_every_gated_command_and_strips_local_options() -> None:
         "r",
     ]
     assert requested_argv(kept) == ["import", "--from-blog-parameters", "--kms-key-id", "alias/k"]
+
+
+def test_the_report_lists_the_period_s_requests_with_their_outcome() -> None:
+    import json
+
+    import jsonschema
+
+    from rotator.domain.checks import ReportOptions
+    from rotator.domain.state import KeyringState
+    from rotator.ports import ProtectionSweep
+    from rotator.services.report import build_report
+    from rotator.services.report_render import ReportFormat, render
+    from tests.test_report import report_schema
+
+    approvals = FakeApprovals()
+    old = service(approvals, ALICE).request(["rollback", "--instance-id", "i-1"], "ancient", NOW)
+    later = NOW + timedelta(days=400)
+    done = service(approvals, ALICE).request(DESTROY, "old <key>", later)
+    approved = service(approvals, BOB).approve(done.request_id, later + timedelta(hours=1))
+    service(approvals, BOB).finish(approved, 0, later + timedelta(hours=1))
+    open_one = service(approvals, BOB).request(["import", "--from-blog-parameters"], "adopt", later)
+    facts = KeyringState(
+        prefix="/p",
+        records=(),
+        current={},
+        instances=(),
+        protection=ProtectionSweep.unread(),
+        events=tuple(approvals.events()),
+    )
+    report = build_report(facts, ReportOptions(), later + timedelta(hours=2))
+    document = json.loads(render(report, ReportFormat.JSON))
+    jsonschema.validate(document, report_schema(), format_checker=jsonschema.FormatChecker())
+    listed = {r["request_id"]: r for r in document["dual_control_requests"]}
+    assert set(listed) == {done.request_id, open_one.request_id}  # not the one of last year
+    assert old.request_id not in listed
+    executed = listed[done.request_id]
+    assert (executed["status"], executed["exit_code"]) == ("executed", 0)
+    assert (executed["requester"], executed["approver"]) == (ALICE, BOB)
+    assert executed["reason"] == "old <key>"
+    html = render(report, ReportFormat.HTML)
+    assert "Dual control requests" in html and "executed (exit code 0)" in html
+    assert "old &lt;key&gt;" in html and BOB in html
