@@ -431,7 +431,12 @@ def suffixes(statement: dict[str, Any]) -> list[str]:
     return found
 
 
-PROTECTED = ["/keys/*/private-key", "/staging/*/private-key", "/history/*"]
+PROTECTED = [
+    "/keys/*/private-key",
+    "/staging/*/private-key",
+    "/history/*",
+    "/requests/*/decision",  # dual control's claim: one decision per request
+]
 OVERWRITE_ABSENT_OR_FALSE = {"StringEqualsIfExists": {"ssm:Overwrite": "false"}}
 PRESENT_AND_NOT_FALSE = {
     "Null": {"ssm:Overwrite": "false"},
@@ -517,6 +522,7 @@ def test_only_what_the_lifecycle_deletes_can_be_deleted(template: dict[str, Any]
         "/keys/*/certificate",
         "/instances/*",
         "/history/*",
+        "/requests/*/decision",
         "/audit/*",
     ]
     deleters = [
