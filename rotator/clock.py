@@ -58,6 +58,14 @@ def clock_from_environment() -> Clock:
     return SandboxClock(url)
 
 
+def local_sandbox() -> bool:
+    """Whether AWS_ENDPOINT_URL is a local sandbox (`rotator sandbox`, the demo), at any time."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    if not _is_loopback_http(endpoint):
+        return False
+    return _read_sandbox_clock(endpoint.rstrip("/") + SANDBOX_CLOCK_PATH) is not None
+
+
 def describe(now: datetime, *, simulated: bool) -> str:
     """One line that says which clock a run used (printed on every simulated run)."""
     kind = "simulated time (sandbox clock)" if simulated else "real time"

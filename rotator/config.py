@@ -24,6 +24,7 @@ from lambda_decrypt.config import (
     validate_log_level,
     validate_prefix,
 )
+from rotator.domain.approval import DEFAULT_REQUEST_EXPIRY_HOURS
 from rotator.domain.checks import DEFAULT_MIN_KEY_SIZE, ReportOptions
 from rotator.domain.expiry import DEFAULT_EXPIRY_EVENT_DAYS_TEXT, parse_thresholds
 from rotator.domain.keys import (
@@ -67,6 +68,8 @@ class RotatorEnv(StrEnum):
     FREEZE = "ROTATOR_FREEZE"
     RENEW_BEFORE_MINIMUM_DAYS = "ROTATOR_RENEW_BEFORE_MINIMUM_DAYS"
     CIPHERTEXT_STORES = "ROTATOR_CIPHERTEXT_STORES"
+    DUAL_CONTROL = "ROTATOR_DUAL_CONTROL"
+    REQUEST_EXPIRY_HOURS = "ROTATOR_REQUEST_EXPIRY_HOURS"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -130,6 +133,16 @@ def _s3_uri(uri: str) -> None:
 def _sns_topic_arn(arn: str) -> None:
     if not SNS_TOPIC_ARN.fullmatch(arn):
         raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:region:account:name)")
+
+
+def _on_off(value: str) -> None:
+    if value not in ("true", "false"):
+        raise ValueError(f"{value!r} is not true or false")
+
+
+def _positive_hours(hours: int) -> None:
+    if hours <= 0:
+        raise ValueError("must be a positive number of hours")
 
 
 def _days(name: str, env: str, default: int, doc: str, parameter: str) -> Setting[int]:
@@ -323,6 +336,26 @@ SETTINGS: tuple[Setting[Any], ...] = (
         check=stores_from_text,
         empty_is_unset=True,
     ),
+    Setting(
+        "dual_control",
+        RotatorEnv.DUAL_CONTROL,
+        ("settings", "dual_control"),
+        str,
+        "true",
+        "true: destroy, rollback, import and the overrides wait for a second principal's "
+        "`rotator approve` (off against the local sandbox unless set)",
+        "DualControl",
+        check=_on_off,
+    ),
+    Setting(
+        "request_expiry_hours",
+        RotatorEnv.REQUEST_EXPIRY_HOURS,
+        ("settings", "request_expiry_hours"),
+        int,
+        DEFAULT_REQUEST_EXPIRY_HOURS,
+        "hours a dual-control request waits for its approval before it expires",
+        check=_positive_hours,
+    ),
 )
 SETTING_BY_NAME: Mapping[str, Setting[Any]] = {setting.name: setting for setting in SETTINGS}
 
@@ -355,6 +388,8 @@ class Settings:
     event_bus: str = _default("event_bus")
     log_level: str = _default("log_level")
     ciphertext_stores: str | None = _default("ciphertext_stores")
+    dual_control: str = _default("dual_control")
+    request_expiry_hours: int = _default("request_expiry_hours")
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:
@@ -368,6 +403,14 @@ class Settings:
     def stores(self) -> tuple[str, ...]:
         """`ciphertext_stores` as store URIs."""
         return stores_from_text(self.ciphertext_stores or "")
+
+    @property
+    def dual_control_on(self) -> bool:
+        return self.dual_control == "true"
+
+    @property
+    def request_expiry(self) -> timedelta:
+        return timedelta(hours=self.request_expiry_hours)
 
     @property
     def grace(self) -> timedelta:

@@ -49,3 +49,8 @@ class LockHeld(ConnectKeyRotatorError):
 
 class LockLost(ConnectKeyRotatorError):
     """The lock a run took is no longer its own (or its lease ran out): it must stop writing."""
+
+
+class DualControlRefused(ConnectKeyRotatorError):
+    """Dual control (3.7.6): a gated command run directly, or an approval or withdrawal that
+    is not allowed; the message names the `rotator request ...` command to use instead."""

@@ -13,4 +13,7 @@ class ExitCode(IntEnum):
     # --fail-on, a runbook step failed or was declined.
     FAILURE = 1
     USAGE = 2  # bad arguments or configuration: the message names what to set
+    # Dual control: the command needs a second person's approval (`rotator request ...`), or
+    # an approval or withdrawal was refused (self-approval, expired, already decided).
+    NEEDS_APPROVAL = 3
     INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rotator.domain.stored_ciphertext import StoredRecord
 
 __all__ = [
+    "Approvals",
     "BusEvent",
     "Checkpoint",
     "CiphertextStore",
@@ -371,3 +372,24 @@ class Checkpoint(Protocol):
     def exists(self) -> bool: ...
 
     def clear(self) -> None: ...
+
+
+# -- Approvals (dual control) -------------------------------------------------------------------
+
+
+class Approvals(Protocol):
+    """Dual control's requests (domain/approval.py): their events in the append-only history,
+    and the create-once claim that makes a decision on a request happen exactly once."""
+
+    def record(self, event: HistoryEvent) -> None:
+        """Append a dual-control event to the history (never overwritten)."""
+        ...
+
+    def events(self) -> list[HistoryEvent]:
+        """Every dual-control event, oldest first."""
+        ...
+
+    def claim(self, request_id: str, decision: HistoryEvent) -> bool:
+        """Decide `request_id` once: True if this is the first decision (approve or cancel)
+        on it, False if another decision was claimed first (two approvers racing)."""
+        ...

@@ -97,6 +97,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_REGION", REGION)
+    # moto stands in for the sandbox, where dual control is off (tests/test_dual_control*.py
+    # turn it on); _isolated_env has removed every other ROTATOR_ variable.
+    monkeypatch.setenv("ROTATOR_DUAL_CONTROL", "false")
     with mock_aws():
         yield
 

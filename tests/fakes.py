@@ -705,3 +705,27 @@ class FakeCheckpoint:
     def clear(self) -> None:
         self.entries.clear()
         self.present = False
+
+
+# -- Approvals (dual control) -------------------------------------------------------------------
+
+
+@dataclass
+class FakeApprovals:
+    """Implements `rotator.ports.Approvals`: events kept in order; a claim succeeds once per
+    request, as SSM's create-once PutParameter does."""
+
+    recorded: list[HistoryEvent] = field(default_factory=list)
+    claims: dict[str, HistoryEvent] = field(default_factory=dict)
+
+    def record(self, event: HistoryEvent) -> None:
+        self.recorded.append(event)
+
+    def events(self) -> list[HistoryEvent]:
+        return sorted(self.recorded, key=lambda e: e.at)
+
+    def claim(self, request_id: str, decision: HistoryEvent) -> bool:
+        if request_id in self.claims:
+            return False
+        self.claims[request_id] = decision
+        return True

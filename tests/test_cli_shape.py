@@ -49,6 +49,10 @@ MINIMAL_ARGV = {
     "demo": ["demo"],
     "inventory": ["inventory", "--store", "s3://bucket/prefix"],
     "rewrap": ["rewrap", "--from", "k", "--store", "dynamodb://table"],
+    "request": ["request", "destroy", "k", "--reason", "r"],
+    "request list": ["request", "list"],
+    "request cancel": ["request", "cancel", "req-0123456789ab"],
+    "approve": ["approve", "req-0123456789ab"],
 }
 VALUED_GLOBALS = {"--prefix": "prefix", "--kms-key-id": "kms_key_id", "--log-level": "log_level"}
 # A command that needs no AWS must not load these (about 0.35 s of start-up on 2 cores).
@@ -226,7 +230,7 @@ def test_a_bad_now_is_refused_by_the_parser_with_the_same_words() -> None:
 
 
 def test_exit_codes_are_the_documented_numbers() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 130]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 130]
 
 
 def test_quick_cli_bench_reports_start_up_and_the_import_budget() -> None:

@@ -1105,3 +1105,38 @@ def test_a_file_checkpoint_survives_a_torn_last_line(tmp_path: Path) -> None:
         file.write('\n{"store":"s3://b","re')  # the crash cut this line short
     FileCheckpoint(path).record("s3://b", "k2")
     assert FileCheckpoint(path).done() == {("s3://b", "k1"), ("s3://b", "k2")}
+
+
+# -- Approvals (dual control) -------------------------------------------------------------------
+
+
+def _approvals(kind: str) -> Any:
+    from rotator.adapters.approvals import SsmApprovals
+    from tests.fakes import FakeApprovals
+
+    if kind == "fake":
+        return FakeApprovals()
+    return SsmApprovals(boto3.client("ssm", region_name=REGION), "/connect-keys")
+
+
+@pytest.mark.parametrize("kind", ["fake", "ssm"])
+def test_approval_events_read_back_in_order_and_a_request_is_claimed_once(
+    aws: None, kind: str
+) -> None:
+    from rotator.domain.approval import decision_event, request_event
+
+    approvals = _approvals(kind)
+    asked = request_event(
+        "req-0123456789ab", ["rollback", "--instance-id", "i-1"], "bad key", "arn:a",
+        "test", NOW, timedelta(hours=24), ClockKind.REAL,
+    )  # fmt: skip
+    granted = decision_event(
+        EventKind.APPROVAL_GRANTED, "req-0123456789ab", "arn:b", "test",
+        NOW + timedelta(minutes=1), ClockKind.REAL,
+    )  # fmt: skip
+    approvals.record(asked)
+    assert approvals.claim("req-0123456789ab", granted) is True
+    approvals.record(granted)
+    assert approvals.claim("req-0123456789ab", granted) is False  # a second approver, a cancel
+    assert approvals.claim("req-ba9876543210", granted) is True  # another request's own claim
+    assert approvals.events() == [asked, granted]

@@ -332,3 +332,23 @@ def test_operator_policy_fits_iams_size_limit(
 def test_requests_name_the_keyring_of_the_template(stack: Stack) -> None:
     """The call list and the template agree on the prefix (else every check above is moot)."""
     assert stack.values["KeyringPrefix"] == KEYRING.rsplit("parameter", 1)[1]
+
+
+# -- dual control --------------------------------------------------------------------------------
+
+DECISION = "/requests/req-0123456789ab/decision"
+
+
+def test_a_request_s_decision_is_created_once_and_never_replaced_nor_deleted(stack: Stack) -> None:
+    """Least privilege for dual control: its events are history records (created once), and its
+    one other parameter, the decision claim, can be created but never overwritten (so a second
+    approver is refused by SSM itself) nor deleted (so it cannot be decided again)."""
+    for who in (operator, rotator):
+        assert who(stack, ssm("PutParameter", DECISION, ("ssm:Overwrite", "false"))) == "allow"
+        assert who(stack, ssm("PutParameter", DECISION)) == "allow"
+        assert who(stack, ssm("PutParameter", DECISION, ("ssm:Overwrite", "true"))) == "deny"
+        assert who(stack, ssm("DeleteParameter", DECISION)) == "deny"
+        assert who(stack, ssm("PutParameter", f"/history/requests/{STAMP}")) == "allow"
+        # Nothing else under /requests is writable.
+        for name in ("/requests/req-0123456789ab/other", "/requests/x"):
+            assert who(stack, ssm("PutParameter", name)) == "implicit deny"

@@ -434,7 +434,12 @@ def suffixes(statement: dict[str, Any]) -> list[str]:
     return found
 
 
-PROTECTED = ["/keys/*/private-key", "/staging/*/private-key", "/history/*"]
+PROTECTED = [
+    "/keys/*/private-key",
+    "/staging/*/private-key",
+    "/history/*",
+    "/requests/*/decision",  # dual control's claim: one decision per request
+]
 OVERWRITE_ABSENT_OR_FALSE = {"StringEqualsIfExists": {"ssm:Overwrite": "false"}}
 PRESENT_AND_NOT_FALSE = {
     "Null": {"ssm:Overwrite": "false"},
@@ -520,6 +525,7 @@ def test_only_what_the_lifecycle_deletes_can_be_deleted(template: dict[str, Any]
         "/keys/*/certificate",
         "/instances/*",
         "/history/*",
+        "/requests/*/decision",
         "/audit/*",
     ]
     deleters = [
@@ -850,7 +856,6 @@ def test_provisioned_concurrency_is_optional_and_replaces_snapstart(
 
     spec = template["Parameters"]["DecryptProvisionedConcurrency"]
     assert (spec["Type"], spec["Default"], spec["MinValue"]) == ("Number", 0, 0)
-    assert list(template["Parameters"])[-1] == "DecryptProvisionedConcurrency"
     stack = Stack(template, {"DecryptProvisionedConcurrency": provisioned})
     decrypt = stack.resolve(
         {

@@ -31,10 +31,12 @@ class SsmHistory:
         # (event time, stamp used) of the last append: see _stamp.
         self._last: tuple[datetime, datetime] | None = None
 
-    def append(self, event: HistoryEvent) -> str:
-        """Create the event's parameter and return its name. ParameterAlreadyExists with the
-        same value is botocore's retry of a create whose answer was lost: that is done."""
-        name = self.layout.history_event(event.scope, self._stamp(event.at), secrets.token_hex(4))
+    def append(self, event: HistoryEvent, *, scope: str | None = None) -> str:
+        """Create the event's parameter (in `scope`, default the event's own) and return its
+        name. ParameterAlreadyExists with the same value is botocore's retry of a create whose
+        answer was lost: that is done."""
+        folder = event.scope if scope is None else scope
+        name = self.layout.history_event(folder, self._stamp(event.at), secrets.token_hex(4))
         value = event.to_json()
         try:
             with aws_call("ssm:PutParameter", name):

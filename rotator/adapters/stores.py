@@ -133,7 +133,7 @@ class DynamoDbCiphertextStore:
     """Implements `rotator.ports.CiphertextStore` over the items of `dynamodb://table`.
 
     A rewrite is one UpdateItem that sets each changed attribute path, on the condition that
-    every one still holds its old value. A ref is the item's key attributes as JSON."""
+    every string value read still holds it. A ref is the item's key attributes as JSON."""
 
     def __init__(self, dynamodb: Any, uri: str) -> None:
         _, self.table, _ = parse_store_uri(uri)
@@ -178,13 +178,13 @@ class DynamoDbCiphertextStore:
         return None if item is None else self._record(item)
 
     def replace(self, record: StoredRecord, changes: Mapping[str, str]) -> None:
+        # The condition covers every string value the record was read with, not only the
+        # changed ones: a record changed anywhere since its read is refused, as S3's ETag does.
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
         sets: list[str] = []
         conditions: list[str] = []
-        for value in record.values:
-            if value.text not in changes:
-                continue
+        for index, value in enumerate(record.values):
             expression = ""
             for step in value.path:
                 if isinstance(step, int):
@@ -192,12 +192,15 @@ class DynamoDbCiphertextStore:
                     continue
                 placeholder = names.setdefault(step, f"#n{len(names)}")
                 expression += ("." if expression else "") + placeholder
-            index = len(sets)
             values[f":old{index}"] = {"S": value.text}
-            values[f":new{index}"] = {"S": changes[value.text]}
-            sets.append(f"{expression} = :new{index}")
             conditions.append(f"{expression} = :old{index}")
+            if value.text in changes:
+                values[f":new{index}"] = {"S": changes[value.text]}
+                sets.append(f"{expression} = :new{index}")
         if not sets:
+            current = self.read(record.ref)
+            if current is None or current.values != record.values:
+                raise ConcurrentChange(f"{self._uri} item {record.ref} changed since read")
             return
         try:
             self._dynamodb.update_item(

@@ -23,6 +23,13 @@ class EventKind(StrEnum):
     RUNBOOK_RUN = "runbook_run"
     EXPIRY_EVENT_SENT = "expiry_event_sent"  # an expiry event was put on the bus (its instance's)
     STORED_CIPHERTEXTS = "stored_ciphertexts"  # an inventory of stored ciphertexts per key ID
+    # Dual control (PCI DSS 3.7.6, domain/approval.py): a gated command's request, a refused
+    # or granted approval, a withdrawal, and the approved command's outcome.
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_CANCELLED = "approval_cancelled"
+    APPROVAL_REFUSED = "approval_refused"
+    APPROVAL_GRANTED = "approval_granted"
+    APPROVAL_EXECUTED = "approval_executed"
 
 
 class ClockKind(StrEnum):

@@ -20,13 +20,15 @@ from rotator.domain.findings import Severity
 from rotator.entrypoints import runbook
 from rotator.entrypoints.cli_context import Context, Handler, Moment, Session
 from rotator.entrypoints.cli_parser import build_parser
+from rotator.entrypoints.gates import what_if
 from rotator.entrypoints.invocation import actor
-from rotator.errors import ConfigError, ConnectKeyRotatorError
+from rotator.errors import ConfigError, ConnectKeyRotatorError, DualControlRefused
 from rotator.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from rotator.config import Settings
     from rotator.entrypoints.bootstrap import Adapters
+    from rotator.services.dual_control import DualControl
     from rotator.services.importing import ImportResult, KmsProtection
     from rotator.services.rotation import InstanceResult
     from rotator.services.status import KeyStatus, UnmanagedInstance
@@ -46,17 +48,28 @@ class Command:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """`rotator ARGV`, printing to `out` (default stdout); the exit code back."""
-    out = out or sys.stdout
+    typed = tuple(sys.argv[1:] if argv is None else argv)
+    return _dispatch(typed, out or sys.stdout, approval=None)
+
+
+def _dispatch(argv: Sequence[str], out: TextIO, *, approval: str | None) -> int:
+    """Run `rotator ARGV`; `approval`: the request that `rotator approve` runs (only the
+    approve handler passes one: no flag reaches it)."""
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.handler]
-    context = Context(out, execute=_execute)
+    context = Context(out, execute=_execute, argv=tuple(argv), approval=approval)
     try:
         if not command.uses_aws:
             return command.handler(args, context)
-        return command.handler(args, _with_session(args, context))
+        context = _with_session(args, context)
+        _dual_control_gate(args, context)
+        return command.handler(args, context)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.USAGE
+    except DualControlRefused as error:
+        print(f"error: {error}", file=sys.stderr)
+        return ExitCode.NEEDS_APPROVAL
     except KeyboardInterrupt:
         if not command.uses_aws:
             raise
@@ -97,7 +110,21 @@ def _with_session(args: argparse.Namespace, context: Context) -> Context:
     if moment.simulated and not machine and not marked:
         out = cast(TextIO, SimulatedOutput(out, moment.now))
     adapters = build_adapters(settings, simulated_clock=moment.simulated)
-    return Context(out, context.execute, Session(moment, adapters))
+    return Context(out, context.execute, Session(moment, adapters), context.argv, context.approval)
+
+
+def _dual_control_gate(args: argparse.Namespace, ctx: Context) -> None:
+    """While dual control is on, a gated command runs only as an approved request (a what-if
+    changes nothing and runs directly)."""
+    from rotator.clock import local_sandbox
+    from rotator.entrypoints.gates import dual_control_on, gates_for, refusal, strip_options
+
+    gates = gates_for(args)
+    if not gates or what_if(args) or ctx.approval is not None:
+        return
+    if not dual_control_on(ctx.settings.dual_control_on, local_sandbox):
+        return
+    raise DualControlRefused(refusal(gates, strip_options(ctx.argv, ("--prefix", "--log-level"))))
 
 
 def build_adapters(settings: Settings, *, simulated_clock: bool = False) -> Adapters:
@@ -723,6 +750,107 @@ def _print_import(result: ImportResult, kms: KmsCheck, as_json: bool, out: TextI
         out.write(f"  private key encrypted with KMS key {kms.kms_key_id}\n")
 
 
+# -- dual control (PCI DSS 3.7.6) ------------------------------------------------------------
+
+
+def _dual_control(ctx: Context) -> DualControl:
+    from rotator.adapters.approvals import SsmApprovals
+    from rotator.domain.history import ClockKind
+    from rotator.services.dual_control import DualControl
+
+    adapters, moment = ctx.adapters, ctx.moment
+    return DualControl(
+        SsmApprovals(adapters.ssm, adapters.settings.keyring_prefix),
+        adapters.identity,
+        adapters.settings.request_expiry,
+        actor("cli", simulated=moment.simulated),
+        ClockKind.SIMULATED if moment.simulated else ClockKind.REAL,
+    )
+
+
+def run_request(args: argparse.Namespace, ctx: Context) -> int:
+    """`rotator request COMMAND ARGS --reason TEXT`: check the command line as running it
+    would, record the request, print its ID and the command the approval will run."""
+    from rotator.entrypoints.gates import gates_for, requested_argv
+
+    reason = (args.reason or "").strip()
+    if not reason:
+        raise ConfigError("--reason", "a request needs --reason TEXT (recorded in the history)")
+    argv = requested_argv(ctx.argv)
+    requested = build_parser().parse_args(argv)  # the command's own parser, its own errors
+    gates = gates_for(requested)
+    if what_if(requested):
+        raise ConfigError(
+            "request", "a what-if (--dry-run, --now) changes nothing: run it directly"
+        )
+    if not gates:
+        raise ConfigError("request", f"`rotator {shlex.join(argv)}` needs no approval: run it")
+    if any(gate.passes_reason for gate in gates):
+        argv = [*argv, "--reason", reason]
+        build_parser().parse_args(argv)
+    request = _dual_control(ctx).request(argv, reason, ctx.moment.now)
+    prefix = ["--prefix", args.prefix] if getattr(args, "prefix", None) else []
+    approve = shlex.join(["rotator", *prefix, "approve", request.request_id])
+    out = ctx.out
+    out.write(f"request {request.request_id}: {request.command}\n")
+    out.write(f"  requested by {request.requester}, reason: {reason}\n")
+    out.write(f"  expires at {request.expires_at.isoformat(timespec='seconds')}\n")
+    out.write(f"  another AWS principal approves it with: {approve}\n")
+    return ExitCode.OK
+
+
+def run_request_list(args: argparse.Namespace, ctx: Context) -> int:
+    now = ctx.moment.now
+    found = _dual_control(ctx).open_requests(now)
+    if args.json:
+        json.dump({"open": [r.to_dict(now) for r in found]}, ctx.out, indent=2)
+        ctx.out.write("\n")
+        return ExitCode.OK
+    if not found:
+        ctx.out.write("no open request\n")
+    for request in found:
+        ctx.out.write(
+            f"{request.request_id}  {request.requester}  {request.command}\n"
+            f"  reason: {request.reason}; expires at "
+            f"{request.expires_at.isoformat(timespec='seconds')}\n"
+        )
+    return ExitCode.OK
+
+
+def run_request_cancel(args: argparse.Namespace, ctx: Context) -> int:
+    if ctx.moment.what_if:
+        raise ConfigError("request cancel", "--now is a what-if: withdraw at the real time")
+    request = _dual_control(ctx).cancel(args.request_id, ctx.moment.now)
+    ctx.out.write(f"request {request.request_id} withdrawn: {request.command}\n")
+    return ExitCode.OK
+
+
+def run_approve(args: argparse.Namespace, ctx: Context) -> int:
+    """`rotator approve REQUEST_ID`: claim the request once, as this (second) principal, run
+    its command here with this principal's credentials, and record the exit code."""
+    from rotator.clock import clock_from_environment
+
+    service = _dual_control(ctx)
+    request = service.approve(args.request_id, ctx.moment.now)
+    local = [
+        token
+        for flag, value in (("--prefix", args.prefix), ("--log-level", args.log_level))
+        if value
+        for token in (flag, value)
+    ]
+    argv = [*local, *request.argv]
+    out = ctx.out
+    out.write(
+        f"approved request {request.request_id} of {request.requester} "
+        f"(reason: {request.reason}) as {request.approver}\n"
+        f"running: {shlex.join(['rotator', *argv])}\n"
+    )
+    code = _dispatch(argv, out, approval=request.request_id)
+    service.finish(request, code, clock_from_environment().now())
+    out.write(f"request {request.request_id}: exit code {code} recorded\n")
+    return code
+
+
 def _read_file(path: Path, flag: str) -> str:
     try:
         return path.read_text(encoding="ascii")
@@ -750,4 +878,8 @@ COMMANDS: dict[str, Command] = {
     "serve": Command(run_serve, uses_aws=False),
     "sandbox": Command(run_sandbox, uses_aws=False),
     "demo": Command(run_demo, uses_aws=False),
+    "request": Command(run_request),
+    "request list": Command(run_request_list),
+    "request cancel": Command(run_request_cancel),
+    "approve": Command(run_approve),
 }

@@ -63,6 +63,11 @@ class Context:
     out: TextIO
     execute: Executor
     session: Session | None = None
+    # The command line as typed (`rotator request` records the command it asks for).
+    argv: tuple[str, ...] = ()
+    # The request an approval runs (`rotator approve`): the dual-control gate lets this one
+    # run through. Set only by the approve handler, never from the command line.
+    approval: str | None = None
 
     def _session(self) -> Session:
         if self.session is None:

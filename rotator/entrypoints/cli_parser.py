@@ -282,8 +282,37 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=4566)
 
     command("demo", help="run the main job on an embedded local sandbox")
+    _request_parser(
+        commands.add_parser("request", help="dual control: ask a second person to approve"),
+        leaf_commands(parser),
+    )
+    approve = command("approve", help="dual control: run another principal's request")
+    approve.add_argument("request_id", metavar="REQUEST_ID")
     _add_to_subcommands(parser)
     return parser
+
+
+def _request_parser(
+    parser: argparse.ArgumentParser, leaves: dict[str, argparse.ArgumentParser]
+) -> None:
+    """`request COMMAND ARGS --reason TEXT` for each gated command, with that command's own
+    arguments (its parser is the parent); `request list`, `request cancel REQUEST_ID`."""
+    from rotator.entrypoints.gates import GATED_COMMANDS
+
+    actions = parser.add_subparsers(dest="request_action", required=True, metavar="COMMAND")
+    for name in GATED_COMMANDS:
+        gated = actions.add_parser(
+            name, parents=[leaves[name]], add_help=False, help=f"request `rotator {name} ...`"
+        )
+        if not any("--reason" in a.option_strings for a in gated._actions):
+            _reason(gated)
+        gated.set_defaults(handler="request")
+    listed = actions.add_parser("list", help="the open requests")
+    listed.add_argument("--json", action="store_true", help="machine-readable output")
+    listed.set_defaults(handler="request list")
+    cancel = actions.add_parser("cancel", help="withdraw your own open request")
+    cancel.add_argument("request_id", metavar="REQUEST_ID")
+    cancel.set_defaults(handler="request cancel")
 
 
 def _runbook_parser(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from rotator.domain.approval import Request, requests_from
 from rotator.domain.checks import (
     DEFAULT_MIN_KEY_SIZE,
     ENCRYPTING_STATES,
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 REPORT_SCHEMA = "connect-key-rotator/report/1"
+# Dual-control requests listed by the report: those made in the year before its time.
+REQUEST_PERIOD = timedelta(days=365)
 UNKNOWN_STATE = "unknown"  # a key Connect knows (associated or in a flow) but the keyring does not
 
 
@@ -113,6 +116,8 @@ class Report:
     instances: tuple[InstanceState, ...]
     keys: tuple[KeyRow, ...]
     findings: tuple[Finding, ...]
+    # Dual control (3.7.6): the requests of the period, oldest first, with their outcome.
+    requests: tuple[Request, ...] = ()
 
     def counts(self) -> dict[Severity, int]:
         return {s: sum(f.severity is s for f in self.findings) for s in Severity}
@@ -159,6 +164,7 @@ class Report:
             "instances": [i.to_dict() for i in self.instances],
             "keys": [k.to_dict() for k in self.keys],
             "findings": [f.to_dict() for f in self.findings],
+            "dual_control_requests": [r.to_dict(self.generated_at) for r in self.requests],
         }
 
 
@@ -208,6 +214,18 @@ def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> 
         facts.instances,
         tuple(rows),
         tuple(findings(facts, options, now)),
+        requests_of_period(facts, now),
+    )
+
+
+def requests_of_period(facts: KeyringState, now: datetime) -> tuple[Request, ...]:
+    """The dual-control requests made in the year up to `now`, oldest first."""
+    found = requests_from(facts.events).values()
+    return tuple(
+        sorted(
+            (r for r in found if now - REQUEST_PERIOD <= r.requested_at <= now),
+            key=lambda r: (r.requested_at, r.request_id),
+        )
     )
 
 

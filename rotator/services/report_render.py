@@ -11,6 +11,7 @@ from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from rotator.domain.approval import Request
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import RotationRun
 from rotator.domain.lifecycle import Transition
@@ -76,6 +77,16 @@ KEY_COLUMNS = (
     "KMS key",
 )
 HISTORY_COLUMNS = ("at", "state", "by", "reason")
+DUAL_CONTROL_COLUMNS = (
+    "request",
+    "command",
+    "reason",
+    "requested by",
+    "requested at",
+    "approved by",
+    "approved at",
+    "outcome",
+)
 # The HTML report's templates, under rotator/templates/ (package data).
 TEMPLATE_PACKAGE = "rotator"
 TEMPLATE_DIRECTORY = "templates"
@@ -294,6 +305,11 @@ def _html_context(report: Report) -> dict[str, Any]:
         "rotations": Table(
             ROTATION_COLUMNS, tuple(_rotation_rows(report)), empty="No rotation recorded."
         ),
+        "dual_control": Table(
+            DUAL_CONTROL_COLUMNS,
+            tuple(_request_cells(report, request) for request in report.requests),
+            empty="No dual-control request in the period.",
+        ),
         "keys": Table(
             KEY_COLUMNS,
             tuple(_key_cells(report, key) for key in report.keys),
@@ -315,6 +331,25 @@ def _html_context(report: Report) -> dict[str, Any]:
             for key in report.keys
         ],
     }
+
+
+def _request_cells(report: Report, request: Request) -> tuple[Cell, ...]:
+    """A dual-control request: who asked, who approved, and how it ended (status; exit code)."""
+    outcome = request.status(report.generated_at).value
+    if request.exit_code is not None:
+        outcome += f" (exit code {request.exit_code})"
+    if request.refusals:
+        outcome += f"; {len(request.refusals)} refused approval(s)"
+    return (
+        Cell.code(request.request_id),
+        Cell.code(request.command),
+        Cell(request.reason),
+        Cell.code(request.requester),
+        Cell(request.requested_at.isoformat(timespec="seconds")),
+        Cell.code(request.approver),
+        Cell("-" if request.approved_at is None else request.approved_at.isoformat("T", "seconds")),
+        Cell(outcome),
+    )
 
 
 def render_summary(report: Report, *, limit: int = 10) -> str:
