@@ -200,6 +200,8 @@ def run_import(args: argparse.Namespace, ctx: Context) -> int:
     from rotator.services.importing import import_from_blog, import_key
 
     adapters, moment, now = ctx.adapters, ctx.moment, ctx.moment.now
+    # Who imports, for the audit trail; a what-if records nothing, so it asks STS nothing.
+    principal = "" if moment.what_if else adapters.identity.caller_arn()
     if args.from_blog_parameters:
         if args.key_id or args.private_key:
             raise ConfigError("import", "--from-blog-parameters reads the key and its ID from SSM")
@@ -215,6 +217,7 @@ def run_import(args: argparse.Namespace, ctx: Context) -> int:
             actor=actor("cli", simulated=moment.simulated),
             connect=adapters.connect,
             dry_run=moment.what_if,
+            principal=principal,
         )
     else:
         missing = [
@@ -240,6 +243,7 @@ def run_import(args: argparse.Namespace, ctx: Context) -> int:
             actor=actor("cli", simulated=moment.simulated),
             connect=adapters.connect,
             dry_run=moment.what_if,
+            principal=principal,
         )
     kms = _kms_check(adapters, result, args)
     _print_import(result, kms, args.json, ctx.out)
