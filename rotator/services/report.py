@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from rotator.domain.checks import (
     grace_end,
     same_kms_key,
 )
+from rotator.domain.custodians import Custodian, custodians
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import key_history, transitions_by_key
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
@@ -27,6 +28,7 @@ from rotator.domain.policy import (
 from rotator.domain.state import InstanceState, KeyringState
 from rotator.domain.window import WindowAction, WindowStatus, window_decision
 from rotator.ports import ConnectReader, Keyring, Lock
+from rotator.services.custodians import current_text_sha256
 from rotator.services.state import read_state
 
 __all__ = [
@@ -113,6 +115,8 @@ class Report:
     instances: tuple[InstanceState, ...]
     keys: tuple[KeyRow, ...]
     findings: tuple[Finding, ...]
+    # Who ran key operations in the 12 months to the report's time, and their acknowledgements.
+    custodians: tuple[Custodian, ...] = ()
 
     def counts(self) -> dict[Severity, int]:
         return {s: sum(f.severity is s for f in self.findings) for s in Severity}
@@ -159,6 +163,10 @@ class Report:
             "instances": [i.to_dict() for i in self.instances],
             "keys": [k.to_dict() for k in self.keys],
             "findings": [f.to_dict() for f in self.findings],
+            "custodians": {
+                "responsibilities_sha256": self.options.custodian_text_sha256,
+                "principals": [c.to_dict() for c in self.custodians],
+            },
         }
 
 
@@ -173,6 +181,8 @@ def make_report(
 ) -> Report:
     """Read the keyring and Connect once, then judge what was read at `now`. `canaries`: also
     decrypt a canary with each key a managed flow uses (reads the private keys; `verify`)."""
+    if options.custodian_text_sha256 is None:
+        options = replace(options, custodian_text_sha256=current_text_sha256())
     return build_report(gather(keyring, connect, lock, now, canaries=canaries), options, now)
 
 
@@ -208,6 +218,9 @@ def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> 
         facts.instances,
         tuple(rows),
         tuple(findings(facts, options, now)),
+        tuple(
+            custodians(facts.events, now, options.custodian_text_sha256, with_acknowledgers=False)
+        ),
     )
 
 
