@@ -116,7 +116,8 @@ def custodians(
                 automation=bool(ops) and all(e.actor.startswith(SCHEDULED_ACTORS) for e in ops),
                 acknowledged_at=None if ack is None else ack.at,
                 text_sha256=text,
-                current_text=None if current_text_sha256 is None or ack is None
+                current_text=None
+                if current_text_sha256 is None or ack is None
                 else text == current_text_sha256,
                 acknowledged_in_time=ack is not None and ack.at > now - ACKNOWLEDGEMENT_VALID_FOR,
             )

@@ -476,9 +476,7 @@ def run_custodian_list(args: argparse.Namespace, ctx: Context) -> int:
             operations += f", last {custodian.last_operation:%Y-%m-%d}"
         text = f"; text SHA-256 {custodian.text_sha256}" if custodian.text_sha256 else ""
         flag = "  UNACKNOWLEDGED" if custodian.unacknowledged else ""
-        out.write(
-            f"{custodian.principal}{flag}\n  {operations}; {custodian.describe()}{text}\n"
-        )
+        out.write(f"{custodian.principal}{flag}\n  {operations}; {custodian.describe()}{text}\n")
     shipped = current or "not found"
     out.write(f"{len(found)} principal(s); the shipped responsibilities: SHA-256 {shipped}\n")
     return ExitCode.OK
