@@ -476,6 +476,13 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         overwrite(f"/keys/{KEY}/metadata"),
         overwrite(f"/instances/{INSTANCE_ID}/current"),
     ),
+    "custodian": (
+        # `custodian acknowledge`: one history record (sts:GetCallerIdentity needs no grant);
+        # `custodian list`: the history read back.
+        create(f"/history/custodians/{STAMP}"),
+        ssm("GetParameters", f"/history/custodians/{STAMP}"),  # a lost answer's retry
+        ssm("GetParametersByPath", "/history"),
+    ),
     "runbook": (
         # Each run is two history records (started, ended); `runbook audit` reads them, and
         # the versions of audit/runbook-runs, where runs were recorded before the history

@@ -44,6 +44,8 @@ MINIMAL_ARGV = {
     "runbook show": ["runbook", "show", "rollback"],
     "runbook run": ["runbook", "run", "rollback"],
     "runbook audit": ["runbook", "audit"],
+    "custodian acknowledge": ["custodian", "acknowledge"],
+    "custodian list": ["custodian", "list"],
     "serve": ["serve"],
     "sandbox": ["sandbox"],
     "demo": ["demo"],

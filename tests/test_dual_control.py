@@ -214,3 +214,10 @@ def test_the_report_lists_the_period_s_requests_with_their_outcome() -> None:
     html = render(report, ReportFormat.HTML)
     assert "Dual control requests" in html and "executed (exit code 0)" in html
     assert "old &lt;key&gt;" in html and BOB in html
+    # The requester and the approver ran key operations: the custodian section names both,
+    # unacknowledged (custodian-unacknowledged).
+    custodians = {c["principal"] for c in document["custodians"]["principals"]}
+    assert custodians == {ALICE, BOB}
+    unacknowledged = [f for f in document["findings"] if f["code"] == "custodian-unacknowledged"]
+    assert len(unacknowledged) == 2
+    assert all(any(p in str(f) for f in unacknowledged) for p in (ALICE, BOB))

@@ -21,6 +21,7 @@ from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import RotationState, RotationStep
 from rotator.domain.state import KeyringState
 from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
+from rotator.services.custodians import acknowledge, responsibilities
 from rotator.services.report import ReportOptions, build_report, gather, make_report
 from rotator.services.verify import ARGUMENT_CHECKS, CHECKS, judge
 from tests.conftest import NOW, make_record
@@ -211,8 +212,11 @@ def test_each_broken_invariant_fails_verify_and_is_a_report_finding(
 
 
 def test_a_healthy_keyring_passes_both(world: World) -> None:
+    world.service.identity = world.adapters.identity  # init recorded with its principal ...
     assert world.init(NOW).new_key_id is not None
     a = world.adapters
+    # ... who accepted the custodian duties (3.7.8): healthy includes the custodians.
+    acknowledge(a.keyring, a.identity, responsibilities(), NOW, "test")
     verification = a.invariants().verify(None, NOW + DAY)
     assert verification.checks and all(c.ok for c in verification.checks), verification.checks
     report = make_report(a.keyring, a.connect, a.lock, ReportOptions(), NOW + DAY, canaries=True)

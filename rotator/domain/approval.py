@@ -191,7 +191,13 @@ def request_event(
         "expires_at": (now + expiry).isoformat(),
     }
     return HistoryEvent(
-        EventKind.APPROVAL_REQUESTED, now, actor, reason=reason, details=details, clock=clock
+        EventKind.APPROVAL_REQUESTED,
+        now,
+        actor,
+        reason=reason,
+        details=details,
+        clock=clock,
+        principal=principal,
     )
 
 
@@ -210,7 +216,9 @@ def decision_event(
     details: dict[str, Any] = {"request_id": request_id, "principal": principal}
     if exit_code is not None:
         details["exit_code"] = exit_code
-    return HistoryEvent(kind, now, actor, reason=why, details=details, clock=clock)
+    return HistoryEvent(
+        kind, now, actor, reason=why, details=details, clock=clock, principal=principal
+    )
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from rotator.domain.custodians import custodians
 from rotator.domain.findings import Finding, FindingCode
 from rotator.domain.keys import ALLOWED_KEY_SIZES
 from rotator.domain.lifecycle import KeyRecord, KeyState
@@ -36,6 +37,8 @@ class ReportOptions:
     kms_key_id: str | None = None  # None: SSM's default key; no KMS finding is raised
     # When due rotations may run (rotation window, freezes); None: whenever they are due.
     schedule: RotationSchedule | None = None
+    # The SHA-256 of the shipped key-custodian responsibilities (None: not known here).
+    custodian_text_sha256: str | None = None
 
 
 # -- verify's invariants ------------------------------------------------------------------------
@@ -471,6 +474,7 @@ def findings(state: KeyringState, options: ReportOptions, now: datetime) -> list
     found.extend(protection_findings(state, options))
     found.extend(copy_findings(state))
     found.extend(shared_key_findings(state.records))
+    found.extend(custodian_findings(state, now))
     unique = list(dict.fromkeys(found))
     unique.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
     return unique
@@ -713,3 +717,21 @@ def flow_certificate_findings(
             block.key_id,
             f"{where} names key {block.key_id} but {problem}: the rotator did not make this change",
         )
+
+
+# -- custodians (PCI DSS 3.7.8) -----------------------------------------------------------------
+
+
+def custodian_findings(state: KeyringState, now: datetime) -> Iterator[Finding]:
+    """A person (not a scheduled job's role) who ran a key operation in the 12 months before
+    `now` with no acknowledgement of the custodian responsibilities in those 12 months."""
+    for custodian in custodians(state.events, now, with_acknowledgers=False):
+        if custodian.unacknowledged:
+            yield Finding(
+                FindingCode.CUSTODIAN_UNACKNOWLEDGED,
+                None,
+                None,
+                f"{custodian.principal} ran {custodian.operations} key operation(s) in the 12 "
+                f"months to {now:%Y-%m-%d} and {custodian.describe()}: run `rotator custodian "
+                "acknowledge` with its credentials",
+            )

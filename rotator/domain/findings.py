@@ -72,6 +72,8 @@ class FindingCode(StrEnum):
     # Evidence (issue 11): a private key kept in the fewest places, each key used once (3.6.1).
     PRIVATE_KEY_COPY = "private-key-copy"
     KEY_SHARED = "key-shared"
+    # Custodians (issue 11, PCI DSS 3.7.8): who ran key operations acknowledged their duties.
+    CUSTODIAN_UNACKNOWLEDGED = "custodian-unacknowledged"
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,13 @@ RULES: dict[FindingCode, Rule] = {
         Severity.CRITICAL,
         RunbookName.EMERGENCY_ROTATION,
         "one key pair under two key IDs or instances",
+    ),
+    # A gap in the evidence (3.7.8), not in the keys: no contact fails and no key is exposed
+    # by it, so a warning, resolved at the next quarterly evidence run.
+    FindingCode.CUSTODIAN_UNACKNOWLEDGED: Rule(
+        Severity.WARNING,
+        RunbookName.QUARTERLY_EVIDENCE,
+        "a principal ran key operations without acknowledging the custodian duties",
     ),
 }
 

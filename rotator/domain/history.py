@@ -15,6 +15,7 @@ from rotator.errors import KeyringError
 
 KEYRING_SCOPE = "keyring"  # events of keys that belong to no instance
 RUNBOOKS_SCOPE = "runbooks"
+CUSTODIANS_SCOPE = "custodians"  # key custodians' acknowledgements (PCI DSS 3.7.8)
 
 
 class EventKind(StrEnum):
@@ -30,6 +31,8 @@ class EventKind(StrEnum):
     APPROVAL_REFUSED = "approval_refused"
     APPROVAL_GRANTED = "approval_granted"
     APPROVAL_EXECUTED = "approval_executed"
+    # A principal accepted the key-custodian responsibilities (details: the text's SHA-256).
+    CUSTODIAN_ACKNOWLEDGED = "custodian_acknowledged"
 
 
 class ClockKind(StrEnum):
@@ -42,7 +45,10 @@ class ClockKind(StrEnum):
 @dataclass(frozen=True)
 class HistoryEvent:
     """Something that happened, when, by whom and why; `details` is small (the event is one
-    SSM parameter). `kind` stays a plain string when read, so a newer writer's kinds load."""
+    SSM parameter). `kind` stays a plain string when read, so a newer writer's kinds load.
+    `actor` is who says they made it (user@host and the way in); `principal` is the AWS
+    principal ARN whose credentials made it (STS GetCallerIdentity; "" in events written
+    before it was recorded, and in what the keyring records for itself)."""
 
     kind: str
     at: datetime
@@ -53,12 +59,16 @@ class HistoryEvent:
     reason: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
     clock: str = ClockKind.REAL
+    principal: str = ""
 
     @property
     def scope(self) -> str:
-        """The history folder it belongs in: runbook runs, its instance, or the keyring."""
+        """The history folder it belongs in: runbook runs, custodians' acknowledgements, its
+        instance, or the keyring."""
         if self.kind == EventKind.RUNBOOK_RUN:
             return RUNBOOKS_SCOPE
+        if self.kind == EventKind.CUSTODIAN_ACKNOWLEDGED:
+            return CUSTODIANS_SCOPE
         return self.instance_id or KEYRING_SCOPE
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +82,7 @@ class HistoryEvent:
             "reason": self.reason,
             "details": dict(self.details),
             "clock": str(self.clock),
+            "principal": self.principal,
         }
 
     def to_json(self) -> str:
@@ -94,6 +105,7 @@ class HistoryEvent:
                 reason=str(data.get("reason", "")),
                 details=details,
                 clock=str(data.get("clock", ClockKind.REAL)),
+                principal=str(data.get("principal") or ""),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise KeyringError(f"history event is not readable: {type(error).__name__}") from None
@@ -126,6 +138,7 @@ def key_transition_events(
                 reason=transition.reason,
                 details=details,
                 clock=clock,
+                principal=transition.principal,
             )
         )
     return events
@@ -149,6 +162,7 @@ def rotation_step_event(state: RotationState, at: datetime, clock: ClockKind) ->
             "emergency": state.emergency,
         },
         clock=clock,
+        principal=state.principal,
     )
 
 
@@ -165,7 +179,7 @@ def transitions_by_key(events: Iterable[HistoryEvent]) -> dict[str, list[Transit
                 f"transition event of key {event.key_id} is not readable: {type(error).__name__}"
             ) from None
         found.setdefault(event.key_id, []).append(
-            Transition(state, event.at, event.actor, event.reason)
+            Transition(state, event.at, event.actor, event.reason, event.principal)
         )
     return found
 

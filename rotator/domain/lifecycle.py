@@ -36,25 +36,34 @@ DECRYPTING_STATES = frozenset(set(KeyState) - {KeyState.DESTROYED})
 
 @dataclass(frozen=True)
 class Transition:
-    """One recorded state change: what, when, by whom, why."""
+    """One recorded state change: what, when, by whom (`actor`: user@host and the way in;
+    `principal`: the AWS principal ARN that made it, "" when not known), why."""
 
     state: KeyState
     at: datetime
     actor: str
     reason: str
+    principal: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {
+        data = {
             "state": self.state,
             "at": self.at.isoformat(),
             "actor": self.actor,
             "reason": self.reason,
         }
+        if self.principal:  # a record without one stays byte for byte what it was
+            data["principal"] = self.principal
+        return data
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Transition:
         return cls(
-            KeyState(raw["state"]), datetime.fromisoformat(raw["at"]), raw["actor"], raw["reason"]
+            KeyState(raw["state"]),
+            datetime.fromisoformat(raw["at"]),
+            raw["actor"],
+            raw["reason"],
+            str(raw.get("principal", "")),
         )
 
 
@@ -89,6 +98,7 @@ class KeyRecord:
         reason: str,
         source: str,
         kms_key_id: str | None,
+        principal: str = "",
     ) -> KeyRecord:
         """The first record of a key: its material's facts and one recorded transition."""
         first = cls.for_public_key(
@@ -102,6 +112,7 @@ class KeyRecord:
             reason=reason,
             source=source,
             kms_key_id=kms_key_id,
+            principal=principal,
         )
         return replace(
             first,
@@ -125,6 +136,7 @@ class KeyRecord:
         reason: str,
         source: str,
         kms_key_id: str | None,
+        principal: str = "",
     ) -> KeyRecord:
         """The first record of a key known without its certificate (adopted from a private
         key alone): no certificate facts, one recorded transition."""
@@ -141,14 +153,17 @@ class KeyRecord:
             created_at=at,
             source=source,
             kms_key_id=kms_key_id,
-            history=(Transition(state, at, actor, reason),),
+            history=(Transition(state, at, actor, reason, principal),),
         )
 
-    def transition(self, to: KeyState, *, at: datetime, actor: str, reason: str) -> KeyRecord:
+    def transition(
+        self, to: KeyState, *, at: datetime, actor: str, reason: str, principal: str = ""
+    ) -> KeyRecord:
         """The same record in state `to`, with the change appended to its history."""
         if to not in ALLOWED_TRANSITIONS[self.state]:
             raise InvalidTransition(f"key {self.key_id} cannot go from {self.state} to {to}")
-        return replace(self, state=to, history=(*self.history, Transition(to, at, actor, reason)))
+        change = Transition(to, at, actor, reason, principal)
+        return replace(self, state=to, history=(*self.history, change))
 
     @property
     def decrypts(self) -> bool:

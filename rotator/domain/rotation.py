@@ -41,6 +41,7 @@ class RotationState:
     new_public_key_sha256: str | None = None
     emergency: bool = False
     reason: str = ""
+    principal: str = ""  # the AWS principal ARN that started it ("" when not known)
 
     @property
     def finished(self) -> bool:
@@ -55,6 +56,8 @@ class RotationState:
     def to_json(self) -> str:
         data = asdict(self)
         data["started_at"] = self.started_at.isoformat()
+        if not self.principal:  # a record without one stays what older readers can load
+            del data["principal"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod

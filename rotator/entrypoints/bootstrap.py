@@ -54,7 +54,13 @@ class Adapters:
 
     def rotation(self, actor: str, generate: KeyGenerator | None = None) -> RotationService:
         return RotationService(
-            self.keyring, self.connect, self.lock, self.settings, actor=actor, generate=generate
+            self.keyring,
+            self.connect,
+            self.lock,
+            self.settings,
+            actor=actor,
+            generate=generate,
+            identity=self.identity,  # what it records names the caller's principal ARN
         )
 
     def invariants(self) -> InvariantChecker:

@@ -227,6 +227,8 @@ def run_import(args: argparse.Namespace, ctx: Context) -> int:
     from rotator.services.importing import import_from_blog, import_key
 
     adapters, moment, now = ctx.adapters, ctx.moment, ctx.moment.now
+    # Who imports, for the audit trail; a what-if records nothing, so it asks STS nothing.
+    principal = "" if moment.what_if else adapters.identity.caller_arn()
     if args.from_blog_parameters:
         if args.key_id or args.private_key:
             raise ConfigError("import", "--from-blog-parameters reads the key and its ID from SSM")
@@ -242,6 +244,7 @@ def run_import(args: argparse.Namespace, ctx: Context) -> int:
             actor=actor("cli", simulated=moment.simulated),
             connect=adapters.connect,
             dry_run=moment.what_if,
+            principal=principal,
         )
     else:
         missing = [
@@ -267,6 +270,7 @@ def run_import(args: argparse.Namespace, ctx: Context) -> int:
             actor=actor("cli", simulated=moment.simulated),
             connect=adapters.connect,
             dry_run=moment.what_if,
+            principal=principal,
         )
     kms = _kms_check(adapters, result, args)
     _print_import(result, kms, args.json, ctx.out)
@@ -593,6 +597,60 @@ def run_rollback(args: argparse.Namespace, ctx: Context) -> int:
     return _print_message(message, args.json, ctx.out)
 
 
+def run_custodian_acknowledge(args: argparse.Namespace, ctx: Context) -> int:
+    """Print the responsibilities (path, SHA-256, text), ask, then record the caller's
+    acceptance in the history at the clock's time."""
+    from rotator.services.custodians import acknowledge, responsibilities
+
+    text, out, moment = responsibilities(), ctx.out, ctx.moment
+    out.write(f"{text.name} (SHA-256 {text.sha256}):\n\n{text.text.rstrip()}\n\n")
+    principal = ctx.adapters.identity.caller_arn()
+    if not args.yes and not runbook.stdin_confirm(out)(
+        f"Do you, {principal}, accept these key-custodian responsibilities? [y/N] "
+    ):
+        out.write("not acknowledged: nothing was recorded\n")
+        return ExitCode.FAILURE
+    event = acknowledge(
+        ctx.adapters.keyring,
+        ctx.adapters.identity,
+        text,
+        moment.now,
+        actor("cli", simulated=moment.simulated),
+    )
+    out.write(
+        f"acknowledged: {event.principal} accepts the key-custodian responsibilities "
+        f"(SHA-256 {text.sha256}) at {event.at.isoformat(timespec='seconds')}\n"
+    )
+    return ExitCode.OK
+
+
+def run_custodian_list(args: argparse.Namespace, ctx: Context) -> int:
+    from rotator.services.custodians import current_text_sha256, custodian_list
+
+    now, out = ctx.moment.now, ctx.out
+    current = current_text_sha256()
+    found = custodian_list(ctx.adapters.keyring, now, current)
+    if args.json:
+        payload = {
+            "now": now.isoformat(),
+            "responsibilities_sha256": current,
+            "custodians": [c.to_dict() for c in found],
+        }
+        json.dump(payload, out, indent=2)
+        out.write("\n")
+        return ExitCode.OK
+    for custodian in found:
+        operations = f"{custodian.operations} key operation(s) in the 12 months"
+        if custodian.last_operation is not None:
+            operations += f", last {custodian.last_operation:%Y-%m-%d}"
+        text = f"; text SHA-256 {custodian.text_sha256}" if custodian.text_sha256 else ""
+        flag = "  UNACKNOWLEDGED" if custodian.unacknowledged else ""
+        out.write(f"{custodian.principal}{flag}\n  {operations}; {custodian.describe()}{text}\n")
+    shipped = current or "not found"
+    out.write(f"{len(found)} principal(s); the shipped responsibilities: SHA-256 {shipped}\n")
+    return ExitCode.OK
+
+
 def _override_reason(args: argparse.Namespace, flag: str, used: bool) -> str | None:
     """An override of a grace or retention period is recorded with a reason, never silent."""
     reason = (args.reason or "").strip()
@@ -870,6 +928,8 @@ COMMANDS: dict[str, Command] = {
     "rewrap": Command(run_rewrap),
     "verify": Command(run_verify),
     "report": Command(run_report_command),
+    "custodian acknowledge": Command(run_custodian_acknowledge),
+    "custodian list": Command(run_custodian_list),
     "runbook run": Command(runbook.run_runbook),
     "runbook audit": Command(runbook.show_audit),
     "runbook list": Command(runbook.list_runbooks_command, uses_aws=False),

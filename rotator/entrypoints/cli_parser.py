@@ -260,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("runbook", help="list, show, run and audit the on-call runbooks")
     )
 
+    _custodian_parser(
+        commands.add_parser(
+            "custodian",
+            help="key custodians (PCI DSS 3.7.8): accept the responsibilities, list who did",
+        )
+    )
+
     serve = command("serve", help="run the scheduled jobs on a host (APScheduler)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
     serve.add_argument("--once", action="store_true", help="run every job once and exit")
@@ -346,6 +353,29 @@ def _runbook_parser(parser: argparse.ArgumentParser) -> None:
     )
     audit = action("audit", help="every recorded run: when, by whom, how it ended")
     audit.add_argument("--json", action="store_true", help="every audit record, as JSON")
+
+
+def _custodian_parser(parser: argparse.ArgumentParser) -> None:
+    """acknowledge/list under the `custodian` command."""
+    actions = parser.add_subparsers(dest="custodian_action", required=True, metavar="ACTION")
+
+    def action(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, **kwargs)
+        sub.set_defaults(handler=f"custodian {name}")
+        return sub
+
+    # No what-if time: an acknowledgement is recorded at the clock's time, or not at all.
+    acknowledge = action(
+        "acknowledge",
+        help="record that your AWS principal accepts the key-custodian responsibilities",
+    )
+    acknowledge.add_argument(
+        "--yes", action="store_true", help="accept without asking (the text is still printed)"
+    )
+    listing = action(
+        "list", help="principals: key operations, last acknowledgement, which text, in time"
+    )
+    _timed_json(listing)
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, default: object) -> None:

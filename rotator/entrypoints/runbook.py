@@ -64,7 +64,14 @@ def run_runbook(args: argparse.Namespace, ctx: Context) -> int:
         out=out,
     )
     return run_procedure(
-        runbook, procedure, planned, params, console, actor=actor("runbook"), assume_yes=args.yes
+        runbook,
+        procedure,
+        planned,
+        params,
+        console,
+        actor=actor("runbook"),
+        assume_yes=args.yes,
+        principal=ctx.adapters.identity.caller_arn(),  # each step records its own as well
     )
 
 

@@ -49,6 +49,7 @@ def import_key(
     now: datetime,
     actor: str,
     connect: SecurityKeys | None = None,
+    principal: str = "",
     source: str = "imported",
     dry_run: bool = False,
 ) -> ImportResult:
@@ -82,6 +83,7 @@ def import_key(
         reason=_adopted(source),
         source=source,
         kms_key_id=keyring.kms_key_id,
+        principal=principal,
     )
     if dry_run:
         return ImportResult(
@@ -106,6 +108,7 @@ def import_from_blog(
     now: datetime,
     actor: str,
     connect: SecurityKeys | None = None,
+    principal: str = "",
     dry_run: bool = False,
 ) -> ImportResult:
     """Copy the blog's two parameters into the keyring; the parameters themselves are only read.
@@ -123,6 +126,7 @@ def import_from_blog(
             connect=connect,
             source=blog_source(key_parameter),
             dry_run=dry_run,
+            principal=principal,
         )
     _check_key_id(key_id)
     private_key = load_private_key(private_pem)
@@ -159,6 +163,7 @@ def import_from_blog(
         reason=_adopted(blog_source(key_parameter)),
         source=blog_source(key_parameter),
         kms_key_id=keyring.kms_key_id,
+        principal=principal,
     )
     if dry_run:
         return ImportResult(

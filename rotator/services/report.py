@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +16,7 @@ from rotator.domain.checks import (
     grace_end,
     same_kms_key,
 )
+from rotator.domain.custodians import Custodian, custodians
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import key_history, transitions_by_key
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
@@ -28,6 +29,7 @@ from rotator.domain.policy import (
 from rotator.domain.state import InstanceState, KeyringState
 from rotator.domain.window import WindowAction, WindowStatus, window_decision
 from rotator.ports import ConnectReader, Keyring, Lock
+from rotator.services.custodians import current_text_sha256
 from rotator.services.state import read_state
 
 __all__ = [
@@ -118,6 +120,8 @@ class Report:
     findings: tuple[Finding, ...]
     # Dual control (3.7.6): the requests of the period, oldest first, with their outcome.
     requests: tuple[Request, ...] = ()
+    # Who ran key operations in the 12 months to the report's time, and their acknowledgements.
+    custodians: tuple[Custodian, ...] = ()
 
     def counts(self) -> dict[Severity, int]:
         return {s: sum(f.severity is s for f in self.findings) for s in Severity}
@@ -165,6 +169,10 @@ class Report:
             "keys": [k.to_dict() for k in self.keys],
             "findings": [f.to_dict() for f in self.findings],
             "dual_control_requests": [r.to_dict(self.generated_at) for r in self.requests],
+            "custodians": {
+                "responsibilities_sha256": self.options.custodian_text_sha256,
+                "principals": [c.to_dict() for c in self.custodians],
+            },
         }
 
 
@@ -179,6 +187,8 @@ def make_report(
 ) -> Report:
     """Read the keyring and Connect once, then judge what was read at `now`. `canaries`: also
     decrypt a canary with each key a managed flow uses (reads the private keys; `verify`)."""
+    if options.custodian_text_sha256 is None:
+        options = replace(options, custodian_text_sha256=current_text_sha256())
     return build_report(gather(keyring, connect, lock, now, canaries=canaries), options, now)
 
 
@@ -215,6 +225,9 @@ def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> 
         tuple(rows),
         tuple(findings(facts, options, now)),
         requests_of_period(facts, now),
+        tuple(
+            custodians(facts.events, now, options.custodian_text_sha256, with_acknowledgers=False)
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from rotator.domain.approval import Request
+from rotator.domain.custodians import Custodian
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import RotationRun
 from rotator.domain.lifecycle import Transition
@@ -86,6 +87,14 @@ DUAL_CONTROL_COLUMNS = (
     "approved by",
     "approved at",
     "outcome",
+)
+CUSTODIAN_COLUMNS = (
+    "principal",
+    "key operations",
+    "last operation",
+    "acknowledged",
+    "text SHA-256",
+    "status",
 )
 # The HTML report's templates, under rotator/templates/ (package data).
 TEMPLATE_PACKAGE = "rotator"
@@ -220,6 +229,9 @@ def render_markdown(report: Report) -> str:
     lines += ["", "## Rotation history", ""]
     rotations = [_md_row(row) for row in _rotation_rows(report)]
     lines.append(_md_table(ROTATION_COLUMNS, rotations) if rotations else "No rotation recorded.")
+    lines += ["", "## Key custodians", "", _custodian_text(report), ""]
+    custodians = [_md_row(_custodian_cells(c)) for c in report.custodians]
+    lines.append(_md_table(CUSTODIAN_COLUMNS, custodians) if custodians else NO_CUSTODIANS)
     lines += ["", "## Keys", ""]
     lines.append(
         _md_table(
@@ -315,6 +327,14 @@ def _html_context(report: Report) -> dict[str, Any]:
             tuple(_key_cells(report, key) for key in report.keys),
             empty="No keys.",
         ),
+        "custodians": {
+            "text": _custodian_text(report),
+            "table": Table(
+                CUSTODIAN_COLUMNS,
+                tuple(_custodian_cells(c) for c in report.custodians),
+                empty=NO_CUSTODIANS,
+            ),
+        },
         "details": [
             {
                 "key": key,
@@ -530,3 +550,38 @@ class Badge:
 
 def _badges(report: Report) -> list[Badge]:
     return [Badge(s.value, n) for s, n in report.counts().items()]
+
+
+# -- key custodians (PCI DSS 3.7.8) ------------------------------------------------------------
+
+NO_CUSTODIANS = "No principal recorded a key operation in the 12 months to the report's time."
+
+
+def _custodian_text(report: Report) -> str:
+    sha256 = report.options.custodian_text_sha256
+    shipped = "not found where the report ran" if sha256 is None else f"SHA-256 {sha256}"
+    return (
+        "Every AWS principal that ran a key operation in the 12 months to the report's time, "
+        "and its latest acknowledgement of the key-custodian responsibilities "
+        f"(`rotator custodian acknowledge`; the shipped text: {shipped})."
+    )
+
+
+def _custodian_cells(custodian: Custodian) -> tuple[Cell, ...]:
+    acknowledged = custodian.acknowledged_at
+    if custodian.automation:
+        status = "scheduled job's role"
+    elif custodian.unacknowledged:
+        status = "UNACKNOWLEDGED"
+    elif custodian.current_text is False:
+        status = "acknowledged an earlier text"
+    else:
+        status = "acknowledged"
+    return (
+        Cell.code(custodian.principal),
+        Cell(str(custodian.operations)),
+        Cell(custodian.last_operation.isoformat() if custodian.last_operation else "-"),
+        Cell(acknowledged.isoformat() if acknowledged else "never"),
+        Cell.code(custodian.text_sha256),
+        Cell(status),
+    )

@@ -33,7 +33,7 @@ from rotator.domain.policy import rotation_due
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
 from rotator.domain.window import WindowAction, window_decision
 from rotator.errors import ConnectKeyRotatorError, KeyringError, LockHeld, NotFound
-from rotator.ports import Connect, Keyring, Lease, Lock
+from rotator.ports import Connect, Identity, Keyring, Lease, Lock
 from rotator.services.canary import VerificationFailed, prove_key_decrypts
 
 log = get_logger("rotator.rotation")
@@ -92,12 +92,14 @@ class RotationService:
         *,
         actor: str,
         generate: KeyGenerator | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.keyring = keyring
         self.connect = connect
         self.lock = lock
         self.settings = settings
         self.actor = actor
+        self.identity = identity  # the principal of what this service records (None: unknown)
         self.generate = generate or self._generate
         self.schedule = settings.schedule  # the rotation window and freezes; None: no limit
 
@@ -327,6 +329,7 @@ class RotationService:
                 old_key_id=decision.current_id,
                 emergency=emergency,
                 reason=decision.reason,
+                principal=self.principal,
             )
             lease.check()
             self.keyring.put_rotation(state, at=now)
@@ -491,6 +494,7 @@ class RotationService:
             reason=state.reason,
             source=f"rotation {state.rotation_id}",
             kms_key_id=self.keyring.kms_key_id,
+            principal=self.principal,
         )
         self.keyring.store_key(key_id, material, record)
         # The staged PEM was validated in full; identical bytes read back need no second check.
@@ -743,11 +747,19 @@ class RotationService:
                 self.connect.update_flow_content(instance_id, ref, updated)
                 log.info("flow_updated", instance_id=instance_id, flow=str(ref), key_id=key_id)
 
+    @property
+    def principal(self) -> str:
+        """The caller's ARN, asked only when a change is recorded: a what-if or a dry run, and
+        a job run with nothing due, make no STS call (the identity caches it for the run)."""
+        return "" if self.identity is None else self.identity.caller_arn()
+
     def _transition(self, key_id: str, to: KeyState, now: datetime, reason: str) -> None:
         record = self.keyring.get_record(key_id)
         if record.state is not to:
             self.keyring.write_record(
-                record.transition(to, at=now, actor=self.actor, reason=reason)
+                record.transition(
+                    to, at=now, actor=self.actor, reason=reason, principal=self.principal
+                )
             )
 
     def _retire(self, instance_id: str, key_id: str, now: datetime, reason: str) -> None:

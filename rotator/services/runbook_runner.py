@@ -72,6 +72,7 @@ class RunRecord:
     steps: tuple[StepResult, ...] = ()
     finished_at: datetime | None = None
     message: str = ""
+    principal: str = ""  # the AWS principal ARN that ran it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +88,7 @@ class RunRecord:
             "steps": [s.to_dict() for s in self.steps],
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "message": self.message,
+            "principal": self.principal,
         }
 
     def event(self) -> HistoryEvent:
@@ -97,6 +99,7 @@ class RunRecord:
             actor=self.actor,
             reason=self.message or f"{self.runbook} ({self.procedure}) {self.outcome.value}",
             details=self.to_dict(),
+            principal=self.principal,
         )
 
 
@@ -165,6 +168,7 @@ def run_procedure(
     *,
     actor: str,
     assume_yes: bool,
+    principal: str = "",
 ) -> int:
     """0 when every step succeeded; 1 at the first failure or a declined step; 130 on Ctrl-C."""
     record = RunRecord(
@@ -175,6 +179,7 @@ def run_procedure(
         parameters=params,
         planned=tuple(render(argv) for _, argv in planned),
         started_at=console.clock(),
+        principal=principal,
     )
     try:
         console.audit(record)
