@@ -72,6 +72,8 @@ class FindingCode(StrEnum):
     # Evidence (issue 11): a private key kept in the fewest places, each key used once (3.6.1).
     PRIVATE_KEY_COPY = "private-key-copy"
     KEY_SHARED = "key-shared"
+    # Evidence (issue 11, PCI DSS 3.6.1.1): a KEK at least as strong as the keys it protects.
+    KEK_WEAKER_THAN_KEY = "kek-weaker-than-key"
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,12 @@ RULES: dict[FindingCode, Rule] = {
         Severity.CRITICAL,
         RunbookName.EMERGENCY_ROTATION,
         "one key pair under two key IDs or instances",
+    ),
+    # The private key is only as safe as its KEK; no contact fails: out of policy, a warning.
+    FindingCode.KEK_WEAKER_THAN_KEY: Rule(
+        Severity.WARNING,
+        RunbookName.ROUTINE_ROTATION,
+        "a private key is protected by a weaker key-encrypting key",
     ),
 }
 
