@@ -65,6 +65,7 @@ class RotatorEnv(StrEnum):
     ROTATION_WINDOW = "ROTATOR_ROTATION_WINDOW"
     FREEZE = "ROTATOR_FREEZE"
     RENEW_BEFORE_MINIMUM_DAYS = "ROTATOR_RENEW_BEFORE_MINIMUM_DAYS"
+    DECRYPT_FUNCTION = "ROTATOR_DECRYPT_FUNCTION"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -258,6 +259,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         None,
         f"when due rotations may run: cron, duration, time zone (`{WINDOW_EXAMPLE}`); "
         "none: whenever due",
+        "RotationWindow",
         check=parse_window,
         empty_is_unset=True,
     ),
@@ -269,6 +271,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         None,
         "dates on which no due rotation runs, ends included, in the window's time zone "
         f"(`{FREEZE_EXAMPLE}`)",
+        "Freeze",
         check=parse_freezes,
         empty_is_unset=True,
     ),
@@ -279,6 +282,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         int,
         7,
         "a due key never waits for a window or freeze once this close (in days) to expiry",
+        "RenewBeforeMinimumDays",
         check=_positive_days,
     ),
     Setting(
@@ -309,6 +313,16 @@ SETTINGS: tuple[Setting[Any], ...] = (
         "JSON logs on stderr: DEBUG, INFO, WARNING or ERROR",
         check=lambda level: validate_log_level(level, Env.LOG_LEVEL),
         upper=True,
+    ),
+    Setting[str | None](
+        "decrypt_function",
+        RotatorEnv.DECRYPT_FUNCTION,
+        ("settings", "decrypt_function"),
+        str,
+        None,
+        "the decrypt Lambda (name or ARN) whose environment the report's copy inventory scans "
+        "for private keys; none: not checked",
+        empty_is_unset=True,
     ),
 )
 SETTING_BY_NAME: Mapping[str, Setting[Any]] = {setting.name: setting for setting in SETTINGS}
@@ -341,6 +355,7 @@ class Settings:
     expiry_event_days: str = _default("expiry_event_days")
     event_bus: str = _default("event_bus")
     log_level: str = _default("log_level")
+    decrypt_function: str | None = _default("decrypt_function")
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

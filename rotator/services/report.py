@@ -15,6 +15,7 @@ from rotator.domain.checks import (
     grace_end,
     same_kms_key,
 )
+from rotator.domain.crypto_architecture import ALGORITHMS, CryptoArchitecture, crypto_architecture
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import key_history, transitions_by_key
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
@@ -27,11 +28,13 @@ from rotator.domain.policy import (
 from rotator.domain.state import InstanceState, KeyringState
 from rotator.domain.window import WindowAction, WindowStatus, window_decision
 from rotator.ports import ConnectReader, Keyring, Lock
+from rotator.services.crypto_architecture import EvidenceSources, with_evidence
 from rotator.services.state import read_state
 
 __all__ = [
     "DEFAULT_MIN_KEY_SIZE",
     "ENCRYPTING_STATES",
+    "EvidenceSources",
     "KeyRow",
     "Report",
     "ReportOptions",
@@ -113,6 +116,15 @@ class Report:
     instances: tuple[InstanceState, ...]
     keys: tuple[KeyRow, ...]
     findings: tuple[Finding, ...]
+    # The cryptographic architecture (PCI DSS 3.6.1.1); None: not built (no key is described).
+    architecture: CryptoArchitecture | None = None
+
+    @property
+    def crypto(self) -> CryptoArchitecture:
+        """The section as the renderers show it (the algorithms alone when it was not built)."""
+        if self.architecture is not None:
+            return self.architecture
+        return CryptoArchitecture(ALGORITHMS, (), (), None)
 
     def counts(self) -> dict[Severity, int]:
         return {s: sum(f.severity is s for f in self.findings) for s in Severity}
@@ -159,6 +171,7 @@ class Report:
             "instances": [i.to_dict() for i in self.instances],
             "keys": [k.to_dict() for k in self.keys],
             "findings": [f.to_dict() for f in self.findings],
+            "cryptographic_architecture": self.crypto.to_dict(),
         }
 
 
@@ -170,10 +183,14 @@ def make_report(
     now: datetime,
     *,
     canaries: bool = False,
+    evidence: EvidenceSources | None = None,
 ) -> Report:
     """Read the keyring and Connect once, then judge what was read at `now`. `canaries`: also
-    decrypt a canary with each key a managed flow uses (reads the private keys; `verify`)."""
-    return build_report(gather(keyring, connect, lock, now, canaries=canaries), options, now)
+    decrypt a canary with each key a managed flow uses (reads the private keys; `verify`).
+    `evidence`: where the KMS keys are described and the decrypt function's environment is
+    scanned (None: neither; the report says so)."""
+    facts = gather(keyring, connect, lock, now, canaries=canaries, evidence=evidence)
+    return build_report(facts, options, now)
 
 
 def gather(
@@ -183,11 +200,12 @@ def gather(
     now: datetime,
     *,
     canaries: bool = False,
+    evidence: EvidenceSources | None = None,
 ) -> KeyringState:
     """What the report reads: everything, with the history, and no key material unless
-    `canaries` (`now` is not read: the state is what it is)."""
+    `canaries` (`now` is not read: the state is what it is); then the evidence reads."""
     del now
-    return read_state(
+    state = read_state(
         keyring,
         lock,
         connect=connect,
@@ -196,6 +214,7 @@ def gather(
         canaries=canaries,
         copies=True,
     )
+    return with_evidence(state, evidence or EvidenceSources(), keyring.kms_key_id)
 
 
 def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> Report:
@@ -208,6 +227,7 @@ def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> 
         facts.instances,
         tuple(rows),
         tuple(findings(facts, options, now)),
+        crypto_architecture(facts),
     )
 
 
