@@ -76,6 +76,18 @@ KEY_COLUMNS = (
     "KMS key",
 )
 HISTORY_COLUMNS = ("at", "state", "by", "reason")
+ALGORITHM_COLUMNS = ("role", "algorithm", "security strength")
+ARCHITECTURE_KEY_COLUMNS = (
+    "key",
+    "instance",
+    "state",
+    "algorithm",
+    "strength",
+    "not after",
+    "private key stored at",
+    "KMS key",
+)
+KEK_COLUMNS = ("KMS key", "ARN", "aliases", "key spec", "strength", "protects")
 # The HTML report's templates, under rotator/templates/ (package data).
 TEMPLATE_PACKAGE = "rotator"
 TEMPLATE_DIRECTORY = "templates"
@@ -299,6 +311,7 @@ def _html_context(report: Report) -> dict[str, Any]:
             tuple(_key_cells(report, key) for key in report.keys),
             empty="No keys.",
         ),
+        "crypto": _crypto_context(report),
         "details": [
             {
                 "key": key,
@@ -314,6 +327,64 @@ def _html_context(report: Report) -> dict[str, Any]:
             }
             for key in report.keys
         ],
+    }
+
+
+def _crypto_context(report: Report) -> dict[str, Any]:
+    """The cryptographic-architecture section's tables (the partial crypto_architecture)."""
+    crypto = report.crypto
+    section = crypto.to_dict()
+    return {
+        "store": f"Private keys: {section['private_key_store']}.",
+        "source": section["strength_source"],
+        "algorithms": Table(
+            ALGORITHM_COLUMNS,
+            tuple(
+                (
+                    Cell(a.role),
+                    Cell(a.algorithm),
+                    Cell("the key's" if a.strength_bits is None else f"{a.strength_bits} bits"),
+                )
+                for a in crypto.algorithms
+            ),
+            empty="No algorithms.",
+        ),
+        "keys": Table(
+            ARCHITECTURE_KEY_COLUMNS,
+            tuple(
+                (
+                    Cell.code(k.key_id),
+                    Cell.code(k.instance_id),
+                    Cell(k.state),
+                    Cell(f"RSA-{k.key_size}"),
+                    Cell(f"{k.strength_bits} bits"),
+                    Cell("-" if k.not_after is None else k.not_after.isoformat()),
+                    Cell.code(k.stored_at) if k.stored_at else Cell("no private key stored"),
+                    Cell.code(k.kms_key),
+                )
+                for k in crypto.keys
+            ),
+            empty="No keys.",
+        ),
+        "keks": Table(
+            KEK_COLUMNS,
+            tuple(
+                (
+                    Cell.code(
+                        None if k.description is None else k.description.key_id,
+                        "" if k.unreadable is None else f" not described: {k.unreadable}",
+                    ),
+                    Cell.code(None if k.description is None else k.description.arn),
+                    Cell(codes=k.aliases) if k.aliases else Cell("-"),
+                    Cell("-" if k.description is None else k.description.key_spec),
+                    Cell("unknown" if k.strength_bits is None else f"{k.strength_bits} bits"),
+                    Cell(codes=k.protects) if k.protects else Cell("-"),
+                )
+                for k in crypto.keks
+            ),
+            empty="No KMS key protects a stored private key (or none was described).",
+        ),
+        "decrypt_function": section["decrypt_function"]["status"],
     }
 
 
