@@ -299,8 +299,7 @@ def test_a_template_that_drifts_from_the_declaration_is_found(template: dict[str
     assert "RotationWindow defaults to 'None', rotation_window to None" in problems
     # "" is unset only for a setting that reads an empty variable as unset.
     strict = [
-        dataclasses.replace(s, empty_is_unset=False) if s.name == "freeze" else s
-        for s in SETTINGS
+        dataclasses.replace(s, empty_is_unset=False) if s.name == "freeze" else s for s in SETTINGS
     ]
     assert "Freeze defaults to '', freeze to None" in " ".join(template_problems(template, strict))
 

@@ -132,9 +132,7 @@ class CryptoArchitecture:
             "private_key_store": "SSM SecureString parameters under the keyring prefix",
             "keys": [k.to_dict() for k in self.keys],
             "key_encrypting_keys": [k.to_dict() for k in self.keks],
-            "decrypt_function": (
-                DecryptFunctionCheck(None) if self.decrypt_function is None else self.decrypt_function
-            ).to_dict(),
+            "decrypt_function": (self.decrypt_function or DecryptFunctionCheck(None)).to_dict(),
         }
 
 

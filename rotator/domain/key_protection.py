@@ -113,8 +113,8 @@ class DecryptFunctionCheck:
             "function": self.function,
             "function_arn": None if environment is None else environment.arn,
             "checked": self.checked,
-            "private_key_variables": [] if environment is None else list(
-                environment.private_key_variables
-            ),
+            "private_key_variables": []
+            if environment is None
+            else list(environment.private_key_variables),
             "status": self.describe(),
         }

@@ -67,9 +67,7 @@ class Adapters:
         region = aws_region()
         function = self.settings.decrypt_function
         return EvidenceSources(
-            keks=KmsKeyEncryptionKeys(
-                boto3.client("kms", config=RETRY_CONFIG, region_name=region)
-            ),
+            keks=KmsKeyEncryptionKeys(boto3.client("kms", config=RETRY_CONFIG, region_name=region)),
             functions=None
             if function is None
             else LambdaFunctionEnvironments(

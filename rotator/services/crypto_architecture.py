@@ -1,4 +1,4 @@
-"""The report's evidence reads: the KMS keys that protect the keyring, the decrypt function's env."""
+"""The report's evidence reads: the keyring's KMS keys and the decrypt function's environment."""
 
 from __future__ import annotations
 
@@ -38,9 +38,7 @@ def with_evidence(
                 keks[reference] = sources.keks.describe(reference)
             except ConnectKeyRotatorError as error:
                 errors[reference] = str(error)
-    return replace(
-        state, keks=keks, kek_errors=errors, decrypt_function=_decrypt_function(sources)
-    )
+    return replace(state, keks=keks, kek_errors=errors, decrypt_function=_decrypt_function(sources))
 
 
 def _decrypt_function(sources: EvidenceSources) -> DecryptFunctionCheck:
