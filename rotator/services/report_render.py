@@ -337,7 +337,7 @@ def _crypto_context(report: Report) -> dict[str, Any]:
     return {
         "store": f"Private keys: {section['private_key_store']}.",
         "source": section["strength_source"],
-        "algorithms": Table(
+        "algorithm_table": Table(
             ALGORITHM_COLUMNS,
             tuple(
                 (
@@ -349,7 +349,7 @@ def _crypto_context(report: Report) -> dict[str, Any]:
             ),
             empty="No algorithms.",
         ),
-        "keys": Table(
+        "key_table": Table(
             ARCHITECTURE_KEY_COLUMNS,
             tuple(
                 (
@@ -366,7 +366,7 @@ def _crypto_context(report: Report) -> dict[str, Any]:
             ),
             empty="No keys.",
         ),
-        "keks": Table(
+        "kek_table": Table(
             KEK_COLUMNS,
             tuple(
                 (
