@@ -129,7 +129,12 @@ def test_a_kek_that_cannot_be_described_is_shown_unreadable_and_the_report_stand
     reference = next(iter(keyring.protection_sweep().keys.values())).kms_key_id
     keks = FakeKeyEncryptionKeys(refused={reference})
     report = make_report(
-        keyring, FakeConnect(), FakeLock(lambda: NOW), ReportOptions(), NOW, evidence=EvidenceSources(keks)
+        keyring,
+        FakeConnect(),
+        FakeLock(lambda: NOW),
+        ReportOptions(),
+        NOW,
+        evidence=EvidenceSources(keks),
     )
     (kek,) = report.to_dict()["cryptographic_architecture"]["key_encrypting_keys"]
     assert kek["arn"] is None and "AccessDeniedException" in kek["unreadable"]
