@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import sys
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,6 +219,23 @@ def caller_types(world: World, instance_id: str, flow_id: str) -> str:
     )
 
 
+def create_decrypt_function() -> None:
+    """The deployed decrypt function, as the report's copy inventory finds it (a clean
+    environment); made before the recording starts, like the rest of the setup."""
+    role = boto3.client("iam").create_role(RoleName="decrypt", AssumeRolePolicyDocument="{}")
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return {}\n")
+    boto3.client("lambda").create_function(
+        FunctionName=cfn_policy.DECRYPT_FUNCTION,
+        Runtime="python3.11",
+        Role=role["Role"]["Arn"],
+        Handler="handler.handler",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": {"KEYRING_PREFIX": "/connect-keys"}},
+    )
+
+
 def walk_the_documents(sandbox: Sandbox, key_pool: KeyPool, folder: Path) -> Walk:
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
@@ -227,6 +245,7 @@ def walk_the_documents(sandbox: Sandbox, key_pool: KeyPool, folder: Path) -> Wal
             mp.setenv(name, value)
         world = build_world(sandbox, key_pool, mp)
         kms_key_arn = boto3.client("kms").create_key(Description="keyring")["KeyMetadata"]["Arn"]
+        create_decrypt_function()  # the template's, by the name tests/cfn_policy.py gives it
         blog, blog_key_id, certificate = blog_setup(world, key_pool, folder)
         protection = {
             p["Name"]: p["KeyId"]
@@ -254,6 +273,7 @@ def walk_the_documents(sandbox: Sandbox, key_pool: KeyPool, folder: Path) -> Wal
         mp.setenv("KEYRING_PREFIX", world.prefix)
         mp.setenv("ROTATOR_KMS_KEY_ID", kms_key_arn)
         mp.setenv("ROTATOR_KEY_SIZE", "2048")  # quick keys; the calls do not depend on it
+        mp.setenv("ROTATOR_DECRYPT_FUNCTION", cfn_policy.DECRYPT_FUNCTION)  # as the template sets
 
         def rotator(where: str, *argv: str, after: timedelta = ZERO, answers: str = "") -> str:
             """`rotator ARGV` at NOW + after, answering a runbook's [y/N] questions."""
@@ -369,6 +389,18 @@ def authorisations(call: Call, protection: Mapping[str, str]) -> list[Request]:
     DeleteParameters are authorised per name, GetParametersByPath on the path), the SSM
     condition keys the request sets, and the KMS calls SSM makes for the caller."""
     params, action = call.params, f"{call.service}:{call.operation}"
+    if call.service == "kms":  # the report describes the keyring's KMS key (metadata only)
+        assert call.operation == "DescribeKey", call
+        return [Request(action, kms_key_arn(params["KeyId"]))]
+    if call.service == "lambda":  # the report's copy inventory of the decrypt function
+        assert call.operation == "GetFunctionConfiguration", call
+        name = params["FunctionName"]
+        arn = (
+            name
+            if name.startswith("arn:")
+            else f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+        )
+        return [Request(action, arn)]
     if call.service == "connect":
         resource = CONNECT_RESOURCES[call.operation]
         arn = connect_arn(params["InstanceId"])
