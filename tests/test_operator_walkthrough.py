@@ -581,7 +581,8 @@ def test_every_keyring_secure_string_is_under_the_keyring_key_the_blogs_under_aw
     default key; only the blog's own parameters are (read, never changed)."""
     walk = evaluated.walk
     keyring_parameter = parameter_arn(walk.world.prefix + "/")
-    kms = [r for _, r in evaluated.requests if r.action.startswith("kms:")]
+    # The KMS calls SSM makes for a SecureString (the report's own DescribeKey is not one).
+    kms = [r for _, r in evaluated.requests if r.action.startswith("kms:") and r.context]
     under_default = {
         dict(r.context)["kms:EncryptionContext:PARAMETER_ARN"] for r in kms if not needs_iam(r)
     }
