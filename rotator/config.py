@@ -70,6 +70,7 @@ class RotatorEnv(StrEnum):
     CIPHERTEXT_STORES = "ROTATOR_CIPHERTEXT_STORES"
     DUAL_CONTROL = "ROTATOR_DUAL_CONTROL"
     REQUEST_EXPIRY_HOURS = "ROTATOR_REQUEST_EXPIRY_HOURS"
+    DECRYPT_FUNCTION = "ROTATOR_DECRYPT_FUNCTION"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -273,6 +274,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         None,
         f"when due rotations may run: cron, duration, time zone (`{WINDOW_EXAMPLE}`); "
         "none: whenever due",
+        "RotationWindow",
         check=parse_window,
         empty_is_unset=True,
     ),
@@ -284,6 +286,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         None,
         "dates on which no due rotation runs, ends included, in the window's time zone "
         f"(`{FREEZE_EXAMPLE}`)",
+        "Freeze",
         check=parse_freezes,
         empty_is_unset=True,
     ),
@@ -294,6 +297,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         int,
         7,
         "a due key never waits for a window or freeze once this close (in days) to expiry",
+        "RenewBeforeMinimumDays",
         check=_positive_days,
     ),
     Setting(
@@ -356,6 +360,16 @@ SETTINGS: tuple[Setting[Any], ...] = (
         "hours a dual-control request waits for its approval before it expires",
         check=_positive_hours,
     ),
+    Setting[str | None](
+        "decrypt_function",
+        RotatorEnv.DECRYPT_FUNCTION,
+        ("settings", "decrypt_function"),
+        str,
+        None,
+        "the decrypt Lambda (name or ARN) whose environment the report's copy inventory scans "
+        "for private keys; none: not checked",
+        empty_is_unset=True,
+    ),
 )
 SETTING_BY_NAME: Mapping[str, Setting[Any]] = {setting.name: setting for setting in SETTINGS}
 
@@ -390,6 +404,7 @@ class Settings:
     ciphertext_stores: str | None = _default("ciphertext_stores")
     dual_control: str = _default("dual_control")
     request_expiry_hours: int = _default("request_expiry_hours")
+    decrypt_function: str | None = _default("decrypt_function")
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rotator.domain.key_protection import FunctionEnvironment, KekDescription
 from rotator.domain.state import InstanceEntry, LockState, ProtectedKey, ProtectionSweep
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ __all__ = [
     "Connect",
     "ConnectReader",
     "FlowReader",
+    "FunctionEnvironments",
     "Identity",
+    "KeyEncryptionKeys",
     "KeyPart",
     "InstanceEntry",
     "Keyring",
@@ -392,4 +395,26 @@ class Approvals(Protocol):
     def claim(self, request_id: str, decision: HistoryEvent) -> bool:
         """Decide `request_id` once: True if this is the first decision (approve or cancel)
         on it, False if another decision was claimed first (two approvers racing)."""
+        ...
+
+
+# -- Key-encrypting keys and the decrypt function (evidence, PCI DSS 3.6.1.1 and 3.6.1.4) -------
+
+
+class KeyEncryptionKeys(Protocol):
+    """The KMS keys that encrypt the keyring's SecureStrings, as KMS describes them."""
+
+    def describe(self, key_id: str) -> KekDescription:
+        """DescribeKey of a key ID, ARN or alias (as SSM reports a SecureString's key); an
+        unknown key raises NotFound, a refused call AwsCallError."""
+        ...
+
+
+class FunctionEnvironments(Protocol):
+    """Lambda functions' environments, as the copy inventory may see them: names only."""
+
+    def private_key_variables(self, function_name: str) -> FunctionEnvironment:
+        """The names of the function's environment variables whose value holds private-key
+        text (GetFunctionConfiguration). No value ever leaves the adapter: not in the answer,
+        a log or an exception. An unknown function raises NotFound."""
         ...

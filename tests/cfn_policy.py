@@ -22,6 +22,8 @@ OPERATOR_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/connect-key-operators"
 ADMIN_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/account-admin"
 KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{KEY_ID}"
+DECRYPT_FUNCTION = f"{STACK}-DecryptFunction-EF56"
+DECRYPT_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{DECRYPT_FUNCTION}"
 
 
 def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str, str | None]]:
@@ -37,6 +39,10 @@ def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str,
         "KeyringKeyLossRule": ("loss", f"arn:aws:events:{region}:{account}:rule/loss"),
         "KeyringKeyPolicyRule": ("policy", f"arn:aws:events:{region}:{account}:rule/policy"),
         "ExpiryEventsRule": ("expiry", f"arn:aws:events:{region}:{account}:rule/expiry"),
+        "DecryptFunction": (
+            DECRYPT_FUNCTION,
+            f"arn:aws:lambda:{region}:{account}:function:{DECRYPT_FUNCTION}",
+        ),
     }
 
 
@@ -451,6 +457,10 @@ OPERATOR_COMMANDS: dict[str, tuple[Request, ...]] = {
         *_READ_FLOWS,
         Request("ssm:DescribeParameters", "*"),
         ssm("GetParametersByPath", "/history"),  # the rotation history
+        # The cryptographic architecture: the spec of the KMS key protecting the private keys,
+        # and the decrypt function's environment (ROTATOR_DECRYPT_FUNCTION) for private keys.
+        Request("kms:DescribeKey", KEY_ARN),
+        Request("lambda:GetFunctionConfiguration", DECRYPT_FUNCTION_ARN),
     ),
     "retire": (
         *_READ_STATE,

@@ -27,6 +27,7 @@ from rotator.domain.history import (
     key_transition_events,
     rotation_step_event,
 )
+from rotator.domain.key_protection import FunctionEnvironment, KekDescription, holds_private_key
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
 from rotator.domain.rotation import ManagedInstance, RotationState
@@ -729,3 +730,52 @@ class FakeApprovals:
             return False
         self.claims[request_id] = decision
         return True
+
+
+# -- Key-encrypting keys and the decrypt function (evidence) -----------------------------------
+
+
+@dataclass
+class FakeKeyEncryptionKeys:
+    """Implements `rotator.ports.KeyEncryptionKeys`: keys by ID, ARN or alias, as KMS answers.
+    `refused`: references whose DescribeKey is denied (an AwsCallError, as IAM refuses it)."""
+
+    keys: dict[str, KekDescription] = field(default_factory=dict)  # ARN -> description
+    aliases: dict[str, str] = field(default_factory=dict)  # alias/NAME -> ARN
+    refused: set[str] = field(default_factory=set)
+
+    def add(
+        self, key_id: str, key_spec: str = "SYMMETRIC_DEFAULT", alias: str | None = None
+    ) -> KekDescription:
+        arn = f"arn:aws:kms:us-east-1:123456789012:key/{key_id}"
+        self.keys[arn] = KekDescription(arn, key_id, arn, key_spec)
+        if alias is not None:
+            self.aliases[alias] = arn
+        return self.keys[arn]
+
+    def describe(self, key_id: str) -> KekDescription:
+        if key_id in self.refused:
+            raise AwsCallError("kms:DescribeKey", key_id, "AccessDeniedException")
+        arn = self.aliases.get(key_id.split(":", 5)[-1], key_id)
+        found = self.keys.get(arn) or next(
+            (k for k in self.keys.values() if k.key_id == key_id), None
+        )
+        if found is None:
+            raise NotFound(f"KMS key {key_id} does not exist")
+        return replace(found, reference=key_id)
+
+
+@dataclass
+class FakeFunctionEnvironments:
+    """Implements `rotator.ports.FunctionEnvironments`: function name -> its variables; the
+    values are scanned as the Lambda adapter scans them and never answered."""
+
+    functions: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def private_key_variables(self, function_name: str) -> FunctionEnvironment:
+        variables = self.functions.get(function_name)
+        if variables is None:
+            raise NotFound(f"Lambda function {function_name} does not exist")
+        names = tuple(sorted(n for n, value in variables.items() if holds_private_key(value)))
+        arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        return FunctionEnvironment(function_name, arn, names)

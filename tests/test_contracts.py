@@ -4,8 +4,11 @@ the same assertions hold for both, so a fake cannot drift from what it stands in
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import time
+import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,7 @@ from botocore.config import Config
 
 from lambda_decrypt import Decryptor
 from rotator.adapters.connect import ConnectGateway
+from rotator.adapters.evidence_reads import KmsKeyEncryptionKeys, LambdaFunctionEnvironments
 from rotator.adapters.identity import StsIdentity
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.publishing import AwsPublisher, split_s3_location
@@ -45,7 +49,9 @@ from rotator.ports import (
     BusEvent,
     Clock,
     Connect,
+    FunctionEnvironments,
     Identity,
+    KeyEncryptionKeys,
     KeyPart,
     Keyring,
     Lock,
@@ -67,7 +73,9 @@ from tests.fakes import (
     FakeCiphertextStore,
     FakeClock,
     FakeConnect,
+    FakeFunctionEnvironments,
     FakeIdentity,
+    FakeKeyEncryptionKeys,
     FakeKeyring,
     FakeLock,
     FakePublisher,
@@ -1140,3 +1148,92 @@ def test_approval_events_read_back_in_order_and_a_request_is_claimed_once(
     assert approvals.claim("req-0123456789ab", granted) is False  # a second approver, a cancel
     assert approvals.claim("req-ba9876543210", granted) is True  # another request's own claim
     assert approvals.events() == [asked, granted]
+
+
+# -- Key-encrypting keys and the decrypt function's environment (evidence) ---------------------
+
+PEM_VALUE = (
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+)
+
+
+@dataclass
+class EvidenceBackend:
+    keks: KeyEncryptionKeys
+    functions: FunctionEnvironments
+    add_kek: Callable[[str, str], str]  # (key spec, alias) -> the key's ARN
+    add_function: Callable[[str, dict[str, str]], None]
+
+
+def _moto_lambda_role() -> str:
+    iam = boto3.client("iam", region_name=REGION)
+    return iam.create_role(RoleName="decrypt", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+
+
+@pytest.fixture(params=["fake", "aws"])
+def evidence_backend(request: pytest.FixtureRequest) -> EvidenceBackend:
+    if request.param == "fake":
+        keks, functions = FakeKeyEncryptionKeys(), FakeFunctionEnvironments()
+        return EvidenceBackend(
+            keks,
+            functions,
+            lambda spec, alias: keks.add(str(uuid.uuid4()), spec, alias).arn,
+            functions.functions.__setitem__,
+        )
+    request.getfixturevalue("aws")
+    kms = boto3.client("kms", region_name=REGION)
+    client = boto3.client("lambda", region_name=REGION)
+    role = _moto_lambda_role()
+
+    def add_kek(spec: str, alias: str) -> str:
+        arn = kms.create_key(KeySpec=spec, KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["Arn"]
+        kms.create_alias(AliasName=alias, TargetKeyId=arn.rsplit("/", 1)[1])
+        return str(arn)
+
+    def add_function(name: str, variables: dict[str, str]) -> None:
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("handler.py", "def handler(event, context):\n    return {}\n")
+        client.create_function(
+            FunctionName=name,
+            Runtime="python3.11",
+            Role=role,
+            Handler="handler.handler",
+            Code={"ZipFile": code.getvalue()},
+            Environment={"Variables": variables},
+        )
+
+    return EvidenceBackend(
+        KmsKeyEncryptionKeys(kms), LambdaFunctionEnvironments(client), add_kek, add_function
+    )
+
+
+def test_a_kms_key_is_described_by_arn_id_or_alias_and_unknown_is_not_found(
+    evidence_backend: EvidenceBackend,
+) -> None:
+    arn = evidence_backend.add_kek("SYMMETRIC_DEFAULT", "alias/keyring")
+    key_id = arn.rsplit("/", 1)[1]
+    for reference in (arn, key_id, "alias/keyring"):
+        described = evidence_backend.keks.describe(reference)
+        assert (described.reference, described.arn, described.key_id) == (reference, arn, key_id)
+        assert (described.key_spec, described.strength) == ("SYMMETRIC_DEFAULT", 256)
+    weak = evidence_backend.keks.describe(evidence_backend.add_kek("RSA_2048", "alias/weak"))
+    assert (weak.key_spec, weak.strength) == ("RSA_2048", 112)
+    with pytest.raises(NotFound, match="KMS key alias/none does not exist"):
+        evidence_backend.keks.describe("alias/none")
+
+
+def test_a_functions_private_key_variables_are_named_and_their_values_never_answered(
+    evidence_backend: EvidenceBackend,
+) -> None:
+    evidence_backend.add_function(
+        "decrypt", {"KEY": PEM_VALUE, "KEYRING_PREFIX": "/connect-keys", "LOG_LEVEL": "INFO"}
+    )
+    evidence_backend.add_function("clean", {"KEYRING_PREFIX": "/connect-keys"})
+    found = evidence_backend.functions.private_key_variables("decrypt")
+    assert (found.function, found.private_key_variables) == ("decrypt", ("KEY",))
+    assert found.arn.endswith(":function:decrypt")
+    assert "PRIVATE" not in repr(found) and "MIIE" not in repr(found)
+    assert evidence_backend.functions.private_key_variables("clean").private_key_variables == ()
+    with pytest.raises(NotFound, match="Lambda function nowhere does not exist"):
+        evidence_backend.functions.private_key_variables("nowhere")

@@ -865,3 +865,34 @@ def test_provisioned_concurrency_is_optional_and_replaces_snapstart(
     )
     assert decrypt["SnapStart"] == {"ApplyOn": snapstart}
     assert decrypt.get("ProvisionedConcurrencyConfig") == config
+
+
+def test_the_report_describes_the_keyring_key_and_reads_only_the_decrypt_functions_config(
+    template: dict[str, Any],
+) -> None:
+    """Evidence (issue 11): kms:DescribeKey on the keyring key and lambda:GetFunctionConfiguration
+    on the decrypt function, nothing else on either; and the rotator told which function."""
+    found = resources(template)
+    statements = found["OperatorPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    granting = [
+        s
+        for s in statements
+        if s["Effect"] == "Allow"
+        and any(a.startswith(("lambda:", "kms:describekey")) for a in actions(s))
+    ]
+    assert [s["Sid"] for s in granting] == ["ReportEvidence"]
+    (evidence,) = granting
+    assert sorted(actions(evidence)) == ["kms:describekey", "lambda:getfunctionconfiguration"]
+    assert evidence["Resource"] == [
+        {"Fn::GetAtt": ["KeyringKey", "Arn"]},
+        {"Fn::GetAtt": ["DecryptFunction", "Arn"]},
+    ]
+    assert "Condition" not in evidence
+    environment = found["RotatorFunction"]["Properties"]["Environment"]["Variables"]
+    assert environment["ROTATOR_DECRYPT_FUNCTION"] == {"Ref": "DecryptFunction"}
+    for parameter, default in (
+        ("RotationWindow", ""),
+        ("Freeze", ""),
+        ("RenewBeforeMinimumDays", 7),
+    ):
+        assert template["Parameters"][parameter]["Default"] == default

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import sys
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,6 +221,23 @@ def caller_types(world: World, instance_id: str, flow_id: str) -> str:
     )
 
 
+def create_decrypt_function() -> None:
+    """The deployed decrypt function, as the report's copy inventory finds it (a clean
+    environment); made before the recording starts, like the rest of the setup."""
+    role = boto3.client("iam").create_role(RoleName="decrypt", AssumeRolePolicyDocument="{}")
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return {}\n")
+    boto3.client("lambda").create_function(
+        FunctionName=cfn_policy.DECRYPT_FUNCTION,
+        Runtime="python3.11",
+        Role=role["Role"]["Arn"],
+        Handler="handler.handler",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": {"KEYRING_PREFIX": "/connect-keys"}},
+    )
+
+
 def walk_the_documents(sandbox: Sandbox, key_pool: KeyPool, folder: Path) -> Walk:
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
@@ -229,6 +247,7 @@ def walk_the_documents(sandbox: Sandbox, key_pool: KeyPool, folder: Path) -> Wal
             mp.setenv(name, value)
         world = build_world(sandbox, key_pool, mp)
         kms_key_arn = boto3.client("kms").create_key(Description="keyring")["KeyMetadata"]["Arn"]
+        create_decrypt_function()  # the template's, by the name tests/cfn_policy.py gives it
         blog, blog_key_id, certificate = blog_setup(world, key_pool, folder)
         protection = {
             p["Name"]: p["KeyId"]
@@ -256,6 +275,7 @@ def walk_the_documents(sandbox: Sandbox, key_pool: KeyPool, folder: Path) -> Wal
         mp.setenv("KEYRING_PREFIX", world.prefix)
         mp.setenv("ROTATOR_KMS_KEY_ID", kms_key_arn)
         mp.setenv("ROTATOR_KEY_SIZE", "2048")  # quick keys; the calls do not depend on it
+        mp.setenv("ROTATOR_DECRYPT_FUNCTION", cfn_policy.DECRYPT_FUNCTION)  # as the template sets
 
         def rotator(where: str, *argv: str, after: timedelta = ZERO, answers: str = "") -> str:
             """`rotator ARGV` at NOW + after, answering a runbook's [y/N] questions."""
@@ -376,6 +396,18 @@ def authorisations(call: Call, protection: Mapping[str, str]) -> list[Request]:
         # explicit deny cannot refuse it either, so IAM authorises nothing.
         assert call.operation == "GetCallerIdentity", call
         return []
+    if call.service == "kms":  # the report describes the keyring's KMS key (metadata only)
+        assert call.operation == "DescribeKey", call
+        return [Request(action, kms_key_arn(params["KeyId"]))]
+    if call.service == "lambda":  # the report's copy inventory of the decrypt function
+        assert call.operation == "GetFunctionConfiguration", call
+        name = params["FunctionName"]
+        arn = (
+            name
+            if name.startswith("arn:")
+            else f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+        )
+        return [Request(action, arn)]
     if call.service == "connect":
         resource = CONNECT_RESOURCES[call.operation]
         arn = connect_arn(params["InstanceId"])
@@ -563,7 +595,8 @@ def test_every_keyring_secure_string_is_under_the_keyring_key_the_blogs_under_aw
     default key; only the blog's own parameters are (read, never changed)."""
     walk = evaluated.walk
     keyring_parameter = parameter_arn(walk.world.prefix + "/")
-    kms = [r for _, r in evaluated.requests if r.action.startswith("kms:")]
+    # The KMS calls SSM makes for a SecureString (the report's own DescribeKey is not one).
+    kms = [r for _, r in evaluated.requests if r.action.startswith("kms:") and r.context]
     under_default = {
         dict(r.context)["kms:EncryptionContext:PARAMETER_ARN"] for r in kms if not needs_iam(r)
     }

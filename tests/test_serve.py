@@ -104,6 +104,10 @@ def test_the_documented_example_parses_into_every_setting() -> None:
         "freeze": "2026-12-01..2026-12-31,2027-03-28",
         "renew_before_minimum_days": 7,
         "log_level": "INFO",
+        "ciphertext_stores": "s3://example-contact-records/connect/ dynamodb://payments",
+        "dual_control": "true",
+        "request_expiry_hours": 24,
+        "decrypt_function": "connect-key-rotator-DecryptFunction-AB12CD34",
         # The [report] table's S3 location and topic are the report settings.
         "report_s3_uri": "s3://example-compliance-evidence/connect-key-rotator/",
         "report_sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:connect-key-rotator-reports",

@@ -191,7 +191,7 @@ def template_problems(template: dict[str, Any], declared: Declaration) -> list[s
         if parameter is None:
             problems.append(f"{setting.env}: no template parameter {setting.parameter}")
             continue
-        if str(parameter.get("Default")) != str(setting.default):
+        if str(parameter.get("Default")) != template_default(setting):
             problems.append(
                 f"{setting.parameter} defaults to {parameter.get('Default')!r}, "
                 f"{setting.name} to {setting.default!r}"
@@ -199,6 +199,15 @@ def template_problems(template: dict[str, Any], declared: Declaration) -> list[s
         if environment.get(setting.env) != {"Ref": setting.parameter}:
             problems.append(f"the rotator Lambda's {setting.env} is not !Ref {setting.parameter}")
     return problems
+
+
+def template_default(setting: Setting[Any]) -> str:
+    """The template parameter's default a setting's default reads as: CloudFormation has no
+    null, so an unset setting (None) is the empty string, which only a setting that takes an
+    empty variable as unset reads as unset."""
+    if setting.default is None and setting.empty_is_unset:
+        return ""
+    return str(setting.default)
 
 
 # --------------------------------------------------------------------------- the declaration
@@ -280,12 +289,19 @@ def test_a_template_that_drifts_from_the_declaration_is_found(template: dict[str
     function["Environment"]["Variables"]["ROTATOR_SOMETHING"] = "x"
     function["Environment"]["Variables"]["ROTATOR_RETENTION_DAYS"] = 30
     drifted["Parameters"]["ReportRetentionDays"]["Description"] += " Unlike ROTATOR_SUBJECT."
+    drifted["Parameters"]["RotationWindow"]["Default"] = "None"  # an unset setting is ""
     problems = " ".join(template_problems(drifted, SETTINGS))
     assert "GraceDays defaults to 14" in problems
     assert "no template parameter KeySize" in problems
     assert "undeclared variables ['ROTATOR_SOMETHING']" in problems
     assert "ROTATOR_RETENTION_DAYS is not !Ref RetentionDays" in problems
     assert "ROTATOR_SUBJECT: parameters naming it ['ReportRetentionDays']" in problems
+    assert "RotationWindow defaults to 'None', rotation_window to None" in problems
+    # "" is unset only for a setting that reads an empty variable as unset.
+    strict = [
+        dataclasses.replace(s, empty_is_unset=False) if s.name == "freeze" else s for s in SETTINGS
+    ]
+    assert "Freeze defaults to '', freeze to None" in " ".join(template_problems(template, strict))
 
 
 # --------------------------------------------------------------------------- the README

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from rotator.domain.crypto_architecture import kek_findings
 from rotator.domain.custodians import custodians
 from rotator.domain.findings import Finding, FindingCode
 from rotator.domain.keys import ALLOWED_KEY_SIZES
@@ -475,6 +476,7 @@ def findings(state: KeyringState, options: ReportOptions, now: datetime) -> list
     found.extend(copy_findings(state))
     found.extend(shared_key_findings(state.records))
     found.extend(custodian_findings(state, now))
+    found.extend(kek_findings(state))
     unique = list(dict.fromkeys(found))
     unique.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
     return unique
@@ -590,6 +592,24 @@ def copy_findings(state: KeyringState) -> Iterator[Finding]:
             copy.key_ids[0] if copy.key_ids else None,
             f"parameter {copy.parameter} still holds the private key adopted as key "
             f"{', '.join(copy.key_ids)}: delete it once the adoption is verified",
+        )
+    yield from function_copy_findings(state)
+
+
+def function_copy_findings(state: KeyringState) -> Iterator[Finding]:
+    """Environment variables of the decrypt function holding private-key text (3.6.1.4):
+    the finding names the function and the variable, never the value (the adapter keeps it)."""
+    checked = state.decrypt_function
+    environment = None if checked is None else checked.environment
+    if environment is None:
+        return
+    for variable in environment.private_key_variables:
+        yield Finding(
+            FindingCode.PRIVATE_KEY_COPY,
+            None,
+            None,
+            f"environment variable {variable} of the decrypt function {environment.function} "
+            "holds a private key: the keyring is its one home; remove the variable",
         )
 
 

@@ -74,6 +74,8 @@ class FindingCode(StrEnum):
     KEY_SHARED = "key-shared"
     # Custodians (issue 11, PCI DSS 3.7.8): who ran key operations acknowledged their duties.
     CUSTODIAN_UNACKNOWLEDGED = "custodian-unacknowledged"
+    # Evidence (issue 11, PCI DSS 3.6.1.1): a KEK at least as strong as the keys it protects.
+    KEK_WEAKER_THAN_KEY = "kek-weaker-than-key"
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,12 @@ RULES: dict[FindingCode, Rule] = {
         Severity.WARNING,
         RunbookName.QUARTERLY_EVIDENCE,
         "a principal ran key operations without acknowledging the custodian duties",
+    ),
+    # The private key is only as safe as its KEK; no contact fails: out of policy, a warning.
+    FindingCode.KEK_WEAKER_THAN_KEY: Rule(
+        Severity.WARNING,
+        RunbookName.ROUTINE_ROTATION,
+        "a private key is protected by a weaker key-encrypting key",
     ),
 }
 

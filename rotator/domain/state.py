@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rotator.domain.history import HistoryEvent, RotationRun
+from rotator.domain.key_protection import DecryptFunctionCheck, KekDescription
 from rotator.domain.lifecycle import KeyRecord
 from rotator.domain.rotation import ManagedInstance, RotationState
 
@@ -206,6 +207,12 @@ class KeyringState:
     managed_ids: tuple[str, ...] = ()  # every managed instance, however narrowed
     # Parameters outside the keyring still holding an adopted private key (the report reads them)
     copies: tuple[KeyCopy, ...] = ()
+    # What protects the private keys (the report reads them, services/crypto_architecture.py):
+    # each KMS key reference SSM reports -> its DescribeKey, or why it could not be described;
+    # and the decrypt function's environment (None: not read).
+    keks: Mapping[str, KekDescription] = field(default_factory=dict)
+    kek_errors: Mapping[str, str] = field(default_factory=dict)
+    decrypt_function: DecryptFunctionCheck | None = None
 
     def record(self, key_id: str) -> KeyRecord | None:
         return next((r for r in self.records if r.key_id == key_id), None)

@@ -17,6 +17,7 @@ from botocore.exceptions import (
 )
 
 from rotator.adapters.connect import ConnectGateway
+from rotator.adapters.evidence_reads import KmsKeyEncryptionKeys, LambdaFunctionEnvironments
 from rotator.adapters.identity import StsIdentity
 from rotator.adapters.lock import SsmLock
 from rotator.adapters.publishing import AwsPublisher
@@ -27,6 +28,7 @@ from rotator.config import Settings
 from rotator.domain.history import ClockKind
 from rotator.errors import ConfigError
 from rotator.ports import CiphertextStore, Publisher
+from rotator.services.crypto_architecture import EvidenceSources
 from rotator.services.rotation import KeyGenerator, RotationService
 from rotator.services.verify import InvariantChecker
 
@@ -84,6 +86,22 @@ class Adapters:
             except ValueError as error:
                 raise ConfigError("--store", str(error)) from None
         return stores
+
+    def evidence(self) -> EvidenceSources:
+        """The report's evidence reads: KMS DescribeKey of the keyring's KMS keys, and the
+        decrypt function's environment if ROTATOR_DECRYPT_FUNCTION names it. The clients are
+        built here, on first use: no other command pays for them."""
+        region = aws_region()
+        function = self.settings.decrypt_function
+        return EvidenceSources(
+            keks=KmsKeyEncryptionKeys(boto3.client("kms", config=RETRY_CONFIG, region_name=region)),
+            functions=None
+            if function is None
+            else LambdaFunctionEnvironments(
+                boto3.client("lambda", config=RETRY_CONFIG, region_name=region)
+            ),
+            decrypt_function=function,
+        )
 
     def runbook_audit(self) -> SsmRunbookAudit:
         """The legacy runbook audit (read only) and the runbook history."""

@@ -679,6 +679,7 @@ def run_report_command(args: argparse.Namespace, ctx: Context) -> int:
         output=args.output,
         fail_on=Severity(args.fail_on) if args.fail_on else None,
         out=ctx.out,
+        evidence=adapters.evidence(),
     )
 
 

@@ -143,6 +143,7 @@ def report_job(context: JobContext) -> JobFunction:
             adapters.connect,
             adapters.lock,
             adapters.settings.report_options(),
+            evidence=adapters.evidence(),
         )
         destinations = serve_destinations(context.config, adapters.settings)
         result = jobs.report_job(make, context.publisher, destinations, now)

@@ -72,7 +72,11 @@ def report_run(
     """The report job at `now`, delivered to ROTATOR_REPORT_S3_URI and the report topic."""
     settings = adapters.settings
     make = report_maker(
-        adapters.keyring, adapters.connect, adapters.lock, settings.report_options()
+        adapters.keyring,
+        adapters.connect,
+        adapters.lock,
+        settings.report_options(),
+        evidence=adapters.evidence(),
     )
     destinations = lambda_destinations(settings)
     return report_job(make, publisher, destinations, now, what_if=what_if).to_dict()

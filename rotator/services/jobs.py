@@ -33,7 +33,7 @@ from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
 from rotator.ports import BusEvent, Connect, ConnectReader, Keyring, Lock, Metric, Publisher
-from rotator.services.report import Report, ReportOptions, make_report
+from rotator.services.report import EvidenceSources, Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
 from rotator.services.rotation import InstanceResult, Outcome
 from rotator.services.state import read_state
@@ -585,10 +585,16 @@ def delivered_nowhere(settings_to_set: str) -> str:
 
 
 def report_maker(
-    keyring: Keyring, connect: Connect, lock: Lock, options: ReportOptions
+    keyring: Keyring,
+    connect: Connect,
+    lock: Lock,
+    options: ReportOptions,
+    *,
+    evidence: EvidenceSources | None = None,
 ) -> Callable[[datetime], Report]:
-    """The report at a given time, from the keyring, Connect and the locks."""
-    return lambda now: make_report(keyring, connect, lock, options, now)
+    """The report at a given time, from the keyring, Connect and the locks (and `evidence`:
+    the KMS keys and the decrypt function, for the cryptographic architecture)."""
+    return lambda now: make_report(keyring, connect, lock, options, now, evidence=evidence)
 
 
 def report_job(
@@ -727,12 +733,13 @@ def run_report(
     output: Path | None,
     fail_on: Severity | None,
     out: TextIO,
+    evidence: EvidenceSources | None = None,
 ) -> int:
     """Write the report to `output` (a summary line goes to `out`) or to `out` itself.
 
     Exit 1 if a finding is at or above `fail_on` (None: 0 whenever a report was produced).
     """
-    report = make_report(keyring, connect, lock, options, now)
+    report = make_report(keyring, connect, lock, options, now, evidence=evidence)
     rendered = render(report, fmt)
     if output is None:
         out.write(rendered)

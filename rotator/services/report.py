@@ -16,6 +16,7 @@ from rotator.domain.checks import (
     grace_end,
     same_kms_key,
 )
+from rotator.domain.crypto_architecture import ALGORITHMS, CryptoArchitecture, crypto_architecture
 from rotator.domain.custodians import Custodian, custodians
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import key_history, transitions_by_key
@@ -29,12 +30,14 @@ from rotator.domain.policy import (
 from rotator.domain.state import InstanceState, KeyringState
 from rotator.domain.window import WindowAction, WindowStatus, window_decision
 from rotator.ports import ConnectReader, Keyring, Lock
+from rotator.services.crypto_architecture import EvidenceSources, with_evidence
 from rotator.services.custodians import current_text_sha256
 from rotator.services.state import read_state
 
 __all__ = [
     "DEFAULT_MIN_KEY_SIZE",
     "ENCRYPTING_STATES",
+    "EvidenceSources",
     "KeyRow",
     "Report",
     "ReportOptions",
@@ -122,6 +125,15 @@ class Report:
     requests: tuple[Request, ...] = ()
     # Who ran key operations in the 12 months to the report's time, and their acknowledgements.
     custodians: tuple[Custodian, ...] = ()
+    # The cryptographic architecture (PCI DSS 3.6.1.1); None: not built (no key is described).
+    architecture: CryptoArchitecture | None = None
+
+    @property
+    def crypto(self) -> CryptoArchitecture:
+        """The section as the renderers show it (the algorithms alone when it was not built)."""
+        if self.architecture is not None:
+            return self.architecture
+        return CryptoArchitecture(ALGORITHMS, (), (), None)
 
     def counts(self) -> dict[Severity, int]:
         return {s: sum(f.severity is s for f in self.findings) for s in Severity}
@@ -173,6 +185,7 @@ class Report:
                 "responsibilities_sha256": self.options.custodian_text_sha256,
                 "principals": [c.to_dict() for c in self.custodians],
             },
+            "cryptographic_architecture": self.crypto.to_dict(),
         }
 
 
@@ -184,12 +197,16 @@ def make_report(
     now: datetime,
     *,
     canaries: bool = False,
+    evidence: EvidenceSources | None = None,
 ) -> Report:
     """Read the keyring and Connect once, then judge what was read at `now`. `canaries`: also
-    decrypt a canary with each key a managed flow uses (reads the private keys; `verify`)."""
+    decrypt a canary with each key a managed flow uses (reads the private keys; `verify`).
+    `evidence`: where the KMS keys are described and the decrypt function's environment is
+    scanned (None: neither; the report says so)."""
     if options.custodian_text_sha256 is None:
         options = replace(options, custodian_text_sha256=current_text_sha256())
-    return build_report(gather(keyring, connect, lock, now, canaries=canaries), options, now)
+    facts = gather(keyring, connect, lock, now, canaries=canaries, evidence=evidence)
+    return build_report(facts, options, now)
 
 
 def gather(
@@ -199,11 +216,12 @@ def gather(
     now: datetime,
     *,
     canaries: bool = False,
+    evidence: EvidenceSources | None = None,
 ) -> KeyringState:
     """What the report reads: everything, with the history, and no key material unless
-    `canaries` (`now` is not read: the state is what it is)."""
+    `canaries` (`now` is not read: the state is what it is); then the evidence reads."""
     del now
-    return read_state(
+    state = read_state(
         keyring,
         lock,
         connect=connect,
@@ -212,6 +230,7 @@ def gather(
         canaries=canaries,
         copies=True,
     )
+    return with_evidence(state, evidence or EvidenceSources(), keyring.kms_key_id)
 
 
 def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> Report:
@@ -228,6 +247,7 @@ def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> 
         tuple(
             custodians(facts.events, now, options.custodian_text_sha256, with_acknowledgers=False)
         ),
+        crypto_architecture(facts),
     )
 
 

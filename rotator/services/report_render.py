@@ -96,6 +96,18 @@ CUSTODIAN_COLUMNS = (
     "text SHA-256",
     "status",
 )
+ALGORITHM_COLUMNS = ("role", "algorithm", "security strength")
+ARCHITECTURE_KEY_COLUMNS = (
+    "key",
+    "instance",
+    "state",
+    "algorithm",
+    "strength",
+    "not after",
+    "private key stored at",
+    "KMS key",
+)
+KEK_COLUMNS = ("KMS key", "ARN", "aliases", "key spec", "strength", "protects")
 # The HTML report's templates, under rotator/templates/ (package data).
 TEMPLATE_PACKAGE = "rotator"
 TEMPLATE_DIRECTORY = "templates"
@@ -335,6 +347,7 @@ def _html_context(report: Report) -> dict[str, Any]:
                 empty=NO_CUSTODIANS,
             ),
         },
+        "crypto": _crypto_context(report),
         "details": [
             {
                 "key": key,
@@ -370,6 +383,64 @@ def _request_cells(report: Report, request: Request) -> tuple[Cell, ...]:
         Cell("-" if request.approved_at is None else request.approved_at.isoformat("T", "seconds")),
         Cell(outcome),
     )
+
+
+def _crypto_context(report: Report) -> dict[str, Any]:
+    """The cryptographic-architecture section's tables (the partial crypto_architecture)."""
+    crypto = report.crypto
+    section = crypto.to_dict()
+    return {
+        "store": f"Private keys: {section['private_key_store']}.",
+        "source": section["strength_source"],
+        "algorithm_table": Table(
+            ALGORITHM_COLUMNS,
+            tuple(
+                (
+                    Cell(a.role),
+                    Cell(a.algorithm),
+                    Cell("the key's" if a.strength_bits is None else f"{a.strength_bits} bits"),
+                )
+                for a in crypto.algorithms
+            ),
+            empty="No algorithms.",
+        ),
+        "key_table": Table(
+            ARCHITECTURE_KEY_COLUMNS,
+            tuple(
+                (
+                    Cell.code(k.key_id),
+                    Cell.code(k.instance_id),
+                    Cell(k.state),
+                    Cell(f"RSA-{k.key_size}"),
+                    Cell(f"{k.strength_bits} bits"),
+                    Cell("-" if k.not_after is None else k.not_after.isoformat()),
+                    Cell.code(k.stored_at) if k.stored_at else Cell("no private key stored"),
+                    Cell.code(k.kms_key),
+                )
+                for k in crypto.keys
+            ),
+            empty="No keys.",
+        ),
+        "kek_table": Table(
+            KEK_COLUMNS,
+            tuple(
+                (
+                    Cell.code(
+                        None if k.description is None else k.description.key_id,
+                        "" if k.unreadable is None else f" not described: {k.unreadable}",
+                    ),
+                    Cell.code(None if k.description is None else k.description.arn),
+                    Cell(codes=k.aliases) if k.aliases else Cell("-"),
+                    Cell("-" if k.description is None else k.description.key_spec),
+                    Cell("unknown" if k.strength_bits is None else f"{k.strength_bits} bits"),
+                    Cell(codes=k.protects) if k.protects else Cell("-"),
+                )
+                for k in crypto.keks
+            ),
+            empty="No KMS key protects a stored private key (or none was described).",
+        ),
+        "decrypt_function": section["decrypt_function"]["status"],
+    }
 
 
 def render_summary(report: Report, *, limit: int = 10) -> str:
