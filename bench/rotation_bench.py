@@ -334,8 +334,8 @@ def track_steps(keyring: Any, meter: CallMeter) -> None:
     """Tell the meter each time the rotation writes its record: the step boundaries."""
     put_rotation = keyring.put_rotation
 
-    def recorded(state: RotationState, *, at: datetime) -> None:
-        put_rotation(state, at=at)
+    def recorded(state: RotationState, **kwargs: Any) -> None:
+        put_rotation(state, **kwargs)
         meter.step_recorded(state.step)
 
     keyring.put_rotation = recorded
