@@ -60,7 +60,7 @@ ZERO, RETIRE_AT = timedelta(), timedelta(days=8, hours=1)  # part 3: after the 7
 # runbook ran; "runbook run" alone is the runner's own calls (its two audit records).
 CALLS_PER_COMMAND: tuple[tuple[str, str, int, int], ...] = (
     ("section 3", "rotator status", 3, 0),
-    ("section 3", "rotator init", 57, 12),
+    ("section 3", "rotator init", 37, 9),
     ("section 3", "rotator verify", 6, 3),
     ("section 3", "rotator report", 5, 3),
     ("adopt, part 1", "rotator runbook run adopt-blog-deployment", 2, 0),
@@ -68,7 +68,7 @@ CALLS_PER_COMMAND: tuple[tuple[str, str, int, int], ...] = (
     ("adopt, part 1", "rotator status", 3, 2),  # the managed payment flow and module
     ("adopt, part 1", "decrypt Lambda test call", 1, 0),
     ("adopt, part 2", "rotator runbook run adopt-blog-deployment --procedure take-over", 2, 0),
-    ("adopt, part 2", "rotator init", 66, 9),
+    ("adopt, part 2", "rotator init", 40, 6),
     ("adopt, part 2", "rotator verify", 6, 2),
     ("adopt, part 2", "rotator status", 3, 3),  # ... and the blog instance's flow
     ("adopt, part 2", "decrypt Lambda test call", 1, 0),
