@@ -28,6 +28,7 @@ from rotator.domain.keys import (
     load_private_key,
     self_signed_material,
 )
+from rotator.domain.rotation import STEP_ORDER, RotationState, RotationStep
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
 from rotator.sandbox.sample_flows import PaymentInstance, card_blocks, create_payment_instance
 from rotator.sandbox.server import Sandbox, start_sandbox
@@ -47,6 +48,41 @@ FOREIGN_AWS_SETTINGS = (
 )
 SERVICES = ("ssm", "connect")
 KeyGenerator = Callable[[datetime], KeyMaterial]
+# Calls made after the rotation record says DONE: the retires left to finish, the lock's
+# release, and the run's sweep for orphaned staging.
+AFTER_DONE = "after done"
+PHASES = (*(str(step) for step in STEP_ORDER), AFTER_DONE)
+STEP_COLUMNS = ("step", "ssm", "connect", "calls", "baseline", "operations")
+OPERATION_COLUMNS = ("operation", "calls", "baseline")
+# One single rotation (a fresh instance with a payment flow and module, init, then one due
+# rotate(None)) measured with this bench at f253200, before the calls were cut: 73 calls,
+# SSM 63 + Connect 10. A step's calls are those made up to and including the write of its
+# rotation record ("started": the run's listing, the decision, the lock and the first record).
+BASELINE_STEP_CALLS: Mapping[str, int] = {
+    "started": 16,
+    "staged": 7,
+    "associated": 6,
+    "stored": 13,
+    "flows_updated": 9,
+    "promoted": 12,
+    "done": 4,
+    AFTER_DONE: 6,
+}
+BASELINE_OPERATION_CALLS: Mapping[str, int] = {
+    "connect:AssociateSecurityKey": 1,
+    "connect:DescribeContactFlow": 1,
+    "connect:DescribeContactFlowModule": 1,
+    "connect:ListSecurityKeys": 5,
+    "connect:UpdateContactFlowContent": 1,
+    "connect:UpdateContactFlowModuleContent": 1,
+    "ssm:DeleteParameter": 1,
+    "ssm:DeleteParameters": 1,
+    "ssm:GetParameter": 9,
+    "ssm:GetParameters": 24,
+    "ssm:GetParametersByPath": 2,
+    "ssm:PutParameter": 26,
+}
+BASELINE_CALLS = sum(BASELINE_STEP_CALLS.values())
 
 
 class BenchError(Exception):
@@ -74,6 +110,23 @@ class CallTally:
 
     calls: Mapping[str, int]
     seconds: Mapping[str, float]
+    steps: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def step_calls(self, phase: str, service: str | None = None) -> int:
+        return sum(n for (p, s, _), n in self.steps.items() if p == phase and service in (None, s))
+
+    def operation_calls(self) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for (_, service, operation), n in self.steps.items():
+            found[f"{service}:{operation}"] += n
+        return found
+
+    def step_operations(self, phase: str) -> str:
+        found: Counter[str] = Counter()
+        for (p, _, operation), n in self.steps.items():
+            if p == phase:
+                found[operation] += n
+        return ", ".join(f"{op} {n}" for op, n in sorted(found.items())) or "-"
 
     def total_calls(self) -> int:
         return sum(self.calls.values())
@@ -93,6 +146,8 @@ class CallMeter:
     def __init__(self) -> None:
         self._calls: Counter[str] = Counter()
         self._nanoseconds: Counter[str] = Counter()
+        self._steps: Counter[tuple[str, str, str]] = Counter()  # (phase, service, operation)
+        self.phase = PHASES[0]
 
     def attach(self, client: Any) -> None:
         client.meta.events.register("before-call", self._started)
@@ -101,12 +156,21 @@ class CallMeter:
     def reset(self) -> None:
         self._calls.clear()
         self._nanoseconds.clear()
+        self._steps.clear()
+        self.phase = PHASES[0]
 
     def tally(self) -> CallTally:
         seconds = {service: ns / 1e9 for service, ns in self._nanoseconds.items()}
-        return CallTally(dict(self._calls), seconds)
+        return CallTally(dict(self._calls), seconds, dict(self._steps))
 
-    def _started(self, context: dict[str, Any], **_: Any) -> None:
+    def step_recorded(self, step: RotationStep) -> None:
+        """The rotation record says `step`: what follows is the next step's work."""
+        index = PHASES.index(str(step)) + 1
+        self.phase = PHASES[min(index, len(PHASES) - 1)]
+
+    def _started(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        # Counted before the call is sent, as the tests count: a call that fails still costs.
+        self._steps[(self.phase, model.service_model.service_name, model.name)] += 1
         context[self._STARTED] = time.perf_counter_ns()
 
     def _finished(self, model: Any, context: dict[str, Any], **_: Any) -> None:
@@ -212,6 +276,7 @@ class Bench:
         service = adapters.rotation(ACTOR)
         generator = TimedGenerator(service.generate)
         service.generate = generator
+        track_steps(service.keyring, self.meter)
         self.meter.reset()
         started = time.perf_counter()
         results = service.rotate(None, self.now + DUE_AFTER)
@@ -263,6 +328,17 @@ class Bench:
             self.ssm.get_parameters(Names=[name])
             samples.append((time.perf_counter() - started) * 1000)
         return statistics.median(samples)
+
+
+def track_steps(keyring: Any, meter: CallMeter) -> None:
+    """Tell the meter each time the rotation writes its record: the step boundaries."""
+    put_rotation = keyring.put_rotation
+
+    def recorded(state: RotationState, **kwargs: Any) -> None:
+        put_rotation(state, **kwargs)
+        meter.step_recorded(state.step)
+
+    keyring.put_rotation = recorded
 
 
 def premade_key_generator() -> KeyGenerator:
@@ -325,7 +401,12 @@ def single_lines(runs: list[RotationRun], floor: Floor, call_ms: float) -> list[
             None,
             "load_private_key of each floor key",
         ),
-        Line("AWS calls per rotation", tally.total_calls(), None, calls_note(tally)),
+        Line(
+            "AWS calls per rotation",
+            tally.total_calls(),
+            BASELINE_CALLS,
+            f"{calls_note(tally)}; baseline: before the calls were cut",
+        ),
         Line("SSM calls per rotation", tally.calls.get("ssm", 0)),
         Line("Connect calls per rotation", tally.calls.get("connect", 0)),
         Line(
@@ -407,7 +488,34 @@ def print_header(plan: Plan, sandbox: Sandbox, call_ms: float) -> None:
     print(flush=True)
 
 
-def run(plan: Plan) -> list[Line]:
+def step_rows(tally: CallTally) -> list[tuple[str, ...]]:
+    """One single rotation's calls per step, the baseline's beside them, and the total."""
+    rows = [
+        (
+            phase,
+            str(tally.step_calls(phase, "ssm")),
+            str(tally.step_calls(phase, "connect")),
+            str(tally.step_calls(phase)),
+            str(BASELINE_STEP_CALLS.get(phase, 0)),
+            tally.step_operations(phase),
+        )
+        for phase in PHASES
+    ]
+    total = ("total", *(str(tally.calls.get(service, 0)) for service in SERVICES))
+    return [*rows, (*total, str(tally.total_calls()), str(BASELINE_CALLS), calls_note(tally))]
+
+
+def operation_rows(tally: CallTally) -> list[tuple[str, ...]]:
+    """One single rotation's calls per API operation, the baseline's beside them."""
+    measured = tally.operation_calls()
+    names = sorted(set(measured) | set(BASELINE_OPERATION_CALLS))
+    return [
+        (name, str(measured.get(name, 0)), str(BASELINE_OPERATION_CALLS.get(name, 0)))
+        for name in names
+    ]
+
+
+def run(plan: Plan) -> tuple[list[Line], RotationRun]:
     for name in FOREIGN_AWS_SETTINGS:
         os.environ.pop(name, None)
     with start_sandbox() as sandbox:
@@ -419,7 +527,7 @@ def run(plan: Plan) -> list[Line]:
         fleet = bench.fleet()
     lines = single_lines(singles, floor, call_ms)
     single_wall_s = median_of(singles, lambda run: run.wall_s)
-    return lines + fleet_lines(fleet, single_wall_s, singles[0].tally.total_calls())
+    return lines + fleet_lines(fleet, single_wall_s, singles[0].tally.total_calls()), singles[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,11 +541,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("WARNING", stream="stderr")
     try:
-        lines = run(QUICK_PLAN if args.quick else FULL_PLAN)
+        lines, single = run(QUICK_PLAN if args.quick else FULL_PLAN)
     except BenchError as error:
         print(f"bench failed: {error}", file=sys.stderr)
         return 1
     print(markdown_table(COLUMNS, [line.cells() for line in lines]))
+    print()
+    print("AWS calls of one single rotation per step (baseline: before the calls were cut)")
+    print(markdown_table(STEP_COLUMNS, step_rows(single.tally)))
+    print()
+    print("AWS calls of one single rotation per operation")
+    print(markdown_table(OPERATION_COLUMNS, operation_rows(single.tally)))
     return 0
 
 

@@ -3,7 +3,7 @@ clock and publishing), as Protocols the adapters implement."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -78,7 +78,10 @@ class Keyring(Protocol):
         """Create once; the same PEM again is fine, a different one raises KeyringConflict."""
         ...
 
-    def store_certificate(self, key_id: str, certificate_pem: str) -> None: ...
+    def store_certificate(self, key_id: str, certificate_pem: str, *, new: bool = False) -> None:
+        """Written unless it holds this already; `new`: the caller knows the key ID has nothing
+        stored yet, so it is written without that read."""
+        ...
 
     def read_material(self, key_id: str, *, validated: bool = False) -> KeyMaterial:
         """Private key and certificate, validated (NotFound if either is missing)."""
@@ -142,9 +145,20 @@ class Keyring(Protocol):
 
     def find_record(self, key_id: str) -> KeyRecord | None: ...
 
+    def find_records(self, key_ids: Iterable[str]) -> dict[str, KeyRecord | None]:
+        """Key ID -> its record (None: no such key), read in as few calls as the store allows."""
+        ...
+
     def records(self) -> list[KeyRecord]: ...
 
     # instances
+    def instance_snapshot(
+        self, instance_id: str, key_ids: Iterable[str] = ()
+    ) -> tuple[InstanceEntry, dict[str, KeyRecord | None]]:
+        """The instance's config, current key and rotation record with the records of
+        `key_ids` (None: no such key), read together."""
+        ...
+
     def get_instance(self, instance_id: str) -> ManagedInstance | None: ...
 
     def put_instance(self, instance: ManagedInstance) -> None: ...
@@ -171,7 +185,18 @@ class Keyring(Protocol):
 
     def get_rotation(self, instance_id: str) -> RotationState | None: ...
 
-    def put_rotation(self, state: RotationState, *, at: datetime) -> None: ...
+    def put_rotation(
+        self,
+        state: RotationState,
+        *,
+        at: datetime,
+        records: Sequence[KeyRecord] = (),
+        current: str | None = None,
+    ) -> None:
+        """The step `state.step` done at `at`, with the key records it changed (each's last
+        transition the new one) and the instance's new current key: their events and the
+        step's first, then the records, the current pointer and the rotation record."""
+        ...
 
     def get_current(self, instance_id: str) -> str | None: ...
 

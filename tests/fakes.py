@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,7 +130,7 @@ class FakeKeyring:
         _create_once(self.private_keys, key_id, private_key_pem, f"private key {key_id}")
         self.protection.setdefault(key_id, self.kms_key_id or SSM_DEFAULT_KMS_KEY)
 
-    def store_certificate(self, key_id: str, certificate_pem: str) -> None:
+    def store_certificate(self, key_id: str, certificate_pem: str, *, new: bool = False) -> None:
         self.certificates[key_id] = certificate_pem
 
     def read_material(self, key_id: str, *, validated: bool = False) -> KeyMaterial:
@@ -225,12 +225,26 @@ class FakeKeyring:
     def find_record(self, key_id: str) -> KeyRecord | None:
         return self.metadata.get(key_id)
 
+    def find_records(self, key_ids: Iterable[str]) -> dict[str, KeyRecord | None]:
+        return {key_id: self.metadata.get(key_id) for key_id in key_ids}
+
     def records(self) -> list[KeyRecord]:
         return sorted(
             self.metadata.values(), key=lambda r: (r.instance_id or "", r.created_at, r.key_id)
         )
 
     # instances
+    def instance_snapshot(
+        self, instance_id: str, key_ids: Iterable[str] = ()
+    ) -> tuple[InstanceEntry, dict[str, KeyRecord | None]]:
+        entry = InstanceEntry(
+            instance_id,
+            self.configs.get(instance_id),
+            self.currents.get(instance_id),
+            self.rotations.get(instance_id),
+        )
+        return entry, self.find_records(key_ids)
+
     def get_instance(self, instance_id: str) -> ManagedInstance | None:
         return self.configs.get(instance_id)
 
@@ -260,8 +274,22 @@ class FakeKeyring:
     def get_rotation(self, instance_id: str) -> RotationState | None:
         return self.rotations.get(instance_id)
 
-    def put_rotation(self, state: RotationState, *, at: datetime) -> None:
+    def put_rotation(
+        self,
+        state: RotationState,
+        *,
+        at: datetime,
+        records: Sequence[KeyRecord] = (),
+        current: str | None = None,
+    ) -> None:
+        for record in records:
+            for event in key_transition_events(record.history[:-1], record, self.clock):
+                self.history.append(event)
         self.history.append(rotation_step_event(state, at, self.clock))
+        for record in records:
+            self.metadata[record.key_id] = record
+        if current is not None:
+            self.currents[state.instance_id] = current
         self.rotations[state.instance_id] = state
 
     def get_current(self, instance_id: str) -> str | None:

@@ -350,3 +350,48 @@ def test_the_report_still_shows_what_was_recorded_before_the_history_existed(
     (row,) = report.keys
     assert row.history == (old, *record.history)
     assert "`legacy-1`" in render(report, ReportFormat.MD)
+
+
+# -- one write a step ----------------------------------------------------------------------------
+
+
+def test_a_steps_events_are_one_parameter_read_in_order_beside_single_event_ones(
+    ssm: Any,
+) -> None:
+    history = SsmHistory(ssm, PREFIX)
+    history.append(event(reason="old, alone"))  # the one-event form, as every release wrote it
+    step = [event(reason="first"), event(reason="second"), event(reason="third")]
+    (name,) = history.append_all(step)
+    history.append(event(NOW + DAY, reason="later"))
+    value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    assert [item["reason"] for item in json.loads(value)] == [
+        "first",
+        "second",
+        "third",
+    ]
+    reasons = [e.reason for e in SsmHistory(ssm, PREFIX).events(INSTANCE)]
+    assert reasons == ["old, alone", "first", "second", "third", "later"]
+
+
+def test_a_steps_events_past_a_standard_parameter_go_on_in_the_next_and_scopes_apart(
+    ssm: Any,
+) -> None:
+    long = "x" * 1500  # three such events do not fit in 4 KB together
+    step = [event(reason=f"{n}-{long}") for n in range(3)] + [
+        event(reason="keyring's", instance_id=None),
+        event(reason="instance's again"),
+    ]
+    names = SsmHistory(ssm, PREFIX).append_all(step)
+    assert len(names) == 4  # two + one of the instance, one of the keyring, one more
+    for name in names:
+        parameter = ssm.get_parameter(Name=name)["Parameter"]
+        assert len(parameter["Value"]) <= 4096
+    read = SsmHistory(ssm, PREFIX).events()
+    assert [e.reason[:2] for e in read] == ["0-", "1-", "2-", "ke", "in"]
+
+
+def test_an_unreadable_list_of_events_is_a_keyring_error(ssm: Any) -> None:
+    name = KeyringLayout(PREFIX).history_event(INSTANCE, "20261130T000000000000Z", "bad")
+    ssm.put_parameter(Name=name, Value="[not json", Type="String")
+    with pytest.raises(KeyringError, match="history event is not readable"):
+        SsmHistory(ssm, PREFIX).events()

@@ -419,8 +419,9 @@ def test_a_rotation_deciding_while_another_associates_its_key_is_skipped_not_fai
     c, s = race.c, race.s
     keys_before = key_ids(s)
     here = race.open_place(namespace=False)
-    # Its second listing of Connect's keys: the one that looks for keys to retire first.
-    late = here.start(*race.rotate("--force"), pause=("before", "connect:ListSecurityKeys", 2))
+    # Its one listing of Connect's keys before the lock, made after it read the keyring: the
+    # listing that its decision (keys to retire first) and the retires to finish both use.
+    late = here.start(*race.rotate("--force"), pause=("before", "connect:ListSecurityKeys", 1))
     wait_until(late.paused, "the late run did not reach its decision", [late])
     holder = here.start(*race.rotate("--force"), pause=MID_ROTATION)
     wait_until(holder.paused, "the holder did not reach mid-rotation", [holder, late])

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from rotator.adapters.aws import aws_call
 from rotator.adapters.history import TIER, SsmHistory
-from rotator.domain.approval import APPROVAL_KINDS, REQUESTS_SCOPE, check_request_id
-from rotator.domain.history import HistoryEvent
+from rotator.domain.approval import APPROVAL_KINDS, check_request_id
+from rotator.domain.history import REQUESTS_SCOPE, HistoryEvent
 from rotator.errors import AwsCallError
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ class SsmApprovals:
         self.history = SsmHistory(ssm, prefix)
 
     def record(self, event: HistoryEvent) -> None:
-        self.history.append(event, scope=REQUESTS_SCOPE)
+        self.history.append(event)  # its scope: REQUESTS_SCOPE
 
     def events(self) -> list[HistoryEvent]:
         return [e for e in self.history.events(REQUESTS_SCOPE) if e.kind in APPROVAL_KINDS]

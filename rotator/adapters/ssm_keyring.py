@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 # DescribeParameters answers at most 50 parameters a page.
 DESCRIBE_PAGE_SIZE = 50
+# GetParameters takes at most 10 names a call.
+GET_BATCH_SIZE = 10
 
 
 class SsmKeyring:
@@ -70,8 +72,14 @@ class SsmKeyring:
             self.layout.private_key(key_id), private_key_pem, f"private key {key_id}"
         )
 
-    def store_certificate(self, key_id: str, certificate_pem: str) -> None:
-        self._put_string(self.layout.certificate(key_id), certificate_pem)
+    def store_certificate(self, key_id: str, certificate_pem: str, *, new: bool = False) -> None:
+        """A new version unless it holds this certificate; a `new` key's is put without reading
+        first (there is nothing to compare with)."""
+        name = self.layout.certificate(key_id)
+        if new:
+            self._put(name, certificate_pem, overwrite=True)
+        else:
+            self._put_string(name, certificate_pem)
 
     def _create_secret(self, name: str, value: str, what: str) -> None:
         """Create a SecureString without Overwrite: an existing different value is a conflict."""
@@ -253,6 +261,15 @@ class SsmKeyring:
         except NotFound:
             return None
 
+    def find_records(self, key_ids: Iterable[str]) -> dict[str, KeyRecord | None]:
+        """Key ID -> its metadata (None: no such key), 10 keys a GetParameters call."""
+        names = {self.layout.metadata(key_id): key_id for key_id in dict.fromkeys(key_ids)}
+        values = self._get_batched(list(names), decrypt=False)
+        return {
+            key_id: None if name not in values else KeyRecord.from_json(values[name])
+            for name, key_id in names.items()
+        }
+
     def records(self) -> list[KeyRecord]:
         """Every key's metadata, read page by page (no decryption needed)."""
         suffix = "/metadata"
@@ -326,6 +343,32 @@ class SsmKeyring:
             )
         return entries
 
+    def instance_snapshot(
+        self, instance_id: str, key_ids: Iterable[str] = ()
+    ) -> tuple[InstanceEntry, dict[str, KeyRecord | None]]:
+        """The instance's config, current key and rotation, and the metadata of `key_ids` (None:
+        no such key), read together: 10 parameters a GetParameters call."""
+        leaves = {
+            self.layout.instance_config(instance_id): "config",
+            self.layout.current(instance_id): "current",
+            self.layout.rotation(instance_id): "rotation",
+        }
+        keys = {self.layout.metadata(key_id): key_id for key_id in dict.fromkeys(key_ids)}
+        values = self._get_batched([*leaves, *keys], decrypt=False)
+        found = {leaf: values[name] for name, leaf in leaves.items() if name in values}
+        config, rotation = found.get("config"), found.get("rotation")
+        entry = InstanceEntry(
+            instance_id=instance_id,
+            config=None if config is None else ManagedInstance.from_json(config),
+            current_key_id=found.get("current"),
+            rotation=None if rotation is None else RotationState.from_json(rotation),
+        )
+        records = {
+            key_id: None if name not in values else KeyRecord.from_json(values[name])
+            for name, key_id in keys.items()
+        }
+        return entry, records
+
     def get_instance(self, instance_id: str) -> ManagedInstance | None:
         raw = self._get_string(self.layout.instance_config(instance_id))
         return None if raw is None else ManagedInstance.from_json(raw)
@@ -337,10 +380,31 @@ class SsmKeyring:
         raw = self._get_string(self.layout.rotation(instance_id))
         return None if raw is None else RotationState.from_json(raw)
 
-    def put_rotation(self, state: RotationState, *, at: datetime) -> None:
-        """Record that the rotation reached `state.step` at `at`: a rotation_step event, then
-        the instance's rotation record (every step changes it, so it is not read first)."""
-        self.history.append(rotation_step_event(state, at, self.clock))
+    def put_rotation(
+        self,
+        state: RotationState,
+        *,
+        at: datetime,
+        records: Sequence[KeyRecord] = (),
+        current: str | None = None,
+    ) -> None:
+        """Record that the rotation reached `state.step` at `at`, with what the step changed:
+        `records` (each written as write_record would: its last transition is the new one) and
+        the instance's `current` key. History first, in one write for the whole step (the
+        records' transition events, then the rotation_step event); then each record, the
+        current pointer, and last the instance's rotation record. None of them is read first:
+        the step knows they change. A crash in between leaves events that the state does not
+        show yet (the redone step records them again), never a change without its event."""
+        events = [
+            event
+            for record in records
+            for event in key_transition_events(record.history[:-1], record, self.clock)
+        ]
+        self.history.append_all([*events, rotation_step_event(state, at, self.clock)])
+        for record in records:
+            self._put(self.layout.metadata(record.key_id), record.to_json(), overwrite=True)
+        if current is not None:
+            self._put(self.layout.current(state.instance_id), current, overwrite=True)
         self._put(self.layout.rotation(state.instance_id), state.to_json(), overwrite=True)
 
     # -- outside the keyring -----------------------------------------------------------------
@@ -394,10 +458,7 @@ class SsmKeyring:
 
     def _existing(self, names: list[str]) -> set[str]:
         """Which of these parameters exist, read 10 at a time and never decrypted."""
-        found: set[str] = set()
-        for start in range(0, len(names), 10):
-            found.update(self._get_many(names[start : start + 10], decrypt=False))
-        return found
+        return set(self._get_batched(names, decrypt=False))
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -419,6 +480,13 @@ class SsmKeyring:
     def _put(self, name: str, value: str, *, overwrite: bool) -> None:
         with aws_call("ssm:PutParameter", name):
             self.ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=overwrite)
+
+    def _get_batched(self, names: list[str], *, decrypt: bool) -> dict[str, str]:
+        """Any number of names, GET_BATCH_SIZE a call."""
+        found: dict[str, str] = {}
+        for start in range(0, len(names), GET_BATCH_SIZE):
+            found.update(self._get_many(names[start : start + GET_BATCH_SIZE], decrypt=decrypt))
+        return found
 
     def _get_many(self, names: list[str], *, decrypt: bool) -> dict[str, str]:
         with aws_call("ssm:GetParameters", ", ".join(names)):

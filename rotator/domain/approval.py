@@ -13,7 +13,6 @@ from typing import Any
 from rotator.domain.history import ClockKind, EventKind, HistoryEvent
 from rotator.errors import ConfigError, KeyringError
 
-REQUESTS_SCOPE = "requests"  # the history folder of the dual-control events
 DEFAULT_REQUEST_EXPIRY_HOURS = 24
 # `req-` and 12 hex digits: a request ID is part of an SSM parameter name (the claim).
 REQUEST_ID = re.compile(r"req-[0-9a-f]{12}")

@@ -16,6 +16,7 @@ from rotator.errors import KeyringError
 KEYRING_SCOPE = "keyring"  # events of keys that belong to no instance
 RUNBOOKS_SCOPE = "runbooks"
 CUSTODIANS_SCOPE = "custodians"  # key custodians' acknowledgements (PCI DSS 3.7.8)
+REQUESTS_SCOPE = "requests"  # dual control's requests and decisions (PCI DSS 3.7.6)
 
 
 class EventKind(StrEnum):
@@ -69,6 +70,8 @@ class HistoryEvent:
             return RUNBOOKS_SCOPE
         if self.kind == EventKind.CUSTODIAN_ACKNOWLEDGED:
             return CUSTODIANS_SCOPE
+        if self.kind.startswith("approval_"):
+            return REQUESTS_SCOPE
         return self.instance_id or KEYRING_SCOPE
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -31,6 +31,7 @@ from rotator.domain.keys import KeyMaterial, generate_key_material, public_key_s
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import rotation_due
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
+from rotator.domain.state import InstanceEntry
 from rotator.domain.window import WindowAction, window_decision
 from rotator.errors import ConnectKeyRotatorError, KeyringError, LockHeld, NotFound
 from rotator.ports import Connect, Identity, Keyring, Lease, Lock
@@ -68,6 +69,47 @@ class _Plan:
     reason: str
     blocking: list[str]
     emergency: bool
+
+
+@dataclass
+class _Seen:
+    """An instance as one look found it: its keyring entry, Connect's associations and the
+    records of those keys and of the current key (None: no record)."""
+
+    entry: InstanceEntry
+    associations: list[SecurityKey]
+    records: dict[str, KeyRecord | None]
+
+    @property
+    def instance_id(self) -> str:
+        return self.entry.instance_id
+
+    def record(self, key_id: str | None) -> KeyRecord | None:
+        return None if key_id is None else self.records.get(key_id)
+
+
+@dataclass
+class _Run:
+    """What a rotation run has read or written under the instance's lock, so that a later step
+    does not read it again: while the lock is held only this run writes the instance's entries
+    and its keys' records (a run that lost its lock stops at its next lease check). A redone
+    step after a crash is another run: it starts from what its locked look read."""
+
+    instance: ManagedInstance | None
+    current: str | None
+    records: dict[str, KeyRecord | None]
+    new_rotation: bool = False  # its rotation ID was made by this run: nothing is staged under it
+    material: KeyMaterial | None = None  # the staged key, read back and validated by this run
+    associated: str | None = None  # a key ID Connect gave this run: nothing is stored under it
+    # What the step just done changed, written with its rotation record (put_rotation).
+    changed: list[KeyRecord] = field(default_factory=list)
+    new_current: str | None = None
+
+    def known_records(self, keyring: Keyring, key_ids: list[str]) -> dict[str, KeyRecord | None]:
+        unknown = [key_id for key_id in key_ids if key_id not in self.records]
+        if unknown:
+            self.records.update(keyring.find_records(unknown))
+        return {key_id: self.records[key_id] for key_id in key_ids}
 
 
 @dataclass(frozen=True)
@@ -132,19 +174,20 @@ class RotationService:
                 "--flow-id / --flow-module-id given"
             )
         refs = ManagedInstance(instance_id, tuple(flows), tuple(modules)).refs
-        existing = self.keyring.get_instance(instance_id)
+        entry, _ = self.keyring.instance_snapshot(instance_id)  # config, current, rotation
+        existing = entry.config
         if existing is not None and (set(existing.refs) != set(refs)):
             raise RotationRefused(
                 f"instance {instance_id} is already managed with {_refs(existing)}; "
                 "init does not change the managed flows"
             )
-        state = self.keyring.get_rotation(instance_id)
+        state = entry.rotation
         if existing is not None and state is not None and state.finished:
             if not dry_run:
                 # An init killed after its last step, before releasing its lock, left the lock
                 # behind: a re-run clears it, or verify fails on a stale lock.
                 self._clear_stale_lock(instance_id)
-            current = self.keyring.get_current(instance_id)
+            current = entry.current_key_id
             return InstanceResult(
                 instance_id,
                 Outcome.NOT_DUE,
@@ -195,7 +238,7 @@ class RotationService:
                 Outcome.WOULD_ROTATE,
                 f"would manage {len(blocks)} block(s) and point them at a new key ({reason}): "
                 + "; ".join(str(change) for change in plan),
-                old_key_id=self.keyring.get_current(instance_id),
+                old_key_id=entry.current_key_id,
             )
         self.keyring.put_instance(wanted)
         if reason != "first key":
@@ -204,7 +247,13 @@ class RotationService:
         changed = [str(c) for c in plan if c.change in NAMED_CHANGES]
         try:
             result = self._rotate_instance(
-                instance_id, now, force=True, dry_run=False, emergency=False, first_reason=reason
+                instance_id,
+                now,
+                force=True,
+                dry_run=False,
+                emergency=False,
+                first_reason=reason,
+                entry=replace(entry, config=wanted),
             )
         except LockHeld as held:
             return _skipped(instance_id, held)
@@ -226,29 +275,32 @@ class RotationService:
         if emergency and not override_reason and not dry_run:
             raise RotationRefused("an emergency rotation needs a reason (recorded in the history)")
         if instance_id is not None:
-            if self.keyring.get_instance(instance_id) is None:
+            entry, _ = self.keyring.instance_snapshot(instance_id)
+            if entry.config is None:
                 raise NotFound(f"instance {instance_id} is not managed (run rotator init first)")
-            targets = [instance_id]
+            targets = [entry]
         else:
-            targets = [m.instance_id for m in self.keyring.managed_instances()]
+            # One sweep gives every managed instance's current key and rotation record too.
+            targets = [e for e in self.keyring.instance_entries() if e.config is not None]
         results = []
         for target in targets:
             try:
                 results.append(
                     self._rotate_instance(
-                        target,
+                        target.instance_id,
                         now,
                         force=force,
                         dry_run=dry_run,
                         emergency=emergency,
                         override_reason=override_reason,
+                        entry=target,
                     )
                 )
             except LockHeld as held:
-                results.append(_skipped(target, held))
+                results.append(_skipped(target.instance_id, held))
             except ConnectKeyRotatorError as error:
-                log.error("rotation_failed", instance_id=target, error=str(error))
-                results.append(InstanceResult(target, Outcome.FAILED, str(error)))
+                log.error("rotation_failed", instance_id=target.instance_id, error=str(error))
+                results.append(InstanceResult(target.instance_id, Outcome.FAILED, str(error)))
         if not dry_run:
             self._remove_orphaned_staging()
         return results
@@ -276,42 +328,46 @@ class RotationService:
         emergency: bool,
         override_reason: str | None = None,
         first_reason: str = "first key",
+        entry: InstanceEntry | None = None,
     ) -> InstanceResult:
-        finished = self._finish_retires(instance_id, dry_run=dry_run)
-        if not dry_run:
-            self._clear_stale_lock(instance_id)
+        seen = self._look(instance_id, entry)
+        finished, deferred = self._finish_retires(seen, dry_run=dry_run)
         # Decided once outside the lock (the cheap daily "not due"), and again inside it,
         # because another rotator may have finished in between.
         decide = partial(
             self._decide,
-            instance_id,
-            now,
+            now=now,
             force=force,
             emergency=emergency,
             override_reason=override_reason,
             first_reason=first_reason,
         )
         if dry_run:
-            planned = decide()
+            planned = decide(seen)
             if not isinstance(planned, InstanceResult):
                 planned = self._dry_run(planned)
             return _with_note(planned, finished)
         decision: InstanceResult | RotationState | _Plan | None
         try:
-            decision = decide()
+            decision = decide(seen)
         except RotationRefused:
             # Read outside the lock, what looks wrong may be another rotation at work (its new
             # key associated, not yet in the keyring): only a run that holds the lock refuses.
             decision = None
         if isinstance(decision, InstanceResult):
+            # Nothing to do, so no lock is taken: a stale one (an init or retire killed before
+            # its release) is cleared here. Taking the lock breaks a stale one by itself.
+            self._clear_stale_lock(instance_id)
             return _with_note(decision, finished)
         rotation_id = str(uuid.uuid4())
         with self._locked(instance_id, rotation_id) as lease:
-            decision = decide()
+            seen = self._look_again(seen)
+            decision = decide(seen)
             if isinstance(decision, InstanceResult):
                 return _with_note(decision, finished)
+            run = _Run(seen.entry.config, seen.entry.current_key_id, dict(seen.records))
             if isinstance(decision, RotationState):
-                return self._run(decision, now, lease, resumed=True)
+                return self._run(decision, now, lease, run, resumed=True, deferred=deferred)
             for key_id in decision.blocking:
                 lease.check()
                 self._retire(
@@ -320,6 +376,7 @@ class RotationService:
                     now,
                     f"freeing Connect's second key slot ({decision.reason})",
                 )
+                run.records.pop(key_id, None)  # retired: read again if a step needs it
             state = RotationState(
                 rotation_id=rotation_id,
                 instance_id=instance_id,
@@ -331,26 +388,66 @@ class RotationService:
                 reason=decision.reason,
                 principal=self.principal,
             )
-            lease.check()
+            if decision.blocking:
+                lease.check()  # the retires wrote to Connect since the lock was taken
+            # Otherwise taking the lock, moments ago, proved it ours with its whole lease ahead.
             self.keyring.put_rotation(state, at=now)
-            return self._run(state, now, lease, resumed=False)
+            run.new_rotation = True
+            return self._run(state, now, lease, run, resumed=False, deferred=deferred)
+
+    def _look(self, instance_id: str, entry: InstanceEntry | None) -> _Seen:
+        """The instance's entry (the run's sweep already read it, or one read here), Connect's
+        associations (one ListSecurityKeys) and the records of those keys and the current key
+        (one read)."""
+        associations = self.connect.list_security_keys(instance_id)
+        listed = [a.key_id for a in associations]
+        if entry is None:
+            entry, records = self.keyring.instance_snapshot(instance_id, listed)
+            current = entry.current_key_id
+            if current is not None and current not in records:
+                records.update(self.keyring.find_records([current]))
+        else:
+            key_ids = [k for k in (entry.current_key_id, *listed) if k is not None]
+            records = self.keyring.find_records(key_ids) if key_ids else {}
+        return _Seen(entry, associations, records)
+
+    def _look_again(self, seen: _Seen) -> _Seen:
+        """Under the lock: the entry and the same records again, in one read. Unchanged, no
+        locked run (rotation, retire, rollback, destroy) ran since the first look, so Connect's
+        associations are still the ones listed; otherwise they are listed again."""
+        entry, records = self.keyring.instance_snapshot(seen.instance_id, list(seen.records))
+        current = entry.current_key_id
+        if current is not None and current not in records:
+            records.update(self.keyring.find_records([current]))
+        if (entry.rotation, entry.current_key_id, records) == (
+            seen.entry.rotation,
+            seen.entry.current_key_id,
+            seen.records,
+        ):
+            return _Seen(entry, seen.associations, records)
+        associations = self.connect.list_security_keys(seen.instance_id)
+        unread = [a.key_id for a in associations if a.key_id not in records]
+        if unread:
+            records.update(self.keyring.find_records(unread))
+        return _Seen(entry, associations, records)
 
     def _decide(
         self,
-        instance_id: str,
-        now: datetime,
+        seen: _Seen,
         *,
+        now: datetime,
         force: bool,
         emergency: bool,
         override_reason: str | None = None,
         first_reason: str = "first key",
     ) -> InstanceResult | RotationState | _Plan:
         """Resume an interrupted rotation, report "not due", or plan a new rotation."""
-        state = self.keyring.get_rotation(instance_id)
+        instance_id = seen.instance_id
+        state = seen.entry.rotation
         if state is not None and not state.finished:
             return state
-        current_id = self.keyring.get_current(instance_id)
-        current = self.keyring.find_record(current_id) if current_id else None
+        current_id = seen.entry.current_key_id
+        current = seen.record(current_id)
         if current is not None and not force:
             due = rotation_due(current, self.settings.policy, now)
             if not due.due:
@@ -384,7 +481,7 @@ class RotationService:
                 reason = f"{reason}; {window.reason}"
         if emergency:
             reason = f"emergency ({override_reason or 'no reason given'}): {reason}"
-        blocking = self._blocking_associations(instance_id, current_id, now, emergency)
+        blocking = self._blocking_associations(seen, current_id, now, emergency)
         return _Plan(instance_id, current_id, reason, blocking, emergency)
 
     @staticmethod
@@ -411,9 +508,16 @@ class RotationService:
         )
 
     def _run(
-        self, state: RotationState, now: datetime, lease: Lease, *, resumed: bool
+        self,
+        state: RotationState,
+        now: datetime,
+        lease: Lease,
+        run: _Run,
+        *,
+        resumed: bool,
+        deferred: bool,
     ) -> InstanceResult:
-        steps: dict[RotationStep, Callable[[RotationState, datetime], RotationState]] = {
+        steps: dict[RotationStep, Callable[[RotationState, datetime, _Run], RotationState]] = {
             RotationStep.STARTED: self._stage,
             RotationStep.STAGED: self._associate,
             RotationStep.ASSOCIATED: self._store,
@@ -421,10 +525,16 @@ class RotationService:
             RotationStep.FLOWS_UPDATED: self._promote,
             RotationStep.PROMOTED: self._finish,
         }
+        # The first step follows the lock's taking (or the check before the rotation's first
+        # record) with nothing slow in between; every later one is fenced by a check.
+        first = True
         while not state.finished:
-            lease.check()  # fenced: a run whose lock was taken over writes nothing more
-            state = steps[state.step](state, now)
-            self.keyring.put_rotation(state, at=now)
+            if not first:
+                lease.check()  # fenced: a run whose lock was taken over writes nothing more
+            first = False
+            state = steps[state.step](state, now, run)
+            self.keyring.put_rotation(state, at=now, records=run.changed, current=run.new_current)
+            run.changed, run.new_current = [], None
             log.info(
                 "rotation_step",
                 instance_id=state.instance_id,
@@ -432,7 +542,12 @@ class RotationService:
                 step=state.step,
             )
         detail = f"{state.old_key_id or 'no key'} -> {state.new_key_id} ({state.reason})"
-        finished = self._finish_retires(state.instance_id, dry_run=False)
+        # Keys recorded retired were left associated at the start only when a managed flow still
+        # used them; the flows have moved now. Any other key this run retired it disassociated.
+        finished = None
+        if deferred:
+            instance_id = state.instance_id
+            finished, _ = self._finish_retires(self._look(instance_id, None), dry_run=False)
         if finished:
             detail += f"; {finished}"
         if resumed:
@@ -453,20 +568,23 @@ class RotationService:
 
     # -- the steps; each can be redone after a crash at any point ------------------------------
 
-    def _stage(self, state: RotationState, now: datetime) -> RotationState:
-        material = self._staged(state, validated=True)  # fully validated below
+    def _stage(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
+        # A rotation this run started has nothing staged yet; a resumed one may.
+        material = None if run.new_rotation else self._staged(state, validated=True)
         if material is None:
             material = self.generate(now)
             material.check_registrable(now)
             self.keyring.stage_key(state.rotation_id, material)
+        # Read back on purpose (invariant 1): what was stored is what goes on, validated in full.
         material = self._staged(state)
         if material is None:
             raise KeyringError(f"staged key of rotation {state.rotation_id} did not read back")
         _canary(material, provisional_key_id=state.rotation_id)
+        run.material = material
         return state.advance(RotationStep.STAGED, new_public_key_sha256=material.public_key_sha256)
 
-    def _associate(self, state: RotationState, now: datetime) -> RotationState:
-        material = self._require_staged(state)
+    def _associate(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
+        material = self._material(state, run)
         material.check_registrable(now)
         associations = self.connect.list_security_keys(state.instance_id)
         mine = _find_association(associations, material.public_key_sha256)
@@ -479,12 +597,16 @@ class RotationService:
             mine = self.connect.associate_security_key(
                 state.instance_id, material.public_key_pem, client_token=state.rotation_id
             )
+            # Connect named a key it did not hold a moment ago: only a rotation that recorded it
+            # as ASSOCIATED stores anything under its ID, and this one had not.
+            run.records[mine], run.associated = None, mine
         return state.advance(RotationStep.ASSOCIATED, new_key_id=mine)
 
-    def _store(self, state: RotationState, now: datetime) -> RotationState:
+    def _store(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
         key_id = _new_key(state)
-        material = self._require_staged(state)
-        record = self.keyring.find_record(key_id) or KeyRecord.for_material(
+        material = self._material(state, run)
+        existing = run.known_records(self.keyring, [key_id])[key_id]
+        record = existing or KeyRecord.for_material(
             key_id,
             material,
             instance_id=state.instance_id,
@@ -496,34 +618,74 @@ class RotationService:
             kms_key_id=self.keyring.kms_key_id,
             principal=self.principal,
         )
-        self.keyring.store_key(key_id, material, record)
-        # The staged PEM was validated in full; identical bytes read back need no second check.
+        self.keyring.create_private_key(key_id, material.private_key_pem)
+        self.keyring.store_certificate(
+            key_id, material.certificate_pem, new=run.associated == key_id
+        )
+        # Read back on purpose: the decrypt Lambda loads these bytes unchecked, so they must be
+        # the ones validated in full at STAGED; then the canary proves that the key, read the
+        # way the Lambda reads it, decrypts what Connect would make.
         stored = self.keyring.find_private_key(key_id)
         if stored != material.private_key_pem:
             raise KeyringError(f"key {key_id} did not read back as stored")
         prove_key_decrypts(self.keyring, key_id, material.certificate_pem)
+        if existing is None:  # its record goes with the step's: one history write for both
+            run.changed.append(record)
+            run.records[key_id] = record
         return state.advance(RotationStep.STORED)
 
-    def _point_flows(self, state: RotationState, now: datetime) -> RotationState:
+    def _point_flows(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
         key_id = _new_key(state)
-        certificate = self.keyring.read_certificate(key_id)
-        self._point_instance_flows(state.instance_id, key_id, certificate)
+        if run.material is not None and run.material.public_key_sha256 == (
+            state.new_public_key_sha256
+        ):
+            certificate = run.material.certificate_pem  # what this run stored under the key ID
+        else:
+            certificate = self.keyring.read_certificate(key_id)
+        self._point_instance_flows(state.instance_id, key_id, certificate, run.instance)
         return state.advance(RotationStep.FLOWS_UPDATED)
 
-    def _promote(self, state: RotationState, now: datetime) -> RotationState:
+    def _promote(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
         key_id = _new_key(state)
-        self._transition(key_id, KeyState.ACTIVE, now, f"current key ({state.reason})")
-        self.keyring.set_current(state.instance_id, key_id)
-        old = self.keyring.find_record(state.old_key_id) if state.old_key_id else None
+        old_id = state.old_key_id
+        known = run.known_records(self.keyring, [key_id, *([old_id] if old_id else [])])
+        new = known[key_id]
+        if new is None:
+            raise NotFound(f"no key {key_id} in the keyring")
+        if new.state is not KeyState.ACTIVE:
+            reason = f"current key ({state.reason})"
+            run.changed.append(
+                new.transition(
+                    KeyState.ACTIVE,
+                    at=now,
+                    actor=self.actor,
+                    reason=reason,
+                    principal=self.principal,
+                )
+            )
+        if run.current != key_id:
+            run.new_current = run.current = key_id
+        old = known.get(old_id) if old_id else None
         # An old key already retired (an emergency retire, or a retire that ran meanwhile)
         # stays retired: the rotation must still finish.
         if old is not None and old.key_id != key_id and old.state is KeyState.ACTIVE:
-            self._transition(old.key_id, KeyState.PREVIOUS, now, f"replaced by {key_id}")
+            reason = f"replaced by {key_id}"
+            run.changed.append(
+                old.transition(
+                    KeyState.PREVIOUS,
+                    at=now,
+                    actor=self.actor,
+                    reason=reason,
+                    principal=self.principal,
+                )
+            )
+        run.records.update((r.key_id, r) for r in run.changed)
         return state.advance(RotationStep.PROMOTED)
 
-    def _finish(self, state: RotationState, now: datetime) -> RotationState:
+    def _finish(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
         if state.emergency and state.old_key_id:
             self._retire(state.instance_id, state.old_key_id, now, f"{state.reason}")
+            run.records.pop(state.old_key_id, None)
         self.keyring.delete_staging(state.rotation_id)
         return state.advance(RotationStep.DONE)
 
@@ -734,9 +896,23 @@ class RotationService:
             raise KeyringError(f"the staged key of rotation {state.rotation_id} is missing")
         return material
 
-    def _point_instance_flows(self, instance_id: str, key_id: str, certificate: str) -> None:
-        """Exactly the managed blocks of the managed flows; a flow already there is not written."""
-        instance = self.keyring.get_instance(instance_id)
+    def _material(self, state: RotationState, run: _Run) -> KeyMaterial:
+        """The staged key as this run read it back at STAGED, or read (and matched) now."""
+        if run.material is None or run.material.public_key_sha256 != state.new_public_key_sha256:
+            run.material = self._require_staged(state)
+        return run.material
+
+    def _point_instance_flows(
+        self,
+        instance_id: str,
+        key_id: str,
+        certificate: str,
+        instance: ManagedInstance | None = None,
+    ) -> None:
+        """Exactly the managed blocks of the managed flows; a flow already there is not written.
+        `instance`: its config as the caller read it under the lock."""
+        if instance is None:
+            instance = self.keyring.get_instance(instance_id)
         if instance is None:
             return
         for ref in instance.refs:
@@ -768,8 +944,13 @@ class RotationService:
         self._transition(key_id, KeyState.RETIRED, now, reason)
         self._disassociate(instance_id, key_id)
 
-    def _disassociate(self, instance_id: str, key_id: str) -> None:
-        if any(a.key_id == key_id for a in self._associations(instance_id)):
+    def _disassociate(
+        self, instance_id: str, key_id: str, associations: list[SecurityKey] | None = None
+    ) -> None:
+        """`associations`: Connect's list as the caller just read it."""
+        if associations is None:
+            associations = self._associations(instance_id)
+        if any(a.key_id == key_id for a in associations):
             try:
                 self.connect.disassociate_security_key(instance_id, key_id)
             except NotFound:
@@ -777,26 +958,31 @@ class RotationService:
                 if any(a.key_id == key_id for a in self._associations(instance_id)):
                     raise
 
-    def _finish_retires(self, instance_id: str, *, dry_run: bool) -> str | None:
+    def _finish_retires(self, seen: _Seen, *, dry_run: bool) -> tuple[str | None, bool]:
         """Disassociate keys recorded as retired that Connect still holds (a retire cut short
-        between its record and Connect's answer): every run converges on the recorded state."""
+        between its record and Connect's answer): every run converges on the recorded state.
+        Also says whether one was left because a managed flow still uses it."""
+        instance_id = seen.instance_id
         pending = [
             a.key_id
-            for a in self._associations(instance_id)
-            if (record := self.keyring.find_record(a.key_id)) is not None
+            for a in seen.associations
+            if (record := seen.record(a.key_id)) is not None
             and record.state in (KeyState.RETIRED, KeyState.DESTROYED)
         ]
+        deferred = False
         if pending:  # a key a managed flow still uses waits until the flows have moved off it
             in_use = self._referenced_keys(instance_id)
+            deferred = any(key_id in in_use for key_id in pending)
             pending = [key_id for key_id in pending if key_id not in in_use]
         if not pending:
-            return None
+            return None, deferred
         if dry_run:
-            return f"would finish retiring {', '.join(pending)} (still associated)"
+            return f"would finish retiring {', '.join(pending)} (still associated)", deferred
         for key_id in pending:
-            self._disassociate(instance_id, key_id)
+            self._disassociate(instance_id, key_id, seen.associations)
+            seen.associations = [a for a in seen.associations if a.key_id != key_id]
             log.warning("retire_finished", instance_id=instance_id, key_id=key_id)
-        return f"finished retiring {', '.join(pending)} (was still associated)"
+        return f"finished retiring {', '.join(pending)} (was still associated)", deferred
 
     def _refuse_if_rotating(self, record: KeyRecord, action: str) -> None:
         """A key that an unfinished rotation is moving is that rotation's to finish."""
@@ -851,17 +1037,17 @@ class RotationService:
         return None if since is None else since + self.settings.grace
 
     def _blocking_associations(
-        self, instance_id: str, current_id: str | None, now: datetime, emergency: bool
+        self, seen: _Seen, current_id: str | None, now: datetime, emergency: bool
     ) -> list[str]:
         """Keys to retire before a new key fits (Connect holds two); refuse if one may not go."""
-        associations = self._associations(instance_id)
+        instance_id, associations = seen.instance_id, seen.associations
         if len(associations) < 2:
             return []
         blocking = []
         for association in associations:
             if association.key_id == current_id:
                 continue
-            record = self.keyring.find_record(association.key_id)
+            record = seen.record(association.key_id)
             if record is None:
                 raise RotationRefused(
                     f"association {association.key_id} of {instance_id} has no key in "
