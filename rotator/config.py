@@ -26,6 +26,7 @@ from lambda_decrypt.config import (
 )
 from rotator.domain.checks import DEFAULT_MIN_KEY_SIZE, ReportOptions
 from rotator.domain.expiry import DEFAULT_EXPIRY_EVENT_DAYS_TEXT, parse_thresholds
+from rotator.domain.fleet import Account, parse_accounts_json
 from rotator.domain.keys import (
     DEFAULT_KEY_SIZE,
     DEFAULT_SUBJECT,
@@ -65,6 +66,7 @@ class RotatorEnv(StrEnum):
     ROTATION_WINDOW = "ROTATOR_ROTATION_WINDOW"
     FREEZE = "ROTATOR_FREEZE"
     RENEW_BEFORE_MINIMUM_DAYS = "ROTATOR_RENEW_BEFORE_MINIMUM_DAYS"
+    ACCOUNTS = "ROTATOR_ACCOUNTS"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -89,12 +91,15 @@ class Setting(Generic[V]):
     check: Callable[[Any], object] | None = None
     empty_is_unset: bool = False  # an empty variable means "not set", as an unset one
     upper: bool = False  # the value is upper-cased (log levels)
+    # The file holds it as an array of tables (`[[accounts]]`, toml = ("accounts", "")), the
+    # environment as that array in JSON; the value is the JSON text.
+    array_of_tables: bool = False
 
     @property
     def where(self) -> str:
         """How an error names the setting's place in the config file: `[settings] key_size`."""
         table, key = self.toml
-        return f"[{table}] {key}"
+        return f"[[{table}]]" if self.array_of_tables else f"[{table}] {key}"
 
     def is_set_in(self, environ: Mapping[str, str]) -> bool:
         return bool(environ.get(self.env)) if self.empty_is_unset else self.env in environ
@@ -310,6 +315,20 @@ SETTINGS: tuple[Setting[Any], ...] = (
         check=lambda level: validate_log_level(level, Env.LOG_LEVEL),
         upper=True,
     ),
+    # Fleet mode (issue 12): empty = today's one account, the credentials' own.
+    Setting(
+        "accounts",
+        RotatorEnv.ACCOUNTS,
+        ("accounts", ""),
+        str,
+        "",
+        "fleet mode: the member accounts, a JSON array of {name, role_arn, external_id, "
+        "regions}; empty: this account only",
+        "FleetAccounts",
+        check=lambda text: parse_accounts_json(text) if text else (),
+        empty_is_unset=True,
+        array_of_tables=True,
+    ),
 )
 SETTING_BY_NAME: Mapping[str, Setting[Any]] = {setting.name: setting for setting in SETTINGS}
 
@@ -341,6 +360,7 @@ class Settings:
     expiry_event_days: str = _default("expiry_event_days")
     event_bus: str = _default("event_bus")
     log_level: str = _default("log_level")
+    accounts: str = _default("accounts")
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:
@@ -349,6 +369,11 @@ class Settings:
             raise ConfigError(
                 RotatorEnv.RENEW_BEFORE_DAYS, "must be shorter than the certificate validity"
             )
+
+    @property
+    def fleet(self) -> tuple[Account, ...]:
+        """The member accounts (none: single-account mode, the credentials' own account)."""
+        return parse_accounts_json(self.accounts) if self.accounts else ()
 
     @property
     def grace(self) -> timedelta:
