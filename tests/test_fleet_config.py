@@ -21,21 +21,26 @@ from rotator.domain.fleet import (
 )
 from rotator.errors import ConfigError
 
-PROD = {
+PROD: dict[str, object] = {
     "name": "prod",
     "role_arn": "arn:aws:iam::111111111111:role/connect-key-rotator-member",
     "external_id": "ext-id-1",
     "regions": ["eu-west-2", "eu-central-1"],
 }
-TEST = {
+TEST: dict[str, object] = {
     "name": "test",
     "role_arn": "arn:aws:iam::222222222222:role/path/member",
     "external_id": "ext-id-2",
     "regions": ["us-east-1"],
 }
 EXPECTED = (
-    Account("prod", PROD["role_arn"], "ext-id-1", ("eu-west-2", "eu-central-1")),  # type: ignore[arg-type]
-    Account("test", TEST["role_arn"], "ext-id-2", ("us-east-1",)),  # type: ignore[arg-type]
+    Account(
+        "prod",
+        "arn:aws:iam::111111111111:role/connect-key-rotator-member",
+        "ext-id-1",
+        ("eu-west-2", "eu-central-1"),
+    ),
+    Account("test", "arn:aws:iam::222222222222:role/path/member", "ext-id-2", ("us-east-1",)),
 )
 
 
