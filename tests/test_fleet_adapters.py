@@ -65,10 +65,11 @@ def test_member_adapters_write_to_the_member_accounts_keyring_only(aws: None) ->
 def test_assume_role_names_the_rotator_and_passes_the_external_id(aws: None) -> None:
     calls: list[dict[str, Any]] = []
     source = botocore.session.get_session()
-    source.register(
-        "provide-client-params.sts.AssumeRole",
-        lambda params, **_: calls.append(dict(params)),
-    )
+
+    def record(**kwargs: Any) -> None:
+        calls.append(dict(kwargs["params"]))
+
+    source.register("provide-client-params.sts.AssumeRole", record)
     session = assumed_role_session(_account(MEMBER, "prod"), REGION, source=source)
     assert calls == []  # deferred: nothing is assumed until a call needs credentials
     session.client("ssm").describe_parameters()
@@ -81,6 +82,7 @@ def test_assume_role_names_the_rotator_and_passes_the_external_id(aws: None) -> 
         }
     ]  # once: the refreshable credentials are shared by the session's clients
     credentials = session.get_credentials()
+    assert credentials is not None
     assert type(credentials).__name__ == "DeferredRefreshableCredentials"
     assert credentials.method == "assume-role"
 
