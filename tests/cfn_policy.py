@@ -37,6 +37,10 @@ def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str,
         "KeyringKeyLossRule": ("loss", f"arn:aws:events:{region}:{account}:rule/loss"),
         "KeyringKeyPolicyRule": ("policy", f"arn:aws:events:{region}:{account}:rule/policy"),
         "ExpiryEventsRule": ("expiry", f"arn:aws:events:{region}:{account}:rule/expiry"),
+        "RotatorFunction": (f"{STACK}-rotator", f"arn:aws:lambda:{region}:{account}:function:rot"),
+        "FleetStateMachine": (f"arn:aws:states:{region}:{account}:stateMachine:fleet", None),
+        "FleetStateMachineRole": ("fleet-sm", f"arn:aws:iam::{account}:role/{STACK}-FleetSm-EF56"),
+        "FleetSchedulerRole": ("fleet-sch", f"arn:aws:iam::{account}:role/{STACK}-FleetSch-GH78"),
     }
 
 
@@ -157,6 +161,12 @@ class Stack:
         if function == "Fn::Not":
             (inner,) = argument
             return not self.resolve(inner)
+        if function == "Fn::Condition":  # !Condition NAME, inside Fn::And / Fn::Or
+            return self.condition(argument)
+        if function == "Fn::And":
+            return all(self.resolve(a) for a in argument)
+        if function == "Fn::Or":
+            return any(self.resolve(a) for a in argument)
         raise KeyError(f"the evaluator does not know {function}")
 
     def _ref(self, name: str) -> Any:
@@ -197,6 +207,8 @@ class Stack:
             for s in _statements(policy["PolicyDocument"])
         ]
         for name, body in found.items():
+            if "Condition" in body and not self.condition(body["Condition"]):
+                continue  # not created for these parameters
             properties = body.get("Properties", {})
             attached = [properties.get("RoleName"), *properties.get("Roles", [])]
             if body["Type"].startswith("AWS::IAM::") and {"Ref": role} in attached:

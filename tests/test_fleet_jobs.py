@@ -146,11 +146,13 @@ def test_the_lambda_takes_the_aggregate_step(
 ) -> None:
     publisher = FakePublisher()
     monkeypatch.setattr(scheduled, "build_publisher", lambda settings: publisher)
+    # The state machine's Map gives one list of results per partition.
     event = {
         "job": "aggregate",
         "evaluation": {"partitions": [], "errors": []},
-        "results": [{"outcome": "rotated"}],
+        "results": [[{"outcome": "rotated"}, {"outcome": "failed", "error": "States.Timeout"}], []],
     }
     summary = scheduled.handler(event, None)
-    assert summary["ok"] and summary["counts"]["rotated"] == 1
+    assert summary["counts"]["rotated"] == 1 and summary["counts"]["failed"] == 1
+    assert summary["failures"] == ["?/?/?: States.Timeout"] and not summary["ok"]
     assert publisher.value("RotationSuccess") == 1

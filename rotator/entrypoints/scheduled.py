@@ -153,8 +153,10 @@ def _aggregate_input(event: dict[str, Any]) -> tuple[dict[str, Any], list[dict[s
     results = event.get("results") or []
     if not isinstance(evaluation, dict) or not isinstance(results, list):
         raise ConfigError("event", "aggregate takes {evaluation: {...}, results: [...]}")
-    # The Map's items: a unit's summary, or the error a Catch recorded for a failed invocation.
-    items = [r if isinstance(r, dict) else {"outcome": "failed", "error": str(r)} for r in results]
+    # The Map's output is one list per partition (the inner Map's); each item a unit's summary,
+    # or what a Catch recorded for a failed invocation.
+    flat = [item for r in results for item in (r if isinstance(r, list) else [r])]
+    items = [r if isinstance(r, dict) else {"outcome": "failed", "error": str(r)} for r in flat]
     return evaluation, items
 
 
