@@ -41,6 +41,7 @@ def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str,
         "FleetStateMachine": (f"arn:aws:states:{region}:{account}:stateMachine:fleet", None),
         "FleetStateMachineRole": ("fleet-sm", f"arn:aws:iam::{account}:role/{STACK}-FleetSm-EF56"),
         "FleetSchedulerRole": ("fleet-sch", f"arn:aws:iam::{account}:role/{STACK}-FleetSch-GH78"),
+        "SchedulerRole": ("scheduler", f"arn:aws:iam::{account}:role/{STACK}-Scheduler-IJ90"),
     }
 
 
