@@ -111,3 +111,16 @@ def _json(account: Account) -> str:
 def _no_sandbox_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_CONNECT"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_a_region_placeholder_assumes_each_regions_role(aws: None) -> None:
+    account = Account(
+        "prod",
+        f"arn:aws:iam::{MEMBER}:role/connect-key-rotator-member-{{region}}",
+        "ext-prod",
+        (REGION, "eu-west-2"),
+    )
+    adapters = build_account_adapters(Settings.load({}), account, "eu-west-2")
+    assert adapters.identity.caller_arn().startswith(
+        f"arn:aws:sts::{MEMBER}:assumed-role/connect-key-rotator-member-eu-west-2/"
+    )

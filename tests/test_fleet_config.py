@@ -163,3 +163,15 @@ def test_targets_round_trip_and_interleave_by_partition() -> None:
     a = [Target("a", "r-1", f"i{n}") for n in range(3)]
     b = [Target("b", "r-1", f"i{n}") for n in range(1)]
     assert interleave([*a, *b]) == [a[0], b[0], a[1], a[2]]
+
+
+def test_a_role_arn_may_name_each_regions_role() -> None:
+    (account,) = parse_accounts(
+        [{**PROD, "role_arn": "arn:aws:iam::111111111111:role/connect-key-rotator-member-{region}"}]
+    )
+    assert account.role_arn_in("eu-west-2") == (
+        "arn:aws:iam::111111111111:role/connect-key-rotator-member-eu-west-2"
+    )
+    assert EXPECTED[0].role_arn_in("eu-west-2") == EXPECTED[0].role_arn
+    with pytest.raises(ValueError, match="is not an IAM role ARN"):
+        parse_accounts([{**PROD, "role_arn": "arn:aws:iam::111111111111:role/x-{account}"}])

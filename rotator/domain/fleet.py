@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 # An IAM role ARN in any partition: arn:aws[-cn|-us-gov]:iam::123456789012:role[/path]/name.
-ROLE_ARN = re.compile(r"arn:aws(-[a-z]+)*:iam::(\d{12}):role/([\w+=,.@-]+/)*[\w+=,.@-]{1,64}")
+# `{region}` in it stands for each region's role (deploy/member.yaml makes one per region).
+ROLE_ARN = re.compile(
+    r"arn:aws(-[a-z]+)*:iam::(\d{12}):role/([\w+=,.@-]+/)*([\w+=,.@-]|\{region\}){1,64}"
+)
+REGION_PLACEHOLDER = "{region}"
 # An AWS region name (eu-west-1, us-gov-west-1, ap-southeast-3).
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
 # Short, stable, readable in CLI flags, logs, metrics dimensions and the state machine's input.
@@ -40,6 +44,10 @@ class Account:
         match = ROLE_ARN.fullmatch(self.role_arn)
         assert match is not None  # checked by parse_account
         return match.group(2)
+
+    def role_arn_in(self, region: str) -> str:
+        """The role to assume for `region` (role_arn, its `{region}` replaced)."""
+        return self.role_arn.replace(REGION_PLACEHOLDER, region)
 
     def partitions(self) -> tuple[Partition, ...]:
         return tuple(Partition(self.name, region) for region in self.regions)

@@ -193,7 +193,7 @@ def assumed_role_session(
     fetcher = AssumeRoleCredentialFetcher(
         client_creator=source.create_client,
         source_credentials=source.get_credentials(),
-        role_arn=account.role_arn,
+        role_arn=account.role_arn_in(region),
         extra_args={"RoleSessionName": ROLE_SESSION_NAME, "ExternalId": account.external_id},
     )
     member = botocore.session.get_session()
