@@ -42,6 +42,12 @@ def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str,
         "FleetStateMachineRole": ("fleet-sm", f"arn:aws:iam::{account}:role/{STACK}-FleetSm-EF56"),
         "FleetSchedulerRole": ("fleet-sch", f"arn:aws:iam::{account}:role/{STACK}-FleetSch-GH78"),
         "SchedulerRole": ("scheduler", f"arn:aws:iam::{account}:role/{STACK}-Scheduler-IJ90"),
+        # deploy/member.yaml
+        "MemberRole": (
+            f"connect-key-rotator-member-{region}",
+            f"arn:aws:iam::{account}:role/connect-key-rotator-member-{region}",
+        ),
+        "DecryptFunction": (f"{STACK}-decrypt", f"arn:aws:lambda:{region}:{account}:function:dec"),
     }
 
 
@@ -72,8 +78,8 @@ def _intrinsic(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any
 CfnLoader.add_multi_constructor("!", _intrinsic)
 
 
-def load_template() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)  # noqa: S506
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load(path.read_text(), Loader=CfnLoader)  # noqa: S506
     return loaded
 
 
