@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,3 +134,16 @@ def test_init_and_report_need_one_keyring(
     assert f"connect: {PROD_INSTANCE}/{FLOW} not found" in capsys.readouterr().err
     code, _ = _run("init", "--instance-id", PROD_INSTANCE, "--flow-id", FLOW)
     assert code == ExitCode.USAGE and "choose one of prod/" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_fleet_rather_than_rotate_one_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "rotator.toml"
+    account = ACCOUNTS[0].to_dict()
+    config.write_text(
+        "[[accounts]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in account.items())
+    )
+    code, _ = _run("serve", "--config", str(config), "--once")
+    assert code == ExitCode.USAGE
+    assert "rotator serve runs one account" in capsys.readouterr().err
