@@ -44,6 +44,7 @@ from tests.world import World
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "rotator.example.toml"
+MEMBER_ROLE = "connect-key-rotator-member-{region}"
 DAY = timedelta(days=1)
 PLAIN_FLOW = (
     '{"Version": "2019-10-30", "StartAction": "bye", "Actions": [{"Identifier": "bye",'
@@ -112,13 +113,13 @@ def test_the_documented_example_parses_into_every_setting() -> None:
             [
                 {
                     "name": "payments-prod",
-                    "role_arn": "arn:aws:iam::111111111111:role/connect-key-rotator-member-{region}",
+                    "role_arn": f"arn:aws:iam::111111111111:role/{MEMBER_ROLE}",
                     "external_id": "connect-key-rotator-example-external-id",
                     "regions": ["eu-west-2", "eu-central-1"],
                 },
                 {
                     "name": "payments-test",
-                    "role_arn": "arn:aws:iam::222222222222:role/connect-key-rotator-member-{region}",
+                    "role_arn": f"arn:aws:iam::222222222222:role/{MEMBER_ROLE}",
                     "external_id": "connect-key-rotator-example-external-id",
                     "regions": ["eu-west-2"],
                 },
