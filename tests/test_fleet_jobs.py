@@ -100,6 +100,7 @@ def test_rotate_target_is_one_instances_rotation() -> None:
         "detail": "done",
         "old_key_id": "k-old",
         "new_key_id": "k-new",
+        "failure": None,
     }
     failed = rotate_target_job(_Rotation(Outcome.FAILED), target, NOW, what_if=True)  # type: ignore[arg-type]
     assert failed["ok"] is False
@@ -108,12 +109,8 @@ def test_rotate_target_is_one_instances_rotation() -> None:
 def test_aggregate_publishes_the_fleets_metrics_and_one_notice() -> None:
     publisher = FakePublisher()
     evaluation = {
-        "partitions": [
-            {"account": "prod", "region": REGION, "min_days_to_expiry": 40.0},
-            {"account": "test", "region": REGION, "min_days_to_expiry": 12.5},
-            {"account": "test", "region": "eu-west-2", "min_days_to_expiry": None},
-        ],
         "errors": ["test/eu-west-2: AssumeRole failed for member: AccessDenied"],
+        "min_days_to_expiry": 12.5,
     }
     results = [
         {"account": "prod", "region": REGION, "instance_id": "i-1", "outcome": "rotated"},
@@ -122,7 +119,7 @@ def test_aggregate_publishes_the_fleets_metrics_and_one_notice() -> None:
             "region": REGION,
             "instance_id": "i-2",
             "outcome": "failed",
-            "detail": "Throttling",
+            "failure": "Throttling",
         },
         {"account": "test", "region": REGION, "instance_id": "i-3", "outcome": "not_due"},
         {"Error": "Lambda.Unknown", "Cause": "timed out"},  # a Map's caught invocation error
@@ -149,7 +146,7 @@ def test_the_lambda_takes_the_aggregate_step(
     # The state machine's Map gives one list of results per partition.
     event = {
         "job": "aggregate",
-        "evaluation": {"partitions": [], "errors": []},
+        "evaluation": {"errors": [], "min_days_to_expiry": None},
         "results": [[{"outcome": "rotated"}, {"outcome": "failed", "error": "States.Timeout"}], []],
     }
     summary = scheduled.handler(event, None)

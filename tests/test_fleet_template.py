@@ -84,22 +84,26 @@ def test_the_map_runs_over_the_evaluations_output(definition: dict[str, Any]) ->
     assert definition["StartAt"] == "Evaluate"
     evaluate = states["Evaluate"]
     assert evaluate["Parameters"]["Payload"] == {"job": "evaluate"}
-    assert evaluate["ResultPath"] == "$.evaluation"
-    assert evaluate["ResultSelector"]["partitions.$"] == "$.Payload.partitions"
+    assert evaluate["ResultPath"] == "$.fleet"
+    assert evaluate["ResultSelector"]["units.$"] == "$.Payload.units"
     assert evaluate["Next"] == "RotatePartitions"
     partitions = states["RotatePartitions"]
-    assert partitions["Type"] == "Map" and partitions["ItemsPath"] == "$.evaluation.partitions"
-    assert partitions["ItemSelector"]["targets.$"] == "$$.Map.Item.Value.targets"
+    assert partitions["Type"] == "Map" and partitions["ItemsPath"] == "$.fleet.units"
+    assert partitions["ItemSelector"]["targets.$"] == "$$.Map.Item.Value"
     inner = partitions["ItemProcessor"]["States"][partitions["ItemProcessor"]["StartAt"]]
     assert inner["Type"] == "Map" and inner["ItemsPath"] == "$.targets"
     unit = inner["ItemProcessor"]["States"][inner["ItemProcessor"]["StartAt"]]
     assert unit["Parameters"]["Payload"] == {"job": "rotate-target", "target.$": "$"}
-    assert partitions["ResultPath"] == "$.results" and partitions["Next"] == "Aggregate"
+    # The units' results replace the units: the state stays small (256 KB at most).
+    assert partitions["ResultPath"] == "$.fleet.units" and partitions["Next"] == "Aggregate"
     aggregate = states["Aggregate"]
     assert aggregate["Parameters"]["Payload"] == {
         "job": "aggregate",
-        "evaluation.$": "$.evaluation",
-        "results.$": "$.results",
+        "evaluation": {
+            "errors.$": "$.fleet.errors",
+            "min_days_to_expiry.$": "$.fleet.min_days_to_expiry",
+        },
+        "results.$": "$.fleet.units",
     }
     assert aggregate.get("End") is True
     # A failed invocation is a failed result, not a failed execution.
@@ -166,6 +170,25 @@ def test_the_units_summary_has_what_the_map_selects(definition: dict[str, Any]) 
     summary = rotate_target_job(Rotation(), Target("prod", REGION, "i-1"), NOW)  # type: ignore[arg-type]
     selected = {path.removeprefix("$.Payload.") for path in unit["ResultSelector"].values()}
     assert selected <= set(summary)
+
+
+def test_the_evaluations_output_has_what_the_map_selects(definition: dict[str, Any]) -> None:
+    from rotator.domain.fleet import Partition
+    from rotator.services.fleet import DueTarget, Evaluation, PartitionEvaluation
+
+    due = DueTarget(Target("prod", REGION, "i-1"), "first key")
+    evaluation = Evaluation(
+        NOW,
+        (
+            PartitionEvaluation(Partition("prod", REGION), (due,), 1, min_days_to_expiry=40.0),
+            PartitionEvaluation(Partition("test", REGION), (), 3, min_days_to_expiry=12.5),
+        ),
+    ).to_dict()
+    selector = definition["States"]["Evaluate"]["ResultSelector"]
+    assert {path.removeprefix("$.Payload.") for path in selector.values()} <= set(evaluation)
+    # A list of targets per partition that has any: each a Map iteration of its own.
+    assert evaluation["units"] == [[{"account": "prod", "region": REGION, "instance_id": "i-1"}]]
+    assert evaluation["min_days_to_expiry"] == 12.5
 
 
 def test_the_state_machine_may_invoke_only_the_rotator(template: dict[str, Any]) -> None:

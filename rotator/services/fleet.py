@@ -93,7 +93,7 @@ class Evaluation:
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        """What the state machine's Map iterates: `partitions[*].targets`."""
+        """The evaluation; the state machine's Map iterates `units`."""
         return {
             "ok": self.ok,
             "job": "evaluate",
@@ -106,7 +106,14 @@ class Evaluation:
             },
             "partitions": [p.to_dict() for p in self.partitions],
             "errors": self.errors,
+            # What the state machine keeps (its state is at most 256 KB): the targets, a list
+            # per partition that has any, and the fleet's nearest active-key expiry.
+            "units": [[d.target.to_dict() for d in p.due] for p in self.partitions if p.due],
+            "min_days_to_expiry": min(days) if (days := self._days()) else None,
         }
+
+    def _days(self) -> list[float]:
+        return [p.min_days_to_expiry for p in self.partitions if p.min_days_to_expiry is not None]
 
 
 def evaluate(
@@ -215,6 +222,8 @@ class TargetResult:
             **self.target.to_dict(),
             "outcome": self.result.outcome.value,
             "detail": self.result.detail,
+            # What the state machine keeps of it: the detail of a failure only.
+            "failure": self.result.detail if self.failed else None,
             "old_key_id": self.result.old_key_id,
             "new_key_id": self.result.new_key_id,
         }

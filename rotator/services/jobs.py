@@ -838,20 +838,21 @@ def aggregate_job(
 ) -> AggregateRun:
     """Metrics (RotationSuccess, RotationFailure, the fleet's nearest expiry as DaysToExpiry,
     FleetPartitionErrors) and one notice naming every failed unit and unreadable partition.
-    `results`: the Map's items, each a rotate-target summary (or a Lambda error the Map caught:
-    a failure too)."""
+    `evaluation`: the evaluation's `errors` and `min_days_to_expiry`; `results`: the Map's
+    items, each a rotate-target summary (or a Lambda error the Map caught: a failure too)."""
     outcomes = [str(r.get("outcome", Outcome.FAILED.value)) for r in results]
     counts = {o.value: outcomes.count(o.value) for o in Outcome}
     failures = tuple(
         f"{r.get('account', '?')}/{r.get('region', '?')}/{r.get('instance_id', '?')}: "
-        f"{r.get('detail') or r.get('error') or 'failed'}"
+        f"{r.get('failure') or r.get('detail') or r.get('error') or 'failed'}"
         for r, outcome in zip(results, outcomes, strict=True)
         if outcome == Outcome.FAILED.value
     )
-    partitions = evaluation.get("partitions", [])
     errors = tuple(str(e) for e in evaluation.get("errors", []))
-    days = [p["min_days_to_expiry"] for p in partitions if p.get("min_days_to_expiry") is not None]
-    run = AggregateRun(now, what_if, counts, failures, errors, min(days) if days else None)
+    days = evaluation.get("min_days_to_expiry")
+    run = AggregateRun(
+        now, what_if, counts, failures, errors, float(days) if days is not None else None
+    )
     if what_if:
         log.info("fleet_aggregate", **run.to_dict())
         return run
