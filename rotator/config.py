@@ -27,6 +27,7 @@ from lambda_decrypt.config import (
 from rotator.domain.approval import DEFAULT_REQUEST_EXPIRY_HOURS
 from rotator.domain.checks import DEFAULT_MIN_KEY_SIZE, ReportOptions
 from rotator.domain.expiry import DEFAULT_EXPIRY_EVENT_DAYS_TEXT, parse_thresholds
+from rotator.domain.fleet import Account, parse_accounts_json
 from rotator.domain.keys import (
     DEFAULT_KEY_SIZE,
     DEFAULT_SUBJECT,
@@ -71,6 +72,7 @@ class RotatorEnv(StrEnum):
     DUAL_CONTROL = "ROTATOR_DUAL_CONTROL"
     REQUEST_EXPIRY_HOURS = "ROTATOR_REQUEST_EXPIRY_HOURS"
     DECRYPT_FUNCTION = "ROTATOR_DECRYPT_FUNCTION"
+    ACCOUNTS = "ROTATOR_ACCOUNTS"
 
 
 # s3://bucket[/prefix]: an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
@@ -95,12 +97,15 @@ class Setting(Generic[V]):
     check: Callable[[Any], object] | None = None
     empty_is_unset: bool = False  # an empty variable means "not set", as an unset one
     upper: bool = False  # the value is upper-cased (log levels)
+    # The file holds it as an array of tables (`[[accounts]]`, toml = ("accounts", "")), the
+    # environment as that array in JSON; the value is the JSON text.
+    array_of_tables: bool = False
 
     @property
     def where(self) -> str:
         """How an error names the setting's place in the config file: `[settings] key_size`."""
         table, key = self.toml
-        return f"[{table}] {key}"
+        return f"[[{table}]]" if self.array_of_tables else f"[{table}] {key}"
 
     def is_set_in(self, environ: Mapping[str, str]) -> bool:
         return bool(environ.get(self.env)) if self.empty_is_unset else self.env in environ
@@ -370,6 +375,20 @@ SETTINGS: tuple[Setting[Any], ...] = (
         "for private keys; none: not checked",
         empty_is_unset=True,
     ),
+    # Fleet mode (issue 12): empty = today's one account, the credentials' own.
+    Setting(
+        "accounts",
+        RotatorEnv.ACCOUNTS,
+        ("accounts", ""),
+        str,
+        "",
+        "fleet mode: the member accounts, a JSON array of {name, role_arn, external_id, "
+        "regions}; empty: this account only",
+        "FleetAccounts",
+        check=lambda text: parse_accounts_json(text) if text else (),
+        empty_is_unset=True,
+        array_of_tables=True,
+    ),
 )
 SETTING_BY_NAME: Mapping[str, Setting[Any]] = {setting.name: setting for setting in SETTINGS}
 
@@ -405,6 +424,7 @@ class Settings:
     dual_control: str = _default("dual_control")
     request_expiry_hours: int = _default("request_expiry_hours")
     decrypt_function: str | None = _default("decrypt_function")
+    accounts: str = _default("accounts")
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:
@@ -426,6 +446,11 @@ class Settings:
     @property
     def request_expiry(self) -> timedelta:
         return timedelta(hours=self.request_expiry_hours)
+
+    @property
+    def fleet(self) -> tuple[Account, ...]:
+        """The member accounts (none: single-account mode, the credentials' own account)."""
+        return parse_accounts_json(self.accounts) if self.accounts else ()
 
     @property
     def grace(self) -> timedelta:

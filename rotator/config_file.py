@@ -26,6 +26,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from rotator.config import SETTINGS, Setting, Settings
 from rotator.domain.connect_ids import encrypt_block_of, flow_id_of, instance_id_of
+from rotator.domain.fleet import accounts_json, parse_accounts
 from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock
 from rotator.domain.rotation import ManagedInstance
 from rotator.domain.window import cron_trigger as window_cron_trigger
@@ -42,7 +43,9 @@ DEFAULT_SCHEDULES: Mapping[str, str] = MappingProxyType(
 # Jobs that run only when the file gives them a schedule (the verify job: in the cloud it runs
 # on a CloudTrail alert; a daemon may check on a schedule of its own).
 OPTIONAL_SCHEDULES = ("verify",)
-TABLES = ("settings", "instances", "schedules", "report")
+# Settings held as an array of tables (`[[accounts]]`: fleet mode's member accounts).
+ARRAY_TABLES = ("accounts",)
+TABLES = ("settings", "instances", "schedules", "report", *ARRAY_TABLES)
 INSTANCE_KEYS = ("id", "flows", "modules", "encrypt_blocks")
 SETTINGS_KEYS = tuple(key for table, key in FILE_SETTINGS if table == "settings")
 # `directory` is the daemon's own destination (no environment variable, not a setting).
@@ -100,6 +103,7 @@ def load_config(path: Path) -> RotatorConfig:
             {
                 **_settings(_table(document, "settings", path), path),
                 **_report_settings(_table(document, "report", path)),
+                **_accounts(document, path),
             }
         ),
         instances=_instances(document.get("instances", []), path),
@@ -260,6 +264,19 @@ def _report_settings(table: Mapping[str, Any]) -> dict[str, int | str]:
         for key, value in table.items()
         if ("report", key) in FILE_SETTINGS
     }
+
+
+def _accounts(document: Mapping[str, Any], path: Path) -> dict[str, int | str]:
+    """`[[accounts]]` (fleet mode), checked now, as the setting's JSON text: the environment's
+    ROTATOR_ACCOUNTS, when set, replaces the whole table."""
+    if "accounts" not in document:
+        return {}
+    setting = FILE_SETTINGS["accounts", ""]
+    try:
+        accounts = parse_accounts(document["accounts"])
+    except ValueError as error:
+        raise _error(path, setting.where, str(error)) from None
+    return {setting.name: accounts_json(accounts)} if accounts else {}
 
 
 def _kind(value: Any) -> str:

@@ -43,6 +43,16 @@ def physical_ids(region: str, account: str, key_id: str) -> dict[str, tuple[str,
             DECRYPT_FUNCTION,
             f"arn:aws:lambda:{region}:{account}:function:{DECRYPT_FUNCTION}",
         ),
+        "RotatorFunction": (f"{STACK}-rotator", f"arn:aws:lambda:{region}:{account}:function:rot"),
+        "FleetStateMachine": (f"arn:aws:states:{region}:{account}:stateMachine:fleet", None),
+        "FleetStateMachineRole": ("fleet-sm", f"arn:aws:iam::{account}:role/{STACK}-FleetSm-EF56"),
+        "FleetSchedulerRole": ("fleet-sch", f"arn:aws:iam::{account}:role/{STACK}-FleetSch-GH78"),
+        "SchedulerRole": ("scheduler", f"arn:aws:iam::{account}:role/{STACK}-Scheduler-IJ90"),
+        # deploy/member.yaml
+        "MemberRole": (
+            f"connect-key-rotator-member-{region}",
+            f"arn:aws:iam::{account}:role/connect-key-rotator-member-{region}",
+        ),
     }
 
 
@@ -73,8 +83,8 @@ def _intrinsic(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any
 CfnLoader.add_multi_constructor("!", _intrinsic)
 
 
-def load_template() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)  # noqa: S506
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load(path.read_text(), Loader=CfnLoader)  # noqa: S506
     return loaded
 
 
@@ -163,6 +173,12 @@ class Stack:
         if function == "Fn::Not":
             (inner,) = argument
             return not self.resolve(inner)
+        if function == "Fn::Condition":  # !Condition NAME, inside Fn::And / Fn::Or
+            return self.condition(argument)
+        if function == "Fn::And":
+            return all(self.resolve(a) for a in argument)
+        if function == "Fn::Or":
+            return any(self.resolve(a) for a in argument)
         raise KeyError(f"the evaluator does not know {function}")
 
     def _ref(self, name: str) -> Any:
@@ -203,6 +219,8 @@ class Stack:
             for s in _statements(policy["PolicyDocument"])
         ]
         for name, body in found.items():
+            if "Condition" in body and not self.condition(body["Condition"]):
+                continue  # not created for these parameters
             properties = body.get("Properties", {})
             attached = [properties.get("RoleName"), *properties.get("Roles", [])]
             if body["Type"].startswith("AWS::IAM::") and {"Ref": role} in attached:

@@ -314,7 +314,7 @@ def test_decrypt_role_lists_key_ids_and_reads_keys_only(stack: Stack) -> None:
         assert decrypt_role(refused) == "implicit deny", refused
 
 
-@pytest.mark.parametrize(("instances", "flows"), [(10, 0), (3, 12)])
+@pytest.mark.parametrize(("instances", "flows"), [(10, 0), (3, 10)])
 def test_operator_policy_fits_iams_size_limit(
     template: dict[str, Any], instances: int, flows: int
 ) -> None:

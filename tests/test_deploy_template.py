@@ -467,11 +467,11 @@ def test_private_keys_and_history_are_created_once_never_overwritten(
     template: dict[str, Any],
 ) -> None:
     by_sid = operator_statements(template)
-    create = by_sid["CreatePrivateKeysAndHistoryOnce"]
+    create = by_sid["CreateOnce"]
     assert (create["Effect"], actions(create)) == ("Allow", ["ssm:putparameter"])
     assert suffixes(create) == PROTECTED
     assert create["Condition"] == OVERWRITE_ABSENT_OR_FALSE
-    never = by_sid["NeverOverwritePrivateKeysOrHistory"]
+    never = by_sid["NeverOverwrite"]
     assert (never["Effect"], actions(never)) == ("Deny", ["ssm:putparameter"])
     assert suffixes(never) == PROTECTED
     assert never["Condition"] == PRESENT_AND_NOT_FALSE
@@ -491,9 +491,9 @@ def test_private_keys_and_history_are_created_once_never_overwritten(
     # No other statement lets a parameter be written, and no path is both.
     writers = [s for s in by_sid.values() if "ssm:putparameter" in actions(s)]
     assert {s["Sid"] for s in writers} == {
-        "CreatePrivateKeysAndHistoryOnce",
-        "NeverOverwritePrivateKeysOrHistory",
-        "NeverAttachParameterPolicies",
+        "CreateOnce",
+        "NeverOverwrite",
+        "NoParameterPolicies",
         "WriteKeyringRecords",
     }
     assert not set(suffixes(records)) & set(PROTECTED)
@@ -501,7 +501,7 @@ def test_private_keys_and_history_are_created_once_never_overwritten(
 
 
 def test_no_parameter_policy_can_be_attached(template: dict[str, Any]) -> None:
-    deny = operator_statements(template)["NeverAttachParameterPolicies"]
+    deny = operator_statements(template)["NoParameterPolicies"]
     assert (deny["Effect"], actions(deny), suffixes(deny)) == ("Deny", ["ssm:putparameter"], ["/*"])
     assert deny["Condition"] == {
         "Null": {"ssm:Policies": "false"},
@@ -513,7 +513,7 @@ def test_no_parameter_policy_can_be_attached(template: dict[str, Any]) -> None:
 
 def test_only_what_the_lifecycle_deletes_can_be_deleted(template: dict[str, Any]) -> None:
     by_sid = operator_statements(template)
-    delete = by_sid["DeleteWhatTheLifecycleDeletes"]
+    delete = by_sid["LifecycleDeletes"]
     assert delete["Effect"] == "Allow" and "Condition" not in delete
     assert set(actions(delete)) == {"ssm:deleteparameter", "ssm:deleteparameters"}
     assert suffixes(delete) == ["/staging/*", "/locks/*", "/keys/*/private-key"]
@@ -531,13 +531,13 @@ def test_only_what_the_lifecycle_deletes_can_be_deleted(template: dict[str, Any]
     deleters = [
         s["Sid"] for s in by_sid.values() if any(a.startswith("ssm:delete") for a in actions(s))
     ]
-    assert deleters == ["DeleteWhatTheLifecycleDeletes", "NeverDeleteEvidence"]
+    assert deleters == ["LifecycleDeletes", "NeverDeleteEvidence"]
 
 
 def test_blog_parameters_are_read_only_and_never_by_the_rotator_lambda(
     template: dict[str, Any],
 ) -> None:
-    blog = operator_statements(template)["ReadBlogParametersToAdopt"]
+    blog = operator_statements(template)["ReadBlogToAdopt"]
     assert (blog["Effect"], actions(blog)) == ("Allow", ["ssm:getparameters"])
     base = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/"
     assert list(resource_strings(blog)) == [

@@ -211,7 +211,8 @@ def test_a_bad_job_in_the_event_is_answered_not_raised(world: World, job: object
     answer = handler({"job": job}, None)
     assert answer == {
         "ok": False,
-        "error": f"configuration: event.job: {job!r} is not one of rotation, report, verify",
+        "error": f"configuration: event.job: {job!r} is not one of rotation, report, verify, "
+        "evaluate, rotate-target, aggregate",
     }
 
 

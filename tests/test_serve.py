@@ -44,6 +44,7 @@ from tests.world import World
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "rotator.example.toml"
+MEMBER_ROLE = "connect-key-rotator-member-{region}"
 DAY = timedelta(days=1)
 PLAIN_FLOW = (
     '{"Version": "2019-10-30", "StartAction": "bye", "Actions": [{"Identifier": "bye",'
@@ -111,6 +112,24 @@ def test_the_documented_example_parses_into_every_setting() -> None:
         # The [report] table's S3 location and topic are the report settings.
         "report_s3_uri": "s3://example-compliance-evidence/connect-key-rotator/",
         "report_sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:connect-key-rotator-reports",
+        # [[accounts]] (fleet mode) is the ROTATOR_ACCOUNTS JSON.
+        "accounts": json.dumps(
+            [
+                {
+                    "name": "payments-prod",
+                    "role_arn": f"arn:aws:iam::111111111111:role/{MEMBER_ROLE}",
+                    "external_id": "connect-key-rotator-example-external-id",
+                    "regions": ["eu-west-2", "eu-central-1"],
+                },
+                {
+                    "name": "payments-test",
+                    "role_arn": f"arn:aws:iam::222222222222:role/{MEMBER_ROLE}",
+                    "external_id": "connect-key-rotator-example-external-id",
+                    "regions": ["eu-west-2"],
+                },
+            ],
+            separators=(",", ":"),
+        ),
     }
     assert config.instances == (
         ManagedInstance(  # the example gives the instance as its ARN

@@ -132,20 +132,40 @@ def environment_problems(declared: Declaration) -> list[str]:
 def example_values(declared: Declaration) -> dict[Setting[Any], Any]:
     """Each declared setting's value in deploy/rotator.example.toml (absent: left out)."""
     document = tomllib.loads(EXAMPLE.read_text())
-    return {
+    values = {
         setting: document[setting.toml[0]][setting.toml[1]]
         for setting in declared
-        if setting.toml[1] in document.get(setting.toml[0], {})
+        if not setting.array_of_tables and setting.toml[1] in document.get(setting.toml[0], {})
     }
+    # An array of tables ([[accounts]]) is the setting's JSON text (as the environment has it).
+    values |= {
+        setting: json.dumps(document[setting.toml[0]], separators=(",", ":"))
+        for setting in declared
+        if setting.array_of_tables and setting.toml[0] in document
+    }
+    return values
+
+
+def toml_text(setting: Setting[Any], value: Any) -> str:
+    """A config file that sets `setting` to `value` (JSON's strings and arrays are TOML's too)."""
+    table, key = setting.toml
+    if not setting.array_of_tables:
+        return f"[{table}]\n{key} = {json.dumps(value)}\n"
+    return "".join(
+        f"[[{table}]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items())
+        for entry in json.loads(value)
+    )
 
 
 def toml_problems(declared: Declaration, tmp_path: Path) -> list[str]:
     """The keys the config file accepts for settings are the declared ones, the example sets
     each, and each one sets its own field."""
     problems = []
-    accepted = {("settings", key) for key in config_file.SETTINGS_KEYS} | {
-        ("report", key) for key in config_file.REPORT_KEYS if key != "directory"
-    }
+    accepted = (
+        {("settings", key) for key in config_file.SETTINGS_KEYS}
+        | {("report", key) for key in config_file.REPORT_KEYS if key != "directory"}
+        | {(table, "") for table in config_file.ARRAY_TABLES}
+    )
     declared_keys = {setting.toml for setting in declared}
     if accepted != declared_keys:
         problems.append(f"config_file accepts {sorted(accepted ^ declared_keys)} (un)declared")
@@ -153,9 +173,8 @@ def toml_problems(declared: Declaration, tmp_path: Path) -> list[str]:
     if missing := [setting.where for setting in declared if setting not in values]:
         problems.append(f"{EXAMPLE.name} does not document {missing}")
     for setting, value in values.items():
-        table, key = setting.toml
         path = tmp_path / f"{setting.name}.toml"
-        path.write_text(f"[{table}]\n{key} = {json.dumps(value)}\n")  # JSON's are TOML's too
+        path.write_text(toml_text(setting, value))
         try:
             loaded = getattr(load_config(path).settings_for({}), setting.name)
         except ConfigError as error:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import (
+    AssumeRoleCredentialFetcher,
+    CredentialProvider,
+    CredentialResolver,
+    DeferredRefreshableCredentials,
+)
 from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
@@ -25,6 +32,7 @@ from rotator.adapters.runbook_audit import SsmRunbookAudit
 from rotator.adapters.ssm_keyring import SsmKeyring
 from rotator.adapters.stores import store_for
 from rotator.config import Settings
+from rotator.domain.fleet import Account, Partition, by_name
 from rotator.domain.history import ClockKind
 from rotator.errors import ConfigError
 from rotator.ports import CiphertextStore, Publisher
@@ -190,3 +198,92 @@ def build_publisher(settings: Settings) -> Publisher:
     return AwsPublisher(
         client, namespace=settings.metrics_namespace, alert_topic_arn=settings.sns_topic_arn
     )
+
+
+# -- fleet mode: adapters for a member account's region, through its assumed role -----------------
+
+# Who the member account's CloudTrail sees: the member role's session names the rotator.
+ROLE_SESSION_NAME = "connect-key-rotator"
+# The keyring key deploy/member.yaml creates in each member account and region: private keys
+# never leave the account of their instance, so each account's keyring has its own key. An
+# alias resolves in the caller's (the assumed role's) account and region.
+MEMBER_KEYRING_KEY_ALIAS = "alias/connect-key-rotator-keyring"
+
+
+class _AssumedRole(CredentialProvider):
+    """botocore's own assume-role fetcher as a session's only credential source: fetched on
+    first use, refreshed before they expire (a long fleet run outlives one hour's credentials)."""
+
+    METHOD = "assume-role"
+    CANONICAL_NAME = "connect-key-rotator-member-role"
+
+    def __init__(self, fetcher: AssumeRoleCredentialFetcher) -> None:
+        super().__init__()
+        self._fetcher = fetcher
+
+    def load(self) -> DeferredRefreshableCredentials:
+        return DeferredRefreshableCredentials(
+            refresh_using=self._fetcher.fetch_credentials, method=self.METHOD
+        )
+
+
+def assumed_role_session(
+    account: Account, region: str, *, source: botocore.session.Session | None = None
+) -> boto3.Session:
+    """A session in `account`'s `region` on the credentials of its member role, assumed with its
+    external ID from the `source` session's credentials (default: the usual chain: the rotator
+    Lambda's role, or the operator's)."""
+    source = source if source is not None else botocore.session.get_session()
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=source.create_client,
+        source_credentials=source.get_credentials(),
+        role_arn=account.role_arn_in(region),
+        extra_args={"RoleSessionName": ROLE_SESSION_NAME, "ExternalId": account.external_id},
+    )
+    member = botocore.session.get_session()
+    member.register_component("credential_provider", CredentialResolver([_AssumedRole(fetcher)]))
+    return boto3.Session(botocore_session=member, region_name=region)
+
+
+def build_account_adapters(
+    settings: Settings,
+    account: Account,
+    region: str,
+    *,
+    session: boto3.Session | None = None,
+    simulated_clock: bool = False,
+) -> Adapters:
+    """The adapters of one member account's region: its keyring (same prefix, the member's own
+    KMS key), its Connect and its lock, all on the assumed role's credentials. Clients are
+    created here, up front: boto3 sessions are not thread-safe, its clients are."""
+    session = session if session is not None else assumed_role_session(account, region)
+    member_settings = replace(settings, kms_key_id=MEMBER_KEYRING_KEY_ALIAS)
+    adapters = build_adapters(
+        member_settings,
+        ssm=session.client("ssm", config=RETRY_CONFIG, region_name=region),
+        connect=session.client("connect", config=RETRY_CONFIG, region_name=region),
+        simulated_clock=simulated_clock,
+    )
+    sts = session.client("sts", config=RETRY_CONFIG, region_name=region)
+    return replace(adapters, identity=StsIdentity(sts))
+
+
+# Builds one partition's adapters (tests give one over fakes or moto).
+PartitionBuilder = Callable[[Account, str], Adapters]
+
+
+def build_fleet_adapters(
+    settings: Settings,
+    partitions: Iterable[Partition],
+    *,
+    simulated_clock: bool = False,
+    build: PartitionBuilder | None = None,
+) -> dict[Partition, Adapters]:
+    """Adapters per (account, region) of the fleet: each on its own assumed-role session."""
+    accounts = by_name(settings.fleet)
+
+    def default(account: Account, region: str) -> Adapters:
+        return build_account_adapters(settings, account, region, simulated_clock=simulated_clock)
+
+    builder = build if build is not None else default
+    return {p: builder(accounts[p.account], p.region) for p in partitions}

@@ -27,6 +27,7 @@ from rotator.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from rotator.config import Settings
+    from rotator.domain.fleet import Partition
     from rotator.entrypoints.bootstrap import Adapters
     from rotator.services.dual_control import DualControl
     from rotator.services.importing import ImportResult, KmsProtection
@@ -348,6 +349,8 @@ def reprotect_commands(
 def run_status(args: argparse.Namespace, ctx: Context) -> int:
     from rotator.services.status import keyring_overview
 
+    if (code := _per_partition(args, ctx, run_status)) is not None:
+        return code
     adapters, now, out = ctx.adapters, ctx.moment.now, ctx.out
     status = keyring_overview(
         adapters.keyring,
@@ -380,6 +383,8 @@ def run_status(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_init(args: argparse.Namespace, ctx: Context) -> int:
+    if (code := _per_partition(args, ctx, run_init, one_only="init")) is not None:
+        return code
     if not args.flow_id and not args.flow_module_id:
         raise ConfigError("init", "name at least one --flow-id or --flow-module-id")
     reason = _override_reason(args, "--abandon-key", bool(args.abandon_key))
@@ -403,6 +408,15 @@ def run_rotate(args: argparse.Namespace, ctx: Context) -> int:
     from rotator.services.status import unmanaged_instances
 
     reason = _override_reason(args, "--emergency", args.emergency)
+    fleet = _fleet(args, ctx)
+    if fleet is not None:
+        return _rotate_fleet(args, ctx, fleet, reason)
+    if args.concurrency is not None or args.partition_concurrency is not None:
+        raise ConfigError(
+            "--concurrency",
+            "runs a fleet's rotations side by side, and no accounts are configured "
+            "(ROTATOR_ACCOUNTS): one account's instances rotate one by one",
+        )
     adapters, moment = ctx.adapters, ctx.moment
     results = adapters.rotation(actor("cli", simulated=moment.simulated)).rotate(
         args.instance_id,
@@ -666,6 +680,9 @@ def run_report_command(args: argparse.Namespace, ctx: Context) -> int:
     from rotator.services.report import DEFAULT_MIN_KEY_SIZE
     from rotator.services.report_render import ReportFormat
 
+    # One keyring's report; the fleet's report (sections per account and region) is to come.
+    if (code := _per_partition(args, ctx, run_report_command, one_only="report")) is not None:
+        return code
     adapters, now = ctx.adapters, ctx.moment.now
     min_key_size = args.min_key_size or DEFAULT_MIN_KEY_SIZE
     options = adapters.settings.report_options(min_key_size=min_key_size)
@@ -684,6 +701,8 @@ def run_report_command(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_verify(args: argparse.Namespace, ctx: Context) -> int:
+    if (code := _per_partition(args, ctx, run_verify)) is not None:
+        return code
     findings = ctx.adapters.invariants().check(args.instance_id, ctx.moment.now)
     out = ctx.out
     failed = [f for f in findings if not f.ok]
@@ -698,6 +717,158 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> int:
         verdict = "all invariants hold" if not failed else f"{len(failed)} invariant(s) broken"
         out.write(f"{verdict} ({len(findings)} checks)\n")
     return ExitCode.FAILURE if failed else ExitCode.OK
+
+
+# -- fleet mode (ROTATOR_ACCOUNTS): a command over each selected (account, region) ---------------
+
+
+def build_fleet_adapters(
+    settings: Settings, partitions: Sequence[Partition], *, simulated_clock: bool = False
+) -> dict[Partition, Adapters]:
+    """Each partition's adapters on its member role (a module attribute: tests replace it)."""
+    from rotator.entrypoints.bootstrap import build_fleet_adapters as build
+
+    return build(settings, partitions, simulated_clock=simulated_clock)
+
+
+def _fleet(args: argparse.Namespace, ctx: Context) -> dict[Partition, Adapters] | None:
+    """The selected partitions' adapters; None in single-account mode (no accounts), where
+    --account and --region are refused."""
+    from rotator.domain.fleet import select_partitions
+
+    try:
+        partitions = select_partitions(
+            ctx.settings.fleet,
+            account=getattr(args, "account", None),
+            region=getattr(args, "region", None),
+        )
+    except ValueError as error:
+        raise ConfigError("--account/--region", str(error)) from None
+    if not partitions:
+        return None
+    return build_fleet_adapters(ctx.settings, partitions, simulated_clock=ctx.moment.simulated)
+
+
+def _per_partition(
+    args: argparse.Namespace, ctx: Context, run: Handler, *, one_only: str | None = None
+) -> int | None:
+    """In fleet mode, `run` once per selected partition on its adapters (None: not fleet mode,
+    or already one partition's run). Text: a heading per partition; JSON: one document with a
+    result per partition. `one_only`: the command works on one keyring, chosen by the filters."""
+    if getattr(args, "fleet_partition", None) is not None:
+        return None
+    fleet = _fleet(args, ctx)
+    if fleet is None:
+        return None
+    if one_only is not None and len(fleet) != 1:
+        names = ", ".join(str(p) for p in fleet)
+        raise ConfigError(
+            one_only,
+            f"works on one account's region: choose one of {names} with --account and --region",
+        )
+    from io import StringIO
+
+    from rotator.entrypoints.cli_context import Session
+
+    if one_only is not None:  # one keyring: the command's own output, as without a fleet
+        ((partition, adapters),) = fleet.items()
+        sub = Context(ctx.out, ctx.execute, Session(ctx.moment, adapters))
+        return run(argparse.Namespace(**vars(args), fleet_partition=partition), sub)
+    as_json = getattr(args, "json", False)
+    codes: list[int] = []
+    documents: list[dict[str, Any]] = []
+    for partition, adapters in fleet.items():
+        buffer = StringIO()
+        sub = Context(buffer if as_json else ctx.out, ctx.execute, Session(ctx.moment, adapters))
+        if not as_json:
+            ctx.out.write(f"== account {partition.account}, region {partition.region} ==\n")
+        codes.append(run(argparse.Namespace(**vars(args), fleet_partition=partition), sub))
+        if as_json:
+            document = json.loads(buffer.getvalue())
+            documents.append({"account": partition.account, "region": partition.region, **document})
+    if as_json:
+        json.dump({"partitions": documents}, ctx.out, indent=2)
+        ctx.out.write("\n")
+    return max(codes)
+
+
+def _rotate_fleet(
+    args: argparse.Namespace,
+    ctx: Context,
+    fleet: dict[Partition, Adapters],
+    reason: str | None,
+) -> int:
+    """The evaluation (or, forced, every managed instance), then one unit per target on a
+    bounded pool, bounded again per account and region."""
+    from rotator.domain.fleet import Target
+    from rotator.services.fleet import (
+        DEFAULT_PARTITION_CONCURRENCY,
+        evaluate,
+        rotate_target,
+        run_units,
+    )
+
+    moment, settings, out = ctx.moment, ctx.settings, ctx.out
+    dry_run = args.dry_run or moment.what_if
+    evaluation = None
+    if args.force or args.emergency:  # not due does not matter: every managed instance
+        targets = [
+            Target(partition.account, partition.region, instance.instance_id)
+            for partition, adapters in fleet.items()
+            for instance in adapters.keyring.managed_instances()
+            if args.instance_id in (None, instance.instance_id)
+        ]
+    else:
+        keyrings = {partition: adapters.keyring for partition, adapters in fleet.items()}
+        evaluation = evaluate(
+            keyrings,
+            settings.policy,
+            moment.now,
+            schedule=settings.schedule,
+            instance_id=args.instance_id,
+        )
+        targets = list(evaluation.targets)
+    who = actor("cli", simulated=moment.simulated)
+
+    def rotate_one(target: Target) -> InstanceResult:
+        rotation = fleet[target.partition].rotation(who)
+        return rotate_target(
+            rotation.rotate,
+            target,
+            moment.now,
+            force=args.force,
+            dry_run=dry_run,
+            emergency=args.emergency,
+            override_reason=reason,
+        )
+
+    results = run_units(
+        targets,
+        rotate_one,
+        concurrency=args.concurrency or 1,
+        per_partition=args.partition_concurrency or DEFAULT_PARTITION_CONCURRENCY,
+    )
+    errors = evaluation.errors if evaluation is not None else []
+    ok = not errors and not any(result.failed for result in results)
+    if args.json:
+        payload: dict[str, Any] = {"ok": ok, "results": [r.to_dict() for r in results]}
+        if evaluation is not None:
+            payload["evaluation"] = evaluation.to_dict()
+        json.dump(payload, out, indent=2)
+        out.write("\n")
+        return ExitCode.OK if ok else ExitCode.FAILURE
+    for result in results:
+        out.write(f"{result.target}: {result.result.outcome}: {result.result.detail}\n")
+    out.writelines(f"not evaluated: {error}\n" for error in errors)
+    if evaluation is not None:
+        counts = evaluation.to_dict()["counts"]
+        out.write(
+            f"evaluated {counts['managed']} managed instance(s) in {counts['partitions']} "
+            f"account region(s): {counts['due']} due, {counts['waiting']} waiting for the window\n"
+        )
+    failed = sum(1 for r in results if r.failed)
+    out.write(f"summary: {len(results) - failed} of {len(results)} unit(s) done, {failed} failed\n")
+    return ExitCode.OK if ok else ExitCode.FAILURE
 
 
 def _print_results(

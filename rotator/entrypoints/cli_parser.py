@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    _fleet_filters(status)
 
     init = command("init", help="first key for an instance, into its managed flows")
     init.add_argument("--instance-id", required=True, type=instance_id_arg, help="ID or ARN")
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reason(init)
     _dry_run(init, checked=False)
     _timed_json(init)
+    _fleet_filters(init)
 
     rotate = command("rotate", help="rotate every managed instance whose key is due")
     rotate.add_argument("--instance-id", type=instance_id_arg, help="only this instance")
@@ -167,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _reason(rotate)
     _timed_json(rotate)
+    _fleet_filters(rotate)
+    rotate.add_argument(
+        "--concurrency",
+        type=positive_int,
+        metavar="N",
+        help="fleet mode: rotate up to N instances at once (default 1)",
+    )
+    rotate.add_argument(
+        "--partition-concurrency",
+        type=positive_int,
+        metavar="N",
+        help="fleet mode: at most N at once in one account and region (default 2: Connect's "
+        "API quota is per account and region)",
+    )
 
     retire = command("retire", help="disassociate a previous key after its grace period")
     retire.add_argument("key_id", metavar="KEY_ID")
@@ -238,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command("verify", help="check every invariant against the live state")
     verify.add_argument("--instance-id", type=instance_id_arg, help="only this instance")
     _timed_json(verify)
+    _fleet_filters(verify)
 
     package = command("package", help="build the two Lambda deployment zips")
     package.add_argument("--output", type=Path, default=Path("build"), metavar="DIR")
@@ -255,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Default (None): the report service's minimum, the smallest key size the rotator makes.
     report.add_argument("--min-key-size", type=positive_int, metavar="BITS")
     report.add_argument("--now", type=parse_now, help=WHAT_IF_HELP)
+    _fleet_filters(report)
 
     _runbook_parser(
         commands.add_parser("runbook", help="list, show, run and audit the on-call runbooks")
@@ -418,6 +436,12 @@ def leaf_commands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argumen
                     leaves[handler] = sub
                 leaves.update(leaf_commands(sub))
     return leaves
+
+
+def _fleet_filters(parser: argparse.ArgumentParser) -> None:
+    """Fleet mode (ROTATOR_ACCOUNTS): which member accounts and regions the command covers."""
+    parser.add_argument("--account", metavar="NAME", help="fleet mode: only this member account")
+    parser.add_argument("--region", metavar="REGION", help="fleet mode: only this region")
 
 
 def _timed_json(parser: argparse.ArgumentParser) -> None:

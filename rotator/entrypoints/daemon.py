@@ -382,6 +382,12 @@ def run_serve(
     try:
         config = RotatorConfig() if config_path is None else load_config(config_path)
         settings = config.settings_for(os.environ, **(flags or {}))
+        if settings.fleet:  # refused, not ignored: it would rotate this account only
+            raise ConfigError(
+                "[[accounts]]",
+                "rotator serve runs one account; a fleet runs on the template's state machine, "
+                "or by hand with `rotator rotate --concurrency N`",
+            )
         configure_logging(settings.log_level, stream="stderr")
         adapters = _adapters(adapters_factory, settings)
     except ConfigError as error:

@@ -3,7 +3,9 @@
 Three jobs share the function: the rotation (the default), the weekly compliance report
 (`{"job": "report"}`) and `rotator verify`'s checks (`{"job": "verify"}`, which the CloudTrail
 rule on a Connect key or flow change made by anyone but the rotator sends at once); all are
-`rotator.services.jobs`, which `rotator serve` runs too.
+`rotator.services.jobs`, which `rotator serve` runs too. In fleet mode (ROTATOR_ACCOUNTS set)
+the state machine (deploy/statemachine/fleet.asl.json) invokes it for its steps: `evaluate`,
+one `rotate-target` per due instance, then `aggregate`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,23 @@ from typing import Any
 from lambda_decrypt.logs import configure_logging
 from rotator.clock import clock_from_environment
 from rotator.config import RotatorEnv, Settings
-from rotator.entrypoints.bootstrap import Adapters, build_adapters, build_publisher
+from rotator.domain.fleet import Target, select_partitions
+from rotator.entrypoints.bootstrap import (
+    Adapters,
+    build_adapters,
+    build_fleet_adapters,
+    build_publisher,
+)
 from rotator.entrypoints.invocation import on_clock, requested_time
 from rotator.errors import ConfigError
 from rotator.ports import Publisher
 from rotator.services.jobs import (
     ReportDestinations,
+    aggregate_job,
+    evaluate_job,
     report_job,
     report_maker,
+    rotate_target_job,
     rotation_job,
     verify_job,
 )
@@ -36,10 +47,18 @@ class Job(StrEnum):
     ROTATION = "rotation"
     REPORT = "report"
     VERIFY = "verify"
+    # Fleet mode: the steps of deploy/statemachine/fleet.asl.json.
+    EVALUATE = "evaluate"
+    ROTATE_TARGET = "rotate-target"
+    AGGREGATE = "aggregate"
+
+
+FLEET_JOBS = (Job.EVALUATE, Job.ROTATE_TARGET, Job.AGGREGATE)
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    """The input may carry {"job": "rotation" | "report" | "verify"} (no job: the rotation) and
+    """The input may carry {"job": "rotation" | "report" | "verify"} (no job: the rotation; fleet
+    mode's state machine sends "evaluate", "rotate-target" and "aggregate") and
     {"now": ISO 8601} for a what-if run that evaluates at that time and changes, publishes and
     delivers nothing; otherwise the clock. Never raises for a bad input or a failure of AWS
     calls: the summary's "ok" and "error", the metrics and the notices carry it."""
@@ -51,10 +70,12 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return {"ok": False, "error": str(error)}
     configure_logging(settings.log_level)
     clock = clock_from_environment()
-    adapters = build_adapters(settings, simulated_clock=clock.simulated)
-    publisher = build_publisher(settings)
     what_if = requested is not None
     now = requested if requested is not None else clock.now()
+    if job in FLEET_JOBS:
+        return fleet_run(job, event, settings, now, what_if=what_if, simulated=clock.simulated)
+    adapters = build_adapters(settings, simulated_clock=clock.simulated)
+    publisher = build_publisher(settings)
     if job is Job.REPORT:
         return report_run(adapters, publisher, now, what_if=what_if)
     if job is Job.VERIFY:
@@ -80,6 +101,67 @@ def report_run(
     )
     destinations = lambda_destinations(settings)
     return report_job(make, publisher, destinations, now, what_if=what_if).to_dict()
+
+
+def fleet_run(
+    job: Job,
+    event: dict[str, Any],
+    settings: Settings,
+    now: datetime,
+    *,
+    what_if: bool,
+    simulated: bool,
+) -> dict[str, Any]:
+    """A step of the fleet's state machine: `evaluate` (every partition's keyring), one
+    `rotate-target` ({"target": {"account", "region", "instance_id"}}: that partition's adapters
+    only), or `aggregate` ({"evaluation": ..., "results": [...]}: the Map's output)."""
+    try:
+        if not settings.fleet:
+            raise ConfigError(
+                str(RotatorEnv.ACCOUNTS), f"the {job} job is fleet mode's: no accounts are set"
+            )
+        if job is Job.AGGREGATE:
+            evaluation, results = _aggregate_input(event)
+            return aggregate_job(
+                evaluation, results, build_publisher(settings), now, what_if=what_if
+            ).to_dict()
+        if job is Job.EVALUATE:
+            partitions = select_partitions(settings.fleet)
+            built = build_fleet_adapters(settings, partitions, simulated_clock=simulated)
+            keyrings = {partition: adapters.keyring for partition, adapters in built.items()}
+            return evaluate_job(
+                keyrings, settings.policy, now, schedule=settings.schedule, what_if=what_if
+            )
+        target = _target(event, settings)
+        (adapters,) = build_fleet_adapters(
+            settings, [target.partition], simulated_clock=simulated
+        ).values()
+        actor = f"step-functions ({target.account}/{target.region})"
+        rotation = adapters.rotation(on_clock(actor, simulated=simulated))
+        return rotate_target_job(rotation, target, now, what_if=what_if)
+    except ConfigError as error:
+        return {"ok": False, "job": str(job), "error": str(error)}
+
+
+def _target(event: dict[str, Any], settings: Settings) -> Target:
+    try:
+        target = Target.from_dict(event.get("target"))
+        select_partitions(settings.fleet, account=target.account, region=target.region)
+    except ValueError as error:
+        raise ConfigError("event.target", str(error)) from None
+    return target
+
+
+def _aggregate_input(event: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    evaluation = event.get("evaluation") or {}
+    results = event.get("results") or []
+    if not isinstance(evaluation, dict) or not isinstance(results, list):
+        raise ConfigError("event", "aggregate takes {evaluation: {...}, results: [...]}")
+    # The Map's output is one list per partition (the inner Map's); each item a unit's summary,
+    # or what a Catch recorded for a failed invocation.
+    flat = [item for r in results for item in (r if isinstance(r, list) else [r])]
+    items = [r if isinstance(r, dict) else {"outcome": "failed", "error": str(r)} for r in flat]
+    return evaluation, items
 
 
 def lambda_destinations(settings: Settings) -> ReportDestinations:

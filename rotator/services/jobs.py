@@ -8,7 +8,7 @@ raises for a failed rotation or delivery: the result, the metrics and the notice
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -28,11 +28,13 @@ from rotator.domain.expiry import (
     sent_event,
 )
 from rotator.domain.findings import Finding, Severity
+from rotator.domain.fleet import Partition, Target
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
 from rotator.ports import BusEvent, Connect, ConnectReader, Keyring, Lock, Metric, Publisher
+from rotator.services.fleet import TargetResult, evaluate, rotate_target
 from rotator.services.report import EvidenceSources, Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
 from rotator.services.rotation import InstanceResult, Outcome
@@ -42,6 +44,7 @@ from rotator.services.verify import Check, InvariantChecker
 if TYPE_CHECKING:
     from rotator.domain.lifecycle import KeyRecord
     from rotator.domain.rotation import ManagedInstance
+    from rotator.domain.window import RotationSchedule
     from rotator.services.rotation import RotationService
 
 # One series per severity (dimension Severity); the template alarms on Severity=critical > 0.
@@ -751,3 +754,138 @@ def run_report(
         out.write(f"{render_summary(report, limit=5)}\nreport written to {output}\n")
     # `--fail-on`: a finding at or above the threshold fails the command.
     return ExitCode.FAILURE if report.fails(fail_on) else ExitCode.OK
+
+
+# -- fleet mode (issue 12): the state machine's evaluate, rotate-target and aggregate steps -----
+
+FLEET_FAILED_SUBJECT = "connect-key-rotator: fleet rotation"
+# Published by the aggregation: the fleet's partitions the evaluation could not read.
+FLEET_PARTITION_ERRORS_METRIC = "FleetPartitionErrors"
+
+
+def evaluate_job(
+    keyrings: Mapping[Partition, Keyring],
+    policy: RotationPolicy,
+    now: datetime,
+    *,
+    schedule: RotationSchedule | None = None,
+    what_if: bool = False,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+) -> dict[str, Any]:
+    """The due (account, region, instance) targets, grouped by partition for the state
+    machine's Map. Reads only; a what-if evaluates at `now` and says so."""
+    evaluation = evaluate(keyrings, policy, now, schedule=schedule, describe=describe)
+    summary = evaluation.to_dict() | {"what_if": what_if}
+    (log.info if evaluation.ok else log.error)(
+        "fleet_evaluation", counts=summary["counts"], errors=summary["errors"]
+    )
+    return summary
+
+
+def rotate_target_job(
+    rotation: RotationService,
+    target: Target,
+    now: datetime,
+    *,
+    what_if: bool = False,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+) -> dict[str, Any]:
+    """One unit: the target's rotation, decided again under its lock (a what-if: a dry run).
+    Never raises for a failed rotation: the result says it, and the aggregation counts it."""
+    try:
+        result = rotate_target(rotation.rotate, target, now, dry_run=what_if)
+    except ConnectKeyRotatorError as error:
+        result = InstanceResult(target.instance_id, Outcome.FAILED, describe(error))
+    unit = TargetResult(target, result)
+    (log.error if unit.failed else log.info)("fleet_unit", **unit.to_dict())
+    return {"ok": not unit.failed, "job": "rotate-target", "now": now.isoformat()} | unit.to_dict()
+
+
+@dataclass(frozen=True)
+class AggregateRun:
+    """The state machine's last step: the units' outcomes, the evaluation's unreadable
+    partitions, and what was published."""
+
+    now: datetime
+    what_if: bool
+    counts: dict[str, int]
+    failures: tuple[str, ...]
+    partition_errors: tuple[str, ...]
+    min_days_to_expiry: float | None
+    notified: bool = False
+    telemetry_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.partition_errors and self.telemetry_error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "job": "aggregate",
+            "now": self.now.isoformat(),
+            "what_if": self.what_if,
+            "counts": self.counts,
+            "failures": list(self.failures),
+            "partition_errors": list(self.partition_errors),
+            "min_days_to_expiry": self.min_days_to_expiry,
+            "notified": self.notified,
+            "telemetry_error": self.telemetry_error,
+        }
+
+
+def aggregate_job(
+    evaluation: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    publisher: Publisher,
+    now: datetime,
+    *,
+    what_if: bool = False,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+) -> AggregateRun:
+    """Metrics (RotationSuccess, RotationFailure, the fleet's nearest expiry as DaysToExpiry,
+    FleetPartitionErrors) and one notice naming every failed unit and unreadable partition.
+    `evaluation`: the evaluation's `errors` and `min_days_to_expiry`; `results`: the Map's
+    items, each a rotate-target summary (or a Lambda error the Map caught: a failure too)."""
+    outcomes = [str(r.get("outcome", Outcome.FAILED.value)) for r in results]
+    counts = {o.value: outcomes.count(o.value) for o in Outcome}
+    failures = tuple(
+        f"{r.get('account', '?')}/{r.get('region', '?')}/{r.get('instance_id', '?')}: "
+        f"{r.get('failure') or r.get('detail') or r.get('error') or 'failed'}"
+        for r, outcome in zip(results, outcomes, strict=True)
+        if outcome == Outcome.FAILED.value
+    )
+    errors = tuple(str(e) for e in evaluation.get("errors", []))
+    days = evaluation.get("min_days_to_expiry")
+    run = AggregateRun(
+        now, what_if, counts, failures, errors, float(days) if days is not None else None
+    )
+    if what_if:
+        log.info("fleet_aggregate", **run.to_dict())
+        return run
+    metrics = [
+        Metric("RotationSuccess", counts[Outcome.ROTATED.value]),
+        Metric("RotationFailure", counts[Outcome.FAILED.value]),
+        Metric(FLEET_PARTITION_ERRORS_METRIC, len(errors)),
+    ]
+    if run.min_days_to_expiry is not None:  # the one series the days-to-expiry alarm watches
+        metrics.append(Metric("DaysToExpiry", run.min_days_to_expiry, "None"))
+    notified = False
+    problems: list[str] = []
+    try:
+        publisher.put_metrics(metrics, now)
+        if failures or errors:
+            lines = [f"Fleet run at {now.isoformat()}:"]
+            lines += [f"- failed: {line}" for line in failures]
+            lines += [f"- not evaluated: {line}" for line in errors]
+            lines.append("Runbook: runbooks/ (rotator verify --account NAME --region R).")
+            subject = (
+                f"{FLEET_FAILED_SUBJECT}: {len(failures)} failed, "
+                f"{len(errors)} partition(s) unreadable"
+            )
+            notified = publisher.notify(subject, "\n".join(lines))
+    except ConnectKeyRotatorError as error:
+        problems.append(describe(error))
+    run = replace(run, notified=notified, telemetry_error="; ".join(problems) or None)
+    (log.info if run.ok else log.error)("fleet_aggregate", **run.to_dict())
+    return run

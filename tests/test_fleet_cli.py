@@ -1,0 +1,149 @@
+"""The CLI in fleet mode: `status`, `verify`, `rotate`, `report` and `init` over the member
+accounts' keyrings (moto, assumed roles), filtered by --account / --region; without accounts the
+filters and --concurrency are refused with what to set."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rotator.config import Settings
+from rotator.domain.fleet import Account
+from rotator.domain.rotation import ManagedInstance
+from rotator.entrypoints import cli
+from rotator.entrypoints.bootstrap import build_account_adapters
+from rotator.exit_codes import ExitCode
+from tests.conftest import REGION
+from tests.fakes import HeldKeys
+
+FLOW = "bbbbbbbb-1111-4222-8333-444444444444"
+PROD_INSTANCE = "aaaaaaaa-1111-4222-8333-444444444444"
+TEST_INSTANCE = "cccccccc-1111-4222-8333-444444444444"
+ACCOUNTS = [
+    Account("prod", "arn:aws:iam::111111111111:role/member", "ext-prod", (REGION,)),
+    Account("test", "arn:aws:iam::222222222222:role/member", "ext-test", (REGION, "eu-west-2")),
+]
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return cli.main(list(argv), out), out.getvalue()
+
+
+@pytest.fixture
+def fleet(monkeypatch: pytest.MonkeyPatch, aws: None) -> Settings:
+    monkeypatch.setenv("ROTATOR_ACCOUNTS", json.dumps([a.to_dict() for a in ACCOUNTS]))
+    settings = Settings.load()
+    for account, region, instance in (
+        (ACCOUNTS[0], REGION, PROD_INSTANCE),
+        (ACCOUNTS[1], "eu-west-2", TEST_INSTANCE),
+    ):
+        build_account_adapters(settings, account, region).keyring.put_instance(
+            ManagedInstance(instance, (FLOW,), ())
+        )
+    real = cli.build_fleet_adapters
+
+    def no_connect(*args: Any, **kwargs: Any) -> Any:
+        # moto has no Connect security keys: each partition's Connect holds none.
+        return {p: replace(a, connect=HeldKeys()) for p, a in real(*args, **kwargs).items()}
+
+    monkeypatch.setattr(cli, "build_fleet_adapters", no_connect)
+    return settings
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--account", "prod"],
+        ["verify", "--region", "eu-west-2"],
+        ["rotate", "--account", "prod", "--region", REGION],
+        ["report", "--account", "prod"],
+    ],
+)
+def test_filters_without_accounts_are_refused(
+    aws: None, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _run(*argv)
+    assert code == ExitCode.USAGE
+    assert "no accounts are configured (set ROTATOR_ACCOUNTS" in capsys.readouterr().err
+
+
+def test_concurrency_without_accounts_is_refused(
+    aws: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _run("rotate", "--concurrency", "4")
+    assert code == ExitCode.USAGE and "--concurrency" in capsys.readouterr().err
+
+
+def test_rotate_evaluates_the_fleet_and_runs_a_unit_per_due_instance(fleet: Settings) -> None:
+    code, output = _run("rotate", "--dry-run", "--concurrency", "3", "--json")
+    assert code == ExitCode.OK, output
+    document = json.loads(output)
+    assert [
+        (r["account"], r["region"], r["instance_id"], r["outcome"]) for r in document["results"]
+    ] == [
+        ("prod", REGION, PROD_INSTANCE, "would_rotate"),
+        ("test", "eu-west-2", TEST_INSTANCE, "would_rotate"),
+    ]
+    assert document["evaluation"]["counts"] == {
+        "partitions": 3,
+        "managed": 2,
+        "due": 2,
+        "waiting": 0,
+    }
+    code, output = _run("rotate", "--dry-run", "--account", "test")
+    assert code == ExitCode.OK
+    assert f"test/eu-west-2/{TEST_INSTANCE}: would_rotate" in output
+    assert PROD_INSTANCE not in output
+
+
+def test_status_is_per_account_and_region(fleet: Settings) -> None:
+    code, output = _run("status", "--json")
+    assert code == ExitCode.OK, output
+    partitions = json.loads(output)["partitions"]
+    assert [(p["account"], p["region"]) for p in partitions] == [
+        ("prod", REGION),
+        ("test", REGION),
+        ("test", "eu-west-2"),
+    ]
+    code, output = _run("status", "--region", "eu-west-2")
+    assert output.startswith("== account test, region eu-west-2 ==\n")
+    assert TEST_INSTANCE in output and PROD_INSTANCE not in output
+    code, output = _run("status", "--account", "nope")
+    assert code == ExitCode.USAGE
+
+
+def test_init_and_report_need_one_keyring(
+    fleet: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _run("report", "--account", "test")
+    assert code == ExitCode.USAGE
+    assert "choose one of test/us-east-1, test/eu-west-2" in capsys.readouterr().err
+    code, output = _run("report", "--account", "test", "--region", "eu-west-2", "--format", "json")
+    assert json.loads(output)["generated_at"]
+    # init reads the flow from the chosen partition's Connect (here: one that holds none).
+    code, _ = _run(
+        "init", "--account", "prod", "--instance-id", PROD_INSTANCE, "--flow-id", FLOW, "--dry-run"
+    )
+    assert code == ExitCode.FAILURE
+    assert f"connect: {PROD_INSTANCE}/{FLOW} not found" in capsys.readouterr().err
+    code, _ = _run("init", "--instance-id", PROD_INSTANCE, "--flow-id", FLOW)
+    assert code == ExitCode.USAGE and "choose one of prod/" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_fleet_rather_than_rotate_one_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "rotator.toml"
+    account = ACCOUNTS[0].to_dict()
+    config.write_text(
+        "[[accounts]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in account.items())
+    )
+    code, _ = _run("serve", "--config", str(config), "--once")
+    assert code == ExitCode.USAGE
+    assert "rotator serve runs one account" in capsys.readouterr().err
