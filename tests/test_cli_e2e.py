@@ -523,13 +523,15 @@ def test_rollback_through_the_cli_on_a_fresh_instance(rollback: CliWorld) -> Non
 def test_per_service_endpoint_variables_are_enough(
     per_service: CliWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """AWS_ENDPOINT_URL_SSM and _CONNECT alone (the general variable points at nothing)."""
+    """AWS_ENDPOINT_URL_SSM, _CONNECT and _STS alone (the general variable points at nothing):
+    a command that records a change asks STS who is calling, for the history's principal."""
     s = per_service
     dead = f"http://127.0.0.1:{free_port()}"
     environment = s.cli_environment(
         AWS_ENDPOINT_URL=dead,
         AWS_ENDPOINT_URL_SSM=s.sandbox.url,
         AWS_ENDPOINT_URL_CONNECT=s.sandbox.url,
+        AWS_ENDPOINT_URL_STS=s.sandbox.url,
     )
     s.rotator(
         *s.init_argv(),
