@@ -72,6 +72,9 @@ class FindingCode(StrEnum):
     # Evidence (issue 11): a private key kept in the fewest places, each key used once (3.6.1).
     PRIVATE_KEY_COPY = "private-key-copy"
     KEY_SHARED = "key-shared"
+    # Stored ciphertexts (issue 13): an old key's values still in the registered stores.
+    STORED_CIPHERTEXTS_UNDER_COMPROMISED_KEY = "stored-ciphertexts-under-compromised-key"
+    STORED_CIPHERTEXTS_UNDER_RETIRED_KEY = "stored-ciphertexts-under-retired-key"
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,20 @@ RULES: dict[FindingCode, Rule] = {
         Severity.CRITICAL,
         RunbookName.EMERGENCY_ROTATION,
         "one key pair under two key IDs or instances",
+    ),
+    # PCI DSS 3.7.5: data under a key that may be compromised is re-encrypted before the key
+    # is destroyed. Whoever holds the key can read those values now: critical.
+    FindingCode.STORED_CIPHERTEXTS_UNDER_COMPROMISED_KEY: Rule(
+        Severity.CRITICAL,
+        RunbookName.EMERGENCY_ROTATION,
+        "stored ciphertexts remain under a compromised key",
+    ),
+    # A retired (or destroyed) key with values left: no contact fails and nothing is exposed,
+    # but destroy is refused (or, once destroyed, those values are lost): out of policy.
+    FindingCode.STORED_CIPHERTEXTS_UNDER_RETIRED_KEY: Rule(
+        Severity.WARNING,
+        RunbookName.ROUTINE_ROTATION,
+        "stored ciphertexts remain under a retired key",
     ),
 }
 
