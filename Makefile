@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rotation_bench.py
 	$(BIN)/python bench/report_bench.py
 	$(BIN)/python bench/cli_bench.py
+	$(BIN)/python bench/rewrap_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -489,7 +489,12 @@ class Settings:
     def report_options(self, *, min_key_size: int = DEFAULT_MIN_KEY_SIZE) -> ReportOptions:
         """The policy the report and `verify` hold the keys against."""
         return ReportOptions(
-            self.policy, self.grace, min_key_size, self.kms_key_id, schedule=self.schedule
+            self.policy,
+            self.grace,
+            min_key_size,
+            self.kms_key_id,
+            schedule=self.schedule,
+            stores=self.stores,
         )
 
     @classmethod

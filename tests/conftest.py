@@ -172,6 +172,7 @@ TOGETHER = {
     "tests/test_sandbox_accounts.py": "a sandbox of its own",
     "tests/test_decrypt_adversarial.py": "keys loaded and messages encrypted once",
     "tests/test_report_browser.py": "the report seeded and rendered once per module",
+    "tests/test_rewrap_crash.py": "`sandbox_process`",
 }
 
 

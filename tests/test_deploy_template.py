@@ -896,3 +896,62 @@ def test_the_report_describes_the_keyring_key_and_reads_only_the_decrypt_functio
         ("RenewBeforeMinimumDays", 7),
     ):
         assert template["Parameters"][parameter]["Default"] == default
+
+
+# -- the rewrap function (issue 13): S3 Batch Operations' job function, least privilege --------
+
+
+def test_the_rewrap_function_runs_the_rotator_code_with_least_privilege(
+    template: dict[str, Any],
+) -> None:
+    found = resources(template)
+    function = found["RewrapFunction"]
+    assert function["Condition"] == "HasRewrapStores"
+    properties = function["Properties"]
+    assert properties["Handler"] == "rotator.entrypoints.batch_rewrap.handler"
+    assert properties["CodeUri"] == "../build/rotator.zip"  # the same code as the CLI's
+    assert properties["Role"] == {"Fn::GetAtt": ["RewrapRole", "Arn"]}
+    assert properties["Environment"]["Variables"]["ROTATOR_CIPHERTEXT_STORES"] == {
+        "Ref": "RewrapStores"
+    }
+    assert allowed_actions(template, "RewrapRole") == {
+        "s3:getobject",
+        "s3:putobject",
+        "s3:getbucketversioning",
+        "ssm:getparameter",
+        "ssm:getparameters",
+        "kms:decrypt",
+        "logs:createlogstream",
+        "logs:putlogevents",
+    }
+    by_sid = {s["Sid"]: s for s in role_statements(template, "RewrapRole")}
+    # Objects of the registered buckets only: ARNs made of the parameter, never a wildcard.
+    for sid in ("RewriteStoredObjects", "CheckVersioning"):
+        text = json.dumps(by_sid[sid]["Resource"])
+        assert '"Ref": "RewrapStoreBuckets"' in text and ":::*" not in text
+    keyring = list(resource_strings(by_sid["ReadKeyring"]))
+    assert keyring == [f"{PARAMETER}/keys/*", f"{PARAMETER}/instances/*/current"]
+    decrypt = by_sid["DecryptPrivateKeysThroughSsm"]
+    assert decrypt["Resource"] == {"Fn::GetAtt": ["KeyringKey", "Arn"]}
+    assert "kms:ViaService" in decrypt["Condition"]["StringEquals"]
+    statements = found["KeyringKey"]["Properties"]["KeyPolicy"]["Statement"]
+    (conditional,) = [
+        s for s in statements if "Fn::If" in s and s["Fn::If"][0] == "HasRewrapStores"
+    ]
+    granted = conditional["Fn::If"][1]
+    assert granted["Principal"] == {"AWS": {"Fn::GetAtt": ["RewrapRole", "Arn"]}}
+    assert actions(granted) == ["kms:decrypt"]
+    assert granted["Condition"] == decrypt["Condition"]
+
+
+def test_the_rewrap_batch_job_may_only_invoke_the_rewrap_function(
+    template: dict[str, Any],
+) -> None:
+    role = resources(template)["RewrapBatchRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "batchoperations.s3.amazonaws.com"}
+    by_sid = {s["Sid"]: s for s in role_statements(template, "RewrapBatchRole")}
+    assert actions(by_sid["InvokeRewrap"]) == ["lambda:invokefunction"]
+    assert by_sid["InvokeRewrap"]["Resource"] == {"Fn::GetAtt": ["RewrapFunction", "Arn"]}
+    assert list(resource_strings(by_sid["ManifestAndReport"])) == ["${ReportBucket.Arn}/rewrap/*"]
+    assert template["Parameters"]["RewrapStoreBuckets"]["Default"] == ""

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,8 @@ PREFIX = "/rewrap-proof"
 BUCKET, TABLE = "contact-records", "payments"
 STORES = f"s3://{BUCKET}/ctr/ dynamodb://{TABLE}"
 LONG_AGO = datetime(2025, 1, 1, tzinfo=UTC)  # retired then: retention long over
+PLAINTEXT_DIGITS = 16
+WINDOWS = re.compile(rf"(?=(\d{{{PLAINTEXT_DIGITS}}}))")  # every 16-digit window, overlapping
 
 
 @dataclass
@@ -217,7 +220,11 @@ def test_inventory_rewrap_and_destroy_on_s3_and_dynamodb(
     assert code == 1
     assert f"changed while rewrapping, left for --resume: s3://{BUCKET}/ctr/ {changed}" in out
     monkeypatch.setattr(S3CiphertextStore, "replace", real_replace)
-    assert connect_key_id(_cards()["c00-00"]) == OLD1  # untouched, still the old key's
+    s3 = boto3.client("s3", region_name=REGION)
+    body = gzip.decompress(s3.get_object(Bucket=BUCKET, Key=changed)["Body"].read())
+    first = json.loads(body.decode().splitlines()[0])
+    assert first["ContactId"] == "c00-00" and data.key["c00-00"] == OLD1
+    assert first["Attributes"]["Card"] == before["c00-00"]  # untouched, still the old key's
 
     code, out = _run("rewrap", "--from", OLD1, "--checkpoint", str(checkpoint))
     assert code == 1 and "--resume" in capsys.readouterr().err
@@ -243,7 +250,6 @@ def test_inventory_rewrap_and_destroy_on_s3_and_dynamodb(
             assert decryptor.decrypt(after[record_id]).plaintext == data.plaintext[record_id]
         else:
             assert after[record_id] == before[record_id]
-    s3 = boto3.client("s3", region_name=REGION)
     versions = s3.list_object_versions(Bucket=BUCKET, Prefix="ctr/2026/11/01.json")
     assert len(versions["Versions"]) == 2  # the old object kept as a version
 
@@ -267,5 +273,13 @@ def test_inventory_rewrap_and_destroy_on_s3_and_dynamodb(
     # Nothing printed or logged holds a plaintext.
     captured = capsys.readouterr()
     everything = "\n".join([*outputs, captured.out, captured.err, caplog.text])
-    leaked = [p for p in data.plaintext.values() if p.decode() in everything]
-    assert leaked == []
+    assert leaked_plaintexts(data, everything) == set()
+
+
+def leaked_plaintexts(data: Dataset, text: str) -> set[bytes]:
+    """The plaintexts found anywhere in `text`. Every plaintext is 16 digits, so each one in
+    `text` is one of its 16-digit windows: one pass over the text, not one per plaintext."""
+    assert {len(p) for p in data.plaintext.values()} == {PLAINTEXT_DIGITS}
+    assert all(p.isdigit() for p in data.plaintext.values())
+    windows = {match.group(1) for match in WINDOWS.finditer(text)}
+    return {p for p in data.plaintext.values() if p.decode() in windows}

@@ -18,6 +18,7 @@ from rotator.domain.policy import (
     renew_window_start,
 )
 from rotator.domain.state import FlowState, InstanceState, KeyringState, ProtectedKey
+from rotator.domain.stored_ciphertext import last_inventories
 from rotator.domain.window import RotationSchedule
 
 # PCI DSS counts RSA of at least 2048 bits as strong cryptography; raise it with --min-key-size.
@@ -40,6 +41,9 @@ class ReportOptions:
     schedule: RotationSchedule | None = None
     # The SHA-256 of the shipped key-custodian responsibilities (None: not known here).
     custodian_text_sha256: str | None = None
+    # The registered stores of Connect ciphertexts (ROTATOR_CIPHERTEXT_STORES): the report
+    # shows their last inventory per key; none registered, no stored-ciphertext finding.
+    stores: tuple[str, ...] = ()
 
 
 # -- verify's invariants ------------------------------------------------------------------------
@@ -477,6 +481,7 @@ def findings(state: KeyringState, options: ReportOptions, now: datetime) -> list
     found.extend(shared_key_findings(state.records))
     found.extend(custodian_findings(state, now))
     found.extend(kek_findings(state))
+    found.extend(stored_ciphertext_findings(state, options))
     unique = list(dict.fromkeys(found))
     unique.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
     return unique
@@ -755,3 +760,67 @@ def custodian_findings(state: KeyringState, now: datetime) -> Iterator[Finding]:
                 f"months to {now:%Y-%m-%d} and {custodian.describe()}: run `rotator custodian "
                 "acknowledge` with its credentials",
             )
+
+
+# -- stored ciphertexts (issue 13) --------------------------------------------------------------
+
+# The states whose stored ciphertexts should be gone: retired ones are destroyed next, and a
+# destroyed key's values no longer decrypt.
+RETIRED_STATES = frozenset({KeyState.RETIRED, KeyState.DESTROYED})
+EMERGENCY_REASON = "emergency"  # how rotation.py begins the reason of an emergency retire
+
+
+def compromised_keys(state: KeyringState) -> set[str]:
+    """Keys taken out of service as compromised: the old key of an emergency rotation, or a
+    key retired inside its grace period with --emergency (both recorded reasons start so)."""
+    found = {
+        run.old_key_id
+        for instance in state.instances
+        for run in instance.rotations
+        if run.emergency and run.old_key_id
+    }
+    for record in state.records:
+        if any(
+            t.state is KeyState.RETIRED and t.reason.startswith(EMERGENCY_REASON)
+            for t in record.history
+        ):
+            found.add(record.key_id)
+    return found
+
+
+def stored_ciphertext_findings(state: KeyringState, options: ReportOptions) -> Iterator[Finding]:
+    """A retired, destroyed or compromised key whose ciphertexts the newest inventory of the
+    registered stores still counted (from the history; nothing is read from the stores)."""
+    if not options.stores:
+        return
+    counted = last_inventories(state.events, options.stores)
+    compromised = compromised_keys(state)
+    for record in state.records:
+        last = counted.get(record.key_id)
+        if last is None or last.count <= 0:
+            continue
+        if record.key_id in compromised:
+            code = FindingCode.STORED_CIPHERTEXTS_UNDER_COMPROMISED_KEY
+        elif record.state in RETIRED_STATES:
+            code = FindingCode.STORED_CIPHERTEXTS_UNDER_RETIRED_KEY
+        else:
+            continue
+        if record.state is KeyState.DESTROYED:
+            todo = "the key is destroyed, so they no longer decrypt: purge them"
+        elif code is FindingCode.STORED_CIPHERTEXTS_UNDER_COMPROMISED_KEY:
+            todo = (
+                "the key was taken out of service as compromised: rewrap them before it is "
+                f"destroyed (PCI DSS 3.7.5; rotator rewrap --from {record.key_id})"
+            )
+        else:
+            todo = (
+                "destroy is refused until they are rewrapped "
+                f"(rotator rewrap --from {record.key_id})"
+            )
+        yield Finding(
+            code,
+            record.instance_id,
+            record.key_id,
+            f"{last.count} stored ciphertexts under this {record.state.value} key in the "
+            f"registered stores at the last inventory ({last.at:%Y-%m-%d %H:%M} UTC); {todo}",
+        )

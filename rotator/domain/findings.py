@@ -76,6 +76,9 @@ class FindingCode(StrEnum):
     CUSTODIAN_UNACKNOWLEDGED = "custodian-unacknowledged"
     # Evidence (issue 11, PCI DSS 3.6.1.1): a KEK at least as strong as the keys it protects.
     KEK_WEAKER_THAN_KEY = "kek-weaker-than-key"
+    # Stored ciphertexts (issue 13): an old key's values still in the registered stores.
+    STORED_CIPHERTEXTS_UNDER_COMPROMISED_KEY = "stored-ciphertexts-under-compromised-key"
+    STORED_CIPHERTEXTS_UNDER_RETIRED_KEY = "stored-ciphertexts-under-retired-key"
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,20 @@ RULES: dict[FindingCode, Rule] = {
         Severity.WARNING,
         RunbookName.ROUTINE_ROTATION,
         "a private key is protected by a weaker key-encrypting key",
+    ),
+    # PCI DSS 3.7.5: data under a key that may be compromised is re-encrypted before the key
+    # is destroyed. Whoever holds the key can read those values now: critical.
+    FindingCode.STORED_CIPHERTEXTS_UNDER_COMPROMISED_KEY: Rule(
+        Severity.CRITICAL,
+        RunbookName.EMERGENCY_ROTATION,
+        "stored ciphertexts remain under a compromised key",
+    ),
+    # A retired (or destroyed) key with values left: no contact fails and nothing is exposed,
+    # but destroy is refused (or, once destroyed, those values are lost): out of policy.
+    FindingCode.STORED_CIPHERTEXTS_UNDER_RETIRED_KEY: Rule(
+        Severity.WARNING,
+        RunbookName.ROUTINE_ROTATION,
+        "stored ciphertexts remain under a retired key",
     ),
 }
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from lambda_decrypt.config import DEFAULT_MAX_MESSAGE_BYTES
 from lambda_decrypt.errors import ConnectKeyRotatorError, DecryptError
 from lambda_decrypt.message import decode_base64, looks_like_sdk_message, read_header
+from rotator.domain.history import EventKind, HistoryEvent
 
 GZIP_MAGIC = b"\x1f\x8b"
 SAMPLE_SIZE = 5
@@ -219,3 +221,37 @@ def stores_from_text(text: str) -> tuple[str, ...]:
     for uri in uris:
         parse_store_uri(uri)
     return uris
+
+
+@dataclass(frozen=True)
+class LastInventory:
+    """A key's stored ciphertexts as the newest inventory counted them, and when."""
+
+    at: datetime
+    count: int
+
+
+def last_inventories(
+    events: Sequence[HistoryEvent], stores: Collection[str] | None = None
+) -> dict[str, LastInventory]:
+    """Key ID -> the newest inventory that counted it (a full inventory counts every key; one
+    limited to a key counts only that key, zero included). With `stores`, only inventories of
+    exactly those stores count: one of other stores, or of some of them, says nothing about
+    what the registered stores hold."""
+    wanted = None if stores is None else frozenset(stores)
+    latest: dict[str, LastInventory] = {}
+    for event in events:
+        if event.kind != EventKind.STORED_CIPHERTEXTS:
+            continue
+        counts = event.details.get("counts", {})
+        if not isinstance(counts, dict):
+            continue
+        read = event.details.get("stores", [])
+        if wanted is not None and (not isinstance(read, list) or frozenset(read) != wanted):
+            continue
+        only = event.details.get("only_key")
+        named = {str(only): int(counts.get(only, 0))} if only else {}
+        for key, count in {**{str(k): int(v) for k, v in counts.items()}, **named}.items():
+            if key not in latest or latest[key].at <= event.at:
+                latest[key] = LastInventory(event.at, count)
+    return latest

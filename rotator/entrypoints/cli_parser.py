@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     destroy.add_argument(
         "--ignore-stored-ciphertexts",
         action="store_true",
-        help="destroy although the registered stores still hold its ciphertexts; needs --reason",
+        help="destroy although the registered stores still hold its ciphertexts (their values "
+        "are lost); needs --reason; a dual-control override",
     )
     _dry_run(destroy, checked=True)
     _reason(destroy)

@@ -8,6 +8,7 @@ from typing import Any
 
 from rotator.domain.history import ClockKind, EventKind, HistoryEvent
 from rotator.domain.stored_ciphertext import Inventory
+from rotator.domain.stored_ciphertext import last_inventories as domain_last_inventories
 from rotator.errors import ConnectKeyRotatorError
 from rotator.ports import CiphertextStore, Keyring
 
@@ -55,22 +56,15 @@ def inventory_event(
     )
 
 
-def last_inventories(events: Sequence[HistoryEvent]) -> dict[str, tuple[datetime, int]]:
-    """Key ID -> (time, count) of the newest inventory that counted it (a full inventory
-    counts every key; one limited to a key counts only that key, zero included)."""
-    latest: dict[str, tuple[datetime, int]] = {}
-    for event in events:
-        if event.kind != EventKind.STORED_CIPHERTEXTS:
-            continue
-        counts = event.details.get("counts", {})
-        if not isinstance(counts, dict):
-            continue
-        only = event.details.get("only_key")
-        named = {str(only): int(counts.get(only, 0))} if only else {}
-        for key, count in {**{str(k): int(v) for k, v in counts.items()}, **named}.items():
-            if key not in latest or latest[key][0] <= event.at:
-                latest[key] = (event.at, count)
-    return latest
+def last_inventories(
+    events: Sequence[HistoryEvent], stores: Sequence[str] | None = None
+) -> dict[str, tuple[datetime, int]]:
+    """Key ID -> (time, count) of the newest inventory that counted it; with `stores`, only
+    inventories of exactly those stores (see domain.stored_ciphertext.last_inventories)."""
+    return {
+        key_id: (last.at, last.count)
+        for key_id, last in domain_last_inventories(events, stores).items()
+    }
 
 
 def check_destroy(

@@ -28,6 +28,7 @@ from rotator.domain.policy import (
     rotation_due,
 )
 from rotator.domain.state import InstanceState, KeyringState
+from rotator.domain.stored_ciphertext import last_inventories
 from rotator.domain.window import WindowAction, WindowStatus, window_decision
 from rotator.ports import ConnectReader, Keyring, Lock
 from rotator.services.crypto_architecture import EvidenceSources, with_evidence
@@ -76,14 +77,24 @@ class KeyRow:
     # the key is not due or no window or freeze is configured.
     rotation_window: str | None = None
     waits_until: datetime | None = None
+    # With registered stores only: the key's stored ciphertexts there at the last inventory
+    # of exactly those stores, and when it was taken (None: never inventoried).
+    stores_registered: bool = False
+    stored_ciphertexts: int | None = None
+    inventoried_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         record = self.record
-        window: dict[str, Any] = {}
+        optional: dict[str, Any] = {}
         if self.rotation_window is not None:
-            window = {
+            optional = {
                 "rotation_window": self.rotation_window,
                 "waits_until": _iso(self.waits_until),
+            }
+        if self.stores_registered:
+            optional["stored_ciphertexts"] = {
+                "count": self.stored_ciphertexts,
+                "inventoried_at": _iso(self.inventoried_at),
             }
         return {
             "key_id": self.key_id,
@@ -109,7 +120,7 @@ class KeyRow:
             "grace_ends": _iso(self.grace_ends),
             "flows": list(self.flows),
             "history": [t.to_dict() for t in self.history],
-            **window,
+            **optional,
         }
 
 
@@ -171,6 +182,7 @@ class Report:
                 "min_key_size": self.options.min_key_size,
                 "kms_key_id": self.options.kms_key_id,
                 **({} if window is None else {"rotation_window": window.to_dict()}),
+                **({"ciphertext_stores": list(self.options.stores)} if self.options.stores else {}),
             },
             "summary": {
                 "instances": len(self.instances),
@@ -304,7 +316,28 @@ def key_rows(facts: KeyringState, options: ReportOptions, now: datetime) -> list
                 history=tuple(transitions.get(key_id, ())),
             )
         )
-    return rows
+    return _with_stored_ciphertexts(rows, facts, options)
+
+
+def _with_stored_ciphertexts(
+    rows: list[KeyRow], facts: KeyringState, options: ReportOptions
+) -> list[KeyRow]:
+    """Each row with its last inventory of the registered stores (from the history)."""
+    if not options.stores:
+        return rows
+    counted = last_inventories(facts.events, options.stores)
+    with_counts = []
+    for row in rows:
+        last = counted.get(row.key_id)
+        with_counts.append(
+            replace(
+                row,
+                stores_registered=True,
+                stored_ciphertexts=None if last is None else last.count,
+                inventoried_at=None if last is None else last.at,
+            )
+        )
+    return with_counts
 
 
 def _record_row(

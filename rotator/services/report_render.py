@@ -47,6 +47,9 @@ CSV_COLUMNS = (
 )
 # Only when a rotation window or freeze is configured: what it does with each due key.
 WINDOW_COLUMNS = ("rotation_window", "waits_until")
+# Only when stores of Connect ciphertexts are registered: each key's at the last inventory.
+STORED_COLUMNS = ("stored_ciphertexts", "inventoried_at")
+STORED_TABLE_COLUMNS = ("instance", "key", "state", "stored ciphertexts", "inventoried at")
 FINDING_COLUMNS = ("severity", "finding", "instance", "key", "detail", "runbook")
 INSTANCE_COLUMNS = (
     "instance",
@@ -176,6 +179,7 @@ def render_csv(report: Report) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     columns = CSV_COLUMNS + (WINDOW_COLUMNS if report.options.schedule is not None else ())
+    columns += STORED_COLUMNS if report.options.stores else ()
     writer.writerow(columns)
     cryptoperiod_days = report.options.policy.cryptoperiod.days
     for key in report.keys:
@@ -186,6 +190,9 @@ def render_csv(report: Report) -> str:
         data["flows"] = "; ".join(key.flows)
         data["history"] = "; ".join(_transition_text(t) for t in key.history)
         data["findings"] = "; ".join(_finding_tag(f) for f in report.findings_for(key))
+        data["stored_ciphertexts"] = key.stored_ciphertexts
+        inventoried = key.inventoried_at
+        data["inventoried_at"] = None if inventoried is None else inventoried.isoformat()
         writer.writerow(_csv_cell(data.get(column)) for column in columns)
     return buffer.getvalue()
 
@@ -251,6 +258,10 @@ def render_markdown(report: Report) -> str:
             [_md_row(_key_cells(report, key)) for key in report.keys],
         )
     )
+    stored = _stored_table(report)
+    if stored is not None:
+        lines += ["", "## Stored ciphertexts", "", _stores_text(report), ""]
+        lines.append(_md_table(stored.columns, [_md_row(r) for r in stored.rows]))
     lines += ["", "## Key details", ""]
     for key in report.keys:
         lines += [f"### `{key.key_id}`", ""]
@@ -348,6 +359,8 @@ def _html_context(report: Report) -> dict[str, Any]:
             ),
         },
         "crypto": _crypto_context(report),
+        "stored": _stored_table(report),
+        "stores_text": _stores_text(report),
         "details": [
             {
                 "key": key,
@@ -441,6 +454,40 @@ def _crypto_context(report: Report) -> dict[str, Any]:
         ),
         "decrypt_function": section["decrypt_function"]["status"],
     }
+
+
+def _stored_table(report: Report) -> Table | None:
+    """Each key's stored ciphertexts in the registered stores at the last inventory (from the
+    history); None when no store is registered."""
+    if not report.options.stores:
+        return None
+    return Table(
+        STORED_TABLE_COLUMNS,
+        tuple(
+            (
+                Cell.code(key.instance_id),
+                Cell.code(key.key_id),
+                Cell(key.state),
+                Cell(
+                    "not inventoried"
+                    if key.stored_ciphertexts is None
+                    else str(key.stored_ciphertexts)
+                ),
+                Cell("-" if key.inventoried_at is None else key.inventoried_at.isoformat()),
+            )
+            for key in report.keys
+        ),
+        empty="No keys.",
+    )
+
+
+def _stores_text(report: Report) -> str:
+    stores = ", ".join(report.options.stores)
+    return (
+        f"Registered stores: {stores or 'none'}. Counts come from the newest inventory of exactly "
+        "these stores in the history (rotator inventory, rewrap, destroy's check); headers "
+        "only, nothing decrypted."
+    )
 
 
 def render_summary(report: Report, *, limit: int = 10) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from threading import Lock
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -268,6 +269,40 @@ class Rewrapper:
                 clock=clock,
             )
         )
+
+
+class RecordOutcome(StrEnum):
+    """What became of one record rewrapped on its own (an S3 Batch Operations task)."""
+
+    REWRAPPED = "rewrapped"
+    NOTHING_TO_DO = "nothing to do"  # no value of the key (already rewrapped: a retried task)
+    CHANGED = "changed"  # changed since it was read: worth retrying
+    MISSING = "missing"
+    FAILED = "failed"  # a value that does not decrypt, or does not come back the same
+
+
+def rewrap_one(rewrapper: Rewrapper, store: CiphertextStore, ref: str) -> tuple[RecordOutcome, str]:
+    """Rewrap one record by its ref: read it, rewrap its values of `from_key`, write it back if
+    unchanged. The text names counts, key IDs and error types only, never a value."""
+    record = store.read(ref)
+    if record is None:
+        return RecordOutcome.MISSING, f"{ref} no longer exists"
+    if record.problem:
+        return RecordOutcome.FAILED, record.problem
+    texts = sorted({value.text for value, _ in record.ciphertexts(rewrapper.from_key)})
+    if not texts:
+        return RecordOutcome.NOTHING_TO_DO, f"no value under key {rewrapper.from_key}"
+    try:
+        changes = {text: rewrapper.rewrap_value(text) for text in texts}
+        store.replace(record, changes)
+    except ConcurrentChange:
+        return RecordOutcome.CHANGED, "changed since it was read; retry"
+    except RewrapFailed as error:
+        return RecordOutcome.FAILED, str(error)
+    return (
+        RecordOutcome.REWRAPPED,
+        f"rewrapped {len(texts)} values from key {rewrapper.from_key} to key {rewrapper.to_key}",
+    )
 
 
 def progress_printer(stream: TextIO, *, every: float = 1.0) -> Callable[[RewrapProgress], None]:
