@@ -551,6 +551,67 @@ def test_per_service_endpoint_variables_are_enough(
 
 
 @pytest.fixture
+def dual_control(
+    sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CliWorld]:
+    yield from new_scenario(sandbox_process, monkeypatch, "dual-control")
+
+
+def test_dual_control_on_the_sandbox_needs_a_second_principal(dual_control: CliWorld) -> None:
+    """Issue 11's proof through real processes against `rotator sandbox`: an emergency
+    rotation waits for a request; its requester cannot approve it; a role assumed in the
+    sandbox (another principal) can, and the rotation runs."""
+    s = dual_control
+    s.rotator(*s.init_argv(), expect=0)
+    first = s.flow_block().key_id
+    on = s.cli_environment(ROTATOR_DUAL_CONTROL="true")
+    emergency = (
+        *("rotate", "--instance-id", s.instance_id, "--force"),
+        *("--emergency", "--reason", "suspected leak"),
+    )
+    refused = s.rotator(*emergency, environment=on, expect=3)
+    assert "rotator request rotate --instance-id" in refused.stderr
+    assert s.flow_block().key_id == first
+
+    asked = s.rotator("request", *emergency, environment=on, expect=0).stdout
+    request_id = asked.split("request ", 1)[1].split(":", 1)[0]
+    assert request_id.startswith("req-")
+    own = s.rotator("approve", request_id, environment=on, expect=3)
+    assert "second principal must approve" in own.stderr
+    assert s.flow_block().key_id == first
+
+    session = boto3.session.Session(
+        aws_access_key_id=s.sandbox.exports["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s.sandbox.exports["AWS_SECRET_ACCESS_KEY"],
+        region_name=s.sandbox.exports["AWS_DEFAULT_REGION"],
+    )
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
+    }
+    role = session.client("iam", endpoint_url=s.sandbox.url).create_role(
+        RoleName="e2e-approver", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]
+    granted = session.client("sts", endpoint_url=s.sandbox.url).assume_role(
+        RoleArn=role["Arn"], RoleSessionName="second-person"
+    )["Credentials"]
+    approver = s.cli_environment(
+        ROTATOR_DUAL_CONTROL="true",
+        AWS_ACCESS_KEY_ID=granted["AccessKeyId"],
+        AWS_SECRET_ACCESS_KEY=granted["SecretAccessKey"],
+        AWS_SESSION_TOKEN=granted["SessionToken"],
+    )
+    ran = s.rotator("approve", request_id, environment=approver, expect=0).stdout
+    assert "running: rotator rotate --instance-id" in ran, ran
+    second = s.flow_block().key_id
+    assert second not in (None, first), ran
+    s.rotator("approve", request_id, environment=approver, expect=3)  # exactly once
+    listed = s.rotator("request", "list", "--json", environment=on, expect=0).json()
+    assert listed["open"] == []
+    s.assert_no_secret_in_any_output(expected_keys=2)
+
+
+@pytest.fixture
 def served(sandbox_process: SandboxProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliWorld]:
     yield from new_scenario(sandbox_process, monkeypatch, "serve")
 
