@@ -28,7 +28,6 @@ from rotator.entrypoints.bootstrap import (
 from rotator.entrypoints.invocation import on_clock, requested_time
 from rotator.errors import ConfigError
 from rotator.ports import Publisher
-from rotator.services.report import Report
 from rotator.services.jobs import (
     ReportDestinations,
     aggregate_job,
@@ -39,6 +38,7 @@ from rotator.services.jobs import (
     rotation_job,
     verify_job,
 )
+from rotator.services.report import Report
 
 REPORT_DESTINATIONS = (
     f"{RotatorEnv.REPORT_S3_URI}, {RotatorEnv.REPORT_SNS_TOPIC_ARN} or {RotatorEnv.SNS_TOPIC_ARN}"
