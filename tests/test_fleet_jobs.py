@@ -152,4 +152,20 @@ def test_the_lambda_takes_the_aggregate_step(
     summary = scheduled.handler(event, None)
     assert summary["counts"]["rotated"] == 1 and summary["counts"]["failed"] == 1
     assert summary["failures"] == ["?/?/?: States.Timeout"] and not summary["ok"]
-    assert publisher.value("RotationSuccess") == 1
+    # The fleet's total (the series the alarms watch), and one series per partition: the
+    # aggregation checked each member account's keyring through its role (moto).
+    assert series(publisher, "RotationSuccess") == {
+        (): 1,
+        (("Account", "prod"), ("Region", REGION)): 0,
+        (("Account", "test"), ("Region", REGION)): 0,
+        (("Account", "test"), ("Region", "eu-west-2")): 0,
+    }
+    assert series(publisher, "RotationFailure")[()] == 1
+    assert [p["account"] for p in summary["partitions"]] == ["prod", "test", "test"]
+
+
+def series(publisher: FakePublisher, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Each series of `name` published: its dimensions -> its value (each published once)."""
+    found = [(m.dimensions, m.value) for m, _ in publisher.metrics if m.name == name]
+    assert len({d for d, _ in found}) == len(found), found
+    return dict(found)

@@ -10,6 +10,7 @@ one `rotate-target` per due instance, then `aggregate`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from lambda_decrypt.logs import configure_logging
 from rotator.clock import clock_from_environment
 from rotator.config import RotatorEnv, Settings
-from rotator.domain.fleet import Target, select_partitions
+from rotator.domain.fleet import Partition, Target, select_partitions
 from rotator.entrypoints.bootstrap import (
     Adapters,
     build_adapters,
@@ -37,6 +38,7 @@ from rotator.services.jobs import (
     rotation_job,
     verify_job,
 )
+from rotator.services.report import Report
 
 REPORT_DESTINATIONS = (
     f"{RotatorEnv.REPORT_S3_URI}, {RotatorEnv.REPORT_SNS_TOPIC_ARN} or {RotatorEnv.SNS_TOPIC_ARN}"
@@ -122,8 +124,24 @@ def fleet_run(
             )
         if job is Job.AGGREGATE:
             evaluation, results = _aggregate_input(event)
+            built = build_fleet_adapters(
+                settings, select_partitions(settings.fleet), simulated_clock=simulated
+            )
+            rotations = {
+                partition: adapters.rotation(
+                    on_clock(f"step-functions ({partition})", simulated=simulated)
+                )
+                for partition, adapters in built.items()
+            }
             return aggregate_job(
-                evaluation, results, build_publisher(settings), now, what_if=what_if
+                evaluation,
+                results,
+                build_publisher(settings),
+                now,
+                partitions=rotations,
+                report=report_for_fleet(built, settings),
+                destinations=lambda_destinations(settings),
+                what_if=what_if,
             ).to_dict()
         if job is Job.EVALUATE:
             partitions = select_partitions(settings.fleet)
@@ -141,6 +159,17 @@ def fleet_run(
         return rotate_target_job(rotation, target, now, what_if=what_if)
     except ConfigError as error:
         return {"ok": False, "job": str(job), "error": str(error)}
+
+
+def report_for_fleet(
+    built: Mapping[Partition, Adapters], settings: Settings
+) -> Callable[[datetime], Report] | None:
+    """The seam for the fleet report (one report, sections per account and region): its maker
+    over every partition's adapters, which the aggregation delivers as the report job does
+    (`report_job`: ReportFindings, S3, the report topic). None until the fleet report is
+    connected: the aggregation then delivers no report."""
+    del built, settings
+    return None
 
 
 def _target(event: dict[str, Any], settings: Settings) -> Target:

@@ -31,19 +31,21 @@ from rotator.domain.findings import Finding, Severity
 from rotator.domain.fleet import Partition, Target
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.policy import RotationPolicy, rotation_due
+from rotator.domain.window import window_decision
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
 from rotator.ports import BusEvent, Connect, ConnectReader, Keyring, Lock, Metric, Publisher
 from rotator.services.fleet import TargetResult, evaluate, rotate_target
 from rotator.services.report import EvidenceSources, Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
-from rotator.services.rotation import InstanceResult, Outcome
+from rotator.services.rotation import InstanceResult, Outcome, RotationRefused
 from rotator.services.state import read_state
 from rotator.services.verify import Check, InvariantChecker
 
 if TYPE_CHECKING:
     from rotator.domain.lifecycle import KeyRecord
     from rotator.domain.rotation import ManagedInstance
+    from rotator.domain.state import KeyringState
     from rotator.domain.window import RotationSchedule
     from rotator.services.rotation import RotationService
 
@@ -160,31 +162,13 @@ def rotation_job(
     except ConnectKeyRotatorError as error:  # the instance list itself could not be read
         rotated = [InstanceResult("*", Outcome.FAILED, describe(error))]
     results += [r for r in rotated if r.instance_id not in done]
-    still_due: list[str] = []
-    metrics: list[Metric] = []
-    expiries: tuple[KeyExpiry, ...] | None = None
-    records: list[KeyRecord] | None = None  # read once: the metrics and the expiry events
     # Skipped: another run holds the instance's lock and is rotating it right now. Waiting: due,
     # but held back by the rotation window or a freeze, as configured (not "left due").
     busy = {r.instance_id for r in results if r.outcome in (Outcome.SKIPPED, Outcome.WAITING)}
-    try:
-        records = keyring.records()
-        metrics, still_due, expiries = _key_metrics(records, policy, now, busy)
-    except ConnectKeyRotatorError as error:
-        results.append(
-            InstanceResult("*", Outcome.FAILED, f"reading the keyring: {describe(error)}")
-        )
-    drift = drift_check(keyring, rotation.connect, rotation.lock, now, describe)
-    if drift.error is not None:
-        results.append(InstanceResult("*", Outcome.FAILED, drift.error))
-    else:
-        metrics += drift.metrics()
-    metrics += [
-        Metric("RotationSuccess", sum(r.outcome is Outcome.ROTATED for r in results)),
-        Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
-        Metric("KeysDueNotRotated", len(still_due)),
-    ]
-    expiry = expiry_events_job(rotation, keyring, records, publisher, now, what_if, describe)
+    checks = after_rotations(rotation, keyring, publisher, results, busy, now, what_if, describe)
+    results = checks.results
+    still_due, metrics, expiries = checks.still_due, checks.metrics, checks.expiries
+    expiry, drift = checks.expiry, checks.drift
     run = RotationJobRun(
         now,
         results,
@@ -207,6 +191,67 @@ def rotation_job(
         run = replace(run, notified=notified, telemetry_error="; ".join(errors) or None)
     log.info("scheduled_run", **{k: v for k, v in run.to_dict().items() if k != "results"})
     return run
+
+
+@dataclass(frozen=True)
+class RunChecks:
+    """What a rotation run does for one keyring once its rotations are done: the key metrics
+    (DaysToExpiry, KeysDueNotRotated), the drift check (DriftFindings), the rotation counters
+    and the expiry events. The single-account job and each partition of fleet mode's
+    aggregation run this one function, so the two cannot publish differently."""
+
+    results: list[InstanceResult]  # the run's results, and a "*" line for a read that failed
+    still_due: list[str]
+    metrics: list[Metric]
+    expiries: tuple[KeyExpiry, ...] | None
+    drift: DriftCheck
+    expiry: ExpiryEvents
+
+
+def after_rotations(
+    rotation: RotationService,
+    keyring: Keyring,
+    publisher: Publisher,
+    results: Sequence[InstanceResult],
+    busy: set[str],
+    now: datetime,
+    what_if: bool,
+    describe: Callable[[ConnectKeyRotatorError], str] = str,
+    *,
+    drift: DriftCheck | None = None,
+    extra_detail: Mapping[str, str] | None = None,
+) -> RunChecks:
+    """The keyring read once (metrics, keys left due, expiry events), the drift check (`drift`
+    if the caller has already read it), and the counters over `results`. `busy`: instances
+    whose due key is not "left due" (another run holds them, or a window holds them back).
+    `extra_detail`: fields added to each expiry event's detail (fleet mode: the partition)."""
+    results = list(results)
+    still_due: list[str] = []
+    metrics: list[Metric] = []
+    expiries: tuple[KeyExpiry, ...] | None = None
+    records: list[KeyRecord] | None = None  # read once: the metrics and the expiry events
+    try:
+        records = keyring.records()
+        metrics, still_due, expiries = _key_metrics(records, rotation.settings.policy, now, busy)
+    except ConnectKeyRotatorError as error:
+        results.append(
+            InstanceResult("*", Outcome.FAILED, f"reading the keyring: {describe(error)}")
+        )
+    if drift is None:
+        drift = drift_check(keyring, rotation.connect, rotation.lock, now, describe)
+    if drift.error is not None:
+        results.append(InstanceResult("*", Outcome.FAILED, drift.error))
+    else:
+        metrics += drift.metrics()
+    metrics += [
+        Metric("RotationSuccess", sum(r.outcome is Outcome.ROTATED for r in results)),
+        Metric("RotationFailure", sum(r.outcome is Outcome.FAILED for r in results)),
+        Metric("KeysDueNotRotated", len(still_due)),
+    ]
+    expiry = expiry_events_job(
+        rotation, keyring, records, publisher, now, what_if, describe, extra_detail=extra_detail
+    )
+    return RunChecks(results, still_due, metrics, expiries, drift, expiry)
 
 
 def _initialise(
@@ -460,13 +505,18 @@ def expiry_events_job(
     now: datetime,
     what_if: bool,
     describe: Callable[[ConnectKeyRotatorError], str] = str,
+    *,
+    extra_detail: Mapping[str, str] | None = None,
 ) -> ExpiryEvents:
     """Put an event on the bus for each active key that has crossed a threshold of the
     `expiry_event_days` setting since its last one, then record it in the history: one event
     per key and threshold however often the job runs. Sent first, recorded after: a crash in
     between sends it again on the next run (at least once, as EventBridge delivers). Nothing
     recorded, nothing sent: the next run sends it. A what-if sends and records nothing.
-    `records`: the job's read of the keyring (None: it failed, and the run already says so)."""
+    `records`: the job's read of the keyring (None: it failed, and the run already says so).
+    `extra_detail`: fields added to each event's detail (fleet mode: the account and region, as
+    the events of every member account go on the central bus); the history records the same
+    crossing either way."""
     settings = rotation.settings
     if records is None:
         return ExpiryEvents()
@@ -474,7 +524,10 @@ def expiry_events_job(
         owed = _owed_expiry_events(records, keyring, settings.expiry_thresholds, now)
     except ConnectKeyRotatorError as error:
         return ExpiryEvents(error=f"expiry events: reading the keyring: {describe(error)}")
-    details = tuple(event_detail(record, now, crossing.threshold) for record, crossing in owed)
+    extra = dict(extra_detail or {})
+    details = tuple(
+        event_detail(record, now, crossing.threshold) | extra for record, crossing in owed
+    )
     if what_if or not owed:
         return ExpiryEvents(details)
     events = [
@@ -801,10 +854,54 @@ def rotate_target_job(
     return {"ok": not unit.failed, "job": "rotate-target", "now": now.isoformat()} | unit.to_dict()
 
 
+# At most this many lines of each kind in the aggregation's summary (the execution's output is a
+# state too: 256 KB at most); the notice and the log carry every line.
+SUMMARY_LINES = 50
+
+
+@dataclass(frozen=True)
+class PartitionCheck:
+    """The aggregation's work in one (account, region), after the Map's rotations: what the
+    single-account job does after its own (`after_rotations`), plus the convergence that its
+    loop over every instance gives it: orphaned staging removed, retires cut short finished,
+    stale locks cleared."""
+
+    partition: Partition
+    run: RotationJobRun  # this partition's units, keys left due, drift and expiry events
+    metrics: tuple[Metric, ...] = ()  # with the Account and Region dimensions
+    repaired: tuple[str, ...] = ()
+    units_failed: int = 0  # the first failures of `run` are the Map's units'
+
+    @property
+    def own_failures(self) -> list[InstanceResult]:
+        """What failed in the aggregation's own work here (a read, a repair): the units' failures
+        are the Map's, counted once."""
+        return self.run.failed[self.units_failed :]
+
+    def lines(self) -> list[str]:
+        """This partition's lines of the single-account job's `failures()`, each naming the
+        partition (publishing errors are the aggregation's own)."""
+        lines = [f"failed: {self.partition}/{r.instance_id}: {r.detail}" for r in self.own_failures]
+        if not self.run.what_if:
+            lines += [f"due and not rotated: {self.partition}/{e}" for e in self.run.still_due]
+            lines += [f"drift: {self.partition}: {_drift_line(f)}" for f in self.run.critical_drift]
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.partition.account,
+            "region": self.partition.region,
+            "still_due": len(self.run.still_due),
+            "drift": {s.value: sum(f.severity is s for f in self.run.drift) for s in Severity},
+            "expiry_events": len(self.run.expiry_events),
+            "repaired": list(self.repaired[:SUMMARY_LINES]),
+        }
+
+
 @dataclass(frozen=True)
 class AggregateRun:
     """The state machine's last step: the units' outcomes, the evaluation's unreadable
-    partitions, and what was published."""
+    partitions, each partition's checks, the report, and what was published."""
 
     now: datetime
     what_if: bool
@@ -812,25 +909,46 @@ class AggregateRun:
     failures: tuple[str, ...]
     partition_errors: tuple[str, ...]
     min_days_to_expiry: float | None
+    checks: tuple[PartitionCheck, ...] = ()
     notified: bool = False
     telemetry_error: str | None = None
+    report: ReportJobRun | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """Every line that makes the run not ok: the failed units, the unreadable partitions,
+        and each partition's keys left due, critical drift and failed reads."""
+        lines = [f"failed: {line}" for line in self.failures]
+        lines += [f"not evaluated: {line}" for line in self.partition_errors]
+        for check in self.checks:
+            lines += check.lines()
+        return lines
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.partition_errors and self.telemetry_error is None
+        return (
+            not self.problems
+            and self.telemetry_error is None
+            and (self.report is None or self.report.ok)
+        )
 
     def to_dict(self) -> dict[str, Any]:
+        problems = self.problems
         return {
             "ok": self.ok,
             "job": "aggregate",
             "now": self.now.isoformat(),
             "what_if": self.what_if,
             "counts": self.counts,
-            "failures": list(self.failures),
-            "partition_errors": list(self.partition_errors),
+            "failures": list(self.failures[:SUMMARY_LINES]),
+            "partition_errors": list(self.partition_errors[:SUMMARY_LINES]),
+            "problems": problems[:SUMMARY_LINES],
+            "more_problems": max(0, len(problems) - SUMMARY_LINES),
+            "partitions": [check.to_dict() for check in self.checks],
             "min_days_to_expiry": self.min_days_to_expiry,
             "notified": self.notified,
             "telemetry_error": self.telemetry_error,
+            "report": None if self.report is None else self.report.to_dict(),
         }
 
 
@@ -840,13 +958,25 @@ def aggregate_job(
     publisher: Publisher,
     now: datetime,
     *,
+    partitions: Mapping[Partition, RotationService] | None = None,
+    report: Callable[[datetime], Report] | None = None,
+    destinations: ReportDestinations | None = None,
     what_if: bool = False,
     describe: Callable[[ConnectKeyRotatorError], str] = str,
 ) -> AggregateRun:
-    """Metrics (RotationSuccess, RotationFailure, the fleet's nearest expiry as DaysToExpiry,
-    FleetPartitionErrors) and one notice naming every failed unit and unreadable partition.
-    `evaluation`: the evaluation's `errors` and `min_days_to_expiry`; `results`: the Map's
-    items, each a rotate-target summary (or a Lambda error the Map caught: a failure too)."""
+    """After the Map's rotations, per partition (`partitions`: each one's rotation service, on
+    its own adapters), what the single-account rotation job does after its rotations: remove
+    orphaned staging, finish retires cut short and clear stale locks, then `after_rotations`
+    (the key metrics, the drift check, the expiry events on the bus, recorded in that
+    account's history). Then the metrics (each partition's with Account and Region dimensions;
+    the fleet's totals without, which the template's alarms watch), one notice naming every
+    failed unit, unreadable partition, key left due and critical drift finding, and the
+    report (`report`: the fleet report's maker, delivered as the report job delivers).
+
+    `evaluation`: the evaluation's `errors` and `min_days_to_expiry` (the fleet's nearest
+    expiry when no partition could be read); `results`: the Map's items, each a rotate-target
+    summary (or a Lambda error the Map caught: a failure too). A what-if checks, changes and
+    publishes nothing."""
     outcomes = [str(r.get("outcome", Outcome.FAILED.value)) for r in results]
     counts = {o.value: outcomes.count(o.value) for o in Outcome}
     failures = tuple(
@@ -856,36 +986,215 @@ def aggregate_job(
         if outcome == Outcome.FAILED.value
     )
     errors = tuple(str(e) for e in evaluation.get("errors", []))
-    days = evaluation.get("min_days_to_expiry")
-    run = AggregateRun(
-        now, what_if, counts, failures, errors, float(days) if days is not None else None
+    checks = tuple(
+        _check_partition(partition, rotation, results, now, what_if, publisher, describe)
+        for partition, rotation in (partitions or {}).items()
     )
+    days = [d for c in checks if (d := _fleet_value(c.metrics, "DaysToExpiry")) is not None]
+    evaluated = evaluation.get("min_days_to_expiry")
+    if not days and evaluated is not None:  # no partition was read: the evaluation's
+        days = [float(evaluated)]
+    run = AggregateRun(now, what_if, counts, failures, errors, min(days) if days else None, checks)
+    report_run = None
+    if report is not None:
+        where = destinations if destinations is not None else ReportDestinations("-")
+        report_run = report_job(report, publisher, where, now, what_if=what_if)
+    run = replace(run, report=report_run)
     if what_if:
         log.info("fleet_aggregate", **run.to_dict())
         return run
-    metrics = [
-        Metric("RotationSuccess", counts[Outcome.ROTATED.value]),
-        Metric("RotationFailure", counts[Outcome.FAILED.value]),
-        Metric(FLEET_PARTITION_ERRORS_METRIC, len(errors)),
-    ]
-    if run.min_days_to_expiry is not None:  # the one series the days-to-expiry alarm watches
-        metrics.append(Metric("DaysToExpiry", run.min_days_to_expiry, "None"))
+    problems = [e for c in checks if (e := c.run.telemetry_error) is not None]
     notified = False
-    problems: list[str] = []
     try:
-        publisher.put_metrics(metrics, now)
-        if failures or errors:
-            lines = [f"Fleet run at {now.isoformat()}:"]
-            lines += [f"- failed: {line}" for line in failures]
-            lines += [f"- not evaluated: {line}" for line in errors]
-            lines.append("Runbook: runbooks/ (rotator verify --account NAME --region R).")
-            subject = (
-                f"{FLEET_FAILED_SUBJECT}: {len(failures)} failed, "
-                f"{len(errors)} partition(s) unreadable"
-            )
-            notified = publisher.notify(subject, "\n".join(lines))
+        publisher.put_metrics(_fleet_metrics(run, checks), now)
+        if run.problems:
+            notified = publisher.notify(_fleet_subject(run), _fleet_message(run))
     except ConnectKeyRotatorError as error:
         problems.append(describe(error))
     run = replace(run, notified=notified, telemetry_error="; ".join(problems) or None)
     (log.info if run.ok else log.error)("fleet_aggregate", **run.to_dict())
     return run
+
+
+def _check_partition(
+    partition: Partition,
+    rotation: RotationService,
+    results: Sequence[Mapping[str, Any]],
+    now: datetime,
+    what_if: bool,
+    publisher: Publisher,
+    describe: Callable[[ConnectKeyRotatorError], str],
+) -> PartitionCheck:
+    units = [
+        InstanceResult(
+            str(r.get("instance_id", "?")),
+            _outcome(r.get("outcome")),
+            str(r.get("failure") or r.get("detail") or r.get("error") or ""),
+        )
+        for r in results
+        if (r.get("account"), r.get("region")) == (partition.account, partition.region)
+    ]
+    units_failed = sum(u.outcome is Outcome.FAILED for u in units)
+    keyring = rotation.keyring
+    repaired: list[str] = []
+    drift: DriftCheck | None = None
+    busy = {u.instance_id for u in units if u.outcome in (Outcome.SKIPPED, Outcome.WAITING)}
+    try:
+        if not what_if:
+            rotation.remove_orphaned_staging()
+        state = read_state(keyring, rotation.lock, connect=rotation.connect, protection=True)
+        if not what_if:
+            repaired, failed = _finish_interrupted(rotation, state, now, describe)
+            units += failed
+            if repaired or failed:  # judge what the repairs left, as the single-account job does
+                state = read_state(
+                    keyring, rotation.lock, connect=rotation.connect, protection=True
+                )
+        drift = DriftCheck(tuple(drift_findings(state, now)))
+        busy |= _held_back(rotation, state, now)
+    except ConnectKeyRotatorError as error:
+        drift = DriftCheck(error=f"drift check: reading the keyring: {describe(error)}")
+    detail = {"account": partition.account, "region": partition.region}
+    checks = after_rotations(
+        rotation,
+        keyring,
+        publisher,
+        units,
+        busy,
+        now,
+        what_if,
+        describe,
+        drift=drift,
+        extra_detail=detail,
+    )
+    run = RotationJobRun(
+        now,
+        checks.results,
+        checks.still_due,
+        telemetry_error=checks.expiry.error,
+        what_if=what_if,
+        expiry_events=checks.expiry.details,
+        drift=checks.drift.findings,
+        expiries=checks.expiries,
+    )
+    dimensions = (("Account", partition.account), ("Region", partition.region))
+    metrics = tuple(replace(m, dimensions=dimensions + m.dimensions) for m in checks.metrics)
+    log.info("fleet_partition_checked", partition=str(partition), repaired=repaired)
+    return PartitionCheck(partition, run, metrics, tuple(repaired), units_failed)
+
+
+def _outcome(raw: object) -> Outcome:
+    """A Map item's outcome; anything else (a caught invocation error) is a failure."""
+    values = {o.value: o for o in Outcome}
+    return values.get(str(raw), Outcome.FAILED)
+
+
+def _finish_interrupted(
+    rotation: RotationService,
+    state: KeyringState,
+    now: datetime,
+    describe: Callable[[ConnectKeyRotatorError], str],
+) -> tuple[list[str], list[InstanceResult]]:
+    """What the single-account job's visit of every instance finishes on instances that are not
+    due (the evaluation reads no Connect, so the Map never visits them): a retired key Connect
+    still holds (a retire cut short between its record and Connect's answer) and a stale lock.
+    Found in the drift check's read; each finished by the rotation's own code. A retired key a
+    managed flow still uses is left, as the single-account job leaves it (still a finding)."""
+    repaired: list[str] = []
+    failed: list[InstanceResult] = []
+    for instance in state.instances:
+        instance_id = instance.instance_id
+        try:
+            if instance.lock is not None and instance.lock.stale_reason is not None:
+                cleared = rotation.lock.clear_if_stale(instance_id)
+                if cleared:
+                    repaired.append(f"{instance_id}: stale lock removed ({cleared})")
+            for key_id in instance.associations:
+                record = state.record(key_id)
+                if record is None or record.state is not KeyState.RETIRED:
+                    continue
+                try:
+                    repaired.append(f"{instance_id}: {rotation.retire(key_id, now)}")
+                except RotationRefused as refused:  # a managed flow still uses it
+                    log.warning("retire_deferred", instance_id=instance_id, detail=str(refused))
+        except ConnectKeyRotatorError as error:
+            failed.append(InstanceResult(instance_id, Outcome.FAILED, describe(error)))
+    return repaired, failed
+
+
+def _held_back(rotation: RotationService, state: KeyringState, now: datetime) -> set[str]:
+    """The instances whose due key the rotation window or a freeze holds back: the evaluation
+    left them out of the Map (the single-account job's "waiting"), so not "left due"."""
+    if rotation.schedule is None:
+        return set()
+    waiting = set()
+    for instance in state.instances:
+        current = state.record(state.current.get(instance.instance_id, ""))
+        if instance.rotation_interrupted or current is None or current.state is not KeyState.ACTIVE:
+            continue
+        if rotation_due(current, rotation.settings.policy, now).due and (
+            window_decision(rotation.schedule, current.not_after, now).waits
+        ):
+            waiting.add(instance.instance_id)
+    return waiting
+
+
+def _fleet_value(metrics: Sequence[Metric], name: str) -> float | None:
+    """A partition's series of `name` with no dimension but its Account and Region."""
+    for metric in metrics:
+        if metric.name == name and [d for d, _ in metric.dimensions] == ["Account", "Region"]:
+            return metric.value
+    return None
+
+
+def _fleet_metrics(run: AggregateRun, checks: Sequence[PartitionCheck]) -> list[Metric]:
+    """Each partition's metrics, then the fleet's totals without dimensions (the series the
+    template's alarms watch: RotationFailure, the nearest DaysToExpiry)."""
+    metrics = [m for check in checks for m in check.metrics]
+    # A partition's own failed reads are failures too, as in the single-account job.
+    extra = sum(len(c.own_failures) for c in checks)
+    not_checked = [c for c in checks if c.run.expiries is None]
+    metrics += [
+        Metric("RotationSuccess", run.counts[Outcome.ROTATED.value]),
+        Metric("RotationFailure", run.counts[Outcome.FAILED.value] + extra),
+        Metric(FLEET_PARTITION_ERRORS_METRIC, len(run.partition_errors) + len(not_checked)),
+    ]
+    if checks:  # counted only where partitions were checked
+        metrics.append(Metric("KeysDueNotRotated", sum(len(c.run.still_due) for c in checks)))
+        metrics += [
+            Metric(
+                DRIFT_FINDINGS_METRIC,
+                sum(f.severity is severity for c in checks for f in c.run.drift),
+                dimensions=(("Severity", severity.value),),
+            )
+            for severity in Severity
+        ]
+    if run.min_days_to_expiry is not None:  # the one series the days-to-expiry alarm watches
+        metrics.append(Metric("DaysToExpiry", run.min_days_to_expiry, "None"))
+    return metrics
+
+
+def _fleet_subject(run: AggregateRun) -> str:
+    """The single-account job's subject over the whole fleet (the first kind of problem)."""
+    failed = len(run.failures) + sum(len(c.own_failures) for c in run.checks)
+    if failed:
+        return f"connect-key-rotator: {failed} rotation(s) failed"
+    still_due = sum(len(c.run.still_due) for c in run.checks)
+    if still_due:
+        return f"connect-key-rotator: {still_due} key(s) due and not rotated"
+    critical = sum(len(c.run.critical_drift) for c in run.checks)
+    if critical:
+        return (
+            f"connect-key-rotator: {critical} critical drift finding(s): "
+            "a change the rotator did not make"
+        )
+    if run.partition_errors:
+        return f"{FLEET_FAILED_SUBJECT}: {len(run.partition_errors)} partition(s) unreadable"
+    return "connect-key-rotator: publishing failed"
+
+
+def _fleet_message(run: AggregateRun) -> str:
+    lines = [f"Fleet run at {run.now.isoformat()}:"]
+    lines += [f"- {line}" for line in run.problems]
+    lines.append("Runbook: runbooks/ (rotator verify --account NAME --region R).")
+    return "\n".join(lines)

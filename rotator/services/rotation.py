@@ -302,14 +302,15 @@ class RotationService:
                 log.error("rotation_failed", instance_id=target.instance_id, error=str(error))
                 results.append(InstanceResult(target.instance_id, Outcome.FAILED, str(error)))
         if not dry_run:
-            self._remove_orphaned_staging()
+            self.remove_orphaned_staging()
         return results
 
-    def _remove_orphaned_staging(self) -> None:
+    def remove_orphaned_staging(self) -> None:
         """Staged keys that no unfinished rotation owns (a rotation cut short before its record
         was kept, or a lock that was broken): never associated, so deleting them loses nothing.
 
-        A rotation records its ID before it stages, so a concurrent rotation's staging is owned."""
+        A rotation records its ID before it stages, so a concurrent rotation's staging is owned.
+        Every `rotate` ends with it; fleet mode's aggregation runs it for each partition."""
         try:
             orphans = self.keyring.orphaned_staging()
             for rotation_id in sorted(orphans):
