@@ -118,14 +118,22 @@ def test_status_is_per_account_and_region(fleet: Settings) -> None:
     assert code == ExitCode.USAGE
 
 
-def test_init_and_report_need_one_keyring(
+def test_report_covers_the_selection_and_init_needs_one_keyring(
     fleet: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _ = _run("report", "--account", "test")
-    assert code == ExitCode.USAGE
-    assert "choose one of test/us-east-1, test/eu-west-2" in capsys.readouterr().err
+    # The report is one document over every selected account region, a section each.
+    code, output = _run("report", "--account", "test", "--format", "json")
+    assert code == ExitCode.OK, output
+    document = json.loads(output)
+    assert document["generated_at"]
+    sections = [(p["account"], p["region"]) for p in document["partitions"]]
+    assert sections == [("test", REGION), ("test", "eu-west-2")]
     code, output = _run("report", "--account", "test", "--region", "eu-west-2", "--format", "json")
-    assert json.loads(output)["generated_at"]
+    assert code == ExitCode.OK, output
+    (section,) = json.loads(output)["partitions"]
+    assert (section["account"], section["region"], section["error"]) == ("test", "eu-west-2", None)
+    assert [i["instance_id"] for i in section["report"]["instances"]] == [TEST_INSTANCE]
+    assert PROD_INSTANCE not in output
     # init reads the flow from the chosen partition's Connect (here: one that holds none).
     code, _ = _run(
         "init", "--account", "prod", "--instance-id", PROD_INSTANCE, "--flow-id", FLOW, "--dry-run"

@@ -77,7 +77,10 @@ def render_fleet_csv(report: FleetReport) -> str:
     for section in report.sections:
         where = [section.partition.account, section.partition.region]
         if section.report is None:
-            tags = [finding_tag(f.finding) for f in _fleet_findings_of(report, section)]
+            tags = [
+                f"{finding_tag(f.finding)}: {section.error}"
+                for f in _fleet_findings_of(report, section)
+            ]
             row = ["; ".join(tags) if column == "findings" else None for column in key_columns]
             writer.writerow(csv_cell(value) for value in where + row)
             continue
