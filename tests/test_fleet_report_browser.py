@@ -29,7 +29,8 @@ PROBE = """(() => {
   const shown = (e) => e.checkVisibility();
   const groups = () => [...document.querySelectorAll("details.tl-instance")];
   const visible = (selector) => [...document.querySelectorAll(selector)].filter(shown)
-    .map((e) => [e.dataset.account, e.dataset.region, e.querySelector(":scope > summary code")?.textContent ?? null]);
+    .map((e) => [e.dataset.account, e.dataset.region,
+      e.querySelector(":scope > summary code")?.textContent ?? null]);
   const form = document.getElementById("timeline-filter");
   const type = (name, value) => {
     const field = form.elements.namedItem(name);
@@ -38,14 +39,16 @@ PROBE = """(() => {
   };
   const look = () => ({
     instances: visible("details.tl-instance"), regions: visible("details.tl-region"),
-    accounts: visible("details.tl-account"), count: document.getElementById("timeline-count").textContent,
+    accounts: visible("details.tl-account"),
+    count: document.getElementById("timeline-count").textContent,
     hidden: groups().filter((g) => g.hidden).length,
   });
   const probe = {formShown: shown(form), before: look()};
   type("text", "WANTED_TEXT");
   probe.typed = look();
   probe.rows = [...document.querySelectorAll("details.tl-instance")].filter(shown)
-    .flatMap((g) => [...g.querySelectorAll("svg text.label")].filter(shown).map((t) => t.firstChild.data));
+    .flatMap((g) => [...g.querySelectorAll("svg text.label")].filter(shown)
+      .map((t) => t.firstChild.data));
   type("text", "");
   type("account", "test");
   probe.account = look();
