@@ -14,11 +14,12 @@ import pytest
 
 from rotator.config import Settings
 from rotator.domain.fleet import Account
+from rotator.domain.keys import KeyMaterial
 from rotator.domain.rotation import ManagedInstance
 from rotator.entrypoints import cli
 from rotator.entrypoints.bootstrap import build_account_adapters
 from rotator.exit_codes import ExitCode
-from tests.conftest import REGION
+from tests.conftest import REGION, make_record
 from tests.fakes import HeldKeys
 
 FLOW = "bbbbbbbb-1111-4222-8333-444444444444"
@@ -118,14 +119,22 @@ def test_status_is_per_account_and_region(fleet: Settings) -> None:
     assert code == ExitCode.USAGE
 
 
-def test_init_and_report_need_one_keyring(
+def test_report_covers_the_selection_and_init_needs_one_keyring(
     fleet: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _ = _run("report", "--account", "test")
-    assert code == ExitCode.USAGE
-    assert "choose one of test/us-east-1, test/eu-west-2" in capsys.readouterr().err
+    # The report is one document over every selected account region, a section each.
+    code, output = _run("report", "--account", "test", "--format", "json")
+    assert code == ExitCode.OK, output
+    document = json.loads(output)
+    assert document["generated_at"]
+    sections = [(p["account"], p["region"]) for p in document["partitions"]]
+    assert sections == [("test", REGION), ("test", "eu-west-2")]
     code, output = _run("report", "--account", "test", "--region", "eu-west-2", "--format", "json")
-    assert json.loads(output)["generated_at"]
+    assert code == ExitCode.OK, output
+    (section,) = json.loads(output)["partitions"]
+    assert (section["account"], section["region"], section["error"]) == ("test", "eu-west-2", None)
+    assert [i["instance_id"] for i in section["report"]["instances"]] == [TEST_INSTANCE]
+    assert PROD_INSTANCE not in output
     # init reads the flow from the chosen partition's Connect (here: one that holds none).
     code, _ = _run(
         "init", "--account", "prod", "--instance-id", PROD_INSTANCE, "--flow-id", FLOW, "--dry-run"
@@ -147,3 +156,37 @@ def test_serve_refuses_a_fleet_rather_than_rotate_one_account(
     code, _ = _run("serve", "--config", str(config), "--once")
     assert code == ExitCode.USAGE
     assert "rotator serve runs one account" in capsys.readouterr().err
+
+
+def test_report_flags_one_key_pair_in_two_accounts(
+    fleet: Settings, material_2048: KeyMaterial
+) -> None:
+    """The issue's proof over the wire: each account's keyring read through its assumed role
+    (moto), the same public key recorded in prod and in test."""
+    for account, region, instance, key_id in (
+        (ACCOUNTS[0], REGION, PROD_INSTANCE, "prod-key"),
+        (ACCOUNTS[1], "eu-west-2", TEST_INSTANCE, "test-key"),
+    ):
+        keyring = build_account_adapters(fleet, account, region).keyring
+        keyring.put_record(make_record(key_id, material_2048, instance_id=instance))
+        keyring.set_current(instance, key_id)
+    code, output = _run("report", "--format", "json")
+    assert code == ExitCode.OK, output
+    document = json.loads(output)
+    (shared,) = [f for f in document["fleet"]["findings"] if f["code"] == "key-shared"]
+    assert shared["holders"] == [
+        {"account": "prod", "region": REGION, "instance_id": PROD_INSTANCE, "key_id": "prod-key"},
+        {
+            "account": "test",
+            "region": "eu-west-2",
+            "instance_id": TEST_INSTANCE,
+            "key_id": "test-key",
+        },
+    ]
+    assert f"prod/{REGION} prod-key ({PROD_INSTANCE})" in shared["message"]
+    assert f"test/eu-west-2 test-key ({TEST_INSTANCE})" in shared["message"]
+    assert "BEGIN" not in output  # fingerprints, never key material
+    code, _ = _run("report", "--format", "json", "--fail-on", "critical")
+    assert code == ExitCode.FAILURE
+    code, output = _run("report", "--account", "prod", "--format", "json")
+    assert json.loads(output)["fleet"]["findings"] == []  # one account: nothing to compare

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from rotator.domain.crypto_architecture import kek_findings
 from rotator.domain.custodians import custodians
 from rotator.domain.findings import Finding, FindingCode
+from rotator.domain.fleet import Partition
 from rotator.domain.keys import ALLOWED_KEY_SIZES
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import (
@@ -637,6 +639,116 @@ def shared_key_findings(records: tuple[KeyRecord, ...]) -> Iterator[Finding]:
             f"keys {holders} share one key pair (public key SHA-256 {fingerprint[:16]}...): "
             "give each its own key",
         )
+
+
+# -- the fleet (issue 12): what only a look across accounts and regions finds ----------------------
+
+
+@dataclass(frozen=True, order=True)
+class KeyHolder:
+    """Where a key pair was found: an account's region, a key ID and its instance."""
+
+    partition: Partition
+    key_id: str
+    instance_id: str | None
+
+    def __str__(self) -> str:
+        return f"{self.partition} {self.key_id} ({self.instance_id or 'no instance'})"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "account": self.partition.account,
+            "region": self.partition.region,
+            "instance_id": self.instance_id,
+            "key_id": self.key_id,
+        }
+
+
+@dataclass(frozen=True)
+class FleetFinding:
+    """A finding about the fleet rather than one keyring: an account's region that could not be
+    read (`partition`), or one key pair held in several account regions (`holders`)."""
+
+    finding: Finding
+    partition: Partition | None = None
+    holders: tuple[KeyHolder, ...] = ()
+
+    @property
+    def partitions(self) -> tuple[Partition, ...]:
+        """The account regions it concerns, each once, in order."""
+        found = [self.partition] if self.partition is not None else []
+        found += [holder.partition for holder in self.holders]
+        return tuple(dict.fromkeys(found))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.finding.to_dict(),
+            "account": None if self.partition is None else self.partition.account,
+            "region": None if self.partition is None else self.partition.region,
+            "holders": [holder.to_dict() for holder in self.holders],
+        }
+
+
+def fleet_findings(
+    states: Mapping[Partition, KeyringState], unreadable: Mapping[Partition, str]
+) -> list[FleetFinding]:
+    """The fleet's own findings, most severe first: each account region that could not be read
+    (why, as the caller describes it), and each key pair found in more than one account region
+    (PCI DSS 3.6.1.1: no key shared between production and test). One keyring's duplicates are
+    that keyring's `key-shared` already."""
+    found = [
+        FleetFinding(
+            Finding(
+                FindingCode.PARTITION_UNREADABLE,
+                None,
+                None,
+                f"account {partition.account}, region {partition.region} could not be read: "
+                f"{why}; its keys, instances and findings are missing from this report",
+            ),
+            partition=partition,
+        )
+        for partition, why in unreadable.items()
+    ]
+    found += shared_across_partitions(states)
+    found.sort(key=lambda f: (f.finding.severity.rank, f.finding.code, f.partitions))
+    return found
+
+
+def shared_across_partitions(states: Mapping[Partition, KeyringState]) -> list[FleetFinding]:
+    """`key-shared` across the fleet: one public key (so one private key) in two account regions,
+    from the keyrings' records and the public keys Connect holds for keys no record describes.
+    Named by account, region, instance and key ID, with a fingerprint prefix: never material."""
+    by_fingerprint: dict[str, set[KeyHolder]] = {}
+    for partition, state in states.items():
+        for record in state.records:
+            holder = KeyHolder(partition, record.key_id, record.instance_id)
+            by_fingerprint.setdefault(record.public_key_sha256, set()).add(holder)
+        recorded = {record.key_id for record in state.records}
+        for instance in state.instances:
+            for key_id, fingerprint in instance.public_keys.items():
+                if key_id not in recorded:
+                    holder = KeyHolder(partition, key_id, instance.instance_id)
+                    by_fingerprint.setdefault(fingerprint, set()).add(holder)
+    found = []
+    for fingerprint, holders in sorted(by_fingerprint.items()):
+        where = sorted(holders)
+        partitions = sorted({holder.partition for holder in where})
+        if len(partitions) < 2:
+            continue
+        found.append(
+            FleetFinding(
+                Finding(
+                    FindingCode.KEY_SHARED,
+                    None,
+                    None,
+                    f"one key pair (public key SHA-256 {fingerprint[:16]}...) in "
+                    f"{len(partitions)} account regions: {', '.join(str(h) for h in where)}: "
+                    "give each its own key",
+                ),
+                holders=tuple(where),
+            )
+        )
+    return found
 
 
 def same_kms_key(reported: str, configured: str) -> bool:

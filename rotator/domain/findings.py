@@ -79,6 +79,8 @@ class FindingCode(StrEnum):
     # Stored ciphertexts (issue 13): an old key's values still in the registered stores.
     STORED_CIPHERTEXTS_UNDER_COMPROMISED_KEY = "stored-ciphertexts-under-compromised-key"
     STORED_CIPHERTEXTS_UNDER_RETIRED_KEY = "stored-ciphertexts-under-retired-key"
+    # Fleet (issue 12): an account's region whose keyring or Connect could not be read.
+    PARTITION_UNREADABLE = "partition-unreadable"
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,11 @@ RULES: dict[FindingCode, Rule] = {
         Severity.WARNING,
         RunbookName.ROUTINE_ROTATION,
         "stored ciphertexts remain under a retired key",
+    ),
+    # The fleet report cannot vouch for what it could not read: no evidence for that account's
+    # region, as for an unreadable instance.
+    FindingCode.PARTITION_UNREADABLE: Rule(
+        Severity.CRITICAL, RunbookName.QUARTERLY_EVIDENCE, "an account's region could not be read"
     ),
 }
 

@@ -178,23 +178,36 @@ def render_csv(report: Report) -> str:
     """One row per key; `findings` lists those naming the key or its instance as a whole."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    columns = CSV_COLUMNS + (WINDOW_COLUMNS if report.options.schedule is not None else ())
-    columns += STORED_COLUMNS if report.options.stores else ()
+    columns = csv_columns(report)
     writer.writerow(columns)
-    cryptoperiod_days = report.options.policy.cryptoperiod.days
     for key in report.keys:
-        data = key.to_dict()
-        data["cryptoperiod_days"] = cryptoperiod_days
-        age = _age(key)
-        data["age_days"] = None if age is None else round(age, 1)
-        data["flows"] = "; ".join(key.flows)
-        data["history"] = "; ".join(_transition_text(t) for t in key.history)
-        data["findings"] = "; ".join(_finding_tag(f) for f in report.findings_for(key))
-        data["stored_ciphertexts"] = key.stored_ciphertexts
-        inventoried = key.inventoried_at
-        data["inventoried_at"] = None if inventoried is None else inventoried.isoformat()
-        writer.writerow(_csv_cell(data.get(column)) for column in columns)
+        writer.writerow(csv_cell(value) for value in csv_values(report, key, columns))
     return buffer.getvalue()
+
+
+def csv_columns(report: Report) -> tuple[str, ...]:
+    """The CSV's columns: the window's and the stores' only when configured."""
+    columns = CSV_COLUMNS + (WINDOW_COLUMNS if report.options.schedule is not None else ())
+    return columns + (STORED_COLUMNS if report.options.stores else ())
+
+
+def csv_values(
+    report: Report, key: KeyRow, columns: Sequence[str], *, more_findings: Sequence[str] = ()
+) -> list[object]:
+    """One key's CSV values in `columns` (`more_findings`: tags of findings from outside its
+    keyring, the fleet's)."""
+    data = key.to_dict()
+    data["cryptoperiod_days"] = report.options.policy.cryptoperiod.days
+    age = _age(key)
+    data["age_days"] = None if age is None else round(age, 1)
+    data["flows"] = "; ".join(key.flows)
+    data["history"] = "; ".join(_transition_text(t) for t in key.history)
+    tags = [finding_tag(f) for f in report.findings_for(key)] + list(more_findings)
+    data["findings"] = "; ".join(tags)
+    data["stored_ciphertexts"] = key.stored_ciphertexts
+    inventoried = key.inventoried_at
+    data["inventoried_at"] = None if inventoried is None else inventoried.isoformat()
+    return [data.get(column) for column in columns]
 
 
 def render_markdown(report: Report) -> str:
@@ -202,66 +215,32 @@ def render_markdown(report: Report) -> str:
     lines = [
         "# Amazon Connect key report",
         "",
-        _headline(report),
+        headline(report),
         "",
-        _policy_text(report),
+        policy_text(report),
         "",
         "## Findings",
         "",
     ]
-    if report.findings:
-        lines.append(
-            _md_table(
-                FINDING_COLUMNS,
-                [
-                    (
-                        f.severity.value.upper(),
-                        f.rule.title,
-                        _md_code(f.instance_id),
-                        _md_code(f.key_id),
-                        f.message,
-                        f.rule.runbook.path,
-                    )
-                    for f in report.findings
-                ],
-            )
-        )
-    else:
-        lines.append("No findings.")
-    lines += ["", "## Instances", ""]
-    lines.append(
-        _md_table(
-            INSTANCE_COLUMNS,
-            [
-                (
-                    _md_code(i.instance_id),
-                    _md_code(i.current_key_id),
-                    ", ".join(i.managed),
-                    ", ".join(_md_code(a) for a in i.associations) or "-",
-                    i.rotation,
-                    "-" if i.lock is None else i.lock.description,
-                )
-                for i in report.instances
-            ],
-        )
-    )
+    lines.append(md_findings(report))
+    lines += ["", "## Instances", "", md_instances(report)]
     lines += ["", "## Rotation history", ""]
-    rotations = [_md_row(row) for row in _rotation_rows(report)]
-    lines.append(_md_table(ROTATION_COLUMNS, rotations) if rotations else "No rotation recorded.")
+    rotations = [md_row(row) for row in _rotation_rows(report)]
+    lines.append(md_table(ROTATION_COLUMNS, rotations) if rotations else "No rotation recorded.")
     lines += ["", "## Key custodians", "", _custodian_text(report), ""]
-    custodians = [_md_row(_custodian_cells(c)) for c in report.custodians]
-    lines.append(_md_table(CUSTODIAN_COLUMNS, custodians) if custodians else NO_CUSTODIANS)
+    custodians = [md_row(_custodian_cells(c)) for c in report.custodians]
+    lines.append(md_table(CUSTODIAN_COLUMNS, custodians) if custodians else NO_CUSTODIANS)
     lines += ["", "## Keys", ""]
     lines.append(
-        _md_table(
+        md_table(
             KEY_COLUMNS,
-            [_md_row(_key_cells(report, key)) for key in report.keys],
+            [md_row(key_cells(report, key)) for key in report.keys],
         )
     )
     stored = _stored_table(report)
     if stored is not None:
         lines += ["", "## Stored ciphertexts", "", _stores_text(report), ""]
-        lines.append(_md_table(stored.columns, [_md_row(r) for r in stored.rows]))
+        lines.append(md_table(stored.columns, [md_row(r) for r in stored.rows]))
     lines += ["", "## Key details", ""]
     for key in report.keys:
         lines += [f"### `{key.key_id}`", ""]
@@ -269,13 +248,49 @@ def render_markdown(report: Report) -> str:
         if key.history:
             lines += ["", "History:", ""]
             lines.append(
-                _md_table(
+                md_table(
                     HISTORY_COLUMNS,
                     [(t.at.isoformat(), t.state.value, t.actor, t.reason) for t in key.history],
                 )
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def md_findings(report: Report) -> str:
+    if not report.findings:
+        return "No findings."
+    return md_table(
+        FINDING_COLUMNS,
+        [
+            (
+                f.severity.value.upper(),
+                f.rule.title,
+                md_code(f.instance_id),
+                md_code(f.key_id),
+                f.message,
+                f.rule.runbook.path,
+            )
+            for f in report.findings
+        ],
+    )
+
+
+def md_instances(report: Report) -> str:
+    return md_table(
+        INSTANCE_COLUMNS,
+        [
+            (
+                md_code(i.instance_id),
+                md_code(i.current_key_id),
+                ", ".join(i.managed),
+                ", ".join(md_code(a) for a in i.associations) or "-",
+                i.rotation,
+                "-" if i.lock is None else i.lock.description,
+            )
+            for i in report.instances
+        ],
+    )
 
 
 def render_html(report: Report) -> str:
@@ -304,39 +319,11 @@ def _html_context(report: Report) -> dict[str, Any]:
     return {
         "title": f"Amazon Connect key report {report.generated_at:%Y-%m-%d}",
         "badges": _badges(report),
-        "headline": _headline(report),
-        "policy": _policy_text(report),
+        "headline": headline(report),
+        "policy": policy_text(report),
         "timeline": timeline(report),
-        "findings": Table(
-            FINDING_COLUMNS,
-            tuple(
-                (
-                    Cell(f.severity.value, badge=f.severity.value),
-                    Cell(f.rule.title),
-                    Cell.code(f.instance_id),
-                    Cell.code(f.key_id),
-                    Cell(f.message),
-                    Cell.code(f.rule.runbook.path),
-                )
-                for f in report.findings
-            ),
-            empty="No findings.",
-        ),
-        "instances": Table(
-            INSTANCE_COLUMNS,
-            tuple(
-                (
-                    Cell.code(i.instance_id),
-                    Cell.code(i.current_key_id),
-                    Cell(", ".join(i.managed)),
-                    Cell(codes=i.associations) if i.associations else Cell("-"),
-                    Cell(i.rotation),
-                    Cell("-" if i.lock is None else i.lock.description),
-                )
-                for i in report.instances
-            ),
-            empty="No managed instances.",
-        ),
+        "findings": findings_table(report),
+        "instances": instances_table(report),
         "rotations": Table(
             ROTATION_COLUMNS, tuple(_rotation_rows(report)), empty="No rotation recorded."
         ),
@@ -345,11 +332,7 @@ def _html_context(report: Report) -> dict[str, Any]:
             tuple(_request_cells(report, request) for request in report.requests),
             empty="No dual-control request in the period.",
         ),
-        "keys": Table(
-            KEY_COLUMNS,
-            tuple(_key_cells(report, key) for key in report.keys),
-            empty="No keys.",
-        ),
+        "keys": keys_table(report),
         "custodians": {
             "text": _custodian_text(report),
             "table": Table(
@@ -377,6 +360,46 @@ def _html_context(report: Report) -> dict[str, Any]:
             for key in report.keys
         ],
     }
+
+
+def findings_table(report: Report) -> Table:
+    return Table(
+        FINDING_COLUMNS,
+        tuple(
+            (
+                Cell(f.severity.value, badge=f.severity.value),
+                Cell(f.rule.title),
+                Cell.code(f.instance_id),
+                Cell.code(f.key_id),
+                Cell(f.message),
+                Cell.code(f.rule.runbook.path),
+            )
+            for f in report.findings
+        ),
+        empty="No findings.",
+    )
+
+
+def instances_table(report: Report) -> Table:
+    return Table(
+        INSTANCE_COLUMNS,
+        tuple(
+            (
+                Cell.code(i.instance_id),
+                Cell.code(i.current_key_id),
+                Cell(", ".join(i.managed)),
+                Cell(codes=i.associations) if i.associations else Cell("-"),
+                Cell(i.rotation),
+                Cell("-" if i.lock is None else i.lock.description),
+            )
+            for i in report.instances
+        ),
+        empty="No managed instances.",
+    )
+
+
+def keys_table(report: Report) -> Table:
+    return Table(KEY_COLUMNS, tuple(key_cells(report, key) for key in report.keys), "No keys.")
 
 
 def _request_cells(report: Report, request: Request) -> tuple[Cell, ...]:
@@ -492,7 +515,7 @@ def _stores_text(report: Report) -> str:
 
 def render_summary(report: Report, *, limit: int = 10) -> str:
     """A few lines for a notification: counts by severity and the most severe findings."""
-    lines = [_headline(report)]
+    lines = [headline(report)]
     if report.findings:
         lines.append("Top findings:")
         lines += [f"- {_finding_line(f)}" for f in report.findings[:limit]]
@@ -501,7 +524,7 @@ def render_summary(report: Report, *, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _headline(report: Report) -> str:
+def headline(report: Report) -> str:
     counts = report.counts()
     found = ", ".join(f"{counts[s]} {s.value}" for s in Severity)
     return (
@@ -511,7 +534,7 @@ def _headline(report: Report) -> str:
     )
 
 
-def _policy_text(report: Report) -> str:
+def policy_text(report: Report) -> str:
     options = report.options
     kms = options.kms_key_id or "SSM's default key (not checked)"
     text = (
@@ -536,7 +559,7 @@ def _finding_line(finding: Finding) -> str:
     )
 
 
-def _finding_tag(finding: Finding) -> str:
+def finding_tag(finding: Finding) -> str:
     return f"{finding.severity.value} {finding.code.value} ({finding.rule.runbook.value})"
 
 
@@ -571,7 +594,7 @@ def _rotation_progress(run: RotationRun) -> str:
     return f"unfinished (last step: {run.step})"
 
 
-def _key_cells(report: Report, key: KeyRow) -> tuple[Cell, ...]:
+def key_cells(report: Report, key: KeyRow) -> tuple[Cell, ...]:
     record = key.record
     cryptoperiod = report.options.policy.cryptoperiod.days
     age = _age(key)
@@ -620,7 +643,7 @@ def _key_facts(key: KeyRow) -> list[tuple[str, str]]:
     return facts
 
 
-def _csv_cell(value: object) -> str:
+def csv_cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -629,15 +652,15 @@ def _csv_cell(value: object) -> str:
     return "'" + text if isinstance(value, str) and text.startswith(FORMULA_PREFIXES) else text
 
 
-def _md_code(value: str | None) -> str:
+def md_code(value: str | None) -> str:
     return "-" if not value else f"`{value}`"
 
 
-def _md_row(cells: Sequence[Cell]) -> tuple[str, ...]:
-    return tuple(" ".join(_md_code(c) for c in cell.codes) + cell.text for cell in cells)
+def md_row(cells: Sequence[Cell]) -> tuple[str, ...]:
+    return tuple(" ".join(md_code(c) for c in cell.codes) + cell.text for cell in cells)
 
 
-def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns padded so the table also reads well as plain text."""
     lines = [list(columns), *([_md_cell(c) for c in row] for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]

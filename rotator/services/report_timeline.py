@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -98,20 +99,20 @@ def timeline(report: Report) -> Timeline:
     """One row per key: a bar from NotBefore to NotAfter coloured by state, the renew window
     shaded at the end of each active key's bar, its cryptoperiod end ticked, a line for today."""
     now = report.generated_at
-    scale = _scale(report)
+    scale = scale_for(report.keys, now)
     height = TOP + ROW_HEIGHT * max(len(report.keys), 1) + BOTTOM
     rows = []
     previous_instance: str | None = None
     for row_number, key in enumerate(report.keys):
         separator = bool(row_number) and key.instance_id != previous_instance
         previous_instance = key.instance_id
-        rows.append(_row(report, key, scale, TOP + row_number * ROW_HEIGHT, separator))
-    legend, legend_end = _legend()
+        rows.append(key_row(report, key, scale, TOP + row_number * ROW_HEIGHT, separator))
+    legend, legend_end = legend_entries()
     return Timeline(
         width=LABEL_WIDTH + CHART_WIDTH + 20,
         height=height,
         key_count=len(report.keys),
-        gridlines=tuple(_gridlines(scale)),
+        gridlines=tuple(gridlines(scale)),
         rows=tuple(rows),
         today=Mark(scale.x(now), f"today {now:%Y-%m-%d}", colour=TODAY_COLOUR),
         legend_y=height - 14,
@@ -120,7 +121,9 @@ def timeline(report: Report) -> Timeline:
     )
 
 
-def _row(report: Report, key: KeyRow, scale: Scale, y: int, separator: bool) -> Row:
+def key_row(report: Report, key: KeyRow, scale: Scale, y: int, separator: bool) -> Row:
+    """One key's row at `y`: its bar, and for an active key its renew window and cryptoperiod
+    end (`report`: the policy its keyring is held against)."""
     record = key.record
     bar = renew = cryptoperiod = None
     if record is not None and record.not_before is not None and record.not_after is not None:
@@ -158,11 +161,10 @@ def _row(report: Report, key: KeyRow, scale: Scale, y: int, separator: bool) -> 
     )
 
 
-def _scale(report: Report) -> Scale:
+def scale_for(keys: Iterable[KeyRow], now: datetime) -> Scale:
     """From the earliest NotBefore to the latest NotAfter, today included, padded a little."""
-    now = report.generated_at
     moments = [now]
-    for key in report.keys:
+    for key in keys:
         if key.record is not None:
             moments += [m for m in (key.record.not_before, key.record.not_after) if m is not None]
     start, end = min(moments), max(moments)
@@ -170,7 +172,7 @@ def _scale(report: Report) -> Scale:
     return Scale(start - pad, end + pad)
 
 
-def _gridlines(scale: Scale) -> list[Gridline]:
+def gridlines(scale: Scale) -> list[Gridline]:
     """A gridline at the start of each year, or of each quarter for spans under three years."""
     months = 12 if scale.end - scale.start > timedelta(days=3 * 365) else 3
     moment = datetime(scale.start.year, 1, 1, tzinfo=UTC)
@@ -184,7 +186,7 @@ def _gridlines(scale: Scale) -> list[Gridline]:
     return lines
 
 
-def _legend() -> tuple[tuple[LegendEntry, ...], int]:
+def legend_entries() -> tuple[tuple[LegendEntry, ...], int]:
     """The colour of each state and of the renew window, left to right; then where the
     cryptoperiod-end entry starts."""
     entries = []
