@@ -164,6 +164,29 @@ def test_the_lambda_takes_the_aggregate_step(
     assert [p["account"] for p in summary["partitions"]] == ["prod", "test", "test"]
 
 
+def test_the_aggregate_step_and_the_report_job_deliver_one_fleet_report(
+    monkeypatch: pytest.MonkeyPatch, fleet_env: Settings
+) -> None:
+    """The aggregation publishes the report (issue 12): one document, a section per account
+    and region, in the report bucket; the weekly report job in fleet mode does the same."""
+    monkeypatch.setenv("ROTATOR_REPORT_S3_URI", "s3://evidence/fleet")
+    for event in (
+        {"job": "aggregate", "evaluation": {"errors": []}, "results": []},
+        {"job": "report"},
+    ):
+        publisher = FakePublisher()
+        monkeypatch.setattr(scheduled, "build_publisher", lambda settings, p=publisher: p)
+        summary = scheduled.handler(event, None)
+        report = summary if event["job"] == "report" else summary["report"]
+        assert report is not None and report["ok"], summary
+        (stored,) = publisher.reports
+        assert stored.location.startswith("s3://evidence/fleet/report-")
+        assert stored.content_type.startswith("text/html")
+        html = stored.body.decode()
+        for account, region in (("prod", REGION), ("test", REGION), ("test", "eu-west-2")):
+            assert account in html and region in html
+
+
 def series(publisher: FakePublisher, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Each series of `name` published: its dimensions -> its value (each published once)."""
     found = [(m.dimensions, m.value) for m, _ in publisher.metrics if m.name == name]

@@ -36,6 +36,8 @@ from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
 from rotator.ports import BusEvent, Connect, ConnectReader, Keyring, Lock, Metric, Publisher
 from rotator.services.fleet import TargetResult, evaluate, rotate_target
+from rotator.services.fleet_report import FleetReport
+from rotator.services.fleet_report_render import render_fleet, render_fleet_summary
 from rotator.services.report import EvidenceSources, Report, ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render, render_summary
 from rotator.services.rotation import InstanceResult, Outcome, RotationRefused
@@ -590,7 +592,7 @@ class ReportJobRun:
 
     now: datetime
     what_if: bool
-    report: Report | None = None  # None: it could not be built
+    report: Report | FleetReport | None = None  # None: it could not be built
     location: str | None = None  # s3://bucket/key of the stored report
     files: tuple[str, ...] = ()  # the files written to the destination directory
     notified: bool = False  # the summary was posted on the report topic
@@ -654,7 +656,7 @@ def report_maker(
 
 
 def report_job(
-    make: Callable[[datetime], Report],
+    make: Callable[[datetime], Report | FleetReport],
     publisher: Publisher,
     destinations: ReportDestinations,
     now: datetime,
@@ -691,7 +693,9 @@ def report_job(
         if destinations.directory is not None:
             for fmt in DIRECTORY_FORMATS:
                 path = str(destinations.directory / report_name(report.generated_at, fmt))
-                publisher.store_report(path, render(report, fmt).encode("utf-8"), fmt.content_type)
+                publisher.store_report(
+                    path, render_any(report, fmt).encode("utf-8"), fmt.content_type
+                )
                 files.append(path)
         published = publish_report(
             report, publisher, s3_uri=destinations.s3_uri, topic_arn=destinations.topic_arn
@@ -718,9 +722,16 @@ def _report_failed(run: ReportJobRun, publisher: Publisher, errors: list[str]) -
     return failed
 
 
-def summary_notice(report: Report, location: str | None) -> tuple[str, str]:
+def render_any(report: Report | FleetReport, fmt: ReportFormat) -> str:
+    """A keyring's report, or the fleet's (one report, a section per account and region)."""
+    return render_fleet(report, fmt) if isinstance(report, FleetReport) else render(report, fmt)
+
+
+def summary_notice(report: Report | FleetReport, location: str | None) -> tuple[str, str]:
     """The subject and message of the report's summary on its topic."""
-    message = render_summary(report)
+    message = (
+        render_fleet_summary(report) if isinstance(report, FleetReport) else render_summary(report)
+    )
     if location is not None:
         message += f"\nFull report: {location}"
     counts = report.counts()
@@ -755,7 +766,7 @@ class Published:
 
 
 def publish_report(
-    report: Report,
+    report: Report | FleetReport,
     publisher: Publisher,
     *,
     s3_uri: str | None,
@@ -768,7 +779,7 @@ def publish_report(
     if s3_uri is not None:
         bucket, key = report_object(s3_uri, report.generated_at, fmt)
         location = f"s3://{bucket}/{key}"
-        publisher.store_report(location, render(report, fmt).encode("utf-8"), fmt.content_type)
+        publisher.store_report(location, render_any(report, fmt).encode("utf-8"), fmt.content_type)
     if not topic_arn:
         return Published(location, notified=False)
     publisher.post_summary(topic_arn, *summary_notice(report, location))
@@ -959,7 +970,7 @@ def aggregate_job(
     now: datetime,
     *,
     partitions: Mapping[Partition, RotationService] | None = None,
-    report: Callable[[datetime], Report] | None = None,
+    report: Callable[[datetime], Report | FleetReport] | None = None,
     destinations: ReportDestinations | None = None,
     what_if: bool = False,
     describe: Callable[[ConnectKeyRotatorError], str] = str,
