@@ -654,15 +654,8 @@ class RotationService:
         if new is None:
             raise NotFound(f"no key {key_id} in the keyring")
         if new.state is not KeyState.ACTIVE:
-            reason = f"current key ({state.reason})"
             run.changed.append(
-                new.transition(
-                    KeyState.ACTIVE,
-                    at=now,
-                    actor=self.actor,
-                    reason=reason,
-                    principal=self.principal,
-                )
+                self._moved(new, KeyState.ACTIVE, now, f"current key ({state.reason})")
             )
         if run.current != key_id:
             run.new_current = run.current = key_id
@@ -670,16 +663,7 @@ class RotationService:
         # An old key already retired (an emergency retire, or a retire that ran meanwhile)
         # stays retired: the rotation must still finish.
         if old is not None and old.key_id != key_id and old.state is KeyState.ACTIVE:
-            reason = f"replaced by {key_id}"
-            run.changed.append(
-                old.transition(
-                    KeyState.PREVIOUS,
-                    at=now,
-                    actor=self.actor,
-                    reason=reason,
-                    principal=self.principal,
-                )
-            )
+            run.changed.append(self._moved(old, KeyState.PREVIOUS, now, f"replaced by {key_id}"))
         run.records.update((r.key_id, r) for r in run.changed)
         return state.advance(RotationStep.PROMOTED)
 
@@ -930,14 +914,16 @@ class RotationService:
         a job run with nothing due, make no STS call (the identity caches it for the run)."""
         return "" if self.identity is None else self.identity.caller_arn()
 
+    def _moved(self, record: KeyRecord, to: KeyState, now: datetime, reason: str) -> KeyRecord:
+        """`record` in state `to`, the transition made by this service's actor and principal."""
+        return record.transition(
+            to, at=now, actor=self.actor, reason=reason, principal=self.principal
+        )
+
     def _transition(self, key_id: str, to: KeyState, now: datetime, reason: str) -> None:
         record = self.keyring.get_record(key_id)
         if record.state is not to:
-            self.keyring.write_record(
-                record.transition(
-                    to, at=now, actor=self.actor, reason=reason, principal=self.principal
-                )
-            )
+            self.keyring.write_record(self._moved(record, to, now, reason))
 
     def _retire(self, instance_id: str, key_id: str, now: datetime, reason: str) -> None:
         """Metadata first, then Connect: a retired key still associated is a retire to finish."""
