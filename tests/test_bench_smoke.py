@@ -102,7 +102,7 @@ FLEET_METRICS = (
     "emergency rotation: wall s, pooled vs concurrency 1",
     "emergency rotation: speed-up vs pool size",
     "emergency rotation: AWS calls per rotation, pooled vs 1",
-    "report (per partition, summed): wall s vs calls at loopback cost",
+    "report (per partition, summed): wall s vs evaluation",
     "report (per partition, summed): AWS calls per instance vs evaluation",
 )
 FLEET_WORKLOADS = (
