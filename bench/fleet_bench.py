@@ -639,7 +639,11 @@ class ReportRun:
 
 def measure_reports(fleet: Fleet) -> ReportRun:
     """One report per account region (`rotator report --account A --region R`: the keyring,
-    Connect, the history, the KMS key's evidence), rendered as JSON and HTML, summed."""
+    Connect, the history, the KMS key's evidence), rendered as JSON and HTML, summed.
+
+    The fleet's one report (`rotator report` over every account region) is another branch's
+    work; once merged, this becomes `make_fleet_report` over `PartitionSources` of each
+    partition's adapters (with this evidence) and `render_fleet` in both formats."""
     fleet.meter.reset()
     started = time.perf_counter()
     adapters, sessions = fleet.adapters()
@@ -690,12 +694,16 @@ class Results:
     pooled: Measured
     report: ReportRun
     call_ms: float
+    latency_ms: float
 
 
 def result_rows(plan: Plan, r: Results) -> list[Row]:
     # Held only at full size: a few instances a partition are a page or two, and a few
-    # rotations time the pool's start-up more than its work.
+    # rotations time the pool's start-up more than its work. The pool's gain is held only when
+    # calls wait as on AWS: at loopback cost the sandbox serves every call in this process, on
+    # the same cores and interpreter lock as the units, so there is no waiting to overlap.
     full = plan is FULL_PLAN
+    waits = r.latency_ms > 0
     quarter, whole = r.quarter, r.whole
     marginal = (total(whole.calls) - total(quarter.calls)) / (whole.instances - quarter.instances)
     single_per = total(r.single.calls) / r.single.instances
@@ -728,7 +736,7 @@ def result_rows(plan: Plan, r: Results) -> list[Row]:
             r.pooled.wall_s,
             r.single.wall_s,
             r.pooled.wall_s / r.single.wall_s,
-            Target("ratio", "<=", 1.0) if full else None,
+            Target("ratio", "<=", 0.5) if full and waits else None,
         ),
         Row(
             "emergency rotation: speed-up vs pool size",
@@ -771,7 +779,7 @@ def run(plan: Plan, latency_ms: float) -> Results:
         fleet = Fleet(plan, sandbox, meter)
         pool = KeyPool(plan.instances)
         seeder = Seeder(fleet, pool)
-        print_header(plan, sandbox, call_ms, pool)
+        print_header(plan, sandbox, call_ms, pool, latency_ms)
         seeder.seed_to(plan.first_stage)
         quarter, _ = measure_evaluation(fleet, plan.first_stage)
         seeder.seed_to(plan.instances)
@@ -790,10 +798,12 @@ def run(plan: Plan, latency_ms: float) -> Results:
         )
         meter.latency_s = 0.0
         report = measure_reports(fleet)
-    return Results(quarter, whole, single, pooled, report, call_ms)
+    return Results(quarter, whole, single, pooled, report, call_ms, latency_ms)
 
 
-def print_header(plan: Plan, sandbox: Sandbox, call_ms: float, pool: KeyPool) -> None:
+def print_header(
+    plan: Plan, sandbox: Sandbox, call_ms: float, pool: KeyPool, latency_ms: float
+) -> None:
     print(
         f"fleet bench ({plan.name}): Python {platform.python_version()}, boto3 "
         f"{boto3.__version__}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
@@ -816,6 +826,11 @@ def print_header(plan: Plan, sandbox: Sandbox, call_ms: float, pool: KeyPool) ->
         "(AssumeRole, GetCallerIdentity, SSM, Connect, KMS)",
         flush=True,
     )
+    if latency_ms:
+        print(
+            f"rotations: each AWS call first waits {latency_ms:g} ms, a model of a round trip "
+            "to AWS (the evaluation and the report do not)"
+        )
 
 
 def print_seeding(plan: Plan, seeder: Seeder, held: int, checked: int) -> None:
@@ -856,8 +871,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("WARNING", stream="stderr")
     plan = QUICK_PLAN if args.quick else FULL_PLAN
-    if args.aws_latency_ms:
-        print(f"rotations: each AWS call waits {args.aws_latency_ms:g} ms first (a model of AWS)")
     try:
         results = run(plan, args.aws_latency_ms)
     except BenchError as error:
