@@ -411,7 +411,9 @@ class Seeder:
             for p in page["Parameters"]:
                 value, kind = values[p["Name"]]
                 parameters.append(
-                    Parameter(p["Name"], value, kind, p.get("KeyId"), p.get("Description"), None)
+                    Parameter(
+                        p["Name"], value, kind, p.get("KeyId"), p.get("Description"), p.get("Tier")
+                    )
                 )
         own = (instance.instance_id, result.new_key_id)
         strays = [p.name for p in parameters if not any(part in p.name for part in own)]
