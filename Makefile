@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/report_bench.py
 	$(BIN)/python bench/cli_bench.py
 	$(BIN)/python bench/rewrap_bench.py
+	$(BIN)/python bench/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

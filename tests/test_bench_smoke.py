@@ -92,3 +92,57 @@ def test_quick_rotation_bench_reports_every_metric() -> None:
     # The call counters are real: a rotation calls both services, and the split adds up.
     total, ssm, connect = (float(rows[metric][0]) for metric in CALLS_METRICS)
     assert ssm > 0 and connect > 0 and total == ssm + connect
+
+
+FLEET_BENCH = ROOT / "bench" / "fleet_bench.py"
+FLEET_METRICS = (
+    "evaluation: AWS calls per instance, fleet vs quarter",
+    "evaluation: AWS calls per added instance vs page bound",
+    "evaluation: wall s, fleet vs quarter",
+    "emergency rotation: wall s, pooled vs concurrency 1",
+    "emergency rotation: speed-up vs pool size",
+    "emergency rotation: AWS calls per rotation, pooled vs 1",
+    "report (per partition, summed): wall s vs evaluation",
+    "report (per partition, summed): AWS calls per instance vs evaluation",
+)
+FLEET_WORKLOADS = (
+    "daily evaluation (quarter)",
+    "daily evaluation",
+    "emergency rotation, concurrency 1",
+    "emergency rotation, concurrency 4",
+    "report, per account region, summed",
+)
+
+
+@pytest.mark.slow  # about half a minute: a sandbox, 4 real inits and 8 real rotations
+def test_quick_fleet_bench_reports_every_workload_and_evaluation_is_o1() -> None:
+    result = subprocess.run(
+        [sys.executable, str(FLEET_BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "RSA-2048" in result.stdout  # the issue: say the key size in the output
+    rows = table_rows(result.stdout)
+    for metric in FLEET_METRICS:
+        assert metric in rows, f"no row for {metric!r} in:\n{result.stdout}"
+        ours, baseline, ratio, _target, status = rows[metric]
+        assert float(ours) > 0 and float(baseline) > 0 and float(ratio) > 0, rows[metric]
+        assert status in ("ok", "-"), rows[metric]
+    # Evaluation is O(1) per instance: the fleet's per-instance calls are no more than a
+    # quarter fleet's (the per-partition role and page constants only spread thinner).
+    per_instance = rows["evaluation: AWS calls per instance, fleet vs quarter"]
+    assert float(per_instance[0]) <= float(per_instance[1]), per_instance
+    assert per_instance[4] == "ok"
+    # A pool makes no call a single unit does not: same calls per rotation.
+    calls = rows["emergency rotation: AWS calls per rotation, pooled vs 1"]
+    assert float(calls[0]) == float(calls[1]), calls
+    # Every workload is measured, and the counters are real: each assumes the member roles.
+    for workload in FLEET_WORKLOADS:
+        instances, _concurrency, wall_s, _ms, aws_calls, _per, services = rows[workload]
+        assert int(instances) > 0 and float(wall_s) > 0 and int(aws_calls) > 0, rows[workload]
+        assert "ssm" in services and "sts" in services, rows[workload]
+    assert "connect" in rows["emergency rotation, concurrency 4"][-1]
