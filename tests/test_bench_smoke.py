@@ -102,15 +102,15 @@ FLEET_METRICS = (
     "emergency rotation: wall s, pooled vs concurrency 1",
     "emergency rotation: speed-up vs pool size",
     "emergency rotation: AWS calls per rotation, pooled vs 1",
-    "report (per partition, summed): wall s vs evaluation",
-    "report (per partition, summed): AWS calls per instance vs evaluation",
+    "fleet report: wall s vs evaluation",
+    "fleet report: AWS calls per instance vs evaluation",
 )
 FLEET_WORKLOADS = (
     "daily evaluation (quarter)",
     "daily evaluation",
     "emergency rotation, concurrency 1",
     "emergency rotation, concurrency 4",
-    "report, per account region, summed",
+    "fleet report",
 )
 
 
