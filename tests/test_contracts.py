@@ -36,7 +36,7 @@ from rotator.domain.history import ClockKind, EventKind, HistoryEvent
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
-from rotator.domain.stored_ciphertext import ConcurrentChange
+from rotator.domain.stored_ciphertext import ConcurrentChange, UnrewritableValue
 from rotator.errors import (
     AwsCallError,
     ConfigError,
@@ -1004,9 +1004,10 @@ def stored_values(material_a: KeyMaterial, material_b: KeyMaterial) -> dict[str,
 
 
 def _texts(store: Any, ref: str) -> list[str]:
+    """The record's strings but a DynamoDB item's own key (`id`, counted like any string)."""
     record = store.read(ref)
     assert record is not None
-    return sorted(v.text for v in record.values)
+    return sorted(v.text for v in record.values if v.path != ("id",))
 
 
 def test_a_store_lists_every_string_value_nested_ones_included(
@@ -1055,6 +1056,44 @@ def test_a_replace_after_an_outside_change_is_refused_and_keeps_the_change(
     with pytest.raises(ConcurrentChange):  # a record read before a write is stale after it
         store.replace(fresh, {"new-2": "new-3"})
     assert _texts(store, ref) == ["new-2"]
+
+
+def test_dynamodb_key_attributes_and_string_sets_are_counted_and_never_rewritten_in_place(
+    aws: None, stored_values: dict[str, str]
+) -> None:
+    """ "String attributes anywhere in an item": a ciphertext as the item's key, or in a string
+    set, counts under its key ID; its rewrite fails naming where (so destroy keeps refusing),
+    and an item whose set holds only other values is rewritten on a contains() condition."""
+    v = stored_values
+    backend = _dynamodb_store()
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    dynamodb.put_item(TableName="payments", Item={"id": {"S": v["a1"]}, "note": {"S": "x"}})
+    dynamodb.put_item(
+        TableName="payments",
+        Item={"id": {"S": "s1"}, "Cards": {"SS": [v["a2"], "other"]}, "B": {"S": v["b1"]}},
+    )
+    store = backend.store
+    records = {r.ref: r for r in store.records()}
+    counted = sorted((k, value.text) for r in records.values() for value, k in r.ciphertexts())
+    assert counted == sorted([(KEY_A, v["a1"]), (KEY_A, v["a2"]), (KEY_B, v["b1"])])
+    keyed, setted = backend.ref(v["a1"]), backend.ref("s1")
+    with pytest.raises(UnrewritableValue, match="a key attribute"):
+        store.replace(records[keyed], {v["a1"]: "new"})
+    with pytest.raises(UnrewritableValue, match=r"a string set \(Cards\)"):
+        store.replace(records[setted], {v["a2"]: "new"})
+    store.replace(records[setted], {v["b1"]: "new-b"})  # the set is only conditioned on
+    assert _texts(store, setted) == sorted(["new-b", "other", v["a2"]])
+    fresh = store.read(setted)
+    assert fresh is not None
+    dynamodb.update_item(
+        TableName="payments",
+        Key={"id": {"S": "s1"}},
+        UpdateExpression="DELETE Cards :gone",
+        ExpressionAttributeValues={":gone": {"SS": ["other"]}},
+    )
+    with pytest.raises(ConcurrentChange):  # only the set changed since the read: contains()
+        store.replace(fresh, {"new-b": "newer"})
+    assert _texts(store, setted) == sorted(["new-b", v["a2"]])
 
 
 def test_s3_objects_of_json_lines_and_gzip_are_rewritten_in_place_old_kept_as_version(

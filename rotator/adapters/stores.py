@@ -17,6 +17,7 @@ from rotator.domain.stored_ciphertext import (
     StoredRecord,
     StoredValue,
     StoreFormatError,
+    UnrewritableValue,
     ValuePath,
     object_values,
     parse_store_uri,
@@ -117,10 +118,20 @@ class S3CiphertextStore:
             )
 
 
+# The last step of a string set member's path: a set's members have no index UpdateItem can
+# name (a list's are 0 and up), so a member is counted, conditioned on with contains(), and
+# never rewritten in place.
+SET_MEMBER = -1
+
+
 def dynamodb_strings(value: Mapping[str, Any], path: ValuePath = ()) -> Iterator[StoredValue]:
-    """Every string in an attribute value (DynamoDB's wire form), in maps and lists too."""
+    """Every string in an attribute value (DynamoDB's wire form), in maps, lists and string
+    sets too."""
     if "S" in value:
         yield StoredValue(path, value["S"])
+    elif "SS" in value:
+        for member in value["SS"]:
+            yield StoredValue((*path, SET_MEMBER), member)
     elif "M" in value:
         for name, item in value["M"].items():
             yield from dynamodb_strings(item, (*path, name))
@@ -133,7 +144,12 @@ class DynamoDbCiphertextStore:
     """Implements `rotator.ports.CiphertextStore` over the items of `dynamodb://table`.
 
     A rewrite is one UpdateItem that sets each changed attribute path, on the condition that
-    every string value read still holds it. A ref is the item's key attributes as JSON."""
+    every string value read still holds it. A ref is the item's key attributes as JSON.
+
+    Key attributes and string set members are counted like any string; a ciphertext in either
+    is not rewritten (an item's key cannot change in place, a set member has no path): the
+    rewrite of that item fails, naming where, so that its ciphertexts stay counted and
+    `destroy` keeps refusing."""
 
     def __init__(self, dynamodb: Any, uri: str) -> None:
         _, self.table, _ = parse_store_uri(uri)
@@ -158,7 +174,6 @@ class DynamoDbCiphertextStore:
         values = tuple(
             value
             for name, attribute in sorted(item.items())
-            if name not in keys
             for value in dynamodb_strings(attribute, (name,))
         )
         return StoredRecord(self._uri, ref, "", values)
@@ -184,15 +199,29 @@ class DynamoDbCiphertextStore:
         values: dict[str, Any] = {}
         sets: list[str] = []
         conditions: list[str] = []
+        keys = self._keys()
         for index, value in enumerate(record.values):
+            member = value.path[-1] == SET_MEMBER
+            key = len(value.path) == 1 and value.path[0] in keys
+            if value.text in changes and (member or key):
+                where = "a key attribute" if key else "a string set"
+                raise UnrewritableValue(
+                    f"{self._uri} item {record.ref}: a ciphertext in {where} "
+                    f"({value.path[0]}) is not rewritten in place; re-encrypt that item by hand"
+                )
+            if key:
+                continue  # the Key of the UpdateItem itself
             expression = ""
-            for step in value.path:
+            for step in value.path[:-1] if member else value.path:
                 if isinstance(step, int):
                     expression += f"[{step}]"
                     continue
                 placeholder = names.setdefault(step, f"#n{len(names)}")
                 expression += ("." if expression else "") + placeholder
             values[f":old{index}"] = {"S": value.text}
+            if member:
+                conditions.append(f"contains({expression}, :old{index})")
+                continue
             conditions.append(f"{expression} = :old{index}")
             if value.text in changes:
                 values[f":new{index}"] = {"S": changes[value.text]}

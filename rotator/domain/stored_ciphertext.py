@@ -33,6 +33,11 @@ class StoreFormatError(ConnectKeyRotatorError):
     """A stored object is not JSON, JSON Lines or gzip of either (its name, never its bytes)."""
 
 
+class UnrewritableValue(ConnectKeyRotatorError):
+    """A ciphertext the store cannot rewrite in place (a DynamoDB key attribute or string set
+    member): counted, never rewritten, so the key it is under cannot be destroyed."""
+
+
 class ConcurrentChange(ConnectKeyRotatorError):
     """A stored value changed since it was read: the conditional write was refused."""
 
