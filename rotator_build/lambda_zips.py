@@ -387,8 +387,9 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(found.submodule_search_locations)))
 
 
-# The weekly report job renders HTML from Jinja2 templates in the Lambda too.
-SOURCE_SUFFIXES = frozenset({".py", ".typed", ".j2", ".css", ".json"})
+# The weekly report job renders HTML from Jinja2 templates in the Lambda too (the fleet
+# report with its filter script).
+SOURCE_SUFFIXES = frozenset({".py", ".typed", ".j2", ".css", ".js", ".json"})
 
 
 def _is_source(relative: Path) -> bool:
