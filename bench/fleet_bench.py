@@ -847,8 +847,8 @@ def print_seeding(plan: Plan, seeder: Seeder, held: int, checked: int) -> None:
         f"measured: the evaluation at {plan.first_stage:,} and at {plan.instances:,} instances; "
         f"an emergency rotation of {plan.rotations} replicas ({plan.rotations // plan.partitions} "
         f"per account region) at concurrency 1, then {plan.rotations} others at "
-        f"{plan.concurrency} (at most 2 at once per account region); one report per account "
-        "region, JSON + HTML, summed (the fleet's one report is not on this branch)",
+        f"{plan.concurrency} (at most 2 at once per account region); the fleet's one report "
+        "(every account region), JSON + HTML",
         flush=True,
     )
     print()
