@@ -158,6 +158,37 @@ def test_serve_refuses_a_fleet_rather_than_rotate_one_account(
     assert "rotator serve runs one account" in capsys.readouterr().err
 
 
+def test_each_section_describes_its_member_keyring_key_through_the_member_role(
+    fleet: Settings, material_2048: KeyMaterial
+) -> None:
+    """Evidence across accounts (3.6.1.1): prod's private key is a SecureString under prod's
+    own keyring key; the fleet report describes that key with prod's role (moto keeps each
+    account's KMS apart), and says the decrypt function was not checked."""
+    from rotator.entrypoints.bootstrap import MEMBER_KEYRING_KEY_ALIAS, assumed_role_session
+
+    session = assumed_role_session(ACCOUNTS[0], REGION)
+    kms = session.client("kms", region_name=REGION)
+    key = kms.create_key(Description="prod keyring key")["KeyMetadata"]
+    kms.create_alias(AliasName=MEMBER_KEYRING_KEY_ALIAS, TargetKeyId=key["KeyId"])
+    adapters = build_account_adapters(fleet, ACCOUNTS[0], REGION, session=session)
+    adapters.keyring.store_key(
+        "prod-key", material_2048, make_record("prod-key", material_2048, instance_id=PROD_INSTANCE)
+    )
+    adapters.keyring.set_current(PROD_INSTANCE, "prod-key")
+    code, output = _run("report", "--account", "prod", "--format", "json")
+    assert code == ExitCode.OK, output
+    (section,) = json.loads(output)["partitions"]
+    architecture = section["report"]["cryptographic_architecture"]
+    (kek,) = architecture["key_encrypting_keys"]
+    assert (kek["arn"], kek["key_spec"], kek["unreadable"]) == (
+        key["Arn"],
+        "SYMMETRIC_DEFAULT",
+        None,
+    )
+    assert ":111111111111:" in kek["arn"] and kek["protects"] == ["prod-key"]
+    assert "BEGIN" not in output
+
+
 def test_report_flags_one_key_pair_in_two_accounts(
     fleet: Settings, material_2048: KeyMaterial
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,14 @@ class Adapters:
     connect: ConnectGateway
     lock: SsmLock
     identity: StsIdentity
+    # Where the evidence reads' clients (KMS, Lambda) come from: None, boto3's default session
+    # (this account); a member account's adapters make them on its assumed-role session.
+    clients: Callable[[str], Any] | None = None
+
+    def _client(self, service: str) -> Any:
+        if self.clients is not None:
+            return self.clients(service)
+        return boto3.client(service, config=RETRY_CONFIG, region_name=aws_region())  # type: ignore[call-overload]
 
     def rotation(self, actor: str, generate: KeyGenerator | None = None) -> RotationService:
         return RotationService(
@@ -99,15 +108,12 @@ class Adapters:
         """The report's evidence reads: KMS DescribeKey of the keyring's KMS keys, and the
         decrypt function's environment if ROTATOR_DECRYPT_FUNCTION names it. The clients are
         built here, on first use: no other command pays for them."""
-        region = aws_region()
         function = self.settings.decrypt_function
         return EvidenceSources(
-            keks=KmsKeyEncryptionKeys(boto3.client("kms", config=RETRY_CONFIG, region_name=region)),
+            keks=KmsKeyEncryptionKeys(self._client("kms")),
             functions=None
             if function is None
-            else LambdaFunctionEnvironments(
-                boto3.client("lambda", config=RETRY_CONFIG, region_name=region)
-            ),
+            else LambdaFunctionEnvironments(self._client("lambda")),
             decrypt_function=function,
         )
 
@@ -257,7 +263,9 @@ def build_account_adapters(
     KMS key), its Connect and its lock, all on the assumed role's credentials. Clients are
     created here, up front: boto3 sessions are not thread-safe, its clients are."""
     session = session if session is not None else assumed_role_session(account, region)
-    member_settings = replace(settings, kms_key_id=MEMBER_KEYRING_KEY_ALIAS)
+    # The member's own keyring key; its decrypt function has no name the central settings
+    # know (the report's copy inventory says "not checked" for it).
+    member_settings = replace(settings, kms_key_id=MEMBER_KEYRING_KEY_ALIAS, decrypt_function=None)
     adapters = build_adapters(
         member_settings,
         ssm=session.client("ssm", config=RETRY_CONFIG, region_name=region),
@@ -265,7 +273,18 @@ def build_account_adapters(
         simulated_clock=simulated_clock,
     )
     sts = session.client("sts", config=RETRY_CONFIG, region_name=region)
-    return replace(adapters, identity=StsIdentity(sts))
+    made: dict[str, Any] = {}
+    making = threading.Lock()  # a boto3 session is not thread-safe; its clients are
+
+    def clients(service: str) -> Any:
+        with making:
+            if service not in made:
+                made[service] = session.client(  # type: ignore[call-overload]
+                    service, config=RETRY_CONFIG, region_name=region
+                )
+            return made[service]
+
+    return replace(adapters, identity=StsIdentity(sts), clients=clients)
 
 
 # Builds one partition's adapters (tests give one over fakes or moto).

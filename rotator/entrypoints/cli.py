@@ -709,14 +709,16 @@ def _report_fleet(
     fleet: dict[Partition, Adapters],
     options: ReportOptions,
 ) -> int:
-    """Each account region read through its member role's adapters, one report. The evidence
-    reads (KMS, the decrypt function) are not made across accounts: each section says so."""
+    """Each account region read through its member role's adapters, one report; each
+    section's evidence (its keyring key, through KMS) is read with the member's role too."""
     from rotator.services.fleet_report import PartitionSources, make_fleet_report
     from rotator.services.fleet_report_render import render_fleet, render_fleet_summary
     from rotator.services.report_render import ReportFormat
 
     sources = {
-        partition: PartitionSources(adapters.keyring, adapters.connect, adapters.lock)
+        partition: PartitionSources(
+            adapters.keyring, adapters.connect, adapters.lock, adapters.evidence()
+        )
         for partition, adapters in fleet.items()
     }
     report = make_fleet_report(sources, options, ctx.moment.now)

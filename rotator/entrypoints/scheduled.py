@@ -174,10 +174,12 @@ def report_for_fleet(
 ) -> Callable[[datetime], FleetReport]:
     """The fleet report's maker (one report, a section per account and region) over every
     partition's adapters, which `report_job` delivers: ReportFindings, S3, the report topic.
-    The member's KMS key and decrypt function are not described here (each section says "not
-    checked"): those reads need the member's own clients."""
+    Each member's keyring key is described through its own role; its decrypt function is not
+    scanned (its section says "not checked")."""
     sources = {
-        partition: PartitionSources(adapters.keyring, adapters.connect, adapters.lock)
+        partition: PartitionSources(
+            adapters.keyring, adapters.connect, adapters.lock, adapters.evidence()
+        )
         for partition, adapters in built.items()
     }
     options = settings.report_options()
