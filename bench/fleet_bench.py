@@ -119,7 +119,7 @@ class Plan:
 
 REGIONS = ("eu-west-2", "eu-central-1")
 FULL_PLAN = Plan("full", 10, REGIONS, 50, 250, 100, 16, 50)
-QUICK_PLAN = Plan("quick", 2, REGIONS, 4, 8, 4, 4, 10)
+QUICK_PLAN = Plan("quick", 1, REGIONS, 4, 4, 2, 2, 10)
 
 
 # -- counting AWS calls ---------------------------------------------------------------------------
