@@ -167,3 +167,37 @@ def test_each_task_answers_for_itself(bucket: Any, monkeypatch: pytest.MonkeyPat
     refused = invoke([{"taskId": "cur", "s3BucketName": BUCKET, "s3Key": "ctr/b.json"}], CURRENT)
     assert refused["cur"]["resultCode"] == "PermanentFailure"
     assert "current key" in refused["cur"]["resultString"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        None,
+        "tasks",
+        [],
+        {},
+        {"invocationSchemaVersion": "1.0", "tasks": []},
+        {"invocationSchemaVersion": "2.0", "tasks": "nope", "job": {}},
+        {"invocationSchemaVersion": "2.0", "tasks": [], "job": {"userArguments": "x"}},
+    ],
+)
+def test_an_event_that_is_no_batch_invocation_is_a_clear_error(event: Any) -> None:
+    from rotator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schema 2.0"):
+        batch_rewrap.handler(event, None)
+
+
+def test_a_task_that_is_no_object_fails_alone(bucket: Any) -> None:
+    event = {
+        "invocationSchemaVersion": "2.0",
+        "invocationId": "id",
+        "job": {"id": "job-1", "userArguments": {"FromKey": OLD1}},
+        "tasks": ["ctr/a.json", {"taskId": "a", "s3BucketName": BUCKET, "s3Key": "ctr/a.json"}],
+    }
+    results = batch_rewrap.handler(event, None)["results"]
+    assert [(r["taskId"], r["resultCode"]) for r in results] == [
+        (None, "PermanentFailure"),
+        ("a", "Succeeded"),
+    ]
+    assert results[0]["resultString"] == "a task that is not a JSON object"

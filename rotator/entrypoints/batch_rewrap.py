@@ -19,7 +19,7 @@ from lambda_decrypt.logs import configure_logging
 from rotator.config import Settings
 from rotator.domain.stored_ciphertext import parse_store_uri
 from rotator.entrypoints.bootstrap import Adapters, build_adapters
-from rotator.errors import ConnectKeyRotatorError
+from rotator.errors import ConfigError, ConnectKeyRotatorError
 
 LOG = logging.getLogger("rotator.batch_rewrap")
 STORES_SETTING = "ROTATOR_CIPHERTEXT_STORES"
@@ -37,15 +37,20 @@ _rewrappers: dict[str, Any] = {}
 _stores: dict[str, Any] = {}
 
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """Raises ConfigError for an event that is not an S3 Batch Operations invocation of schema
+    2.0 (the only one that carries UserArguments): a function error, which Batch reports."""
+    tasks, from_key = _invocation(event)
     settings = Settings.load()
     configure_logging(settings.log_level)
-    tasks = event.get("tasks") or []
-    from_key = str(((event.get("job") or {}).get("userArguments") or {}).get("FromKey") or "")
     results = []
     for task in tasks:
-        code, text = _task(settings, from_key, task)
-        results.append({"taskId": task.get("taskId"), "resultCode": code, "resultString": text})
+        if isinstance(task, dict):
+            code, text = _task(settings, from_key, task)
+            task_id = task.get("taskId")
+        else:
+            code, text, task_id = PERMANENT, "a task that is not a JSON object", None
+        results.append({"taskId": task_id, "resultCode": code, "resultString": text})
     LOG.info(
         json.dumps(
             {
@@ -65,6 +70,20 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "invocationId": event.get("invocationId"),
         "results": results,
     }
+
+
+def _invocation(event: Any) -> tuple[list[Any], str]:
+    """The tasks and the old key of an S3 Batch Operations invocation (schema 2.0)."""
+    if not isinstance(event, dict) or event.get("invocationSchemaVersion") != "2.0":
+        raise ConfigError(
+            "event", "not an S3 Batch Operations invocation of schema 2.0 (LambdaInvoke)"
+        )
+    tasks = event.get("tasks")
+    job = event.get("job")
+    arguments = job.get("userArguments") if isinstance(job, dict) else None
+    if not isinstance(tasks, list) or not isinstance(arguments, dict | None):
+        raise ConfigError("event", "an invocation of schema 2.0 has a list of tasks and a job")
+    return tasks, str((arguments or {}).get("FromKey") or "")
 
 
 def _task(settings: Settings, from_key: str, task: dict[str, Any]) -> tuple[str, str]:
