@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,11 +28,11 @@ from rotator.domain.keys import (
     load_private_key,
     self_signed_material,
 )
-from rotator.domain.rotation import STEP_ORDER, RotationState, RotationStep
+from rotator.domain.rotation import STEP_ORDER, RotationState, RotationStep, StepDone
 from rotator.entrypoints.bootstrap import RETRY_CONFIG, Adapters, build_adapters
 from rotator.sandbox.sample_flows import PaymentInstance, card_blocks, create_payment_instance
 from rotator.sandbox.server import Sandbox, start_sandbox
-from rotator.services.rotation import InstanceResult, Outcome
+from rotator.services.rotation import WRITTEN_AFTER, InstanceResult, Outcome, RotationService
 
 COLUMNS = ("metric", "measured", "floor/baseline", "ratio", "note")
 ACTOR = "rotation-bench"
@@ -48,16 +48,19 @@ FOREIGN_AWS_SETTINGS = (
 )
 SERVICES = ("ssm", "connect")
 KeyGenerator = Callable[[datetime], KeyMaterial]
-# Calls made after the rotation record says DONE: the retires left to finish, the lock's
-# release, and the run's sweep for orphaned staging.
+# Calls made after the rotation's last write: the staging's delete, the retires left to finish,
+# the lock's release, and the run's sweep for orphaned staging.
 AFTER_DONE = "after done"
 PHASES = (*(str(step) for step in STEP_ORDER), AFTER_DONE)
+# A step's calls: from the end of the step before it to its own end, and the write that follows
+# it when one does (the steps are written together: WRITTEN_AFTER); "started" holds the run's
+# listing, the decision, the lock and the first write.
+STEP_METHODS = ("_stage", "_associate", "_store", "_point_flows", "_promote", "_finish")
 STEP_COLUMNS = ("step", "ssm", "connect", "calls", "baseline", "operations")
 OPERATION_COLUMNS = ("operation", "calls", "baseline")
 # One single rotation (a fresh instance with a payment flow and module, init, then one due
 # rotate(None)) measured with this bench at f253200, before the calls were cut: 73 calls,
-# SSM 63 + Connect 10. A step's calls are those made up to and including the write of its
-# rotation record ("started": the run's listing, the decision, the lock and the first record).
+# SSM 63 + Connect 10, when each step wrote its own history and rotation record.
 BASELINE_STEP_CALLS: Mapping[str, int] = {
     "started": 16,
     "staged": 7,
@@ -164,7 +167,7 @@ class CallMeter:
         return CallTally(dict(self._calls), seconds, dict(self._steps))
 
     def step_recorded(self, step: RotationStep) -> None:
-        """The rotation record says `step`: what follows is the next step's work."""
+        """`step` is done and written: what follows is the next step's work."""
         index = PHASES.index(str(step)) + 1
         self.phase = PHASES[min(index, len(PHASES) - 1)]
 
@@ -276,7 +279,7 @@ class Bench:
         service = adapters.rotation(ACTOR)
         generator = TimedGenerator(service.generate)
         service.generate = generator
-        track_steps(service.keyring, self.meter)
+        track_steps(service, self.meter)
         self.meter.reset()
         started = time.perf_counter()
         results = service.rotate(None, self.now + DUE_AFTER)
@@ -330,15 +333,27 @@ class Bench:
         return statistics.median(samples)
 
 
-def track_steps(keyring: Any, meter: CallMeter) -> None:
-    """Tell the meter each time the rotation writes its record: the step boundaries."""
+def track_steps(service: RotationService, meter: CallMeter) -> None:
+    """Tell the meter where each rotation step ends: when its method returns, or, when a write
+    follows it, once the write is made (see PHASES)."""
+    keyring: Any = service.keyring
     put_rotation = keyring.put_rotation
 
-    def recorded(state: RotationState, **kwargs: Any) -> None:
-        put_rotation(state, **kwargs)
-        meter.step_recorded(state.step)
+    def recorded(steps: Sequence[StepDone], **kwargs: Any) -> None:
+        put_rotation(steps, **kwargs)
+        meter.step_recorded(steps[-1].state.step)
 
     keyring.put_rotation = recorded
+    for name in STEP_METHODS:
+        step = getattr(service, name)
+
+        def ended(state: RotationState, now: datetime, run: Any, step: Any = step) -> Any:
+            done: RotationState = step(state, now, run)
+            if done.step not in WRITTEN_AFTER:
+                meter.step_recorded(done.step)
+            return done
+
+        setattr(service, name, ended)
 
 
 def premade_key_generator() -> KeyGenerator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,9 @@ class ConnectKey:
     key_id: str
     key_size: int
     master_key: RawMasterKey = field(repr=False, compare=False)
+    # SHA-256 of the PEM bytes it was loaded from: a writer proves with it that the bytes a
+    # reader loaded (unchecked, see `trusted`) are the ones it validated in full.
+    source_sha256: str = field(repr=False, compare=False)
     materials_manager: DefaultCryptoMaterialsManager = field(repr=False, compare=False)
 
     @classmethod
@@ -106,6 +110,7 @@ class ConnectKey:
             key_id=key_id,
             key_size=private_key.key_size,
             master_key=master_key,
+            source_sha256=hashlib.sha256(pem).hexdigest(),
             materials_manager=_ConnectMaterialsManager(master_key_provider=master_key),
         )
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rotator.domain.history import HistoryEvent
     from rotator.domain.keys import KeyMaterial
     from rotator.domain.lifecycle import KeyRecord
-    from rotator.domain.rotation import ManagedInstance, RotationState
+    from rotator.domain.rotation import ManagedInstance, RotationState, StepDone
     from rotator.domain.stored_ciphertext import StoredRecord
 
 __all__ = [
@@ -187,15 +187,16 @@ class Keyring(Protocol):
 
     def put_rotation(
         self,
-        state: RotationState,
+        steps: Sequence[StepDone],
         *,
         at: datetime,
-        records: Sequence[KeyRecord] = (),
         current: str | None = None,
+        checkpoint: RotationState | None = None,
     ) -> None:
-        """The step `state.step` done at `at`, with the key records it changed (each's last
-        transition the new one) and the instance's new current key: their events and the
-        step's first, then the records, the current pointer and the rotation record."""
+        """The rotation steps done at `at`, in order, each with the key records it changed:
+        their events first (each step's key transitions, then the step), then each changed
+        key's latest record, the instance's new `current` key, and last the `checkpoint`: the
+        rotation record to keep, the point a redone rotation starts from (None: kept as is)."""
         ...
 
     def get_current(self, instance_id: str) -> str | None: ...

@@ -17,6 +17,8 @@ from moto import mock_aws
 from lambda_decrypt import handler, logs
 from rotator.domain.keys import KeyMaterial, generate_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState
+from rotator.domain.rotation import RotationState, StepDone
+from rotator.ports import Keyring
 from tests.fakes import HeldKeys
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -86,6 +88,12 @@ def make_record(
         source="test",
         kms_key_id=None,
     )
+
+
+def keep_rotation(keyring: Keyring, state: RotationState, *, at: datetime) -> None:
+    """`state` as the instance's rotation record, with its step's event (a rotation's first
+    write is one such)."""
+    keyring.put_rotation([StepDone(state)], at=at, checkpoint=state)
 
 
 @pytest.fixture

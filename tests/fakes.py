@@ -30,7 +30,7 @@ from rotator.domain.history import (
 from rotator.domain.key_protection import FunctionEnvironment, KekDescription, holds_private_key
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, KeyState, Transition
-from rotator.domain.rotation import ManagedInstance, RotationState
+from rotator.domain.rotation import ManagedInstance, RotationState, StepDone
 from rotator.domain.stored_ciphertext import ConcurrentChange, StoredRecord, strings_in
 from rotator.errors import (
     AwsCallError,
@@ -276,21 +276,23 @@ class FakeKeyring:
 
     def put_rotation(
         self,
-        state: RotationState,
+        steps: Sequence[StepDone],
         *,
         at: datetime,
-        records: Sequence[KeyRecord] = (),
         current: str | None = None,
+        checkpoint: RotationState | None = None,
     ) -> None:
-        for record in records:
-            for event in key_transition_events(record.history[:-1], record, self.clock):
-                self.history.append(event)
-        self.history.append(rotation_step_event(state, at, self.clock))
-        for record in records:
-            self.metadata[record.key_id] = record
+        for step in steps:
+            for record in step.records:
+                for event in key_transition_events(record.history[:-1], record, self.clock):
+                    self.history.append(event)
+            self.history.append(rotation_step_event(step.state, at, self.clock))
+        for step in steps:
+            self.metadata.update((record.key_id, record) for record in step.records)
         if current is not None:
-            self.currents[state.instance_id] = current
-        self.rotations[state.instance_id] = state
+            self.currents[steps[-1].state.instance_id] = current
+        if checkpoint is not None:
+            self.rotations[checkpoint.instance_id] = checkpoint
 
     def get_current(self, instance_id: str) -> str | None:
         return self.currents.get(instance_id)

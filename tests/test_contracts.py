@@ -19,6 +19,12 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 from botocore.config import Config
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 
 from lambda_decrypt import Decryptor
 from rotator.adapters.connect import ConnectGateway
@@ -35,12 +41,13 @@ from rotator.domain.flows import FlowKind, FlowRef, encrypting_blocks, point_blo
 from rotator.domain.history import ClockKind, EventKind, HistoryEvent
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
-from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
+from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep, StepDone
 from rotator.domain.stored_ciphertext import ConcurrentChange, UnrewritableValue
 from rotator.errors import (
     AwsCallError,
     ConfigError,
     KeyringConflict,
+    KeyringError,
     LockHeld,
     LockLost,
     NotFound,
@@ -65,9 +72,9 @@ from rotator.sandbox.sample_flows import (
     payment_module_content,
 )
 from rotator.sandbox.server import Sandbox
-from rotator.services.canary import VerificationFailed, prove_key_decrypts
+from rotator.services.canary import VerificationFailed, prove_key_decrypts, prove_stored_key
 from rotator.services.rotation import Outcome, RotationService
-from tests.conftest import NOW, REGION, make_record
+from tests.conftest import NOW, REGION, keep_rotation, make_record
 from tests.fakes import (
     FakeCheckpoint,
     FakeCiphertextStore,
@@ -197,11 +204,11 @@ def test_staging_no_unfinished_rotation_owns_is_orphaned(
 ) -> None:
     assert keyring.orphaned_staging() == set()
     running = RotationState("r-running", INSTANCE, RotationStep.STARTED, NOW, "test", None)
-    keyring.put_rotation(running, at=NOW)
+    keep_rotation(keyring, running, at=NOW)
     keyring.stage_key("r-running", material_a)
     keyring.stage_key("r-lost", material_b)
     assert keyring.orphaned_staging() == {"r-lost"}
-    keyring.put_rotation(running.advance(RotationStep.DONE), at=NOW)
+    keep_rotation(keyring, running.advance(RotationStep.DONE), at=NOW)
     assert keyring.orphaned_staging() == {"r-lost", "r-running"}
 
 
@@ -219,7 +226,7 @@ def test_instances_current_keys_and_rotations(keyring: Keyring) -> None:
     keyring.set_current(INSTANCE, KEY_B)
     assert keyring.get_current(INSTANCE) == KEY_B
     state = RotationState("r1", INSTANCE, RotationStep.STARTED, NOW, "test", None, reason="first")
-    keyring.put_rotation(state, at=NOW)
+    keep_rotation(keyring, state, at=NOW)
     assert keyring.get_rotation(INSTANCE) == state
 
 
@@ -233,11 +240,54 @@ def test_changes_are_recorded_in_the_history(
     active = pending.transition(KeyState.ACTIVE, at=NOW, actor="test", reason="promoted")
     keyring.write_record(active)
     state = RotationState("r1", INSTANCE, RotationStep.STARTED, NOW, "test", None)
-    keyring.put_rotation(state, at=NOW)
+    keep_rotation(keyring, state, at=NOW)
     kinds = [(e.kind, e.scope) for e in keyring.history.events()]
     assert kinds.count((EventKind.KEY_TRANSITION, INSTANCE)) == 2
     assert kinds.count((EventKind.ROTATION_STEP, INSTANCE)) == 1
     assert keyring.get_record(KEY_A) == active
+
+
+def test_steps_written_together_keep_their_order_and_move_the_record_only_when_asked(
+    backend: KeyringBackend, material_a: KeyMaterial
+) -> None:
+    keyring = backend.keyring
+    started = RotationState("r1", INSTANCE, RotationStep.STARTED, NOW, "test", None)
+    keep_rotation(keyring, started, at=NOW)
+    stored = started.advance(RotationStep.STORED, new_key_id=KEY_A)
+    pending = make_record(KEY_A, material_a, state=KeyState.PENDING)
+    keyring.create_private_key(KEY_A, material_a.private_key_pem)
+    keyring.put_rotation(
+        [
+            StepDone(started.advance(RotationStep.STAGED)),
+            StepDone(started.advance(RotationStep.ASSOCIATED, new_key_id=KEY_A)),
+            StepDone(stored, (pending,)),
+        ],
+        at=NOW,
+    )
+    assert keyring.get_rotation(INSTANCE) == started  # no checkpoint: the redo starts there
+    assert keyring.get_record(KEY_A) == pending
+    active = pending.transition(KeyState.ACTIVE, at=NOW, actor="test", reason="current key")
+    retired = active.transition(KeyState.RETIRED, at=NOW, actor="test", reason="emergency")
+    done = stored.advance(RotationStep.DONE)
+    keyring.put_rotation(
+        [
+            StepDone(stored.advance(RotationStep.PROMOTED), (active,)),
+            StepDone(done, (retired,)),
+        ],
+        at=NOW,
+        current=KEY_A,
+        checkpoint=done,
+    )
+    assert keyring.get_rotation(INSTANCE) == done
+    assert keyring.get_current(INSTANCE) == KEY_A
+    assert keyring.get_record(KEY_A) == retired  # each key's latest record
+    recorded = [
+        e.details.get("step") or e.details.get("state") for e in keyring.history.events(INSTANCE)
+    ]
+    assert recorded == [
+        *("started", "staged", "associated", "pending", "stored"),
+        *("active", "promoted", "retired", "done"),
+    ]
 
 
 def test_an_appended_event_is_kept_with_the_keyring_s_clock(backend: KeyringBackend) -> None:
@@ -276,6 +326,29 @@ def test_the_canary_decrypts_with_stored_keys_only(
     keyring.delete_private_key(KEY_A)
     with pytest.raises(VerificationFailed, match="key_destroyed"):
         prove_key_decrypts(keyring, KEY_A, material_a.certificate_pem)
+
+
+def test_a_stored_key_reads_back_the_way_the_lambda_loads_it(
+    keyring: Keyring, material_a: KeyMaterial, material_b: KeyMaterial
+) -> None:
+    """One read by the decrypt Lambda's reader: the bytes it loaded are the ones validated, and
+    they decrypt; the same key in other bytes is refused although it decrypts."""
+    keyring.store_key(KEY_A, material_a, make_record(KEY_A, material_a))
+    prove_stored_key(keyring, KEY_A, material_a.private_key_pem, material_a.certificate_pem)
+    loaded = load_pem_private_key(material_a.private_key_pem.encode(), password=None)
+    others = [
+        loaded.private_bytes(Encoding.PEM, form, NoEncryption()).decode()
+        for form in (PrivateFormat.PKCS8, PrivateFormat.TraditionalOpenSSL)
+    ]
+    [reencoded] = [pem for pem in others if pem != material_a.private_key_pem]
+    keyring.create_private_key(KEY_B, reencoded)
+    prove_key_decrypts(keyring, KEY_B, material_a.certificate_pem)  # the same key: it decrypts
+    with pytest.raises(KeyringError, match=f"key {KEY_B} did not read back as stored"):
+        prove_stored_key(keyring, KEY_B, material_a.private_key_pem, material_a.certificate_pem)
+    with pytest.raises(VerificationFailed, match="failed its canary"):
+        prove_stored_key(keyring, KEY_A, material_a.private_key_pem, material_b.certificate_pem)
+    with pytest.raises(KeyringError, match=r"key no-such-key did not read back \(unknown_key\)"):
+        prove_stored_key(keyring, "no-such-key", material_a.private_key_pem, "unused")
 
 
 def test_private_key_protection_names_each_private_key_and_its_kms_key(

@@ -38,7 +38,7 @@ from rotator.services.jobs import (
 from rotator.services.rotation import Outcome, RotationService
 from rotator.services.state import read_state
 from rotator.services.verify import InvariantChecker, judge
-from tests.conftest import NOW
+from tests.conftest import NOW, keep_rotation
 from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock, FakePublisher
 from tests.world import KeyPool
 
@@ -237,7 +237,8 @@ def test_an_association_during_an_unfinished_rotation_is_that_rotations_not_drif
     added = managed.connect.associate_security_key(
         managed.instance_id, public_pem(stranger(managed.pool)), client_token="rotation-1"
     )
-    managed.keyring.put_rotation(
+    keep_rotation(
+        managed.keyring,
         RotationState("rotation-1", managed.instance_id, RotationStep.STAGED, AT, "test", "r"),
         at=AT,
     )
@@ -260,7 +261,8 @@ def test_a_disassociation_during_an_unfinished_rotation_stays_a_state_mismatch(
     managed: Managed,
 ) -> None:
     managed.connect.disassociate_security_key(managed.instance_id, managed.key_id)
-    managed.keyring.put_rotation(
+    keep_rotation(
+        managed.keyring,
         RotationState("rotation-1", managed.instance_id, RotationStep.STAGED, AT, "test", "r"),
         at=AT,
     )

@@ -20,7 +20,7 @@ from rotator.domain.window import schedule_from
 from rotator.errors import AwsCallError, ConnectKeyRotatorError
 from rotator.services.fleet import evaluate, rotate_target, run_units
 from rotator.services.rotation import InstanceResult, Outcome
-from tests.conftest import NOW, make_record
+from tests.conftest import NOW, keep_rotation, make_record
 from tests.fakes import FakeKeyring
 
 FLOW = "bbbbbbbb-1111-4222-8333-444444444444"
@@ -53,8 +53,10 @@ def _keyring(material: KeyMaterial, tag: str) -> FakeKeyring:
     for record, instance in ((fresh, "fresh"), (old, "old"), (mid, "mid"), (stray, "stray")):
         keyring.put_record(record)
         keyring.set_current(f"{tag}-{instance}", record.key_id)
-    keyring.put_rotation(
-        RotationState("r-1", f"{tag}-mid", RotationStep.STAGED, NOW, "test", f"{tag}-k3"), at=NOW
+    keep_rotation(
+        keyring,
+        RotationState("r-1", f"{tag}-mid", RotationStep.STAGED, NOW, "test", f"{tag}-k3"),
+        at=NOW,
     )
     return keyring
 

@@ -38,7 +38,7 @@ from rotator.services.report import ReportOptions, make_report
 from rotator.services.report_render import ReportFormat, render
 from rotator.services.rotation import Outcome
 from rotator.services.runbook_runner import RunOutcome, RunRecord, StepResult
-from tests.conftest import NOW, make_record
+from tests.conftest import NOW, keep_rotation, make_record
 from tests.test_report import report_schema
 from tests.world import World
 
@@ -218,7 +218,7 @@ def test_keyring_writes_append_an_event_per_new_transition_and_rotation_step(
     state = RotationState(
         "r-1", INSTANCE, RotationStep.STARTED, NOW, "rot", None, reason="first key"
     )
-    keyring.put_rotation(state, at=NOW + 4 * DAY)
+    keep_rotation(keyring, state, at=NOW + 4 * DAY)
     events = keyring.history.events(INSTANCE)
     assert [(e.kind, e.details.get("state") or e.details.get("step")) for e in events] == [
         ("key_transition", "pending"),
@@ -249,6 +249,15 @@ def test_thirty_rotations_all_appear_in_the_report(world: World) -> None:
         keys.append(result.new_key_id)
 
     a = world.adapters
+    # The rotation record keeps a version per write: two a rotation here (an older release wrote
+    # one a step). Written 100 times more, as a long-lived record is, SSM keeps none of these
+    # rotations' versions (it keeps the last 100); the report reads the history, which has all.
+    pointer = a.keyring.layout.rotation(instance)
+    kept = world.ssm.get_parameter(Name=pointer)["Parameter"]["Value"]
+    for _ in range(100):
+        world.ssm.put_parameter(Name=pointer, Value=kept, Type="String", Overwrite=True)
+    versions = world.ssm.get_parameter_history(Name=pointer, MaxResults=50)
+    assert versions["Parameters"][0]["Version"] > 2 * 31
     report = make_report(a.keyring, a.connect, a.lock, ReportOptions(), now)
     document = json.loads(render(report, ReportFormat.JSON))
     jsonschema.validate(document, report_schema(), format_checker=jsonschema.FormatChecker())
@@ -263,10 +272,6 @@ def test_thirty_rotations_all_appear_in_the_report(world: World) -> None:
     # second rotation on the key before it retired: 11 events a rotation in steady state.
     kinds = Counter(e["kind"] for e in facts["history"])
     assert kinds == {"rotation_step": 31 * len(RotationStep), "key_transition": 2 + 30 * 3 + 29}
-    # The rotation record kept one version per step: SSM dropped all but the last 100.
-    pointer = a.keyring.layout.rotation(instance)
-    versions = world.ssm.get_parameter_history(Name=pointer, MaxResults=50)
-    assert versions["Parameters"][0]["Version"] > 100
     rows = {k["key_id"]: k for k in document["keys"]}
     assert [t["state"] for t in rows[keys[0]]["history"]] == [
         "pending",

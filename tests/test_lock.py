@@ -97,6 +97,65 @@ def test_check_fences_a_run_out_once_its_lock_is_taken_over_or_removed(ssm: Any)
         lease.check()
 
 
+def ssm_calls(ssm: Any) -> list[str]:
+    """The operations the client sends from now on."""
+    sent: list[str] = []
+    ssm.meta.events.register("before-call.ssm", lambda model, **_: sent.append(model.name))
+    return sent
+
+
+def test_a_release_within_the_half_lease_a_check_proved_deletes_without_a_read(
+    ssm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No other run may break a lease with half of it ahead: its release is fenced by the check,
+    as every write under it is."""
+    taken = SsmLock(ssm, PREFIX).acquire("i-1", "rotation-1")
+    sent = ssm_calls(ssm)
+    taken.release()
+    assert sent == ["DeleteParameter"]
+    assert SsmLock(ssm, PREFIX).holder("i-1") is None
+    checked = SsmLock(ssm, PREFIX).acquire("i-1", "rotation-2")
+    moments = iter([1000.0, 1000.0 + DEFAULT_LEASE.total_seconds() / 2 - 6])
+    monkeypatch.setattr(lock_module, "_elapsed_clock", lambda: next(moments))
+    checked.check()  # asked at 1000
+    sent.clear()
+    checked.release()  # 6 s short of the half lease after the check
+    assert sent == ["DeleteParameter"]
+
+
+def test_a_release_past_that_half_lease_or_after_a_failed_check_reads_first(
+    ssm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = SsmLock(ssm, PREFIX).acquire("i-1", "rotation-1")
+    half = DEFAULT_LEASE.total_seconds() / 2
+    later = lock_module._elapsed_clock() + half - lock_module.TRUST_MARGIN.total_seconds()
+    monkeypatch.setattr(lock_module, "_elapsed_clock", lambda: later)
+    plant(ssm, elsewhere())  # by hand: nothing the lease's rules allow
+    sent = ssm_calls(ssm)
+    lease.release()
+    assert sent == ["GetParameter"]  # not ours: left alone
+    monkeypatch.undo()
+    fresh = SsmLock(ssm, PREFIX)
+    ssm.delete_parameter(Name=NAME)
+    lease = fresh.acquire("i-1", "rotation-2")
+    plant(ssm, elsewhere())
+    with pytest.raises(LockLost):
+        lease.check()
+    sent.clear()
+    lease.release()
+    assert sent == ["GetParameter"]
+    held = fresh.holder("i-1")
+    assert held is not None and held.holder.host == "another-host"
+
+
+def test_a_lease_too_short_to_trust_is_always_read_before_its_release(ssm: Any) -> None:
+    lease = SsmLock(ssm, PREFIX, lease=timedelta(seconds=8)).acquire("i-1", "rotation-1")
+    plant(ssm, elsewhere())
+    lease.release()
+    held = SsmLock(ssm, PREFIX).holder("i-1")
+    assert held is not None and held.holder.host == "another-host"
+
+
 def test_the_same_holder_fields_with_another_token_are_not_ours(ssm: Any) -> None:
     """Two runs of one process (retire then rotate) differ only by their token."""
     lease = SsmLock(ssm, PREFIX).acquire("i-1", "rotation-1")

@@ -63,7 +63,7 @@ ZERO, RETIRE_AT = timedelta(), timedelta(days=8, hours=1)  # part 3: after the 7
 # KMS + Lambda: the report's evidence (DescribeKey, the decrypt function's configuration).
 CALLS_PER_COMMAND: tuple[tuple[str, str, int, int, int, int], ...] = (
     ("section 3", "rotator status", 3, 0, 0, 0),
-    ("section 3", "rotator init", 37, 9, 1, 0),
+    ("section 3", "rotator init", 23, 8, 1, 0),
     ("section 3", "rotator verify", 6, 3, 0, 0),
     ("section 3", "rotator report", 5, 3, 0, 2),
     ("adopt, part 1", "rotator runbook run adopt-blog-deployment", 2, 0, 1, 0),
@@ -78,7 +78,7 @@ CALLS_PER_COMMAND: tuple[tuple[str, str, int, int, int, int], ...] = (
         1,
         0,
     ),
-    ("adopt, part 2", "rotator init", 40, 6, 1, 0),
+    ("adopt, part 2", "rotator init", 26, 5, 1, 0),
     ("adopt, part 2", "rotator verify", 6, 2, 0, 0),
     ("adopt, part 2", "rotator status", 3, 3, 0, 0),  # ... and the blog instance's flow
     ("adopt, part 2", "decrypt Lambda test call", 1, 0, 0, 0),
@@ -90,7 +90,7 @@ CALLS_PER_COMMAND: tuple[tuple[str, str, int, int, int, int], ...] = (
         1,
         0,
     ),
-    ("adopt, part 3", "rotator retire", 10, 3, 1, 0),
+    ("adopt, part 3", "rotator retire", 9, 3, 1, 0),
     ("adopt, part 3", "rotator verify", 6, 2, 0, 0),
     ("adopt, audit", "rotator runbook audit", 2, 0, 0, 0),
 )

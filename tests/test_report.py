@@ -49,7 +49,7 @@ from rotator.services.report import (
 )
 from rotator.services.report_render import CSV_COLUMNS, ReportFormat, render
 from rotator.services.rotation import Outcome, RotationService
-from tests.conftest import NOW, make_record
+from tests.conftest import NOW, keep_rotation, make_record
 from tests.fakes import HeldKeys
 from tests.world import KeyPool, World, make_adapters
 
@@ -161,7 +161,8 @@ def seed(world: World, key_pool: KeyPool) -> Seeded:
         Value=stale.to_json(),
         Type="String",
     )
-    keyring.put_rotation(
+    keep_rotation(
+        keyring,
         RotationState(
             "crashed", instances["locked"], RotationStep.STAGED, T - DAY, "test", keys["locked"]
         ),

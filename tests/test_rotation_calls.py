@@ -12,28 +12,31 @@ from typing import Any
 
 import pytest
 
-from rotator.domain.rotation import STEP_ORDER, RotationState, RotationStep
+from rotator.domain.rotation import RotationStep, StepDone
 from rotator.services.rotation import Outcome
 from tests.conftest import NOW
 from tests.world import World
 
 ROTATE_AT = NOW + timedelta(days=400)  # past the default cryptoperiod: due
-AFTER_DONE = "after done"  # the retires to finish, the lock's release, the staging sweep
-# A step's calls are those up to and including the write of its rotation record; "started"
-# holds the run's listing of instances, the look before and under the lock, the lock and the
-# rotation's first record. Upper bounds: each is what the rotation makes today.
+AFTER_DONE = "after done"  # the staging's delete, the lock's release, the staging sweep
+# A rotation writes its steps together (rotator.services.rotation.WRITTEN_AFTER): a phase's calls
+# are those up to and including the write that ends at its step. "started" holds the run's
+# listing of instances, the look before and under the lock, the lock and the rotation's first
+# record. Upper bounds: each is what the rotation makes today.
 MOST_CALLS_PER_STEP = {
-    "started": 7,  # instances sweep, ListSecurityKeys, records, lock, look under it, 2 writes
-    "staged": 5,  # certificate, private key, read-back, history, record
-    "associated": 5,  # check, ListSecurityKeys, AssociateSecurityKey, history, record
-    "stored": 8,  # check, private key, certificate, read-back, canary, history, metadata, record
-    "flows_updated": 7,  # check, 2 describes, 2 updates, history, record
-    "promoted": 6,  # check, history, 2 metadata, current pointer, record
-    "done": 4,  # check, delete the staging, history, record
-    AFTER_DONE: 3,  # lock release (read, delete), the run's orphaned-staging sweep
+    # instances sweep, ListSecurityKeys, records, lock, look under it, history, record
+    "started": 7,
+    # staged: certificate, private key, read-back; associated: lease check, AssociateSecurityKey
+    # (Connect's keys as the look under the lock listed them); stored: private key, certificate,
+    # one read-back through the decrypt Lambda's reader (the bytes, then the canary), history,
+    # the new key's metadata
+    "stored": 10,
+    # lease check, 2 describes, 2 updates, history, 2 metadata, current pointer, record
+    "done": 10,
+    AFTER_DONE: 3,  # the staging's delete, the lock's delete, the run's orphaned-staging sweep
 }
-MOST_CALLS = 45  # 73 before (see bench/rotation_bench.py); the target is 30
-PHASES = [*(str(step) for step in STEP_ORDER), AFTER_DONE]
+MOST_CALLS = 30  # 73, then 45, before (see bench/rotation_bench.py); the target is 30
+PHASES = list(MOST_CALLS_PER_STEP)
 
 
 class StepCalls:
@@ -67,9 +70,9 @@ def counted(world: World, monkeypatch: pytest.MonkeyPatch) -> StepCalls:
     keyring = world.service.keyring
     put_rotation = keyring.put_rotation
 
-    def recorded(state: RotationState, *, at: datetime, **kwargs: Any) -> None:
-        put_rotation(state, at=at, **kwargs)
-        counter.recorded(state.step)
+    def recorded(steps: list[StepDone], *, at: datetime, **kwargs: Any) -> None:
+        put_rotation(steps, at=at, **kwargs)
+        counter.recorded(steps[-1].state.step)
 
     monkeypatch.setattr(keyring, "put_rotation", recorded)
     return counter
@@ -102,6 +105,7 @@ def test_one_list_of_connects_keys_per_step_and_no_single_parameter_reads_but_th
         if op.endswith(":ListSecurityKeys")
     )
     assert max(listings.values()) == 1, listings
-    # GetParameter (one name) is the lock's read alone: one per check, and the release's.
+    # GetParameter (one name) is the lock's read alone: the checks before the association and
+    # before the flows; the release comes within the half lease the last check proved ahead.
     single = sum(n for (_, op), n in counted.calls.items() if op == "ssm:GetParameter")
-    assert single == 5 + 1  # checks before associated, stored, flows_updated, promoted, done
+    assert single == 2

@@ -22,9 +22,11 @@ from lambda_decrypt.errors import DecryptError, KeyDestroyed
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
 from rotator.domain.flows import FlowKind, FlowRef, encrypting_blocks
+from rotator.domain.history import EventKind
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
-from rotator.domain.rotation import RotationState, RotationStep
+from rotator.domain.rotation import RotationState, RotationStep, StepDone
+from rotator.errors import AwsCallError, LockLost
 from rotator.sandbox.sample_flows import card_blocks, payment_flow_content, payment_module_content
 from rotator.services.rotation import InstanceResult, Outcome, RotationService
 from rotator.services.verify import InvariantChecker
@@ -276,12 +278,13 @@ def test_the_sweep_covers_every_call_of_a_clean_run(key_pool: KeyPool) -> None:
         "lock.acquire",
         "keyring.stage_key",
         "connect.associate_security_key",
-        # The key is stored in two calls (private key, certificate); its record, and later the
-        # current pointer, are written with the step's rotation record (put_rotation), whose
-        # own writes the wire sweep (tests/test_rotation_faults.py) crashes between.
+        # The key is stored in two calls (private key, certificate) and read back once, by the
+        # decrypt Lambda's reader; its record, and later the current pointer, are written with
+        # the steps' write (put_rotation), whose own writes the wire sweep
+        # (tests/test_rotation_faults.py) crashes between.
         "keyring.create_private_key",
         "keyring.store_certificate",
-        "keyring.find_private_key",
+        "keys.get",
         "connect.update_flow_content",
         "keyring.put_rotation",
         "keyring.delete_staging",
@@ -506,3 +509,155 @@ def test_a_decrypt_failure_fails_the_convergence_check(key_pool: KeyPool, due: F
     typed = Ciphertexts(unknown, fakes.caller_types(DURING), fakes.caller_types(AFTER))
     with pytest.raises(AssertionError, match="unknown_key"):
         assert_converged(fakes, old_key, result, Outcome.ROTATED, typed)
+
+
+# -- steps written together ---------------------------------------------------------------------
+
+
+def step_events(fakes: Fakes, rotation_id: str) -> list[str]:
+    return [
+        str(e.details["step"])
+        for e in fakes.keyring.history_events()
+        if e.kind == EventKind.ROTATION_STEP and e.rotation_id == rotation_id
+    ]
+
+
+def test_a_rotation_records_each_step_once_in_order_in_three_writes(
+    key_pool: KeyPool, due: Fakes
+) -> None:
+    fakes = fresh(due, key_pool)
+    crash = Crash()
+    [result] = rotate(fakes, crash)
+    assert result.outcome is Outcome.ROTATED and result.rotation_id is not None
+    assert step_events(fakes, result.rotation_id) == [str(step) for step in RotationStep]
+    assert crash.calls.count("keyring.put_rotation") == 3  # started, stored, done
+    events = fakes.keyring.history_events()
+    # The new key's first record is in the keyring, with its event, before a flow names it.
+    order = [
+        (e.kind, e.details.get("step") or e.details.get("state"))
+        for e in events
+        if e.rotation_id == result.rotation_id or e.key_id == result.new_key_id
+    ]
+    assert order.index((EventKind.KEY_TRANSITION, "pending")) < order.index(
+        (EventKind.ROTATION_STEP, "stored")
+    )
+    assert crash.calls.index("keyring.put_rotation", crash.calls.index("keys.get")) < (
+        crash.calls.index("connect.update_flow_content")
+    )
+
+
+@pytest.mark.parametrize(
+    ("failing", "recorded"),
+    [
+        ("associate_security_key", RotationStep.STAGED),
+        ("update_flow_content", RotationStep.STORED),
+    ],
+)
+def test_a_step_that_fails_records_the_steps_before_it_and_a_rerun_converges(
+    key_pool: KeyPool,
+    due: Fakes,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: str,
+    recorded: RotationStep,
+) -> None:
+    fakes = fresh(due, key_pool)
+    old_key = fakes.keyring.get_current(fakes.instance_id)
+    assert old_key is not None
+    before = fakes.caller_types(BEFORE)
+
+    def refused(*_: object, **__: object) -> None:
+        raise AwsCallError(f"connect:{failing}", fakes.instance_id, "InternalServiceException")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fakes.connect, failing, refused)
+        [failed] = rotate(fakes)
+    assert failed.outcome is Outcome.FAILED and "InternalServiceException" in failed.detail
+    state = fakes.keyring.get_rotation(fakes.instance_id)
+    assert state is not None and state.step is recorded, state
+    steps = [str(step) for step in RotationStep]
+    assert step_events(fakes, state.rotation_id) == steps[: steps.index(recorded) + 1]
+    assert fakes.lock.held == {}  # released: the re-run needs no wait
+    during = fakes.caller_types(DURING)
+    [rerun] = rotate(fakes)
+    assert rerun.rotation_id == state.rotation_id and "resumed" in rerun.detail
+    assert_converged(
+        fakes,
+        old_key,
+        rerun,
+        Outcome.ROTATED,
+        Ciphertexts(before, during, fakes.caller_types(AFTER)),
+    )
+
+
+def test_a_run_that_lost_its_lock_records_nothing_more(
+    key_pool: KeyPool, due: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure write is fenced too: the lease check that fails stops every write."""
+    fakes = fresh(due, key_pool)
+    writes: list[RotationStep] = []
+    put_rotation = fakes.keyring.put_rotation
+
+    def counted(steps: list[StepDone], **kwargs: Any) -> None:
+        writes.append(steps[-1].state.step)
+        put_rotation(steps, **kwargs)
+
+    def stolen(self: FakeLease) -> None:
+        raise LockLost(f"instance {self.instance_id}: the lock is no longer this run's")
+
+    monkeypatch.setattr(fakes.keyring, "put_rotation", counted)
+    monkeypatch.setattr(FakeLease, "check", stolen)
+    [result] = rotate(fakes)
+    assert result.outcome is Outcome.FAILED and "no longer this run's" in result.detail
+    assert writes == [RotationStep.STARTED]  # the check before the association stopped it
+    assert fakes.connect.list_security_keys(fakes.instance_id)[0].key_id == (
+        fakes.keyring.get_current(fakes.instance_id)
+    )
+    assert len(fakes.associations()) == 1
+
+
+def test_an_emergency_writes_the_promotion_before_it_retires_the_old_key(
+    key_pool: KeyPool, due: Fakes
+) -> None:
+    """Metadata first, then Connect: the old key is recorded previous, then retired, and only
+    then disassociated."""
+    fakes = fresh(due, key_pool)
+    old_key = fakes.keyring.get_current(fakes.instance_id)
+    crash = Crash()
+    [result] = fakes.service(crash).rotate(
+        None, ROTATE_AT, force=True, emergency=True, override_reason="key exposed"
+    )
+    assert result.outcome is Outcome.ROTATED, result.detail
+    assert fakes.keyring.get_record(str(old_key)).state is KeyState.RETIRED
+    assert [
+        e.details["state"]
+        for e in fakes.keyring.history_events()
+        if e.kind == EventKind.KEY_TRANSITION and e.key_id == old_key
+    ][-2:] == ["previous", "retired"]
+    promoted = crash.calls.index("keyring.put_rotation", crash.calls.index("keys.get") + 1)
+    assert promoted < crash.calls.index("connect.disassociate_security_key")
+    assert crash.calls.count("keyring.put_rotation") == 4  # started, stored, promoted, done
+
+
+def test_a_staging_delete_that_fails_after_done_leaves_it_to_the_sweep(
+    key_pool: KeyPool, due: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rotation is complete once DONE is written: it is not reported failed for its
+    housekeeping, and the run's orphaned-staging sweep removes what the delete left."""
+    fakes = fresh(due, key_pool)
+    delete_staging = fakes.keyring.delete_staging
+    attempts: list[str] = []
+
+    def fails_once(rotation_id: str) -> None:
+        attempts.append(rotation_id)
+        if len(attempts) == 1:
+            assert fakes.keyring.staged  # still there when DONE was written
+            raise AwsCallError("ssm:DeleteParameters", rotation_id, "ThrottlingException")
+        delete_staging(rotation_id)
+
+    monkeypatch.setattr(fakes.keyring, "delete_staging", fails_once)
+    [result] = rotate(fakes)
+    assert result.outcome is Outcome.ROTATED, result.detail
+    rotation = fakes.keyring.get_rotation(fakes.instance_id)
+    assert rotation is not None and rotation.step is RotationStep.DONE
+    assert attempts == [result.rotation_id] * 2  # its own delete, then the sweep's
+    assert fakes.keyring.staged == {}

@@ -48,6 +48,7 @@ from rotator.services.runbooks import (
     load_runbook,
     runbooks_dir,
 )
+from tests.conftest import keep_rotation
 from tests.world import World
 
 DAY = timedelta(days=1)
@@ -601,7 +602,8 @@ def stuck_main(cli: Cli, tmp: Path, key: rsa.RSAPrivateKey) -> tuple[dict[str, A
     w = cli.world
     first = cli.init(days_ago=1)
     started = cli.now - timedelta(hours=1)
-    w.adapters.keyring.put_rotation(
+    keep_rotation(
+        w.adapters.keyring,
         RotationState("rot-crashed", w.instance_id, RotationStep.STARTED, started, "gone", first),
         at=started,
     )

@@ -24,7 +24,7 @@ from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from rotator.services.custodians import acknowledge, responsibilities
 from rotator.services.report import ReportOptions, build_report, gather, make_report
 from rotator.services.verify import ARGUMENT_CHECKS, CHECKS, judge
-from tests.conftest import NOW, make_record
+from tests.conftest import NOW, keep_rotation, make_record
 from tests.world import World
 
 DAY = timedelta(days=1)
@@ -59,7 +59,8 @@ def no_active_key(world: World, key_id: str, material: KeyMaterial) -> None:
 
 
 def rotation_stopped(world: World, key_id: str, material: KeyMaterial) -> None:
-    world.adapters.keyring.put_rotation(
+    keep_rotation(
+        world.adapters.keyring,
         RotationState("crashed", world.instance_id, RotationStep.STAGED, NOW, "test", key_id),
         at=NOW,
     )

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
 
 DEFAULT_LEASE = timedelta(minutes=15)
+# SSM's Date header is cut to the second, and clocks drift: what is taken off the half lease that
+# a check proves left, before a release trusts it without a read.
+TRUST_MARGIN = timedelta(seconds=5)
 PROC = Path("/proc")
 log = get_logger("rotator.lock")
 
@@ -148,13 +152,23 @@ def stale_reason(lock: HeldLock) -> str | None:
     return None
 
 
+def _elapsed_clock() -> float:
+    """Seconds on a clock that keeps counting while the machine sleeps (CLOCK_BOOTTIME), as
+    SSM's does; the monotonic clock where there is none."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.monotonic() if boottime is None else time.clock_gettime(boottime)
+
+
 class SsmLease:
     """A lock as its taker holds it: `check()` before every write fences and renews it."""
 
-    def __init__(self, lock: SsmLock, instance_id: str, holder: LockHolder) -> None:
+    def __init__(self, lock: SsmLock, instance_id: str, holder: LockHolder, taken: float) -> None:
         self.lock = lock
         self.instance_id = instance_id
         self.holder = holder
+        # Until this moment (on _elapsed_clock) the lock is ours by the lease's own rules: at
+        # least half of it was ahead when it was taken or last checked (None: not known).
+        self._ours_until: float | None = taken + self._trusted_seconds()
 
     def check(self) -> None:
         """Raise LockLost unless the lock is still ours and live; past half its lease, renew.
@@ -163,6 +177,8 @@ class SsmLease:
         a check at least half the lease is left, so no other run can judge it over (by SSM's
         clock) while the step writes. A run whose lease ran out stops instead of renewing,
         because another run may already be taking the lock over."""
+        asked = _elapsed_clock()
+        self._ours_until = None
         current = self.lock.holder(self.instance_id)
         if current is None or current.holder.token != self.holder.token:
             found = "it was removed" if current is None else f"it is now {current.describe()}"
@@ -172,15 +188,26 @@ class SsmLease:
         half = timedelta(seconds=self.holder.lease_seconds / 2)
         if current.seen_at is None or current.seen_at - current.written_at >= half:
             self._renew(current)
+        self._ours_until = asked + self._trusted_seconds()
 
     def release(self) -> None:
         """Delete the lock if it is still ours; a lock another run took over is left alone.
 
-        SSM has no conditional delete: a lock taken over between the read and the delete would
-        be removed, which needs our lease to have run out first (see `check`)."""
-        current = self.lock.holder(self.instance_id)
-        if current is not None and current.holder.token == self.holder.token:
-            self.lock.delete(self.instance_id)
+        Within the half lease that its taking or its last check proved ahead, no other run may
+        break it (it is neither expired by SSM's clock nor held by a process gone), so it is
+        deleted as any write under it is made: fenced by that check, without another read.
+        Past that, or once a check failed, it is read first. SSM has no conditional delete: a
+        lock taken over between that read and the delete would be removed, which needs our
+        lease to have run out first (see `check`)."""
+        ours_until, self._ours_until = self._ours_until, None
+        if ours_until is None or _elapsed_clock() >= ours_until:
+            current = self.lock.holder(self.instance_id)
+            if current is None or current.holder.token != self.holder.token:
+                return
+        self.lock.delete(self.instance_id)
+
+    def _trusted_seconds(self) -> float:
+        return self.holder.lease_seconds / 2 - TRUST_MARGIN.total_seconds()
 
     def _renew(self, current: HeldLock) -> None:
         # SSM has no conditional overwrite, so re-read-and-compare (just done) is the best it
@@ -211,6 +238,7 @@ class SsmLock:
     def acquire(self, instance_id: str, rotation_id: str) -> SsmLease:
         """Take the lock (a stale one is broken first), or raise LockHeld."""
         mine = LockHolder.this_process(rotation_id, self.lease)
+        asked = _elapsed_clock()
         current = self._take(instance_id, mine)
         if current is not None:
             reason = stale_reason(current)
@@ -220,10 +248,11 @@ class SsmLock:
                 log.warning(
                     "stale_lock_removed", instance_id=instance_id, detail=current.describe()
                 )
+            asked = _elapsed_clock()
             current = self._take(instance_id, mine)
             if current is not None:
                 raise LockHeld(instance_id, current.describe())
-        return SsmLease(self, instance_id, mine)
+        return SsmLease(self, instance_id, mine, asked)
 
     def clear_if_stale(self, instance_id: str) -> str | None:
         """Remove a lock whose holder is provably gone or whose lease expired; say why."""

@@ -20,7 +20,7 @@ from rotator.domain.history import (
 )
 from rotator.domain.keys import KeyMaterial, load_key_material
 from rotator.domain.lifecycle import KeyRecord, Transition
-from rotator.domain.rotation import ManagedInstance, RotationState
+from rotator.domain.rotation import ManagedInstance, RotationState, StepDone
 from rotator.domain.state import InstanceEntry as InstanceEntry
 from rotator.errors import AwsCallError, KeyringConflict, NotFound
 from rotator.ports import KeyPart, ProtectedKey, ProtectionSweep
@@ -382,30 +382,34 @@ class SsmKeyring:
 
     def put_rotation(
         self,
-        state: RotationState,
+        steps: Sequence[StepDone],
         *,
         at: datetime,
-        records: Sequence[KeyRecord] = (),
         current: str | None = None,
+        checkpoint: RotationState | None = None,
     ) -> None:
-        """Record that the rotation reached `state.step` at `at`, with what the step changed:
-        `records` (each written as write_record would: its last transition is the new one) and
-        the instance's `current` key. History first, in one write for the whole step (the
-        records' transition events, then the rotation_step event); then each record, the
-        current pointer, and last the instance's rotation record. None of them is read first:
-        the step knows they change. A crash in between leaves events that the state does not
-        show yet (the redone step records them again), never a change without its event."""
-        events = [
-            event
-            for record in records
-            for event in key_transition_events(record.history[:-1], record, self.clock)
-        ]
-        self.history.append_all([*events, rotation_step_event(state, at, self.clock)])
-        for record in records:
+        """Record the rotation steps done at `at`, in order, with what they changed (see the
+        port). History first, in one write while the events fit a parameter (each step's key
+        transitions, then the step); then each changed key's latest record, the `current`
+        pointer, and last the `checkpoint` rotation record. None of them is read first: the
+        steps know they change. A crash in between leaves events that the state does
+        not show yet (the redo records them again), never a change without its event."""
+        events: list[HistoryEvent] = []
+        latest: dict[str, KeyRecord] = {}
+        for step in steps:
+            for record in step.records:
+                events += key_transition_events(record.history[:-1], record, self.clock)
+                latest[record.key_id] = record
+            events.append(rotation_step_event(step.state, at, self.clock))
+        self.history.append_all(events)
+        for record in latest.values():
             self._put(self.layout.metadata(record.key_id), record.to_json(), overwrite=True)
         if current is not None:
-            self._put(self.layout.current(state.instance_id), current, overwrite=True)
-        self._put(self.layout.rotation(state.instance_id), state.to_json(), overwrite=True)
+            self._put(self.layout.current(steps[-1].state.instance_id), current, overwrite=True)
+        if checkpoint is not None:
+            self._put(
+                self.layout.rotation(checkpoint.instance_id), checkpoint.to_json(), overwrite=True
+            )
 
     # -- outside the keyring -----------------------------------------------------------------
 

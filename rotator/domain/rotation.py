@@ -9,11 +9,13 @@ from enum import StrEnum
 from typing import Any
 
 from rotator.domain.flows import FlowKind, FlowRef, ManagedBlock, static_block_identifiers
+from rotator.domain.lifecycle import KeyRecord
 from rotator.errors import KeyringError
 
 
 class RotationStep(StrEnum):
-    """Steps in order; each is recorded after it is done, and each is safe to redo."""
+    """Steps in order, each safe to redo; each one's event is recorded once it is done (the
+    steps are written together: rotator.services.rotation.WRITTEN_AFTER)."""
 
     STARTED = "started"  # rotation ID chosen, nothing written yet
     STAGED = "staged"  # new private key stored under the rotation, read back, canary decrypted
@@ -69,6 +71,15 @@ class RotationState:
             return cls(**data)
         except (ValueError, KeyError, TypeError) as error:
             raise KeyringError(f"rotation record is not readable: {type(error).__name__}") from None
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """A rotation step done: the rotation as the step left it, and the key records the step
+    changed (each one transition past what is stored or recorded by an earlier step)."""
+
+    state: RotationState
+    records: tuple[KeyRecord, ...] = ()
 
 
 @dataclass(frozen=True)

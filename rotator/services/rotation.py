@@ -30,12 +30,12 @@ from rotator.domain.flows import (
 from rotator.domain.keys import KeyMaterial, generate_key_material, public_key_sha256_of_pem
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import rotation_due
-from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep
+from rotator.domain.rotation import ManagedInstance, RotationState, RotationStep, StepDone
 from rotator.domain.state import InstanceEntry
 from rotator.domain.window import WindowAction, window_decision
-from rotator.errors import ConnectKeyRotatorError, KeyringError, LockHeld, NotFound
+from rotator.errors import ConnectKeyRotatorError, KeyringError, LockHeld, LockLost, NotFound
 from rotator.ports import Connect, Identity, Keyring, Lease, Lock
-from rotator.services.canary import VerificationFailed, prove_key_decrypts
+from rotator.services.canary import VerificationFailed, prove_key_decrypts, prove_stored_key
 
 log = get_logger("rotator.rotation")
 # AWS refuses requests signed more than 5 minutes off its clock: a new certificate's NotBefore is
@@ -44,6 +44,16 @@ CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
 # Changes to a block that only naming it with --encrypt-block makes: init's output names them.
 NAMED_CHANGES = frozenset({ChangeKind.STARTS_ENCRYPTING, ChangeKind.DYNAMIC_TO_STATIC})
 KeyGenerator = Callable[[datetime], KeyMaterial]
+# Each step's event is recorded once it is done, but a rotation writes its steps together, after
+# the steps named here (True: the rotation record moves there too: the point a redo starts from,
+# also written at STARTED, before anything is staged). STORED's write puts the new key's record
+# in the keyring before any flow names the key. A redo from STARTED redoes every step, each safe
+# to redo; the staged key is kept until DONE is written, for that redo.
+WRITTEN_AFTER = {RotationStep.STORED: False, RotationStep.DONE: True}
+# The steps that change Connect (association, flows) start from these: each is fenced by a lease
+# check, unless it is the run's first step (just after the lock's taking). Every keyring write
+# follows one of those checks, or the taking, by the few calls of a step or two.
+FENCED_FROM = frozenset({RotationStep.STAGED, RotationStep.STORED})
 
 
 class RotationRefused(ConnectKeyRotatorError):
@@ -99,11 +109,16 @@ class _Run:
     current: str | None
     records: dict[str, KeyRecord | None]
     new_rotation: bool = False  # its rotation ID was made by this run: nothing is staged under it
+    # Connect's keys as this run's look under the lock found them, for a rotation it started: its
+    # key is new, so Connect cannot hold it yet (None: list them; used once).
+    listed: list[SecurityKey] | None = None
     material: KeyMaterial | None = None  # the staged key, read back and validated by this run
     associated: str | None = None  # a key ID Connect gave this run: nothing is stored under it
-    # What the step just done changed, written with its rotation record (put_rotation).
-    changed: list[KeyRecord] = field(default_factory=list)
+    changed: list[KeyRecord] = field(default_factory=list)  # by the step being done
+    # The steps done since the last write, and the current key they set: the next write's.
+    done: list[StepDone] = field(default_factory=list)
     new_current: str | None = None
+    kept: RotationState | None = None  # the rotation record as stored: where a redo starts
 
     def known_records(self, keyring: Keyring, key_ids: list[str]) -> dict[str, KeyRecord | None]:
         unknown = [key_id for key_id in key_ids if key_id not in self.records]
@@ -392,8 +407,9 @@ class RotationService:
             if decision.blocking:
                 lease.check()  # the retires wrote to Connect since the lock was taken
             # Otherwise taking the lock, moments ago, proved it ours with its whole lease ahead.
-            self.keyring.put_rotation(state, at=now)
+            self.keyring.put_rotation([StepDone(state)], at=now, checkpoint=state)
             run.new_rotation = True
+            run.listed = [a for a in seen.associations if a.key_id not in decision.blocking]
             return self._run(state, now, lease, run, resumed=False, deferred=deferred)
 
     def _look(self, instance_id: str, entry: InstanceEntry | None) -> _Seen:
@@ -526,22 +542,42 @@ class RotationService:
             RotationStep.FLOWS_UPDATED: self._promote,
             RotationStep.PROMOTED: self._finish,
         }
-        # The first step follows the lock's taking (or the check before the rotation's first
-        # record) with nothing slow in between; every later one is fenced by a check.
+        run.kept = state
         first = True
         while not state.finished:
-            if not first:
-                lease.check()  # fenced: a run whose lock was taken over writes nothing more
+            if not first and state.step in FENCED_FROM:
+                lease.check()  # fenced: a run whose lock was taken over changes nothing more
             first = False
-            state = steps[state.step](state, now, run)
-            self.keyring.put_rotation(state, at=now, records=run.changed, current=run.new_current)
-            run.changed, run.new_current = [], None
+            try:
+                state = steps[state.step](state, now, run)
+            except LockLost:
+                raise  # fenced out: it writes nothing more
+            except ConnectKeyRotatorError:
+                self._record_done(run, state, now)
+                raise
+            run.done.append(StepDone(state, tuple(run.changed)))
+            run.changed = []
             log.info(
                 "rotation_step",
                 instance_id=state.instance_id,
                 rotation_id=state.rotation_id,
                 step=state.step,
             )
+            # An emergency's old key is retired next, which reads its record: written first.
+            retires_next = state.step is RotationStep.PROMOTED and state.emergency
+            if state.step in WRITTEN_AFTER or (retires_next and state.old_key_id is not None):
+                kept = state if WRITTEN_AFTER.get(state.step) else None
+                self.keyring.put_rotation(
+                    run.done, at=now, current=run.new_current, checkpoint=kept
+                )
+                run.done, run.new_current, run.kept = [], None, kept or run.kept
+        # Kept until DONE was written, for a redo from STARTED. The rotation is complete now: a
+        # delete that fails (or a crash before it) leaves the staging to an orphaned-staging
+        # sweep, this run's or the next.
+        try:
+            self.keyring.delete_staging(state.rotation_id)
+        except ConnectKeyRotatorError as error:
+            log.warning("staging_not_deleted", rotation_id=state.rotation_id, error=str(error))
         detail = f"{state.old_key_id or 'no key'} -> {state.new_key_id} ({state.reason})"
         # Keys recorded retired were left associated at the start only when a managed flow still
         # used them; the flows have moved now. Any other key this run retired it disassociated.
@@ -567,6 +603,17 @@ class RotationService:
             state.rotation_id,
         )
 
+    def _record_done(self, run: _Run, reached: RotationState, now: datetime) -> None:
+        """The step after `reached` failed: the steps done before it are written, and the
+        rotation record moves to `reached`, so that the history and `status` show where the
+        rotation stopped, and a redo starts there."""
+        if reached == run.kept:
+            return
+        try:
+            self.keyring.put_rotation(run.done, at=now, current=run.new_current, checkpoint=reached)
+        except ConnectKeyRotatorError as error:  # the step's failure is the one to report
+            log.warning("rotation_steps_not_recorded", error=str(error))
+
     # -- the steps; each can be redone after a crash at any point ------------------------------
 
     def _stage(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
@@ -587,7 +634,10 @@ class RotationService:
     def _associate(self, state: RotationState, now: datetime, run: _Run) -> RotationState:
         material = self._material(state, run)
         material.check_registrable(now)
-        associations = self.connect.list_security_keys(state.instance_id)
+        associations = run.listed
+        if associations is None:
+            associations = self.connect.list_security_keys(state.instance_id)
+        run.listed = None
         mine = _find_association(associations, material.public_key_sha256)
         if mine is None:
             if len(associations) >= 2:
@@ -623,13 +673,10 @@ class RotationService:
         self.keyring.store_certificate(
             key_id, material.certificate_pem, new=run.associated == key_id
         )
-        # Read back on purpose: the decrypt Lambda loads these bytes unchecked, so they must be
-        # the ones validated in full at STAGED; then the canary proves that the key, read the
-        # way the Lambda reads it, decrypts what Connect would make.
-        stored = self.keyring.find_private_key(key_id)
-        if stored != material.private_key_pem:
-            raise KeyringError(f"key {key_id} did not read back as stored")
-        prove_key_decrypts(self.keyring, key_id, material.certificate_pem)
+        # Read back on purpose, the way the Lambda reads it: it loads these bytes unchecked, so
+        # they must be the ones validated in full at STAGED, and they must decrypt what Connect
+        # would make.
+        prove_stored_key(self.keyring, key_id, material.private_key_pem, material.certificate_pem)
         if existing is None:  # its record goes with the step's: one history write for both
             run.changed.append(record)
             run.records[key_id] = record
@@ -671,7 +718,6 @@ class RotationService:
         if state.emergency and state.old_key_id:
             self._retire(state.instance_id, state.old_key_id, now, f"{state.reason}")
             run.records.pop(state.old_key_id, None)
-        self.keyring.delete_staging(state.rotation_id)
         return state.advance(RotationStep.DONE)
 
     # -- retire, destroy, rollback --------------------------------------------------------------
