@@ -18,10 +18,9 @@ from typing import Any
 from rotator.domain.checks import FleetFinding
 from rotator.domain.findings import Severity
 from rotator.services.fleet_report import KEY_STATES, FleetReport, PartitionSection
-from rotator.services.fleet_timeline import grouped_timeline
+from rotator.services.fleet_timeline import GroupedTimeline, RegionGroup, grouped_timeline
 from rotator.services.report_render import (
     CSV_COLUMNS,
-    KEY_COLUMNS,
     Badge,
     Cell,
     ReportFormat,
@@ -34,12 +33,11 @@ from rotator.services.report_render import (
     findings_table,
     headline,
     instances_table,
-    key_cells,
+    key_architecture,
     keys_table,
-    md_findings,
-    md_instances,
-    md_row,
-    md_table,
+    md_section,
+    timeline_table,
+    timeline_text,
 )
 
 FLEET_TEMPLATE = "report/fleet.html.j2"
@@ -47,6 +45,8 @@ FILTER_SCRIPT = "report/fleet_filter.js"
 PARTITION_COLUMNS = ("account", "region")
 FLEET_FINDING_COLUMNS = ("severity", "finding", "where", "detail", "runbook")
 TOTAL_COLUMNS = ("account regions", "unreadable", "instances", "keys", *KEY_STATES)
+ACCOUNT_COLUMNS = ("account", "regions and keys")
+INSTANCE_GROUP_COLUMNS = ("instance", "keys, findings, nearest expiry")
 
 
 def render_fleet(report: FleetReport, fmt: ReportFormat) -> str:
@@ -84,41 +84,50 @@ def render_fleet_csv(report: FleetReport) -> str:
             row = ["; ".join(tags) if column == "findings" else None for column in key_columns]
             writer.writerow(csv_cell(value) for value in where + row)
             continue
+        architecture = key_architecture(section.report)
         for key in section.report.keys:
             fleet = [
                 finding_tag(f.finding) for f in report.findings_for(section.partition, key.key_id)
             ]
-            values = csv_values(section.report, key, key_columns, more_findings=fleet)
+            values = csv_values(
+                section.report,
+                key,
+                key_columns,
+                architecture=architecture,
+                more_findings=fleet,
+            )
             writer.writerow(csv_cell(value) for value in where + values)
     return buffer.getvalue()
 
 
 def render_fleet_markdown(report: FleetReport) -> str:
-    lines = [
-        "# Amazon Connect fleet key report",
-        "",
-        fleet_headline(report),
-        "",
-        fleet_policy_text(report),
-        "",
-        "## Fleet totals",
-        "",
-        md_table(TOTAL_COLUMNS, [_total_values(report)]),
-        "",
-        "## Fleet findings",
-        "",
-    ]
-    rows = [md_row(cells) for cells in _fleet_finding_rows(report)]
-    lines.append(md_table(FLEET_FINDING_COLUMNS, rows) if rows else "No findings across accounts.")
+    """Every section of the HTML page from the same tables; the grouped timeline becomes, per
+    account region, its instance groups' summaries and what the picture draws for each key."""
+    graph = grouped_timeline(report)
+    lines = ["# Amazon Connect fleet key report", "", fleet_headline(report)]
+    lines += ["", fleet_policy_text(report)]
+    lines += md_section("Fleet totals", _totals_table(report))
+    lines += md_section("Fleet findings", _fleet_findings_table(report))
+    lines += md_section("Timeline", _timeline_text(graph), _accounts_table(graph))
+    regions = {(r.account, r.region): r for a in graph.accounts for r in a.regions}
     for section in report.sections:
         lines += ["", f"## {_heading(section)}", ""]
         if section.report is None:
             lines.append(f"Could not be read: {section.error}")
             continue
         sub = section.report
-        lines += [headline(sub), "", "### Findings", "", md_findings(sub)]
-        lines += ["", "### Instances", "", md_instances(sub), "", "### Keys", ""]
-        lines.append(md_table(KEY_COLUMNS, [md_row(key_cells(sub, key)) for key in sub.keys]))
+        region = regions[section.partition.account, section.partition.region]
+        lines.append(headline(sub))
+        lines += md_section("Findings", findings_table(sub), level=3)
+        lines += md_section("Instances", instances_table(sub), level=3)
+        lines += md_section("Keys", keys_table(sub), level=3)
+        lines += md_section(
+            "Timeline",
+            region.summary,
+            _instance_groups_table(region),
+            timeline_table([row for group in region.instances for row in group.timeline.rows]),
+            level=3,
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +199,42 @@ def _fleet_findings_of(report: FleetReport, section: PartitionSection) -> list[F
     return [f for f in report.findings if section.partition in f.partitions]
 
 
+def _totals_table(report: FleetReport) -> Table:
+    return Table(TOTAL_COLUMNS, (tuple(Cell(v) for v in _total_values(report)),), "No account.")
+
+
+def _fleet_findings_table(report: FleetReport) -> Table:
+    return Table(
+        FLEET_FINDING_COLUMNS,
+        tuple(_fleet_finding_rows(report)),
+        empty="No findings across accounts.",
+    )
+
+
+def _timeline_text(graph: GroupedTimeline) -> str:
+    return (
+        f"{graph.key_count} key(s) in {graph.group_count} instance group(s), by account, region "
+        "and instance; each account region's section lists its groups and keys. "
+        + timeline_text(graph.legend.today)
+    )
+
+
+def _accounts_table(graph: GroupedTimeline) -> Table:
+    return Table(
+        ACCOUNT_COLUMNS,
+        tuple((Cell.code(a.account), Cell(a.summary)) for a in graph.accounts),
+        empty="No account.",
+    )
+
+
+def _instance_groups_table(region: RegionGroup) -> Table:
+    return Table(
+        INSTANCE_GROUP_COLUMNS,
+        tuple((Cell.code(g.instance), Cell(g.summary)) for g in region.instances),
+        empty="No keys.",
+    )
+
+
 def _total_values(report: FleetReport) -> tuple[str, ...]:
     by_state = report.keys_by_state()
     return (
@@ -227,14 +272,8 @@ def _fleet_html_context(report: FleetReport) -> dict[str, Any]:
         "badges": [Badge(s.value, n) for s, n in counts.items()],
         "headline": fleet_headline(report),
         "policy": fleet_policy_text(report),
-        "totals": Table(
-            TOTAL_COLUMNS, (tuple(Cell(v) for v in _total_values(report)),), "No account."
-        ),
-        "fleet_findings": Table(
-            FLEET_FINDING_COLUMNS,
-            tuple(_fleet_finding_rows(report)),
-            empty="No findings across accounts.",
-        ),
+        "totals": _totals_table(report),
+        "fleet_findings": _fleet_findings_table(report),
         "timeline": grouped_timeline(report),
         "accounts": tuple(dict.fromkeys(s.partition.account for s in report.sections)),
         "sections": [

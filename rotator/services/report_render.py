@@ -5,23 +5,33 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from rotator.domain.approval import Request
+from rotator.domain.crypto_architecture import KEY_USE
 from rotator.domain.custodians import Custodian
 from rotator.domain.findings import Finding, Severity
 from rotator.domain.history import RotationRun
 from rotator.domain.lifecycle import Transition
 from rotator.services.report import KeyRow, Report
-from rotator.services.report_timeline import timeline
+from rotator.services.report_timeline import Mark, Row, timeline
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+# The cryptographic architecture's facts that are per key (3.6.1.1): its security strength,
+# where its private key is stored, and the KMS key protecting that, as DescribeKey showed it.
+ARCHITECTURE_CSV_COLUMNS = (
+    "strength_bits",
+    "private_key_stored_at",
+    "kms_key_arn",
+    "kms_key_spec",
+    "kms_key_strength_bits",
+)
 CSV_COLUMNS = (
     "instance_id",
     "key_id",
@@ -44,6 +54,7 @@ CSV_COLUMNS = (
     "kms_key_id",
     "history",
     "findings",
+    *ARCHITECTURE_CSV_COLUMNS,
 )
 # Only when a rotation window or freeze is configured: what it does with each due key.
 WINDOW_COLUMNS = ("rotation_window", "waits_until")
@@ -81,6 +92,7 @@ KEY_COLUMNS = (
     "KMS key",
 )
 HISTORY_COLUMNS = ("at", "state", "by", "reason")
+REFUSAL_COLUMNS = ("request", "refused at", "principal", "why")
 DUAL_CONTROL_COLUMNS = (
     "request",
     "command",
@@ -111,6 +123,9 @@ ARCHITECTURE_KEY_COLUMNS = (
     "KMS key",
 )
 KEK_COLUMNS = ("KMS key", "ARN", "aliases", "key spec", "strength", "protects")
+TIMELINE_COLUMNS = ("instance", "key", "certificate", "renew window", "cryptoperiod end")
+# What the timeline says of a key whose certificate dates are unknown (timeline.svg.j2 too).
+NO_DATES = "no certificate dates known"
 # The HTML report's templates, under rotator/templates/ (package data).
 TEMPLATE_PACKAGE = "rotator"
 TEMPLATE_DIRECTORY = "templates"
@@ -180,8 +195,10 @@ def render_csv(report: Report) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     columns = csv_columns(report)
     writer.writerow(columns)
+    architecture = key_architecture(report)
     for key in report.keys:
-        writer.writerow(csv_cell(value) for value in csv_values(report, key, columns))
+        values = csv_values(report, key, columns, architecture=architecture)
+        writer.writerow(csv_cell(value) for value in values)
     return buffer.getvalue()
 
 
@@ -191,12 +208,35 @@ def csv_columns(report: Report) -> tuple[str, ...]:
     return columns + (STORED_COLUMNS if report.options.stores else ())
 
 
+def key_architecture(report: Report) -> dict[str, dict[str, object]]:
+    """Key ID -> its ARCHITECTURE_CSV_COLUMNS, from the report's cryptographic architecture
+    (a key the keyring does not hold has none)."""
+    kek_of = {key_id: kek for kek in report.crypto.keks for key_id in kek.protects}
+    found: dict[str, dict[str, object]] = {}
+    for key in report.crypto.keys:
+        kek = kek_of.get(key.key_id)
+        described = None if kek is None else kek.description
+        found[key.key_id] = {
+            "strength_bits": key.strength_bits,
+            "private_key_stored_at": key.stored_at,
+            "kms_key_arn": None if described is None else described.arn,
+            "kms_key_spec": None if described is None else described.key_spec,
+            "kms_key_strength_bits": None if kek is None else kek.strength_bits,
+        }
+    return found
+
+
 def csv_values(
-    report: Report, key: KeyRow, columns: Sequence[str], *, more_findings: Sequence[str] = ()
+    report: Report,
+    key: KeyRow,
+    columns: Sequence[str],
+    *,
+    architecture: Mapping[str, Mapping[str, object]],
+    more_findings: Sequence[str] = (),
 ) -> list[object]:
-    """One key's CSV values in `columns` (`more_findings`: tags of findings from outside its
-    keyring, the fleet's)."""
-    data = key.to_dict()
+    """One key's CSV values in `columns` (`architecture`: the report's `key_architecture`;
+    `more_findings`: tags of findings from outside its keyring, the fleet's)."""
+    data = key.to_dict() | dict(architecture.get(key.key_id, {}))
     data["cryptoperiod_days"] = report.options.policy.cryptoperiod.days
     age = _age(key)
     data["age_days"] = None if age is None else round(age, 1)
@@ -211,86 +251,56 @@ def csv_values(
 
 
 def render_markdown(report: Report) -> str:
-    """Readable as plain text in a terminal and rendered in a pull request."""
-    lines = [
-        "# Amazon Connect key report",
-        "",
-        headline(report),
-        "",
-        policy_text(report),
-        "",
-        "## Findings",
-        "",
-    ]
-    lines.append(md_findings(report))
-    lines += ["", "## Instances", "", md_instances(report)]
-    lines += ["", "## Rotation history", ""]
-    rotations = [md_row(row) for row in _rotation_rows(report)]
-    lines.append(md_table(ROTATION_COLUMNS, rotations) if rotations else "No rotation recorded.")
-    lines += ["", "## Key custodians", "", _custodian_text(report), ""]
-    custodians = [md_row(_custodian_cells(c)) for c in report.custodians]
-    lines.append(md_table(CUSTODIAN_COLUMNS, custodians) if custodians else NO_CUSTODIANS)
-    lines += ["", "## Keys", ""]
-    lines.append(
-        md_table(
-            KEY_COLUMNS,
-            [md_row(key_cells(report, key)) for key in report.keys],
-        )
+    """Readable as plain text in a terminal and rendered in a pull request. Every section of
+    the HTML page, in its order, from the same tables: what an auditor reads does not depend
+    on the format handed over (the timeline's picture becomes a table of what it draws)."""
+    crypto, graph = _crypto_context(report), timeline(report)
+    lines = ["# Amazon Connect key report", "", headline(report), "", policy_text(report)]
+    lines += md_section("Timeline", timeline_text(graph.today), timeline_table(graph.rows))
+    lines += md_section("Findings", findings_table(report))
+    lines += md_section("Instances", instances_table(report))
+    lines += md_section("Rotation history", rotations_table(report))
+    lines += md_section("Dual control requests", dual_control_table(report))
+    lines += md_section("Dual control: refused approvals and withdrawals", refusals_table(report))
+    lines += md_section("Key custodians", _custodian_text(report), custodians_table(report))
+    lines += md_section("Keys", keys_table(report))
+    lines += md_section(
+        "Cryptographic architecture",
+        crypto["intro"],
+        crypto["algorithm_table"],
+    )
+    lines += md_section(
+        "Cryptographic architecture: keys, their strength, use, expiry and store",
+        crypto["use"],
+        crypto["key_table"],
+    )
+    lines += md_section(
+        "Cryptographic architecture: key-encrypting keys (KMS)", crypto["kek_table"]
+    )
+    lines += md_section(
+        "Copy inventory: the decrypt function's environment", crypto["decrypt_function"]
     )
     stored = _stored_table(report)
     if stored is not None:
-        lines += ["", "## Stored ciphertexts", "", _stores_text(report), ""]
-        lines.append(md_table(stored.columns, [md_row(r) for r in stored.rows]))
-    lines += ["", "## Key details", ""]
+        lines += md_section("Stored ciphertexts", _stores_text(report), stored)
+    lines += ["", "## Key details and history"]
     for key in report.keys:
-        lines += [f"### `{key.key_id}`", ""]
+        lines += ["", f"### `{key.key_id}`", ""]
         lines += [f"- {name}: {value}" for name, value in _key_facts(key)]
-        if key.history:
-            lines += ["", "History:", ""]
-            lines.append(
-                md_table(
-                    HISTORY_COLUMNS,
-                    [(t.at.isoformat(), t.state.value, t.actor, t.reason) for t in key.history],
-                )
-            )
-        lines.append("")
-    return "\n".join(lines)
+        lines += ["", md_block(history_table(key))]
+    return "\n".join(lines) + "\n"
 
 
-def md_findings(report: Report) -> str:
-    if not report.findings:
-        return "No findings."
-    return md_table(
-        FINDING_COLUMNS,
-        [
-            (
-                f.severity.value.upper(),
-                f.rule.title,
-                md_code(f.instance_id),
-                md_code(f.key_id),
-                f.message,
-                f.rule.runbook.path,
-            )
-            for f in report.findings
-        ],
-    )
+def md_section(heading: str, *parts: str | Table, level: int = 2) -> list[str]:
+    """A heading, then each part (a paragraph, or a table: its rows or its `empty` text)."""
+    lines = ["", "#" * level + " " + heading]
+    for part in parts:
+        lines += ["", part if isinstance(part, str) else md_block(part)]
+    return lines
 
 
-def md_instances(report: Report) -> str:
-    return md_table(
-        INSTANCE_COLUMNS,
-        [
-            (
-                md_code(i.instance_id),
-                md_code(i.current_key_id),
-                ", ".join(i.managed),
-                ", ".join(md_code(a) for a in i.associations) or "-",
-                i.rotation,
-                "-" if i.lock is None else i.lock.description,
-            )
-            for i in report.instances
-        ],
-    )
+def md_block(table: Table) -> str:
+    return md_table(table.columns, [md_row(r) for r in table.rows]) if table.rows else table.empty
 
 
 def render_html(report: Report) -> str:
@@ -324,42 +334,91 @@ def _html_context(report: Report) -> dict[str, Any]:
         "timeline": timeline(report),
         "findings": findings_table(report),
         "instances": instances_table(report),
-        "rotations": Table(
-            ROTATION_COLUMNS, tuple(_rotation_rows(report)), empty="No rotation recorded."
-        ),
-        "dual_control": Table(
-            DUAL_CONTROL_COLUMNS,
-            tuple(_request_cells(report, request) for request in report.requests),
-            empty="No dual-control request in the period.",
-        ),
+        "rotations": rotations_table(report),
+        "dual_control": dual_control_table(report),
+        "refusals": refusals_table(report),
         "keys": keys_table(report),
-        "custodians": {
-            "text": _custodian_text(report),
-            "table": Table(
-                CUSTODIAN_COLUMNS,
-                tuple(_custodian_cells(c) for c in report.custodians),
-                empty=NO_CUSTODIANS,
-            ),
-        },
+        "custodians": {"text": _custodian_text(report), "table": custodians_table(report)},
         "crypto": _crypto_context(report),
         "stored": _stored_table(report),
         "stores_text": _stores_text(report),
         "details": [
-            {
-                "key": key,
-                "facts": _key_facts(key),
-                "history": Table(
-                    HISTORY_COLUMNS,
-                    tuple(
-                        (Cell(t.at.isoformat()), Cell(t.state.value), Cell(t.actor), Cell(t.reason))
-                        for t in key.history
-                    ),
-                    empty="No recorded history (the keyring does not know this key).",
-                ),
-            }
+            {"key": key, "facts": _key_facts(key), "history": history_table(key)}
             for key in report.keys
         ],
     }
+
+
+def rotations_table(report: Report) -> Table:
+    return Table(ROTATION_COLUMNS, tuple(_rotation_rows(report)), empty="No rotation recorded.")
+
+
+def dual_control_table(report: Report) -> Table:
+    return Table(
+        DUAL_CONTROL_COLUMNS,
+        tuple(_request_cells(report, request) for request in report.requests),
+        empty="No dual-control request in the period.",
+    )
+
+
+def refusals_table(report: Report) -> Table:
+    """Each approval or withdrawal of the period's requests that was refused: who tried, when,
+    and why not (a requester approving their own request, a stranger withdrawing one)."""
+    return Table(
+        REFUSAL_COLUMNS,
+        tuple(
+            (
+                Cell.code(request.request_id),
+                Cell(refusal.at.isoformat(timespec="seconds")),
+                Cell.code(refusal.principal),
+                Cell(refusal.why),
+            )
+            for request in report.requests
+            for refusal in request.refusals
+        ),
+        empty="No approval or withdrawal was refused in the period.",
+    )
+
+
+def custodians_table(report: Report) -> Table:
+    return Table(
+        CUSTODIAN_COLUMNS,
+        tuple(_custodian_cells(c) for c in report.custodians),
+        empty=NO_CUSTODIANS,
+    )
+
+
+def history_table(key: KeyRow) -> Table:
+    return Table(
+        HISTORY_COLUMNS,
+        tuple(
+            (Cell(t.at.isoformat()), Cell(t.state.value), Cell(t.actor), Cell(t.reason))
+            for t in key.history
+        ),
+        empty="No recorded history (the keyring does not know this key).",
+    )
+
+
+def timeline_table(rows: Sequence[Row]) -> Table:
+    """What the timeline draws for each key, as the texts the picture shows on hover."""
+    return Table(
+        TIMELINE_COLUMNS,
+        tuple(
+            (
+                Cell.code(row.instance),
+                Cell.code(row.key_id),
+                Cell(NO_DATES if row.bar is None else row.bar.title),
+                Cell("-" if row.renew is None else row.renew.title),
+                Cell("-" if row.cryptoperiod_end is None else row.cryptoperiod_end.title),
+            )
+            for row in rows
+        ),
+        empty="No keys.",
+    )
+
+
+def timeline_text(today: Mark) -> str:
+    return f"Each key's certificate validity, renew window and cryptoperiod end; {today.title}."
 
 
 def findings_table(report: Report) -> Table:
@@ -426,8 +485,10 @@ def _crypto_context(report: Report) -> dict[str, Any]:
     crypto = report.crypto
     section = crypto.to_dict()
     return {
-        "store": f"Private keys: {section['private_key_store']}.",
-        "source": section["strength_source"],
+        "intro": (
+            f"Private keys: {section['private_key_store']}. "
+            f"Strengths: {section['strength_source']}."
+        ),
         "algorithm_table": Table(
             ALGORITHM_COLUMNS,
             tuple(
@@ -475,6 +536,7 @@ def _crypto_context(report: Report) -> dict[str, Any]:
             ),
             empty="No KMS key protects a stored private key (or none was described).",
         ),
+        "use": f"Each key's use: {KEY_USE}.",
         "decrypt_function": section["decrypt_function"]["status"],
     }
 
@@ -657,7 +719,11 @@ def md_code(value: str | None) -> str:
 
 
 def md_row(cells: Sequence[Cell]) -> tuple[str, ...]:
-    return tuple(" ".join(md_code(c) for c in cell.codes) + cell.text for cell in cells)
+    """A severity badge in capitals (plain text has no colour); identifiers as code."""
+    return tuple(
+        cell.text.upper() if cell.badge else ", ".join(md_code(c) for c in cell.codes) + cell.text
+        for cell in cells
+    )
 
 
 def md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
