@@ -109,6 +109,16 @@ def managed(key_pool: KeyPool) -> Managed:
     return Managed(keyring, connect, lock, instance_id, flow, module)
 
 
+# What a block off the alias costs, by what it names instead.
+IMPACT = {
+    "unqualified": "without SnapStart or the provisioned concurrency, through the invoke "
+    "permission on the unqualified function",
+    "$LATEST": "Connect runs $LATEST, without SnapStart",
+    "version": "a fixed version that deployments do not update",
+    "alias": f"not the {DECRYPT_ALIAS} alias, which the template deploys to",
+}
+
+
 # -- the finding ---------------------------------------------------------------------------------
 
 
@@ -153,6 +163,7 @@ def test_a_flow_off_the_alias_is_a_warning_verify_fails_and_the_report_lists(
     assert finding.instance_id == managed.instance_id and finding.key_id is None
     assert f"{managed.flow} block {DECRYPT_BLOCK}" in finding.message
     assert f"{invoked} ({described})" in finding.message
+    assert IMPACT[described.split()[0]] in finding.message
     assert f"{DECRYPT_ALIAS} alias" in finding.rule.title
     # The module still names the alias: it holds.
     assert len(found["holds"]) == 1

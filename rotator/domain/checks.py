@@ -13,7 +13,13 @@ from rotator.domain.findings import Finding, FindingCode
 from rotator.domain.fleet import Partition
 from rotator.domain.flows import LambdaInvocation
 from rotator.domain.keys import ALLOWED_KEY_SIZES
-from rotator.domain.lambda_functions import DECRYPT_ALIAS, parse_function, same_function
+from rotator.domain.lambda_functions import (
+    DECRYPT_ALIAS,
+    LATEST,
+    FunctionReference,
+    parse_function,
+    same_function,
+)
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import (
     RotationPolicy,
@@ -977,9 +983,28 @@ def decrypt_invocations(
                 instance_id,
                 None,
                 f"{flow.flow} block {invocation.identifier} invokes the decrypt function "
-                f"{invocation.function} ({invoked.describe_qualifier()}): Connect runs it without "
-                "SnapStart or the provisioned concurrency, and the invoke permission on the "
-                "unqualified function cannot be removed; point the block at the alias ARN "
-                f"{invoked.qualified(DECRYPT_ALIAS)} (the stack's DecryptFunctionArn output)",
+                f"{invocation.function} ({invoked.describe_qualifier()}): {_off_alias(invoked)}; "
+                f"point the block at the alias ARN {invoked.qualified(DECRYPT_ALIAS)} (the "
+                "stack's DecryptFunctionArn output)",
             ),
         )
+
+
+def _off_alias(invoked: FunctionReference) -> str:
+    """What a block off the alias costs, by what it names instead."""
+    if invoked.qualifier in (None, LATEST):
+        return (
+            "Connect runs $LATEST, without SnapStart or the provisioned concurrency, through the "
+            "invoke permission on the unqualified function, which cannot be removed while a flow "
+            "needs it"
+        )
+    if invoked.qualifier is not None and invoked.qualifier.isdigit():
+        return (
+            "a fixed version that deployments do not update, without the provisioned "
+            "concurrency, which Connect's invoke permissions (the alias and the unqualified "
+            "function) do not name"
+        )
+    return (
+        f"not the {DECRYPT_ALIAS} alias, which the template deploys to, provisions and lets "
+        "Connect invoke"
+    )

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 DECRYPT_ALIAS = "live"
 LATEST = "$LATEST"
 
-# Lambda's own patterns (FunctionName, Qualifier): names of 1-64 characters; a qualifier is
-# $LATEST, a version number or an alias name.
-_NAME = r"(?P<name>[A-Za-z0-9_-]{1,64})"
+# Lambda's own patterns (FunctionName, Qualifier; its ARN pattern allows a dot in the name):
+# names of 1-64 characters; a qualifier is $LATEST, a version number or an alias name.
+_NAME = r"(?P<name>[A-Za-z0-9_.-]{1,64})"
 _QUALIFIER = r"(?::(?P<qualifier>\$LATEST|[A-Za-z0-9_-]{1,128}))?"
 _FULL = re.compile(
     r"(?P<base>arn:aws[a-z-]*:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:"
