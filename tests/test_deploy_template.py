@@ -15,6 +15,7 @@ import pytest
 from lambda_decrypt.config import Env
 from rotator.config import RotatorEnv
 from rotator.domain.expiry import EXPIRY_EVENT_DETAIL_TYPE, EXPIRY_EVENT_SOURCE
+from rotator.domain.lambda_functions import DECRYPT_ALIAS
 from rotator_build.lambda_zips import DEFAULT_TEMPLATE, Target, read_target
 from tests.cfn_policy import TEMPLATE, load_template, resources
 
@@ -802,7 +803,7 @@ def test_the_decrypt_function_publishes_snapstart_versions_behind_the_live_alias
     template: dict[str, Any],
 ) -> None:
     decrypt = resources(template)["DecryptFunction"]["Properties"]
-    assert decrypt["AutoPublishAlias"] == "live"
+    assert decrypt["AutoPublishAlias"] == DECRYPT_ALIAS  # what `verify` expects flows to name
     # SnapStart on published versions, unless provisioned concurrency (Lambda allows one).
     assert decrypt["SnapStart"] == {
         "ApplyOn": {"Fn::If": ["DecryptHasProvisionedConcurrency", "None", "PublishedVersions"]}

@@ -11,7 +11,15 @@ from rotator.domain.crypto_architecture import kek_findings
 from rotator.domain.custodians import custodians
 from rotator.domain.findings import Finding, FindingCode
 from rotator.domain.fleet import Partition
+from rotator.domain.flows import LambdaInvocation
 from rotator.domain.keys import ALLOWED_KEY_SIZES
+from rotator.domain.lambda_functions import (
+    DECRYPT_ALIAS,
+    LATEST,
+    FunctionReference,
+    parse_function,
+    same_function,
+)
 from rotator.domain.lifecycle import KeyRecord, KeyState
 from rotator.domain.policy import (
     RotationPolicy,
@@ -65,6 +73,7 @@ ON_CURRENT_KEY = "flows use the current key"  # only ever holds: a block elsewhe
 REFERENCED_DECRYPT = "every referenced key decrypts"
 PRIVATE_KEY_STORED = "private key stored"
 NO_ORPHANED_STAGING = "no orphaned staged key"
+DECRYPT_ON_ALIAS = f"flows invoke decrypt on its {DECRYPT_ALIAS} alias"
 
 _REFERENCED = frozenset(
     {
@@ -106,6 +115,7 @@ INVARIANT_CODES: dict[str, frozenset[FindingCode]] = {
         }
     ),
     NO_ORPHANED_STAGING: frozenset({FindingCode.ORPHANED_STAGING}),
+    DECRYPT_ON_ALIAS: frozenset({FindingCode.FLOW_INVOKES_UNQUALIFIED_DECRYPT}),
 }
 
 
@@ -228,6 +238,12 @@ def _instance_invariants(
             yield broken(FLOWS_AS_MANAGED, finding)
         for identifier in flow.as_managed:
             yield holds(ON_CURRENT_KEY, f"{flow.flow} block {identifier} -> {current}")
+        for invocation, finding in decrypt_invocations(state, instance_id, flow):
+            if finding is None:
+                where = f"{flow.flow} block {invocation.identifier}"
+                yield holds(DECRYPT_ON_ALIAS, f"{where} -> {invocation.function}")
+            else:
+                yield broken(DECRYPT_ON_ALIAS, finding)
     for key_id in sorted(instance.referenced()):
         finding = _referenced_problem(state, instance, key_id)
         if finding is not None:
@@ -936,3 +952,59 @@ def stored_ciphertext_findings(state: KeyringState, options: ReportOptions) -> I
             f"{last.count} stored ciphertexts under this {record.state.value} key in the "
             f"registered stores at the last inventory ({last.at:%Y-%m-%d %H:%M} UTC); {todo}",
         )
+
+
+# -- the decrypt function's alias (SnapStart) ---------------------------------------------------
+
+
+def decrypt_invocations(
+    state: KeyringState, instance_id: str, flow: FlowState
+) -> Iterator[tuple[LambdaInvocation, Finding | None]]:
+    """Each block of a managed flow that invokes the decrypt function (ROTATOR_DECRYPT_FUNCTION,
+    compared by name, and by account and region where both give them), and the finding if it
+    does not name the `live` alias: unqualified, $LATEST or a version runs without SnapStart and
+    the provisioned concurrency, and keeps the unqualified invoke permission needed. Nothing is
+    judged without the setting, nor a JSONPath (the function is known only when the flow runs)."""
+    configured = state.decrypt_function_setting
+    decrypt = None if configured is None else parse_function(configured)
+    if decrypt is None:
+        return
+    for invocation in flow.lambda_invocations:
+        invoked = None if invocation.dynamic else parse_function(invocation.function)
+        if invoked is None or not same_function(invoked, decrypt):
+            continue
+        if invoked.qualifier == DECRYPT_ALIAS:
+            yield invocation, None
+            continue
+        yield (
+            invocation,
+            Finding(
+                FindingCode.FLOW_INVOKES_UNQUALIFIED_DECRYPT,
+                instance_id,
+                None,
+                f"{flow.flow} block {invocation.identifier} invokes the decrypt function "
+                f"{invocation.function} ({invoked.describe_qualifier()}): {_off_alias(invoked)}; "
+                f"point the block at the alias ARN {invoked.qualified(DECRYPT_ALIAS)} (the "
+                "stack's DecryptFunctionArn output)",
+            ),
+        )
+
+
+def _off_alias(invoked: FunctionReference) -> str:
+    """What a block off the alias costs, by what it names instead."""
+    if invoked.qualifier in (None, LATEST):
+        return (
+            "Connect runs $LATEST, without SnapStart or the provisioned concurrency, through the "
+            "invoke permission on the unqualified function, which cannot be removed while a flow "
+            "needs it"
+        )
+    if invoked.qualifier is not None and invoked.qualifier.isdigit():
+        return (
+            "a fixed version that deployments do not update, without the provisioned "
+            "concurrency, which Connect's invoke permissions (the alias and the unqualified "
+            "function) do not name"
+        )
+    return (
+        f"not the {DECRYPT_ALIAS} alias, which the template deploys to, provisions and lets "
+        "Connect invoke"
+    )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from rotator.domain.lambda_functions import DECRYPT_ALIAS
+
 
 class Severity(StrEnum):
     """critical: contacts fail or will; warning: out of policy; info: housekeeping."""
@@ -81,6 +83,8 @@ class FindingCode(StrEnum):
     STORED_CIPHERTEXTS_UNDER_RETIRED_KEY = "stored-ciphertexts-under-retired-key"
     # Fleet (issue 12): an account's region whose keyring or Connect could not be read.
     PARTITION_UNREADABLE = "partition-unreadable"
+    # SnapStart upgrade: a flow still invoking the decrypt function off its `live` alias.
+    FLOW_INVOKES_UNQUALIFIED_DECRYPT = "flow-invokes-unqualified-decrypt"
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,14 @@ RULES: dict[FindingCode, Rule] = {
     # region, as for an unreadable instance.
     FindingCode.PARTITION_UNREADABLE: Rule(
         Severity.CRITICAL, RunbookName.QUARTERLY_EVIDENCE, "an account's region could not be read"
+    ),
+    # Contacts still decrypt (the unqualified permission was kept for the upgrade), but on
+    # the caller's line without SnapStart or the provisioned concurrency, and that permission
+    # can never be removed while a flow needs it: out of the deployment's design, a warning.
+    FindingCode.FLOW_INVOKES_UNQUALIFIED_DECRYPT: Rule(
+        Severity.WARNING,
+        RunbookName.DECRYPT_FAILURES,
+        f"a flow invokes the decrypt function without its {DECRYPT_ALIAS} alias",
     ),
 }
 

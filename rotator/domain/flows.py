@@ -12,6 +12,7 @@ from typing import Any
 from rotator.errors import ConnectKeyRotatorError, KeyMaterialError
 
 INPUT_ACTION = "GetParticipantInput"
+LAMBDA_ACTION = "InvokeLambdaFunction"
 STORED_INPUT = "$.StoredCustomerInput"
 CERTIFICATE_HEADER = "-----BEGIN CERTIFICATE-----"
 CURRENT_FLOW_LANGUAGE = "2019-10-30"
@@ -390,6 +391,37 @@ def referenced_key_ids(content: str) -> set[str]:
     return {b.key_id for b in encrypting_blocks(content)}
 
 
+# -- what the flow invokes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LambdaInvocation:
+    """An *Invoke AWS Lambda function* block: its LambdaFunctionARN as written (an ARN, a name,
+    or a JSONPath the flow resolves when it runs)."""
+
+    identifier: str
+    function: str
+
+    @property
+    def dynamic(self) -> bool:
+        return _is_dynamic(self.function)
+
+
+def lambda_invocations(content: str) -> list[LambdaInvocation]:
+    """Every InvokeLambdaFunction block that names its function with a string, in the flow's
+    order (one without an Identifier or a LambdaFunctionARN is Connect's to refuse)."""
+    found = []
+    for action in _document(content, "flow content")["Actions"]:
+        if not isinstance(action, dict) or action.get("Type") != LAMBDA_ACTION:
+            continue
+        parameters = action.get("Parameters")
+        identifier = action.get("Identifier")
+        function = parameters.get("LambdaFunctionARN") if isinstance(parameters, dict) else None
+        if isinstance(identifier, str) and isinstance(function, str) and function.strip():
+            found.append(LambdaInvocation(identifier, function.strip()))
+    return found
+
+
 # -- reading the document ----------------------------------------------------------------------
 
 
@@ -519,7 +551,7 @@ def _use_of_stored_input(action: dict[str, Any]) -> str | None:
     kind = action.get("Type")
     if kind == "Compare" and parameters.get("ComparisonValue") == STORED_INPUT:
         return "compared in a condition"
-    if kind == "InvokeLambdaFunction":
+    if kind == LAMBDA_ACTION:
         names = _names_of_stored_input(parameters.get("LambdaInvocationAttributes"))
         if names:
             return f"passed to Lambda as {', '.join(names)}"

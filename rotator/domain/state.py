@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rotator.domain.flows import LambdaInvocation
 from rotator.domain.history import HistoryEvent, RotationRun
 from rotator.domain.key_protection import DecryptFunctionCheck, KekDescription
 from rotator.domain.lifecycle import KeyRecord
@@ -106,6 +107,8 @@ class FlowState:
     as_managed: tuple[str, ...] = ()  # managed block identifiers on the current key
     # The static key and certificate of each managed block (drift and substitution, 3.7.7).
     certificates: tuple[BlockCertificate, ...] = ()
+    # Every Invoke AWS Lambda function block: is the decrypt function invoked on its alias?
+    lambda_invocations: tuple[LambdaInvocation, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"flow": self.flow, "key_ids": list(self.key_ids), "drift": list(self.drift)}
@@ -213,6 +216,9 @@ class KeyringState:
     keks: Mapping[str, KekDescription] = field(default_factory=dict)
     kek_errors: Mapping[str, str] = field(default_factory=dict)
     decrypt_function: DecryptFunctionCheck | None = None
+    # ROTATOR_DECRYPT_FUNCTION as configured (a name, a partial or a full ARN), against which the
+    # flows' Lambda invocations are judged; None: not configured, they are not judged.
+    decrypt_function_setting: str | None = None
 
     def record(self, key_id: str) -> KeyRecord | None:
         return next((r for r in self.records if r.key_id == key_id), None)

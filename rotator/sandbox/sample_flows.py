@@ -6,19 +6,25 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rotator.domain.lambda_functions import DECRYPT_ALIAS
+
 if TYPE_CHECKING:
     from mypy_boto3_connect import ConnectClient
 
 FLOW_LANGUAGE_VERSION = "2019-10-30"  # the only version the flow language has
-# A placeholder in the sandbox's account (moto's default); a real flow names the deployed Lambda.
-DECRYPT_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:connect-decrypt"
 CARD_INPUT_ACTION = "card-number"
+DECRYPT_LAMBDA_NAME = "connect-decrypt"  # a placeholder: a real flow names the deployed Lambda
 
 
 def decrypt_lambda_arn(account: str, region: str) -> str:
     """The placeholder decrypt Lambda of an instance's own account and region (a member account
-    runs its own decrypt Lambda: private keys never leave the account)."""
-    return f"arn:aws:lambda:{region}:{account}:function:connect-decrypt"
+    runs its own decrypt Lambda: private keys never leave the account), on its `live` alias as
+    the template's DecryptFunctionArn output names it (SnapStart runs published versions only)."""
+    return f"arn:aws:lambda:{region}:{account}:function:{DECRYPT_LAMBDA_NAME}:{DECRYPT_ALIAS}"
+
+
+# In the sandbox's account (moto's default) and region.
+DECRYPT_LAMBDA_ARN = decrypt_lambda_arn("123456789012", "us-east-1")
 
 
 def payment_flow_content(

@@ -231,8 +231,10 @@ def gather(
     evidence: EvidenceSources | None = None,
 ) -> KeyringState:
     """What the report reads: everything, with the history, and no key material unless
-    `canaries` (`now` is not read: the state is what it is); then the evidence reads."""
+    `canaries` (`now` is not read: the state is what it is); then the evidence reads. The
+    evidence's decrypt function is also what the flows' Lambda invocations are judged against."""
     del now
+    sources = evidence or EvidenceSources()
     state = read_state(
         keyring,
         lock,
@@ -241,8 +243,9 @@ def gather(
         history=True,
         canaries=canaries,
         copies=True,
+        decrypt_function=sources.decrypt_function,
     )
-    return with_evidence(state, evidence or EvidenceSources(), keyring.kms_key_id)
+    return with_evidence(state, sources, keyring.kms_key_id)
 
 
 def build_report(facts: KeyringState, options: ReportOptions, now: datetime) -> Report:

@@ -7,7 +7,13 @@ from dataclasses import replace
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rotator.domain.flows import FlowRef, encrypting_blocks, flow_drift, referenced_key_ids
+from rotator.domain.flows import (
+    FlowRef,
+    encrypting_blocks,
+    flow_drift,
+    lambda_invocations,
+    referenced_key_ids,
+)
 from rotator.domain.history import HistoryEvent, RotationRun, rotation_runs
 from rotator.domain.keys import load_certificate, public_key_sha256, public_key_sha256_of_pem
 from rotator.domain.lifecycle import KeyRecord
@@ -41,6 +47,7 @@ def read_state(
     canaries: bool = False,
     copies: bool = False,
     instance_id: str | None = None,
+    decrypt_function: str | None = None,
 ) -> KeyringState:
     """Batched reads, each once: keys, instances (and the history) by path, locks by path,
     SecureStrings by one DescribeParameters sweep (`protection`); per managed instance (only
@@ -48,7 +55,8 @@ def read_state(
     (`connect` or `flows`). `canaries`: a live canary decrypt of every key a managed flow uses
     whose private key is stored (`rotator verify`; it reads the private keys). `copies`: which
     parameters outside the keyring that adopted keys were copied from still exist (one
-    metadata read, and none if no key was adopted from one: the report)."""
+    metadata read, and none if no key was adopted from one: the report). `decrypt_function`:
+    the decrypt Lambda the flows' Lambda invocations are judged against (nothing more is read)."""
     entries = keyring.instance_entries()
     locks = lock.states()
     records = tuple(keyring.records())
@@ -83,6 +91,7 @@ def read_state(
         events=events,
         managed_ids=tuple(e.instance_id for e in entries if e.config is not None),
         copies=_copies(keyring, records) if copies else (),
+        decrypt_function_setting=decrypt_function,
     )
     if canaries:
         state = _with_canaries(keyring, state)
@@ -122,6 +131,7 @@ def _flow_state(
             for block in encrypting_blocks(content)
             if block.identifier in managed
         ),
+        lambda_invocations=tuple(lambda_invocations(content)),
     )
 
 
