@@ -17,11 +17,10 @@ from rotator.adapters.lock import DEFAULT_LEASE, LockHolder
 from rotator.domain import checks
 from rotator.domain.findings import RULES, FindingCode, Severity
 from rotator.domain.keys import KeyMaterial
-from rotator.domain.lambda_functions import DECRYPT_ALIAS
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import RotationState, RotationStep
 from rotator.domain.state import KeyringState
-from rotator.sandbox.sample_flows import CARD_INPUT_ACTION, DECRYPT_LAMBDA_NAME
+from rotator.sandbox.sample_flows import CARD_INPUT_ACTION
 from rotator.services.custodians import acknowledge, responsibilities
 from rotator.services.report import ReportOptions, build_report, gather, make_report
 from rotator.services.verify import ARGUMENT_CHECKS, CHECKS, judge
@@ -39,8 +38,8 @@ class Broken:
     at: datetime = NOW + DAY
     # Broken only where the live canary runs (`verify`, or a report made with canaries).
     needs_canary: bool = False
-    # A state the sandbox refuses to hold (Connect keeps two keys at most), or a setting the
-    # world's adapters are built without: the state read from it, edited, is judged instead.
+    # A state the sandbox refuses to hold (Connect keeps two keys at most): the state read
+    # from it, edited, is judged instead.
     edit: Callable[[KeyringState], KeyringState] | None = None
 
 
@@ -142,25 +141,6 @@ def staged_key_orphaned(world: World, key_id: str, material: KeyMaterial) -> Non
     world.ssm.put_parameter(Name=name, Value="not a key", Type="SecureString")
 
 
-def decrypt_off_the_alias(world: World, key_id: str, material: KeyMaterial) -> None:
-    """The module's decrypt block repointed from the alias to the unqualified function."""
-    document = json.loads(world.module_content())
-    for action in document["Actions"]:
-        if action["Type"] == "InvokeLambdaFunction":
-            arn = action["Parameters"]["LambdaFunctionARN"]
-            action["Parameters"]["LambdaFunctionARN"] = arn.removesuffix(f":{DECRYPT_ALIAS}")
-    world.connect.update_contact_flow_module_content(
-        InstanceId=world.instance_id,
-        ContactFlowModuleId=world.module_id,
-        Content=json.dumps(document),
-    )
-
-
-def with_decrypt_function(state: KeyringState) -> KeyringState:
-    """ROTATOR_DECRYPT_FUNCTION naming the sandbox flows' decrypt Lambda."""
-    return replace(state, decrypt_function_setting=DECRYPT_LAMBDA_NAME)
-
-
 # One broken state per invariant verify checks (a check verify cannot fail is not listed).
 CASES: dict[str, list[Broken]] = {
     checks.ONE_CURRENT_KEY: [Broken(no_active_key)],
@@ -178,7 +158,6 @@ CASES: dict[str, list[Broken]] = {
     ],
     checks.PRIVATE_KEY_STORED: [Broken(private_key_deleted), Broken(unreferenced_key_lost)],
     checks.NO_ORPHANED_STAGING: [Broken(staged_key_orphaned)],
-    checks.DECRYPT_ON_ALIAS: [Broken(decrypt_off_the_alias, edit=with_decrypt_function)],
 }
 NEVER_FAILS = {checks.ON_CURRENT_KEY}  # a managed block elsewhere is `flows as managed`
 

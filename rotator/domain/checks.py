@@ -11,7 +11,6 @@ from rotator.domain.crypto_architecture import kek_findings
 from rotator.domain.custodians import custodians
 from rotator.domain.findings import Finding, FindingCode
 from rotator.domain.fleet import Partition
-from rotator.domain.flows import LambdaInvocation
 from rotator.domain.keys import ALLOWED_KEY_SIZES
 from rotator.domain.lambda_functions import (
     DECRYPT_ALIAS,
@@ -73,7 +72,6 @@ ON_CURRENT_KEY = "flows use the current key"  # only ever holds: a block elsewhe
 REFERENCED_DECRYPT = "every referenced key decrypts"
 PRIVATE_KEY_STORED = "private key stored"
 NO_ORPHANED_STAGING = "no orphaned staged key"
-DECRYPT_ON_ALIAS = f"flows invoke decrypt on its {DECRYPT_ALIAS} alias"
 
 _REFERENCED = frozenset(
     {
@@ -115,7 +113,6 @@ INVARIANT_CODES: dict[str, frozenset[FindingCode]] = {
         }
     ),
     NO_ORPHANED_STAGING: frozenset({FindingCode.ORPHANED_STAGING}),
-    DECRYPT_ON_ALIAS: frozenset({FindingCode.FLOW_INVOKES_UNQUALIFIED_DECRYPT}),
 }
 
 
@@ -238,12 +235,6 @@ def _instance_invariants(
             yield broken(FLOWS_AS_MANAGED, finding)
         for identifier in flow.as_managed:
             yield holds(ON_CURRENT_KEY, f"{flow.flow} block {identifier} -> {current}")
-        for invocation, finding in decrypt_invocations(state, instance_id, flow):
-            if finding is None:
-                where = f"{flow.flow} block {invocation.identifier}"
-                yield holds(DECRYPT_ON_ALIAS, f"{where} -> {invocation.function}")
-            else:
-                yield broken(DECRYPT_ON_ALIAS, finding)
     for key_id in sorted(instance.referenced()):
         finding = _referenced_problem(state, instance, key_id)
         if finding is not None:
@@ -500,6 +491,7 @@ def findings(state: KeyringState, options: ReportOptions, now: datetime) -> list
     found.extend(custodian_findings(state, now))
     found.extend(kek_findings(state))
     found.extend(stored_ciphertext_findings(state, options))
+    found.extend(unqualified_decrypt_findings(state))
     unique = list(dict.fromkeys(found))
     unique.sort(key=lambda f: (f.severity.rank, f.code, f.instance_id or "", f.key_id or ""))
     return unique
@@ -957,14 +949,23 @@ def stored_ciphertext_findings(state: KeyringState, options: ReportOptions) -> I
 # -- the decrypt function's alias (SnapStart) ---------------------------------------------------
 
 
+def unqualified_decrypt_findings(state: KeyringState) -> Iterator[Finding]:
+    """A report finding, not an invariant: a block off the alias still decrypts, so `verify`
+    (contacts decrypt, keys are where they must be) does not fail on it."""
+    for instance in state.instances:
+        for flow in instance.flows:
+            yield from decrypt_invocations(state, instance.instance_id, flow)
+
+
 def decrypt_invocations(
     state: KeyringState, instance_id: str, flow: FlowState
-) -> Iterator[tuple[LambdaInvocation, Finding | None]]:
-    """Each block of a managed flow that invokes the decrypt function (ROTATOR_DECRYPT_FUNCTION,
-    compared by name, and by account and region where both give them), and the finding if it
-    does not name the `live` alias: unqualified, $LATEST or a version runs without SnapStart and
-    the provisioned concurrency, and keeps the unqualified invoke permission needed. Nothing is
-    judged without the setting, nor a JSONPath (the function is known only when the flow runs)."""
+) -> Iterator[Finding]:
+    """A finding for each block of a managed flow that invokes the decrypt function
+    (ROTATOR_DECRYPT_FUNCTION, compared by name, and by account and region where both give them)
+    without naming the `live` alias: unqualified, $LATEST or a version runs without SnapStart
+    and the provisioned concurrency, and keeps the unqualified invoke permission needed. Nothing
+    is judged without the setting, nor a JSONPath (the function is known only when the flow
+    runs)."""
     configured = state.decrypt_function_setting
     decrypt = None if configured is None else parse_function(configured)
     if decrypt is None:
@@ -974,19 +975,15 @@ def decrypt_invocations(
         if invoked is None or not same_function(invoked, decrypt):
             continue
         if invoked.qualifier == DECRYPT_ALIAS:
-            yield invocation, None
             continue
-        yield (
-            invocation,
-            Finding(
-                FindingCode.FLOW_INVOKES_UNQUALIFIED_DECRYPT,
-                instance_id,
-                None,
-                f"{flow.flow} block {invocation.identifier} invokes the decrypt function "
-                f"{invocation.function} ({invoked.describe_qualifier()}): {_off_alias(invoked)}; "
-                f"point the block at the alias ARN {invoked.qualified(DECRYPT_ALIAS)} (the "
-                "stack's DecryptFunctionArn output)",
-            ),
+        yield Finding(
+            FindingCode.FLOW_INVOKES_UNQUALIFIED_DECRYPT,
+            instance_id,
+            None,
+            f"{flow.flow} block {invocation.identifier} invokes the decrypt function "
+            f"{invocation.function} ({invoked.describe_qualifier()}): {_off_alias(invoked)}; "
+            f"point the block at the alias ARN {invoked.qualified(DECRYPT_ALIAS)} (the "
+            "stack's DecryptFunctionArn output)",
         )
 
 

@@ -83,9 +83,7 @@ class Adapters:
         )
 
     def invariants(self) -> InvariantChecker:
-        return InvariantChecker(
-            self.keyring, self.connect, self.lock, decrypt_function=self.settings.decrypt_function
-        )
+        return InvariantChecker(self.keyring, self.connect, self.lock)
 
     def ciphertext_stores(self, uris: Sequence[str]) -> list[CiphertextStore]:
         """The stores of stored Connect ciphertexts the URIs name (ConfigError if one is bad)."""

@@ -44,19 +44,10 @@ class Verification:
 
 
 class InvariantChecker:
-    def __init__(
-        self,
-        keyring: Keyring,
-        connect: ConnectReader,
-        lock: Lock,
-        *,
-        decrypt_function: str | None = None,
-    ) -> None:
+    def __init__(self, keyring: Keyring, connect: ConnectReader, lock: Lock) -> None:
         self.keyring = keyring
         self.connect = connect
         self.lock = lock
-        # ROTATOR_DECRYPT_FUNCTION: the flows' invocations of it must name its alias.
-        self.decrypt_function = decrypt_function
 
     def check(self, instance_id: str | None, now: datetime) -> list[Check]:
         return list(self.verify(instance_id, now).checks)
@@ -70,7 +61,6 @@ class InvariantChecker:
             protection=True,
             canaries=True,
             instance_id=instance_id,
-            decrypt_function=self.decrypt_function,
         )
         if instance_id is not None and instance_id not in state.managed_ids:
             unmanaged = Check(MANAGED, instance_id, False, "instance is not managed")
