@@ -31,7 +31,12 @@ from rotator.entrypoints.bootstrap import assumed_role_session, build_account_ad
 from rotator.errors import AwsCallError
 from rotator.exit_codes import ExitCode
 from rotator.services.crypto_architecture import EvidenceSources
-from rotator.services.fleet_report import FleetReport, PartitionSources, make_fleet_report
+from rotator.services.fleet_report import (
+    FleetReport,
+    PartitionSources,
+    build_fleet_report,
+    make_fleet_report,
+)
 from rotator.services.fleet_report_render import render_fleet
 from rotator.services.report_render import ReportFormat
 from tests.conftest import NOW, REGION
@@ -182,9 +187,7 @@ def test_a_crashing_scan_is_said_by_its_type_and_the_section_stands(
         assert_no_key_text(render_fleet(report, fmt), pem)
 
 
-def test_an_unread_section_has_no_decrypt_function_line(material_2048: KeyMaterial) -> None:
-    from rotator.services.fleet_report import build_fleet_report
-
+def test_an_unread_section_has_no_decrypt_function_line() -> None:
     report = build_fleet_report({PROD_EU: "sts:AssumeRole: AccessDenied"}, ReportOptions(), NOW)
     (section,) = report.sections
     assert section.decrypt_function is None
