@@ -383,7 +383,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
         str,
         "",
         "fleet mode: the member accounts, a JSON array of {name, role_arn, external_id, "
-        "regions}; empty: this account only",
+        "regions} and optional decrypt_function (the member's decrypt Lambda the report scans; "
+        "default connect-key-rotator-decrypt); empty: this account only",
         "FleetAccounts",
         check=lambda text: parse_accounts_json(text) if text else (),
         empty_is_unset=True,

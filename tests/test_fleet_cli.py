@@ -163,7 +163,8 @@ def test_each_section_describes_its_member_keyring_key_through_the_member_role(
 ) -> None:
     """Evidence across accounts (3.6.1.1): prod's private key is a SecureString under prod's
     own keyring key; the fleet report describes that key with prod's role (moto keeps each
-    account's KMS apart), and says the decrypt function was not checked."""
+    account's KMS apart), and says prod's decrypt function was not found (none deployed here;
+    tests/test_member_decrypt_scan.py scans one)."""
     from rotator.entrypoints.bootstrap import MEMBER_KEYRING_KEY_ALIAS, assumed_role_session
 
     session = assumed_role_session(ACCOUNTS[0], REGION)
@@ -186,6 +187,9 @@ def test_each_section_describes_its_member_keyring_key_through_the_member_role(
         None,
     )
     assert ":111111111111:" in kek["arn"] and kek["protects"] == ["prod-key"]
+    assert architecture["decrypt_function"]["status"] == (
+        "not checked: connect-key-rotator-decrypt could not be read: function not found"
+    )
     assert "BEGIN" not in output
 
 

@@ -12,11 +12,14 @@ import pytest
 from rotator.config import Settings
 from rotator.config_file import RotatorConfig, load_config
 from rotator.domain.fleet import (
+    MEMBER_DECRYPT_FUNCTION,
     Account,
     Partition,
     Target,
+    accounts_json,
     interleave,
     parse_accounts,
+    parse_accounts_json,
     select_partitions,
 )
 from rotator.errors import ConfigError
@@ -102,6 +105,19 @@ def test_the_environment_replaces_the_files_table(tmp_path: Path) -> None:
         ([{**PROD, "external_id": "x"}], "external_id must be 2-1224 characters"),
         ([{**PROD, "colour": "red"}], "account #1: unknown key 'colour'"),
         ([{**PROD, "name": "has space"}], "name 'has space' must be 1-64 letters"),
+        (
+            [{**PROD, "decrypt_function": "arn:aws:lambda:eu-west-2:111111111111:function:d"}],
+            "account 'prod': decrypt_function 'arn:aws:lambda:eu-west-2:111111111111:function:d' "
+            "is not a Lambda function name (1-64 letters, digits, '-' or '_'; a name, not an ARN",
+        ),
+        (
+            [{**PROD, "decrypt_function": "decrypt:live"}],
+            "decrypt_function 'decrypt:live' is not a Lambda function name",
+        ),
+        ([{**PROD, "decrypt_function": ""}], "decrypt_function '' is not a Lambda function name"),
+        ([{**PROD, "decrypt_function": 7}], "decrypt_function 7 is not a Lambda function name"),
+        ([{**PROD, "decrypt_function": "d" * 65}], "is not a Lambda function name"),
+        ([{**PROD, "colour": "red"}], "(known: name, role_arn, external_id, regions, decrypt_"),
     ],
 )
 def test_a_bad_account_is_a_clear_error_in_both_sources(
@@ -175,3 +191,27 @@ def test_a_role_arn_may_name_each_regions_role() -> None:
     assert EXPECTED[0].role_arn_in("eu-west-2") == EXPECTED[0].role_arn
     with pytest.raises(ValueError, match="is not an IAM role ARN"):
         parse_accounts([{**PROD, "role_arn": "arn:aws:iam::111111111111:role/x-{account}"}])
+
+
+def test_an_account_names_its_decrypt_function_or_has_the_member_templates(
+    tmp_path: Path,
+) -> None:
+    """`decrypt_function`: the member's decrypt Lambda the fleet report scans in each of the
+    account's regions; left out, deploy/member.yaml's default name. Both sources agree, and an
+    entry that leaves it out gives the same JSON as before (ROTATOR_ACCOUNTS round-trips)."""
+    named = {**TEST, "decrypt_function": "payments-test-decrypt"}
+    path = tmp_path / "c.toml"
+    path.write_text(_toml([PROD, named]))
+    from_file = load_config(path).settings_for({})
+    from_env = Settings.load({"ROTATOR_ACCOUNTS": json.dumps([PROD, named])})
+    assert from_file.fleet == from_env.fleet
+    prod, test = from_env.fleet
+    assert (prod.decrypt_function, test.decrypt_function) == (
+        MEMBER_DECRYPT_FUNCTION,
+        "payments-test-decrypt",
+    )
+    assert MEMBER_DECRYPT_FUNCTION == "connect-key-rotator-decrypt"
+    assert prod == EXPECTED[0]  # the default is the dataclass's too
+    assert [a.to_dict() for a in from_env.fleet] == [PROD, named]
+    assert json.loads(from_file.accounts) == [PROD, named]
+    assert parse_accounts_json(accounts_json(from_env.fleet)) == from_env.fleet

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from rotator.domain.fleet import FUNCTION_NAME, MEMBER_DECRYPT_FUNCTION
 from rotator.entrypoints.bootstrap import MEMBER_KEYRING_KEY_ALIAS, ROLE_SESSION_NAME
 from tests.cfn_policy import (
     ACCOUNT,
     BLOG,
+    DECRYPT_FUNCTION_ARN,
     INSTANCE_ARN,
     KEY,
     KEY_ARN,
@@ -53,6 +55,9 @@ MEMBER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/connect-key-rotator-member-{REGION}"
 # operator runs through it (`rotator init --account NAME`, verify, report, ...). Adopting the
 # blog's parameters (import --from-blog-parameters) is done in the account, not through it.
 COMMANDS = ("init", "rotate", "verify", "status", "report", "retire", "destroy", "rollback")
+# The member's decrypt function is named (DecryptFunctionName), where the main template's has a
+# generated name: the fleet report reads it by the name the account's entry gives.
+MEMBER_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{MEMBER_DECRYPT_FUNCTION}"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,9 @@ def stack(member: dict[str, Any]) -> Stack:
 
 
 def _as_member(request: Request) -> Request:
-    return Request(request.action, request.resource, request.context, MEMBER_ROLE)
+    # The commands' report reads the main stack's decrypt function; here it is the member's.
+    resource = MEMBER_FUNCTION_ARN if request.resource == DECRYPT_FUNCTION_ARN else request.resource
+    return Request(request.action, resource, request.context, MEMBER_ROLE)
 
 
 def _member(stack: Stack, request: Request) -> str:
@@ -148,10 +155,7 @@ def test_keyring_rights_stay_under_the_prefix_and_connect_in_this_account(stack:
                 "kms:DescribeKey",
                 "lambda:GetFunctionConfiguration",
             ]
-            assert len(resources_) == 2 and KEY_ARN in resources_
-            assert [r for r in resources_ if r != KEY_ARN][0].startswith(
-                f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:"
-            )
+            assert resources_ == [KEY_ARN, MEMBER_FUNCTION_ARN]
         elif "kms:" in actions:
             assert resources_ == [KEY_ARN]
             assert statement["Condition"]["StringEquals"] == {
@@ -247,3 +251,79 @@ def test_the_decrypt_lambda_is_the_main_templates(member: dict[str, Any]) -> Non
     listed = Stack(member, {**PARAMETERS, "ConnectInstanceArns": INSTANCE_ARN})
     (keys,) = [s for s in listed.role_policies("MemberRole") if s.get("Sid") == "SecurityKeys"]
     assert keys["Resource"] == [INSTANCE_ARN]
+
+
+# -- the decrypt function the fleet report scans (deploy/member.yaml's DecryptFunctionName) --------
+
+
+def test_the_decrypt_function_is_named_by_a_parameter_whose_default_the_fleet_config_uses(
+    member: dict[str, Any], stack: Stack
+) -> None:
+    parameter = member["Parameters"]["DecryptFunctionName"]
+    assert parameter["Default"] == MEMBER_DECRYPT_FUNCTION  # an account entry's default
+    function = member["Resources"]["DecryptFunction"]["Properties"]
+    assert function["FunctionName"] == {"Ref": "DecryptFunctionName"}
+    assert stack.resolve(function["FunctionName"]) == MEMBER_DECRYPT_FUNCTION
+    # The template and the config accept the same names (a name, never an ARN or a qualifier).
+    allowed = re.compile(parameter["AllowedPattern"])
+    for name in ("connect-key-rotator-decrypt", "payments_decrypt-2", "x" * 64):
+        assert allowed.fullmatch(name) and FUNCTION_NAME.fullmatch(name), name
+    for name in ("", "x" * 65, f"{MEMBER_DECRYPT_FUNCTION}:live", MEMBER_FUNCTION_ARN, "a b"):
+        assert not allowed.fullmatch(name) and not FUNCTION_NAME.fullmatch(name), name
+
+
+def test_the_member_role_reads_only_its_decrypt_functions_configuration(
+    stack: Stack, member: dict[str, Any]
+) -> None:
+    """Least privilege (PCI DSS 7.2.2): GetFunctionConfiguration on the named function, in this
+    account and region, unqualified; no other Lambda action, function, alias or version."""
+    read = Request("lambda:GetFunctionConfiguration", MEMBER_FUNCTION_ARN)
+    assert _member(stack, read) == "allow"
+    lambda_actions = sorted(
+        action
+        for statement in stack.role_policies("MemberRole")
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        if action.lower().startswith("lambda:")
+    )
+    assert lambda_actions == ["lambda:GetFunctionConfiguration"]
+    function = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function"
+    refused = [
+        # Its code (GetFunction answers a download URL), invoking it, changing it.
+        *(
+            Request(f"lambda:{action}", MEMBER_FUNCTION_ARN)
+            for action in (
+                "GetFunction",
+                "InvokeFunction",
+                "UpdateFunctionConfiguration",
+                "UpdateFunctionCode",
+                "GetPolicy",
+                "AddPermission",
+                "DeleteFunction",
+            )
+        ),
+        Request("lambda:ListFunctions", "*"),
+        # An alias or a version: not read by the scan (the function publishes none).
+        Request("lambda:GetFunctionConfiguration", f"{MEMBER_FUNCTION_ARN}:live"),
+        Request("lambda:GetFunctionConfiguration", f"{MEMBER_FUNCTION_ARN}:1"),
+        # Any other function of the account, the same name elsewhere.
+        Request("lambda:GetFunctionConfiguration", f"{function}:payroll"),
+        Request("lambda:GetFunctionConfiguration", f"{function}:{MEMBER_DECRYPT_FUNCTION}-2"),
+        Request(
+            "lambda:GetFunctionConfiguration",
+            f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{MEMBER_DECRYPT_FUNCTION}",
+        ),
+        Request(
+            "lambda:GetFunctionConfiguration",
+            f"arn:aws:lambda:{REGION}:444455556666:function:{MEMBER_DECRYPT_FUNCTION}",
+        ),
+    ]
+    assert [r for r in refused if _member(stack, r) != "implicit deny"] == []
+    # A stack set overriding the name moves the right with it: the default is refused then.
+    renamed = Stack(member, {**PARAMETERS, "DecryptFunctionName": "payments-decrypt"})
+    assert _member(renamed, Request(read.action, f"{function}:payments-decrypt")) == "allow"
+    assert _member(renamed, read) == "implicit deny"
+    assert renamed.resolve(renamed.resource("DecryptFunction")["Properties"]["FunctionName"]) == (
+        "payments-decrypt"
+    )

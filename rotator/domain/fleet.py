@@ -27,6 +27,14 @@ ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # STS: 2-1224 characters of [\w+=,.@:/-].
 EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
 ACCOUNT_KEYS = ("name", "role_arn", "external_id", "regions")
+# The decrypt Lambda deploy/member.yaml makes in each member account region (its
+# DecryptFunctionName's default): the fleet report scans its environment through the member role.
+MEMBER_DECRYPT_FUNCTION = "connect-key-rotator-decrypt"
+# An entry may name it when the member stack set overrides DecryptFunctionName.
+OPTIONAL_ACCOUNT_KEYS = ("decrypt_function",)
+# A Lambda function name, unqualified: a name (not an ARN) is looked up in each of the account's
+# regions, and the member role may read the unqualified function only (no alias, no version).
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class Account:
     role_arn: str
     external_id: str
     regions: tuple[str, ...]
+    # The member's decrypt Lambda, in each of its regions (the fleet report scans its environment).
+    decrypt_function: str = MEMBER_DECRYPT_FUNCTION
 
     @property
     def account_id(self) -> str:
@@ -53,12 +63,16 @@ class Account:
         return tuple(Partition(self.name, region) for region in self.regions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        entry: dict[str, Any] = {
             "name": self.name,
             "role_arn": self.role_arn,
             "external_id": self.external_id,
             "regions": list(self.regions),
         }
+        # Only when set: an entry that leaves it out round-trips to the same JSON as before.
+        if self.decrypt_function != MEMBER_DECRYPT_FUNCTION:
+            entry["decrypt_function"] = self.decrypt_function
+        return entry
 
 
 @dataclass(frozen=True, order=True)
@@ -105,7 +119,8 @@ class Target:
 
 
 def parse_accounts_json(text: str) -> tuple[Account, ...]:
-    """`ROTATOR_ACCOUNTS`: a JSON array of {name, role_arn, external_id, regions}."""
+    """`ROTATOR_ACCOUNTS`: a JSON array of {name, role_arn, external_id, regions} (and, optional,
+    decrypt_function)."""
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as error:
@@ -133,9 +148,10 @@ def parse_account(entry: Any, number: int) -> Account:
     where = f"account #{number}"
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: must be a table, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - set(ACCOUNT_KEYS))
+    known = ACCOUNT_KEYS + OPTIONAL_ACCOUNT_KEYS
+    unknown = sorted(set(entry) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(ACCOUNT_KEYS)})")
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
     missing = [key for key in ACCOUNT_KEYS if key not in entry]
     if missing:
         raise ValueError(f"{where}: missing key {missing[0]!r}")
@@ -163,7 +179,14 @@ def parse_account(entry: Any, number: int) -> Account:
             raise ValueError(f"{where}: {region!r} is not a region name (like eu-west-1)")
     if len(set(regions)) != len(regions):
         raise ValueError(f"{where}: a region appears twice in regions")
-    return Account(name, role_arn, external_id, tuple(regions))
+    function = entry.get("decrypt_function", MEMBER_DECRYPT_FUNCTION)
+    if not isinstance(function, str) or not FUNCTION_NAME.fullmatch(function):
+        raise ValueError(
+            f"{where}: decrypt_function {function!r} is not a Lambda function name "
+            "(1-64 letters, digits, '-' or '_'; a name, not an ARN nor a qualifier: it is looked "
+            "up in each of the account's regions)"
+        )
+    return Account(name, role_arn, external_id, tuple(regions), function)
 
 
 def accounts_json(accounts: Iterable[Account]) -> str:

@@ -260,12 +260,17 @@ def build_account_adapters(
     simulated_clock: bool = False,
 ) -> Adapters:
     """The adapters of one member account's region: its keyring (same prefix, the member's own
-    KMS key), its Connect and its lock, all on the assumed role's credentials. Clients are
+    KMS key), its Connect, its lock and its evidence reads (the keyring key, the decrypt
+    function's environment), all on the assumed role's credentials. Clients are
     created here, up front: boto3 sessions are not thread-safe, its clients are."""
     session = session if session is not None else assumed_role_session(account, region)
-    # The member's own keyring key; its decrypt function has no name the central settings
-    # know (the report's copy inventory says "not checked" for it).
-    member_settings = replace(settings, kms_key_id=MEMBER_KEYRING_KEY_ALIAS, decrypt_function=None)
+    # The member's own keyring key and its own decrypt function (the account's decrypt_function,
+    # deploy/member.yaml's DecryptFunctionName): the report's evidence reads both through the
+    # member role, on this session's clients. The central ROTATOR_DECRYPT_FUNCTION names the
+    # central account's function, never a member's.
+    member_settings = replace(
+        settings, kms_key_id=MEMBER_KEYRING_KEY_ALIAS, decrypt_function=account.decrypt_function
+    )
     adapters = build_adapters(
         member_settings,
         ssm=session.client("ssm", config=RETRY_CONFIG, region_name=region),

@@ -174,8 +174,8 @@ def report_for_fleet(
 ) -> Callable[[datetime], FleetReport]:
     """The fleet report's maker (one report, a section per account and region) over every
     partition's adapters, which `report_job` delivers: ReportFindings, S3, the report topic.
-    Each member's keyring key is described through its own role; its decrypt function is not
-    scanned (its section says "not checked")."""
+    Each member's keyring key is described, and its decrypt function's environment scanned
+    (the account's decrypt_function), through its own role."""
     sources = {
         partition: PartitionSources(
             adapters.keyring, adapters.connect, adapters.lock, adapters.evidence()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from rotator.domain.key_protection import DecryptFunctionCheck, KekDescription
 from rotator.domain.state import KeyringState
-from rotator.errors import ConnectKeyRotatorError
+from rotator.errors import AwsCallError, ConnectKeyRotatorError, NotFound
 from rotator.ports import FunctionEnvironments, KeyEncryptionKeys
 
 
@@ -48,4 +48,22 @@ def _decrypt_function(sources: EvidenceSources) -> DecryptFunctionCheck:
     try:
         return DecryptFunctionCheck(name, sources.functions.private_key_variables(name))
     except ConnectKeyRotatorError as error:  # the adapter's errors carry no value
-        return DecryptFunctionCheck(name, None, str(error))
+        return DecryptFunctionCheck(name, None, unreadable_reason(error))
+    except Exception as error:  # noqa: BLE001 - the scan is one line of the report, not all of it
+        # Its type only: an unexpected exception's text is not known to be free of the values.
+        return DecryptFunctionCheck(name, None, f"unexpected {type(error).__name__}")
+
+
+# AWS error codes that mean the caller may not read the function (its role's policy): Lambda
+# answers AccessDeniedException; STS and older endpoints AccessDenied.
+ACCESS_DENIED_CODES = frozenset({"AccessDeniedException", "AccessDenied"})
+
+
+def unreadable_reason(error: ConnectKeyRotatorError) -> str:
+    """Why the decrypt function could not be read, in the words an auditor reads first: "function
+    not found", "access denied (CODE)", or the failed call and its AWS error code."""
+    if isinstance(error, NotFound):
+        return "function not found"
+    if isinstance(error, AwsCallError) and error.reason in ACCESS_DENIED_CODES:
+        return f"access denied ({error.call}: {error.reason})"
+    return str(error)

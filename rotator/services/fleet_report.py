@@ -4,7 +4,9 @@
 in), each with the single keyring's `build_report`, then looks across them (`fleet_findings`:
 a key pair in two account regions, a region that could not be read). `gather_fleet` reads each
 partition once through its ports; a partition that cannot be read becomes a finding, never a
-crash of the whole report.
+crash of the whole report. Each partition's evidence (its keyring key, its decrypt function's
+environment) is read through that partition's own sources: a function that cannot be read is
+said in its section ("function not found", "access denied"), and the rest stands.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lambda_decrypt.logs import get_logger
 from rotator.domain.checks import FleetFinding, ReportOptions, fleet_findings
 from rotator.domain.findings import Severity
 from rotator.domain.fleet import Partition
+from rotator.domain.key_protection import DecryptFunctionCheck
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.state import KeyringState
 from rotator.errors import ConnectKeyRotatorError
@@ -36,7 +39,8 @@ KEY_STATES = (*(state.value for state in KeyState), UNKNOWN_STATE)
 @dataclass(frozen=True)
 class PartitionSources:
     """What one account region's report reads: its keyring, Connect and lock (ports), and where
-    its evidence is read (None: not read, the section says so)."""
+    its evidence is read (None: not read, the section says so): the member's keyring key and
+    its decrypt function's environment, both through the member's own role."""
 
     keyring: Keyring
     connect: ConnectReader
@@ -55,6 +59,14 @@ class PartitionSection:
     @property
     def keys(self) -> tuple[KeyRow, ...]:
         return () if self.report is None else self.report.keys
+
+    @property
+    def decrypt_function(self) -> str | None:
+        """What the member's decrypt function's environment showed (the names of the variables
+        holding a private key, never a value), or why it was not checked; None: unread section."""
+        if self.report is None:
+            return None
+        return (self.report.crypto.decrypt_function or DecryptFunctionCheck(None)).describe()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -282,6 +282,7 @@ def _fleet_html_context(report: FleetReport) -> dict[str, Any]:
                 "heading": _heading(s),
                 "error": s.error,
                 "headline": None if s.report is None else headline(s.report),
+                "decrypt_function": s.decrypt_function,
                 "findings": None if s.report is None else findings_table(s.report),
                 "instances": None if s.report is None else instances_table(s.report),
                 "keys": None if s.report is None else keys_table(s.report),
