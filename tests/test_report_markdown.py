@@ -300,3 +300,6 @@ def test_fleet_markdown_has_each_account_region_s_timeline_and_groups(
     assert {row[0] for row in active} == {f"`{i}`" for i in instances}
     assert all(row[3].startswith("renew window from ") for row in active)
     assert "PRIVATE KEY" not in markdown and "not a key" not in markdown
+    # Each section says what its decrypt function's scan found, as the HTML does.
+    line = f"Decrypt function: {prod_section.decrypt_function}"
+    assert line in prod_part and line in html

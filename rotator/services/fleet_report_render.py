@@ -117,7 +117,7 @@ def render_fleet_markdown(report: FleetReport) -> str:
             continue
         sub = section.report
         region = regions[section.partition.account, section.partition.region]
-        lines.append(headline(sub))
+        lines += [headline(sub), "", f"Decrypt function: {section.decrypt_function}"]
         lines += md_section("Findings", findings_table(sub), level=3)
         lines += md_section("Instances", instances_table(sub), level=3)
         lines += md_section("Keys", keys_table(sub), level=3)
