@@ -126,6 +126,7 @@ def test_the_documented_example_parses_into_every_setting() -> None:
                     "role_arn": f"arn:aws:iam::222222222222:role/{MEMBER_ROLE}",
                     "external_id": "connect-key-rotator-example-external-id",
                     "regions": ["eu-west-2"],
+                    "decrypt_function": "payments-test-decrypt",
                 },
             ],
             separators=(",", ":"),
