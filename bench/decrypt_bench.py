@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import compileall
 import contextlib
 import json
 import os
@@ -22,6 +21,7 @@ from typing import Any
 import aws_encryption_sdk
 import boto3
 import cryptography
+from cold_start import child_env, precompile_both_sides
 from crypto_floor import ParsedMessage, decrypt_floor, parse_message
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -120,7 +120,7 @@ def measure_warm(plan: Plan, subjects: dict[str, Subject], counter: SsmCallCount
             subjects[name].run_batch(counter)
 
 
-def cold_start_ms(target: str, event: dict[str, Any]) -> float:
+def cold_start_ms(target: str, event: dict[str, Any], env: dict[str, str]) -> float:
     """Run one cold start in a new process and return what it measured from its script's top."""
     completed = subprocess.run(
         [sys.executable, str(COLD_START_SCRIPT), target, json.dumps(event)],
@@ -128,6 +128,7 @@ def cold_start_ms(target: str, event: dict[str, Any]) -> float:
         text=True,
         timeout=COLD_START_TIMEOUT_SECONDS,
         check=False,
+        env=env,
     )
     if completed.returncode != 0:
         raise BenchError(f"cold start of {target} failed: {completed.stderr.strip()[-2000:]}")
@@ -136,22 +137,15 @@ def cold_start_ms(target: str, event: dict[str, Any]) -> float:
     return float(result["elapsed_ms"])
 
 
-def precompile_both_sides() -> None:
-    """A Lambda package ships bytecode (its code directory is read-only, so nothing is cached
-    at run time); compile ours and the baseline once, as a deployment would."""
-    root = Path(__file__).resolve().parents[1]
-    compileall.compile_dir(root / "lambda_decrypt", quiet=1)
-    compileall.compile_dir(root / "bench", quiet=1)
-
-
 def measure_cold(plan: Plan, event: dict[str, Any]) -> dict[str, list[float]]:
     """Alternate new processes of ours and the blog's, swapping who goes first each run."""
     precompile_both_sides()
+    env = child_env()  # a child imports only what decrypt.zip ships (see cold_start.py)
     samples: dict[str, list[float]] = {target: [] for target in COLD_TARGETS}
     for run in range(plan.cold_warmup_runs + plan.cold_runs):
         order = COLD_TARGETS if run % 2 == 0 else COLD_TARGETS[::-1]
         for target in order:
-            elapsed_ms = cold_start_ms(target, event)
+            elapsed_ms = cold_start_ms(target, event, env)
             if run >= plan.cold_warmup_runs:
                 samples[target].append(elapsed_ms)
     return samples

@@ -21,6 +21,8 @@ import botocore.session  # noqa: F401
 # The Encryption SDK imports cryptography's OpenSSL backend on its first decryption only.
 import cryptography.hazmat.backends.openssl  # noqa: F401
 
+# The keyring's botocore model loader, imported at init like botocore itself.
+import lambda_decrypt.model_loader  # noqa: F401
 from lambda_decrypt import snapstart
 from lambda_decrypt.config import DecryptConfig, Env
 from lambda_decrypt.decrypt import Decryptor

@@ -27,6 +27,7 @@ from lambda_decrypt.keys import ConnectKey
 from lambda_decrypt.logs import get_logger
 
 if TYPE_CHECKING:
+    from botocore.loaders import Loader
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_ssm.type_defs import GetParametersByPathResultTypeDef
 
@@ -154,6 +155,9 @@ def default_ssm_client(timeout_seconds: float = DEFAULT_SSM_TIMEOUT_SECONDS) -> 
         connect_timeout=timeout_seconds,
         read_timeout=timeout_seconds,
     )
+    if boto3.DEFAULT_SESSION is None:
+        # What boto3.client would create, with a model loader that skips a directory scan.
+        _setup_default_session(loader=None)
     return boto3.client("ssm", config=config)
 
 
@@ -163,12 +167,28 @@ def renew_default_session() -> None:
     restore the snapshot's are stale. The new session keeps botocore's data loader (service
     models and endpoints, no credentials), so the next client skips parsing them (~80 ms)."""
     import boto3
-    import botocore.session
 
-    core = botocore.session.get_session()
+    loader = None
     if boto3.DEFAULT_SESSION is not None:
         loader = boto3.DEFAULT_SESSION._session.get_component("data_loader")
+    _setup_default_session(loader)
+
+
+def _setup_default_session(loader: Loader | None) -> None:
+    """A new boto3 default session over `loader`, or over a new ServiceModelLoader (botocore's
+    loader, minus a scan of every service it ships: ~20 ms of a cold start)."""
+    import boto3
+    import botocore.session
+
+    from lambda_decrypt.model_loader import service_model_loader
+
+    core = botocore.session.get_session()
+    if loader is not None:
         core.register_component("data_loader", loader)
+    else:
+        core.lazy_register_component(
+            "data_loader", lambda: service_model_loader(core.get_config_variable("data_path"))
+        )
     boto3.setup_default_session(botocore_session=core)
 
 

@@ -50,3 +50,82 @@ def test_lambda_package_source_never_mentions_rotator_imports() -> None:
         if "import rotator" in path.read_text() or "from rotator" in path.read_text()
     ]
     assert offenders == []
+
+
+# The keyring's SSM client loads botocore's models through ServiceModelLoader, which skips
+# botocore's scan of every service; what it loads must be what botocore's own loader loads.
+MODELS = [
+    ("ssm", "service-2", None),
+    ("ssm", "endpoint-rule-set-1", None),
+    ("docdb", "service-2", None),  # a model with sdk-extras merged into it
+    ("cloudfront", "service-2", "2016-01-28"),  # one of several API versions, named
+    ("ssm", "paginators-1", None),
+]
+
+
+@pytest.mark.parametrize(("service", "type_name", "api_version"), MODELS)
+def test_the_service_model_loader_loads_what_botocores_loader_loads(
+    service: str, type_name: str, api_version: str | None
+) -> None:
+    from botocore.loaders import Loader
+
+    from lambda_decrypt.model_loader import ServiceModelLoader
+
+    ours = ServiceModelLoader()
+    assert ours.search_paths == Loader().search_paths
+    assert ours.load_service_model(service, type_name, api_version) == Loader().load_service_model(
+        service, type_name, api_version
+    )
+
+
+def test_the_service_model_loader_lists_no_service_for_a_known_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lambda_decrypt.model_loader import ServiceModelLoader
+
+    listed: list[str] = []
+    loader = ServiceModelLoader()
+    monkeypatch.setattr(loader, "list_available_services", listed.append)
+    loader.load_service_model("ssm", "service-2")
+    loader.load_service_model("ssm", "endpoint-rule-set-1")
+    assert listed == []
+
+
+def test_the_service_model_loader_fails_an_unknown_service_or_version_as_botocore_does() -> None:
+    from botocore.exceptions import DataNotFoundError, UnknownServiceError
+    from botocore.loaders import Loader
+
+    from lambda_decrypt.model_loader import ServiceModelLoader
+
+    for loader in (Loader(), ServiceModelLoader()):
+        with pytest.raises(UnknownServiceError) as unknown:
+            loader.load_service_model("no-such-service", "service-2")
+        assert "ssm" in str(unknown.value)  # botocore names the known services
+        with pytest.raises(DataNotFoundError):
+            loader.load_service_model("ssm", "service-2", "1999-01-01")
+
+
+def test_the_keyrings_default_session_loads_models_like_botocores_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A default session the keyring creates: the ServiceModelLoader, AWS_DATA_PATH honoured,
+    and the client it makes is botocore's SSM client with the reader's settings."""
+    import boto3
+
+    from lambda_decrypt import keyring
+    from lambda_decrypt.model_loader import ServiceModelLoader
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    client = keyring.default_ssm_client(0.5)
+    assert boto3.DEFAULT_SESSION is not None
+    loader = boto3.DEFAULT_SESSION._session.get_component("data_loader")
+    assert isinstance(loader, ServiceModelLoader)
+    # The search paths of the session boto3.client would have made: AWS_DATA_PATH's first.
+    assert loader.search_paths == boto3.Session()._loader.search_paths
+    assert loader.search_paths[0] == str(tmp_path)
+    assert client.meta.service_model.service_name == "ssm"
+    assert client.meta.region_name == "eu-west-1"
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (0.5, 0.5)
+    assert client.meta.config.retries["total_max_attempts"] == 1
