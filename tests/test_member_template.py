@@ -2,7 +2,8 @@
 (nothing account-specific), and least privilege across the account boundary: only the central
 rotator role (and listed operators) with the external ID may assume the member role; the role
 may do what the rotator's commands call on this account's keyring prefix, KMS key and Connect
-instances, and nothing else; its decrypt Lambda is the main template's."""
+instances, and nothing else; its decrypt Lambda is the main template's, SnapStart versions behind
+the `live` alias included, which Connect invokes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from rotator.domain.fleet import FUNCTION_NAME, MEMBER_DECRYPT_FUNCTION
+from rotator.domain.lambda_functions import DECRYPT_ALIAS, parse_function, same_function
 from rotator.entrypoints.bootstrap import MEMBER_KEYRING_KEY_ALIAS, ROLE_SESSION_NAME
 from tests.cfn_policy import (
     ACCOUNT,
@@ -49,6 +51,8 @@ PARAMETERS = {
     "DecryptCodeBucket": "connect-key-rotator-artifacts",
     "ConnectInstanceArns": "",
     "CentralOperatorRoleArns": "",
+    # As CloudFormation hands it to conditions: a Ref of a Number parameter is a string.
+    "DecryptProvisionedConcurrency": "0",
 }
 MEMBER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/connect-key-rotator-member-{REGION}"
 # What the central rotator does in a member account: the rotation job, and the commands an
@@ -58,6 +62,31 @@ COMMANDS = ("init", "rotate", "verify", "status", "report", "retire", "destroy",
 # The member's decrypt function is named (DecryptFunctionName), where the main template's has a
 # generated name: the fleet report reads it by the name the account's entry gives.
 MEMBER_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{MEMBER_DECRYPT_FUNCTION}"
+MEMBER_ALIAS_ARN = f"{MEMBER_FUNCTION_ARN}:{DECRYPT_ALIAS}"
+VERSION = "7"  # the number Lambda gave the version DecryptVersion published
+
+
+class MemberStack(Stack):
+    """The member template resolved as CloudFormation would: its function is named (Ref: the
+    name, Arn: by the name), Ref of its version is the version ARN and GetAtt Version the
+    number, Ref of its alias the alias ARN (with the template's alias name)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = self.values["DecryptFunctionName"]
+        function = f"arn:aws:lambda:{self.region}:{self.account}:function:{name}"
+        alias = resources(self.template)["DecryptAlias"]["Properties"]["Name"]
+        self.physical_ids = {
+            **self.physical_ids,
+            "DecryptFunction": (name, function),
+            "DecryptVersion": (f"{function}:{VERSION}", None),
+            "DecryptAlias": (f"{function}:{self.resolve(alias)}", None),
+        }
+
+    def _function(self, function: str, argument: Any) -> Any:
+        if function == "Fn::GetAtt" and list(argument) == ["DecryptVersion", "Version"]:
+            return VERSION
+        return super()._function(function, argument)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +96,7 @@ def member() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(member: dict[str, Any]) -> Stack:
-    return Stack(member, PARAMETERS)
+    return MemberStack(member, PARAMETERS)
 
 
 def _as_member(request: Request) -> Request:
@@ -102,7 +131,7 @@ def test_only_the_central_rotator_with_the_external_id_may_assume_the_member_rol
         "Action": "sts:AssumeRole",
         "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}},
     }
-    with_operators = Stack(member, {**PARAMETERS, "CentralOperatorRoleArns": OPERATOR})
+    with_operators = MemberStack(member, {**PARAMETERS, "CentralOperatorRoleArns": OPERATOR})
     (trust,) = with_operators.resource("MemberRole")["Properties"]["AssumeRolePolicyDocument"][
         "Statement"
     ]
@@ -237,18 +266,25 @@ def test_the_decrypt_lambda_is_the_main_templates(member: dict[str, Any]) -> Non
         "Environment",
         "Role",
         "Description",
+        "SnapStart",
     ):
         assert function[key] == original[key], key
+    # SnapStart and provisioned concurrency decided as the main template decides them.
+    for section, name in (
+        ("Parameters", "DecryptProvisionedConcurrency"),
+        ("Conditions", "DecryptHasProvisionedConcurrency"),
+    ):
+        assert member[section][name] == main[section][name], name
     runtime = main["Globals"]["Function"]
     assert (function["Runtime"], function["Architectures"]) == (
         runtime["Runtime"],
         runtime["Architectures"],
     )
-    permission = Stack(member, PARAMETERS).resource("ConnectInvokesDecrypt")["Properties"]
+    permission = MemberStack(member, PARAMETERS).resource("ConnectInvokesDecrypt")["Properties"]
     assert permission["Principal"] == "connect.amazonaws.com"
     assert permission["SourceAccount"] == ACCOUNT
     assert permission["SourceArn"] == f"arn:aws:connect:{REGION}:{ACCOUNT}:instance/*"
-    listed = Stack(member, {**PARAMETERS, "ConnectInstanceArns": INSTANCE_ARN})
+    listed = MemberStack(member, {**PARAMETERS, "ConnectInstanceArns": INSTANCE_ARN})
     (keys,) = [s for s in listed.role_policies("MemberRole") if s.get("Sid") == "SecurityKeys"]
     assert keys["Resource"] == [INSTANCE_ARN]
 
@@ -304,7 +340,8 @@ def test_the_member_role_reads_only_its_decrypt_functions_configuration(
             )
         ),
         Request("lambda:ListFunctions", "*"),
-        # An alias or a version: not read by the scan (the function publishes none).
+        # The live alias or a version: not read by the scan, which reads $LATEST, from which
+        # the stack publishes each version the alias names.
         Request("lambda:GetFunctionConfiguration", f"{MEMBER_FUNCTION_ARN}:live"),
         Request("lambda:GetFunctionConfiguration", f"{MEMBER_FUNCTION_ARN}:1"),
         # Any other function of the account, the same name elsewhere.
@@ -321,9 +358,222 @@ def test_the_member_role_reads_only_its_decrypt_functions_configuration(
     ]
     assert [r for r in refused if _member(stack, r) != "implicit deny"] == []
     # A stack set overriding the name moves the right with it: the default is refused then.
-    renamed = Stack(member, {**PARAMETERS, "DecryptFunctionName": "payments-decrypt"})
+    renamed = MemberStack(member, {**PARAMETERS, "DecryptFunctionName": "payments-decrypt"})
     assert _member(renamed, Request(read.action, f"{function}:payments-decrypt")) == "allow"
     assert _member(renamed, read) == "implicit deny"
     assert renamed.resolve(renamed.resource("DecryptFunction")["Properties"]["FunctionName"]) == (
         "payments-decrypt"
     )
+
+
+# -- SnapStart versions behind the live alias, as the main template's AutoPublishAlias ------------
+
+
+def _of_type(member: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: body for name, body in resources(member).items() if body["Type"] == kind}
+
+
+@pytest.mark.parametrize(
+    ("provisioned", "snapstart", "config"),
+    [
+        ("0", "PublishedVersions", None),
+        ("5", "None", {"ProvisionedConcurrentExecutions": "5"}),
+    ],
+)
+def test_the_member_decrypt_function_runs_snapstart_unless_its_alias_is_provisioned(
+    member: dict[str, Any], provisioned: str, snapstart: str, config: dict[str, str] | None
+) -> None:
+    """0 (the default): SnapStart on published versions, no provisioned concurrency; above 0:
+    the alias is provisioned and SnapStart is off (Lambda allows one or the other), and the
+    version is published without SnapStart."""
+    spec = member["Parameters"]["DecryptProvisionedConcurrency"]
+    assert (spec["Type"], spec["Default"], spec["MinValue"]) == ("Number", 0, 0)
+    stack = MemberStack(member, {**PARAMETERS, "DecryptProvisionedConcurrency": provisioned})
+    function = stack.resource("DecryptFunction")["Properties"]
+    assert function["SnapStart"] == {"ApplyOn": snapstart}
+    alias = stack.resource("DecryptAlias")["Properties"]
+    assert alias.get("ProvisionedConcurrencyConfig") == config
+    # Provisioned concurrency only on the alias: never on the function's versions or itself.
+    assert "ProvisionedConcurrencyConfig" not in stack.resource("DecryptVersion")["Properties"]
+    assert "ProvisionedConcurrencyConfig" not in function
+    description = stack.resource("DecryptVersion")["Properties"]["Description"]
+    assert description.endswith(f" SnapStart={snapstart}")
+
+
+def _replaced_on_update(kind: str) -> list[str]:
+    """The properties CloudFormation cannot update in place (the resource provider schema's
+    createOnlyProperties, as cfn-lint ships it): changing one creates a new resource."""
+    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(REGION, kind).schema
+    return [p.removeprefix("/properties/") for p in schema["createOnlyProperties"]]
+
+
+def test_a_new_code_key_publishes_a_new_version(member: dict[str, Any]) -> None:
+    """Plain CloudFormation publishes a version only when the Version resource is created or
+    replaced. Its Description forces a replacement, and names the code: a new DecryptCodeKey
+    (or bucket), response mode or SnapStart setting publishes a version for the alias; the same
+    parameters publish nothing new."""
+    (name,) = _of_type(member, "AWS::Lambda::Version")
+    assert name == "DecryptVersion"
+    version = member["Resources"][name]
+    assert "Description" in _replaced_on_update("AWS::Lambda::Version")
+    assert version["Properties"]["FunctionName"] == {"Ref": "DecryptFunction"}
+    text = json.dumps(version["Properties"]["Description"])
+    assert "${DecryptCodeKey}" in text and "${DecryptCodeBucket}" in text
+    # Kept when replaced (as SAM keeps AutoPublishAlias's): Lambda answers a publish with
+    # nothing changed with the same version, which deleting the old resource would delete.
+    assert (version["DeletionPolicy"], version["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+    def description(**changed: str) -> str:
+        stack = MemberStack(member, {**PARAMETERS, **changed})
+        resolved: str = stack.resource(name)["Properties"]["Description"]
+        return resolved
+
+    base = description()
+    assert base == (
+        "s3://connect-key-rotator-artifacts/connect-key-rotator/decrypt.zip "
+        "RESPONSE_MODE=plaintext SnapStart=PublishedVersions"
+    )
+    assert description() == base  # a stack update that changes nothing republishes nothing
+    for changed in (
+        {"DecryptCodeKey": "connect-key-rotator/1.5.0/decrypt.zip"},
+        {"DecryptCodeBucket": "other-artifacts"},
+        {"DecryptResponseMode": "masked"},
+        {"DecryptProvisionedConcurrency": "2"},
+    ):
+        assert description(**changed) != base, changed
+
+
+def test_the_version_description_fits_for_every_allowed_parameter(member: dict[str, Any]) -> None:
+    """Lambda refuses a version description over 256 characters: the longest bucket the
+    pattern allows, the longest key MaxLength allows, and the longest settings fit."""
+    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(REGION, "AWS::Lambda::Version").schema
+    limit = schema["properties"]["Description"]["maxLength"]
+    parameters = member["Parameters"]
+    bucket = "b" * 63
+    assert re.fullmatch(parameters["DecryptCodeBucket"]["AllowedPattern"], bucket)
+    assert not re.fullmatch(parameters["DecryptCodeBucket"]["AllowedPattern"], bucket + "b")
+    key = "k" * parameters["DecryptCodeKey"]["MaxLength"]
+    longest = max(parameters["DecryptResponseMode"]["AllowedValues"], key=len)
+    for provisioned in ("0", "5"):
+        stack = MemberStack(
+            member,
+            {
+                **PARAMETERS,
+                "DecryptCodeBucket": bucket,
+                "DecryptCodeKey": key,
+                "DecryptResponseMode": longest,
+                "DecryptProvisionedConcurrency": provisioned,
+            },
+        )
+        description = stack.resource("DecryptVersion")["Properties"]["Description"]
+        assert bucket in description and key in description
+        assert len(description) <= limit, len(description)
+
+
+def test_the_alias_is_the_live_alias_on_the_published_version(
+    member: dict[str, Any], stack: Stack
+) -> None:
+    (name,) = _of_type(member, "AWS::Lambda::Alias")
+    alias = member["Resources"][name]["Properties"]
+    assert alias["Name"] == DECRYPT_ALIAS  # what flows must name (flow-invokes-unqualified-decrypt)
+    assert alias["FunctionName"] == {"Ref": "DecryptFunction"}
+    assert alias["FunctionVersion"] == {"Fn::GetAtt": ["DecryptVersion", "Version"]}
+    resolved = stack.resource(name)["Properties"]
+    assert (resolved["FunctionName"], resolved["FunctionVersion"]) == (
+        MEMBER_DECRYPT_FUNCTION,
+        VERSION,
+    )
+    # No traffic split: the alias runs the one published version.
+    assert "RoutingConfig" not in alias
+
+
+def _as_resource_policy(permission: dict[str, Any]) -> dict[str, Any]:
+    """The statement Lambda adds to the function's resource policy for an AWS::Lambda::Permission
+    (AddPermission: SourceArn as ArnLike AWS:SourceArn, SourceAccount as StringEquals)."""
+    assert set(permission) == {
+        "Action",
+        "FunctionName",
+        "Principal",
+        "SourceAccount",
+        "SourceArn",
+    }, permission
+    return {
+        "Effect": "Allow",
+        "Action": permission["Action"],
+        "Resource": permission["FunctionName"],
+        "Condition": {
+            "ArnLike": {"AWS:SourceArn": permission["SourceArn"]},
+            "StringEquals": {"AWS:SourceAccount": permission["SourceAccount"]},
+        },
+    }
+
+
+def test_connect_of_this_account_may_invoke_the_alias_only(
+    member: dict[str, Any], stack: Stack
+) -> None:
+    """One invoke permission, for connect.amazonaws.com, on the alias: not the unqualified
+    function ($LATEST, no SnapStart: fleet mode is unreleased, so no flow needs it kept
+    through an upgrade), not a version, not another account's or region's instances."""
+    permissions = _of_type(member, "AWS::Lambda::Permission")
+    assert list(permissions) == ["ConnectInvokesDecrypt"]
+    assert member["Resources"]["ConnectInvokesDecrypt"]["Properties"]["FunctionName"] == {
+        "Ref": "DecryptAlias"
+    }
+    permission = stack.resource("ConnectInvokesDecrypt")["Properties"]
+    assert permission["Principal"] == "connect.amazonaws.com"
+    statements = [_as_resource_policy(permission)]
+
+    def invoke(function: str, instance: str = INSTANCE_ARN) -> str:
+        account = instance.split(":")[4]
+        context = (("aws:SourceArn", instance), ("aws:SourceAccount", account))
+        return decide(statements, Request("lambda:InvokeFunction", function, context))
+
+    assert invoke(MEMBER_ALIAS_ARN) == "allow"
+    other_account = f"arn:aws:connect:{REGION}:444455556666:instance/{INSTANCE_ARN[-36:]}"
+    other_region = INSTANCE_ARN.replace(REGION, "us-east-1")
+    refused = {
+        "unqualified": invoke(MEMBER_FUNCTION_ARN),
+        "$LATEST": invoke(f"{MEMBER_FUNCTION_ARN}:$LATEST"),
+        "version": invoke(f"{MEMBER_FUNCTION_ARN}:{VERSION}"),
+        "another alias": invoke(f"{MEMBER_FUNCTION_ARN}:staging"),
+        "another account's instance": invoke(MEMBER_ALIAS_ARN, other_account),
+        "another region's instance": invoke(MEMBER_ALIAS_ARN, other_region),
+    }
+    assert refused == dict.fromkeys(refused, "implicit deny")
+
+
+def test_the_output_is_the_alias_arn_flows_must_name(member: dict[str, Any], stack: Stack) -> None:
+    """A flow block pointed at DecryptFunctionArn invokes the live alias of the function the
+    fleet report scans: no flow-invokes-unqualified-decrypt finding for it."""
+    assert member["Outputs"]["DecryptFunctionArn"]["Value"] == {"Ref": "DecryptAlias"}
+    output = stack.resolve(member["Outputs"]["DecryptFunctionArn"]["Value"])
+    assert output == MEMBER_ALIAS_ARN
+    invoked, scanned = parse_function(output), parse_function(MEMBER_DECRYPT_FUNCTION)
+    assert invoked is not None and scanned is not None
+    assert invoked.qualifier == DECRYPT_ALIAS and same_function(invoked, scanned)
+    renamed = MemberStack(member, {**PARAMETERS, "DecryptFunctionName": "payments-decrypt"})
+    assert renamed.resolve(member["Outputs"]["DecryptFunctionArn"]["Value"]) == (
+        f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:payments-decrypt:{DECRYPT_ALIAS}"
+    )
+
+
+def test_the_version_and_alias_grant_nothing(member: dict[str, Any], stack: Stack) -> None:
+    """Least privilege kept: the new resources carry no policy, the member role still reads
+    only the unqualified function's configuration, and the decrypt role gains nothing."""
+    for name in ("DecryptVersion", "DecryptAlias"):
+        assert "Policy" not in member["Resources"][name]["Properties"], name
+    for target in (MEMBER_ALIAS_ARN, f"{MEMBER_FUNCTION_ARN}:{VERSION}"):
+        for action in ("GetFunctionConfiguration", "GetAlias", "UpdateAlias", "InvokeFunction"):
+            assert _member(stack, Request(f"lambda:{action}", target)) == "implicit deny"
+    decrypt_actions = {
+        action.lower()
+        for statement in stack.role_policies("DecryptRole")
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+    }
+    assert not [a for a in decrypt_actions if a.startswith("lambda:")]
