@@ -26,16 +26,21 @@ class ServiceModelLoader(Loader):
     def load_service_model(
         self, service_name: str, type_name: str, api_version: str | None = None
     ) -> Any:
+        # The rest of botocore's load_service_model merges the model's extras with two private
+        # helpers: a botocore release without them takes botocore's own path (slower, never
+        # wrong) rather than failing a cold start on a caller's line.
+        find_extras = getattr(self, "_find_extras", None)
+        processor = getattr(self, "_extras_processor", None)
+        if find_extras is None or processor is None:
+            return super().load_service_model(service_name, type_name, api_version)
         try:
             latest = self.determine_latest_version(service_name, type_name)
         except DataNotFoundError:
             return super().load_service_model(service_name, type_name, api_version)
         version = latest if api_version is None else api_version
         model = self.load_data(str(PurePath(service_name, version, type_name)))
-        # The rest of botocore's load_service_model: the model's extras merged into it
-        # (tests/test_lambda_imports.py compares the result with botocore's own loader).
-        extras = self._find_extras(service_name, type_name, version)  # type: ignore[attr-defined]
-        self._extras_processor.process(model, extras)  # type: ignore[attr-defined]
+        # tests/test_lambda_imports.py compares the result with botocore's own loader.
+        processor.process(model, find_extras(service_name, type_name, version))
         return model
 
 

@@ -91,6 +91,27 @@ def test_the_service_model_loader_lists_no_service_for_a_known_one(
     assert listed == []
 
 
+def test_a_botocore_without_the_extras_helpers_takes_botocores_own_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The two private helpers are botocore's: a release that renames them costs the shortcut,
+    never a cold start."""
+    from botocore.loaders import Loader
+
+    from lambda_decrypt.model_loader import ServiceModelLoader
+
+    own: list[tuple[str, str]] = []
+
+    def botocores_own(self: Loader, service: str, type_name: str, api_version: object) -> str:
+        own.append((service, type_name))
+        return "botocore's model"
+
+    monkeypatch.setattr(Loader, "load_service_model", botocores_own)
+    monkeypatch.delattr(Loader, "_find_extras")
+    assert ServiceModelLoader().load_service_model("ssm", "service-2") == "botocore's model"
+    assert own == [("ssm", "service-2")]
+
+
 def test_the_service_model_loader_fails_an_unknown_service_or_version_as_botocore_does() -> None:
     from botocore.exceptions import DataNotFoundError, UnknownServiceError
     from botocore.loaders import Loader
