@@ -50,6 +50,13 @@ from rotator.ports import (
     ProtectionSweep,
 )
 from rotator.sandbox import connect_emulator
+from rotator.sandbox.sample_flows import (
+    DECRYPT_LAMBDA_ARN,
+    card_blocks,
+    payment_flow_content,
+    payment_module_content,
+)
+from rotator.services.rotation import Outcome, RotationService
 
 _K = TypeVar("_K")
 # What SSM reports as the KMS key of a SecureString stored without one.
@@ -809,3 +816,41 @@ class FakeFunctionEnvironments:
         names = tuple(sorted(n for n, value in variables.items() if holds_private_key(value)))
         arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
         return FunctionEnvironment(function_name, arn, names)
+
+
+# -- a managed payment instance -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitialisedInstance:
+    """A payment instance in the fake Connect that `rotator init` brought under management."""
+
+    instance_id: str
+    flow: FlowRef
+    module: FlowRef
+    first_key_id: str
+
+
+def init_payment_instance(
+    service: RotationService,
+    connect: FakeConnect,
+    now: datetime,
+    *,
+    lambda_arn: str = DECRYPT_LAMBDA_ARN,
+) -> InitialisedInstance:
+    """The sandbox's payment flow and module (their decrypt block invoking `lambda_arn`) in a
+    new instance, both card blocks named for encryption and `service.init` run at `now`: its
+    first rotation must complete."""
+    instance_id = connect.create_instance()
+    flow = connect.create_flow(instance_id, payment_flow_content(None, None, lambda_arn=lambda_arn))
+    module_content = payment_module_content(None, None, lambda_arn=lambda_arn)
+    module = connect.create_flow(instance_id, module_content, FlowKind.MODULE)
+    first = service.init(
+        instance_id,
+        [flow.flow_id],
+        [module.flow_id],
+        now,
+        encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
+    )
+    assert first.outcome is Outcome.ROTATED and first.new_key_id is not None, first.detail
+    return InitialisedInstance(instance_id, flow, module, first.new_key_id)

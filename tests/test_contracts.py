@@ -67,7 +67,6 @@ from rotator.ports import (
 )
 from rotator.sandbox.sample_flows import (
     CARD_INPUT_ACTION,
-    card_blocks,
     payment_flow_content,
     payment_module_content,
 )
@@ -86,6 +85,7 @@ from tests.fakes import (
     FakeKeyring,
     FakeLock,
     FakePublisher,
+    init_payment_instance,
 )
 from tests.world import KeyPool
 
@@ -726,28 +726,18 @@ def test_a_rotation_runs_entirely_on_the_fakes(
     on_fakes: tuple[RotationService, FakeKeyring, FakeConnect],
 ) -> None:
     service, keyring, connect = on_fakes
-    instance = connect.create_instance()
-    flow = connect.create_flow(instance, payment_flow_content(None, None))
-    module = connect.create_flow(instance, payment_module_content(None, None), FlowKind.MODULE)
-
-    first = service.init(
-        instance,
-        [flow.flow_id],
-        [module.flow_id],
-        NOW,
-        encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
-    )
-    assert first.outcome is Outcome.ROTATED, first
-    assert keyring.get_current(instance) == first.new_key_id
+    made = init_payment_instance(service, connect, NOW)
+    instance, flow, module = made.instance_id, made.flow, made.module
+    assert keyring.get_current(instance) == made.first_key_id
     rotated = service.rotate(instance, NOW + timedelta(days=1), force=True)
     [result] = rotated
     assert result.outcome is Outcome.ROTATED, result
-    assert result.old_key_id == first.new_key_id != result.new_key_id
+    assert result.old_key_id == made.first_key_id != result.new_key_id
     new_key = result.new_key_id
     assert new_key is not None
 
     # Connect holds both keys; the flows point at the new one; the canary decrypts.
-    assert {k.key_id for k in connect.list_security_keys(instance)} == {first.new_key_id, new_key}
+    assert {k.key_id for k in connect.list_security_keys(instance)} == {made.first_key_id, new_key}
     for ref in (flow, module):
         [block] = encrypting_blocks(connect.flow_content(instance, ref))
         assert block.key_id == new_key and block.certificate_pem is not None
@@ -760,16 +750,15 @@ def test_a_rotation_runs_entirely_on_the_fakes(
     assert Decryptor(keyring.decrypt_keys()).decrypt(message).plaintext == b"4111111111111111"
 
     assert keyring.get_record(new_key).state is KeyState.ACTIVE
-    assert first.new_key_id is not None
-    assert keyring.get_record(first.new_key_id).state is KeyState.PREVIOUS
+    assert keyring.get_record(made.first_key_id).state is KeyState.PREVIOUS
     assert keyring.staged == {} and keyring.orphaned_staging() == set()
     rotation = keyring.get_rotation(instance)
     assert rotation is not None and rotation.step is RotationStep.DONE
 
     # After the grace period the old key retires: Connect lets it go, it still decrypts.
-    assert first.new_key_id in service.retire(first.new_key_id, NOW + timedelta(days=9))
+    assert made.first_key_id in service.retire(made.first_key_id, NOW + timedelta(days=9))
     assert [k.key_id for k in connect.list_security_keys(instance)] == [new_key]
-    prove_key_decrypts(keyring, first.new_key_id, keyring.read_certificate(first.new_key_id))
+    prove_key_decrypts(keyring, made.first_key_id, keyring.read_certificate(made.first_key_id))
 
 
 def test_the_fake_clock_moves_only_when_told() -> None:

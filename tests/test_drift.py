@@ -17,7 +17,7 @@ from rotator.config import Settings
 from rotator.domain.checks import FLOWS_AS_MANAGED, NO_ORPHANED_ASSOCIATION, STATE_MATCHES
 from rotator.domain.checks import drift_findings as judge_drift
 from rotator.domain.findings import Finding, FindingCode, RunbookName, Severity
-from rotator.domain.flows import FlowKind, FlowRef, encrypting_blocks, point_blocks_at_key
+from rotator.domain.flows import FlowRef, encrypting_blocks, point_blocks_at_key
 from rotator.domain.keys import KeyMaterial, load_private_key, self_signed_material
 from rotator.domain.lifecycle import KeyRecord
 from rotator.domain.policy import RotationPolicy
@@ -25,9 +25,6 @@ from rotator.domain.rotation import RotationState, RotationStep
 from rotator.domain.state import KeyringState
 from rotator.sandbox.sample_flows import (
     CARD_INPUT_ACTION,
-    card_blocks,
-    payment_flow_content,
-    payment_module_content,
 )
 from rotator.services.jobs import (
     DRIFT_FINDINGS_METRIC,
@@ -39,7 +36,14 @@ from rotator.services.rotation import Outcome, RotationService
 from rotator.services.state import read_state
 from rotator.services.verify import InvariantChecker, judge
 from tests.conftest import NOW, keep_rotation
-from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock, FakePublisher
+from tests.fakes import (
+    FakeClock,
+    FakeConnect,
+    FakeKeyring,
+    FakeLock,
+    FakePublisher,
+    init_payment_instance,
+)
 from tests.world import KeyPool
 
 AT = NOW + timedelta(days=1)
@@ -92,22 +96,20 @@ class Managed:
 @pytest.fixture
 def managed(key_pool: KeyPool) -> Managed:
     keyring, connect, clock = FakeKeyring(), FakeConnect(), FakeClock(NOW)
-    instance_id = connect.create_instance()
-    flow = connect.create_flow(instance_id, payment_flow_content(None, None))
-    module = connect.create_flow(instance_id, payment_module_content(None, None), FlowKind.MODULE)
     lock = FakeLock(clock.now)
     generate = key_pool.generator()
     service = RotationService(keyring, connect, lock, SETTINGS, actor="test", generate=generate)
-    result = service.init(
-        instance_id,
-        [flow.flow_id],
-        [module.flow_id],
-        NOW,
-        encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
-    )
-    assert result.outcome is Outcome.ROTATED and result.new_key_id is not None, result.detail
+    made = init_payment_instance(service, connect, NOW)
     return Managed(
-        keyring, connect, lock, instance_id, flow, module, result.new_key_id, key_pool, generate
+        keyring,
+        connect,
+        lock,
+        made.instance_id,
+        made.flow,
+        made.module,
+        made.first_key_id,
+        key_pool,
+        generate,
     )
 
 

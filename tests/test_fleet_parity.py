@@ -25,13 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from rotator.config import Settings
 from rotator.domain.findings import FindingCode
 from rotator.domain.fleet import Partition, Target
-from rotator.domain.flows import FlowKind
 from rotator.domain.history import EventKind
 from rotator.domain.keys import self_signed_material
 from rotator.domain.lifecycle import KeyState
 from rotator.entrypoints import scheduled
 from rotator.ports import Metric
-from rotator.sandbox.sample_flows import card_blocks, payment_flow_content, payment_module_content
 from rotator.services import rotation as rotation_module
 from rotator.services.jobs import (
     AggregateRun,
@@ -44,7 +42,14 @@ from rotator.services.jobs import (
 from rotator.services.rotation import Outcome, RotationService
 from tests import fakes
 from tests.conftest import NOW, REGION
-from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock, FakePublisher
+from tests.fakes import (
+    FakeClock,
+    FakeConnect,
+    FakeKeyring,
+    FakeLock,
+    FakePublisher,
+    init_payment_instance,
+)
 from tests.world import KeyPool
 
 DAY = timedelta(days=1)
@@ -101,20 +106,7 @@ def build(key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> Callable[[Setti
         )
         instances = []
         for _ in range(3):
-            instance_id = connect.create_instance()
-            flow = connect.create_flow(instance_id, payment_flow_content(None, None))
-            module = connect.create_flow(
-                instance_id, payment_module_content(None, None), FlowKind.MODULE
-            )
-            result = service.init(
-                instance_id,
-                [flow.flow_id],
-                [module.flow_id],
-                NOW,
-                encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
-            )
-            assert result.outcome is Outcome.ROTATED, result.detail
-            instances.append(instance_id)
+            instances.append(init_payment_instance(service, connect, NOW).instance_id)
         return FakeWorld(clock, keyring, connect, lock, service, instances, key_pool)
 
     return world

@@ -21,17 +21,24 @@ from lambda_decrypt import Decryptor
 from lambda_decrypt.errors import DecryptError, KeyDestroyed
 from rotator.config import Settings
 from rotator.domain.connect_cipher import encrypt_like_connect
-from rotator.domain.flows import FlowKind, FlowRef, encrypting_blocks
+from rotator.domain.flows import FlowRef, encrypting_blocks
 from rotator.domain.history import EventKind
 from rotator.domain.keys import KeyMaterial
 from rotator.domain.lifecycle import KeyState
 from rotator.domain.rotation import RotationState, RotationStep, StepDone
 from rotator.errors import AwsCallError, LockLost
-from rotator.sandbox.sample_flows import card_blocks, payment_flow_content, payment_module_content
 from rotator.services.rotation import InstanceResult, Outcome, RotationService
 from rotator.services.verify import InvariantChecker
 from tests.conftest import NOW, TEST_CARD
-from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeKeySource, FakeLease, FakeLock
+from tests.fakes import (
+    FakeClock,
+    FakeConnect,
+    FakeKeyring,
+    FakeKeySource,
+    FakeLease,
+    FakeLock,
+    init_payment_instance,
+)
 from tests.world import KeyPool
 
 _T = TypeVar("_T")
@@ -165,20 +172,11 @@ def initialised(generate: KeyGenerator) -> Fakes:
     """A managed instance after `rotator init` at NOW, with its payment flow and module; its key
     is due at ROTATE_AT."""
     keyring, connect, clock = FakeKeyring(), FakeConnect(), FakeClock(NOW)
-    instance_id = connect.create_instance()
-    flow = connect.create_flow(instance_id, payment_flow_content(None, None))
-    module = connect.create_flow(instance_id, payment_module_content(None, None), FlowKind.MODULE)
-    fakes = Fakes(keyring, connect, clock, FakeLock(clock.now), instance_id, flow, module, generate)
-    first = fakes.service().init(
-        instance_id,
-        [flow.flow_id],
-        [module.flow_id],
-        NOW,
-        encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
-    )
-    assert first.outcome is Outcome.ROTATED, first.detail
+    lock = FakeLock(clock.now)
+    service = RotationService(keyring, connect, lock, SETTINGS, actor="sweep", generate=generate)
+    made = init_payment_instance(service, connect, NOW)
     clock.advance(ROTATE_AT - NOW)
-    return fakes
+    return Fakes(keyring, connect, clock, lock, made.instance_id, made.flow, made.module, generate)
 
 
 def rotated(generate: KeyGenerator) -> tuple[Fakes, str, str]:

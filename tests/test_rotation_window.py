@@ -16,15 +16,20 @@ import jsonschema
 import pytest
 
 from rotator.config import Settings
-from rotator.domain.flows import FlowKind
-from rotator.sandbox.sample_flows import card_blocks, payment_flow_content, payment_module_content
 from rotator.services.jobs import rotation_job
 from rotator.services.report import make_report
 from rotator.services.report_render import ReportFormat, render
 from rotator.services.rotation import InstanceResult, Outcome, RotationService
 from rotator.services.status import keyring_overview
 from tests.conftest import NOW
-from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock, FakePublisher
+from tests.fakes import (
+    FakeClock,
+    FakeConnect,
+    FakeKeyring,
+    FakeLock,
+    FakePublisher,
+    init_payment_instance,
+)
 from tests.world import KeyPool
 
 WINDOW = "0 2 * * TUE 4h Europe/London"
@@ -65,19 +70,9 @@ def build(key_pool: KeyPool, **settings: Any) -> Fakes:
     service = RotationService(
         keyring, connect, lock, configured, actor="test", generate=key_pool.generator()
     )
-    instance = connect.create_instance()
-    flow = connect.create_flow(instance, payment_flow_content(None, None))
-    module = connect.create_flow(instance, payment_module_content(None, None), FlowKind.MODULE)
     # NOW is a Monday noon: outside the window; an instance's first key never waits.
-    first = service.init(
-        instance,
-        [flow.flow_id],
-        [module.flow_id],
-        NOW,
-        encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
-    )
-    assert first.outcome is Outcome.ROTATED and first.new_key_id is not None, first
-    return Fakes(service, keyring, connect, lock, configured, instance, first.new_key_id)
+    made = init_payment_instance(service, connect, NOW)
+    return Fakes(service, keyring, connect, lock, configured, made.instance_id, made.first_key_id)
 
 
 @pytest.fixture

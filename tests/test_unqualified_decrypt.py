@@ -14,7 +14,7 @@ import pytest
 
 from rotator.config import Settings
 from rotator.domain.findings import Finding, FindingCode, RunbookName, Severity
-from rotator.domain.flows import FlowKind, FlowRef, LambdaInvocation, lambda_invocations
+from rotator.domain.flows import FlowRef, LambdaInvocation, lambda_invocations
 from rotator.domain.lambda_functions import (
     DECRYPT_ALIAS,
     FunctionReference,
@@ -23,16 +23,14 @@ from rotator.domain.lambda_functions import (
 )
 from rotator.entrypoints.cli import main
 from rotator.sandbox.sample_flows import (
-    card_blocks,
     decrypt_lambda_arn,
     payment_flow_content,
-    payment_module_content,
 )
 from rotator.services.report import EvidenceSources, ReportOptions, make_report
-from rotator.services.rotation import Outcome, RotationService
+from rotator.services.rotation import RotationService
 from rotator.services.verify import InvariantChecker
 from tests.conftest import NOW
-from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock
+from tests.fakes import FakeClock, FakeConnect, FakeKeyring, FakeLock, init_payment_instance
 from tests.world import KeyPool, World
 
 AT = NOW + timedelta(days=1)
@@ -80,24 +78,12 @@ class Managed:
 @pytest.fixture
 def managed(key_pool: KeyPool) -> Managed:
     keyring, connect, clock = FakeKeyring(), FakeConnect(), FakeClock(NOW)
-    instance_id = connect.create_instance()
-    flow = connect.create_flow(instance_id, payment_flow_content(None, None, lambda_arn=ALIAS_ARN))
-    module = connect.create_flow(
-        instance_id, payment_module_content(None, None, lambda_arn=ALIAS_ARN), FlowKind.MODULE
-    )
     lock = FakeLock(clock.now)
     service = RotationService(
         keyring, connect, lock, SETTINGS, actor="test", generate=key_pool.generator()
     )
-    result = service.init(
-        instance_id,
-        [flow.flow_id],
-        [module.flow_id],
-        NOW,
-        encrypt_blocks=card_blocks(flow.flow_id, module.flow_id),
-    )
-    assert result.outcome is Outcome.ROTATED, result.detail
-    return Managed(keyring, connect, lock, instance_id, flow, module)
+    made = init_payment_instance(service, connect, NOW, lambda_arn=ALIAS_ARN)
+    return Managed(keyring, connect, lock, made.instance_id, made.flow, made.module)
 
 
 # What a block off the alias costs, by what it names instead.
