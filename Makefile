@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 deploy-lint: $(STAMP)
-	$(BIN)/cfn-lint deploy/template.yaml
+	$(BIN)/cfn-lint deploy/template.yaml deploy/member.yaml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
