@@ -19,6 +19,7 @@ from rotator.domain.checks import FleetFinding
 from rotator.domain.findings import Severity
 from rotator.services.fleet_report import KEY_STATES, FleetReport, PartitionSection
 from rotator.services.fleet_timeline import GroupedTimeline, RegionGroup, grouped_timeline
+from rotator.services.report import Report
 from rotator.services.report_render import (
     CSV_COLUMNS,
     Badge,
@@ -29,12 +30,15 @@ from rotator.services.report_render import (
     csv_cell,
     csv_columns,
     csv_values,
+    evidence_context,
     finding_tag,
     findings_table,
     headline,
     instances_table,
     key_architecture,
     keys_table,
+    md_accountability,
+    md_architecture,
     md_section,
     timeline_table,
     timeline_text,
@@ -121,6 +125,9 @@ def render_fleet_markdown(report: FleetReport) -> str:
         lines += md_section("Findings", findings_table(sub), level=3)
         lines += md_section("Instances", instances_table(sub), level=3)
         lines += md_section("Keys", keys_table(sub), level=3)
+        # This account region's evidence, by the keyring report's own builders.
+        lines += md_accountability(sub, level=3)
+        lines += md_architecture(sub, level=3)
         lines += md_section(
             "Timeline",
             region.summary,
@@ -193,6 +200,18 @@ def fleet_policy_text(report: FleetReport) -> str:
 
 def _heading(section: PartitionSection) -> str:
     return f"Account {section.partition.account}, region {section.partition.region}"
+
+
+def _evidence_summary(report: Report) -> str:
+    """What a section's collapsed evidence holds, so that a reader knows whether to open it."""
+    refused = sum(len(r.refusals) for r in report.requests)
+    stored = "; stored ciphertexts" if report.options.stores else ""
+    return (
+        f"{len(report.requests)} dual-control request(s), {refused} refused; "
+        f"{len(report.custodians)} key custodian(s); cryptographic architecture: "
+        f"{len(report.crypto.keys)} key(s), {len(report.crypto.keks)} KMS key(s); "
+        f"copy inventory{stored}"
+    )
 
 
 def _fleet_findings_of(report: FleetReport, section: PartitionSection) -> list[FleetFinding]:
@@ -286,6 +305,8 @@ def _fleet_html_context(report: FleetReport) -> dict[str, Any]:
                 "findings": None if s.report is None else findings_table(s.report),
                 "instances": None if s.report is None else instances_table(s.report),
                 "keys": None if s.report is None else keys_table(s.report),
+                "evidence": None if s.report is None else evidence_context(s.report),
+                "evidence_summary": None if s.report is None else _evidence_summary(s.report),
             }
             for s in report.sections
         ],

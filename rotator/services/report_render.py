@@ -254,41 +254,60 @@ def render_markdown(report: Report) -> str:
     """Readable as plain text in a terminal and rendered in a pull request. Every section of
     the HTML page, in its order, from the same tables: what an auditor reads does not depend
     on the format handed over (the timeline's picture becomes a table of what it draws)."""
-    crypto, graph = _crypto_context(report), timeline(report)
+    graph = timeline(report)
     lines = ["# Amazon Connect key report", "", headline(report), "", policy_text(report)]
     lines += md_section("Timeline", timeline_text(graph.today), timeline_table(graph.rows))
     lines += md_section("Findings", findings_table(report))
     lines += md_section("Instances", instances_table(report))
     lines += md_section("Rotation history", rotations_table(report))
-    lines += md_section("Dual control requests", dual_control_table(report))
-    lines += md_section("Dual control: refused approvals and withdrawals", refusals_table(report))
-    lines += md_section("Key custodians", _custodian_text(report), custodians_table(report))
+    lines += md_accountability(report)
     lines += md_section("Keys", keys_table(report))
-    lines += md_section(
-        "Cryptographic architecture",
-        crypto["intro"],
-        crypto["algorithm_table"],
-    )
-    lines += md_section(
-        "Cryptographic architecture: keys, their strength, use, expiry and store",
-        crypto["use"],
-        crypto["key_table"],
-    )
-    lines += md_section(
-        "Cryptographic architecture: key-encrypting keys (KMS)", crypto["kek_table"]
-    )
-    lines += md_section(
-        "Copy inventory: the decrypt function's environment", crypto["decrypt_function"]
-    )
-    stored = _stored_table(report)
-    if stored is not None:
-        lines += md_section("Stored ciphertexts", _stores_text(report), stored)
+    lines += md_architecture(report)
     lines += ["", "## Key details and history"]
     for key in report.keys:
         lines += ["", f"### `{key.key_id}`", ""]
         lines += [f"- {name}: {value}" for name, value in _key_facts(key)]
         lines += ["", md_block(history_table(key))]
     return "\n".join(lines) + "\n"
+
+
+def md_accountability(report: Report, *, level: int = 2) -> list[str]:
+    """Dual control (3.7.6: requests, refusals) and key custodians (3.7.8) as Markdown
+    sections at `level`: the keyring report's, and each account region's of the fleet's."""
+    lines = md_section("Dual control requests", dual_control_table(report), level=level)
+    lines += md_section(
+        "Dual control: refused approvals and withdrawals", refusals_table(report), level=level
+    )
+    return lines + md_section(
+        "Key custodians", _custodian_text(report), custodians_table(report), level=level
+    )
+
+
+def md_architecture(report: Report, *, level: int = 2) -> list[str]:
+    """The cryptographic architecture (3.6.1.1), the copy inventory (3.6.1.4) and, when stores
+    are registered, the stored ciphertexts, as Markdown sections at `level`."""
+    crypto = _crypto_context(report)
+    lines = md_section(
+        "Cryptographic architecture", crypto["intro"], crypto["algorithm_table"], level=level
+    )
+    lines += md_section(
+        "Cryptographic architecture: keys, their strength, use, expiry and store",
+        crypto["use"],
+        crypto["key_table"],
+        level=level,
+    )
+    lines += md_section(
+        "Cryptographic architecture: key-encrypting keys (KMS)", crypto["kek_table"], level=level
+    )
+    lines += md_section(
+        "Copy inventory: the decrypt function's environment",
+        crypto["decrypt_function"],
+        level=level,
+    )
+    stored = _stored_table(report)
+    if stored is not None:
+        lines += md_section("Stored ciphertexts", _stores_text(report), stored, level=level)
+    return lines
 
 
 def md_section(heading: str, *parts: str | Table, level: int = 2) -> list[str]:
@@ -335,17 +354,25 @@ def _html_context(report: Report) -> dict[str, Any]:
         "findings": findings_table(report),
         "instances": instances_table(report),
         "rotations": rotations_table(report),
-        "dual_control": dual_control_table(report),
-        "refusals": refusals_table(report),
         "keys": keys_table(report),
-        "custodians": {"text": _custodian_text(report), "table": custodians_table(report)},
-        "crypto": _crypto_context(report),
-        "stored": _stored_table(report),
-        "stores_text": _stores_text(report),
+        **evidence_context(report),
         "details": [
             {"key": key, "facts": _key_facts(key), "history": history_table(key)}
             for key in report.keys
         ],
+    }
+
+
+def evidence_context(report: Report) -> dict[str, Any]:
+    """What the evidence partials (dual_control, custodians, crypto_architecture,
+    stored_ciphertexts .html.j2) render: the keyring page's, and each fleet section's."""
+    return {
+        "dual_control": dual_control_table(report),
+        "refusals": refusals_table(report),
+        "custodians": {"text": _custodian_text(report), "table": custodians_table(report)},
+        "crypto": _crypto_context(report),
+        "stored": _stored_table(report),
+        "stores_text": _stores_text(report),
     }
 
 
