@@ -1013,7 +1013,9 @@ def aggregate_job(
 
     checks = tuple(on_partitions(check, partitions or {}, workers=workers))
     for done in checks:  # in the partitions' order, whichever finished first
-        log.info("fleet_partition_checked", partition=str(done.partition), repaired=list(done.repaired))
+        log.info(
+            "fleet_partition_checked", partition=str(done.partition), repaired=list(done.repaired)
+        )
     days = [d for c in checks if (d := _fleet_value(c.metrics, "DaysToExpiry")) is not None]
     evaluated = evaluation.get("min_days_to_expiry")
     if not days and evaluated is not None:  # no partition was read: the evaluation's
