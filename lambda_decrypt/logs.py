@@ -24,7 +24,11 @@ class _StreamLogger:
         self._stream = stream
 
     def msg(self, message: str) -> None:
-        print(message, file=getattr(sys, self._stream), flush=True)
+        # One write per line (print writes the line and its newline apart): lines logged from
+        # several threads (the fleet's aggregation checks partitions on a pool) never interleave.
+        stream = getattr(sys, self._stream)
+        stream.write(message + "\n")
+        stream.flush()
 
     debug = info = warning = error = critical = exception = msg
 

@@ -4,6 +4,7 @@ EventBridge events."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +32,10 @@ __all__ = [
 
 class AwsPublisher:
     """Implements `rotator.ports.Publisher`. `client(service)` makes a boto3 client; each is
-    made on first use, so a job that publishes nothing (a what-if) makes none."""
+    made on first use, so a job that publishes nothing (a what-if) makes none. Safe to call
+    from several threads (the fleet's aggregation puts each partition's expiry events from
+    its own): boto3's clients are, and each is made once, under a lock, since boto3's default
+    session, which makes them, is not."""
 
     def __init__(
         self,
@@ -42,13 +46,15 @@ class AwsPublisher:
     ) -> None:
         self._make_client = client
         self._clients: dict[str, Any] = {}
+        self._making = threading.Lock()
         self.namespace = namespace
         self.alert_topic_arn = alert_topic_arn
 
     def _client(self, service: str) -> Any:
-        if service not in self._clients:
-            self._clients[service] = self._make_client(service)
-        return self._clients[service]
+        with self._making:
+            if service not in self._clients:
+                self._clients[service] = self._make_client(service)
+            return self._clients[service]
 
     def put_metrics(self, metrics: Sequence[Metric], at: datetime) -> None:
         data: list[Any] = [

@@ -11,12 +11,13 @@ stale by the time a unit runs can never make it rotate a key that is not due.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from lambda_decrypt.logs import get_logger
 from rotator.domain.fleet import Partition, Target, interleave
@@ -33,6 +34,18 @@ from rotator.services.rotation import InstanceResult, Outcome
 # calls over its steps, so two at once in a partition stay inside the burst; adaptive retries
 # absorb the rest.
 DEFAULT_PARTITION_CONCURRENCY = 2
+
+# How many account regions the fleet's aggregation and the fleet report check at once, in one
+# Lambda (`on_partitions`). The work is IO-bound: a partition's thread waits on its own account
+# region's SSM and Connect (their quotas are per account and region, so partitions share none),
+# so the Lambda's vCPUs (one at the template's memory; the GIL is free while a call waits) are
+# not the limit. What the partitions share is the central publisher, whose boto3 clients keep
+# botocore's 10 pooled connections, and the Lambda's memory (each partition's state read at
+# once). 10 is also FleetPartitionConcurrency's default: the Map's account regions at once.
+PARTITION_WORKERS = 10
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
 
 log = get_logger("rotator.fleet")
 
@@ -254,6 +267,31 @@ def run_units(
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rotator-unit") as pool:
         futures = {target: pool.submit(unit, target) for target in interleave(targets)}
         return [futures[target].result() for target in targets]
+
+
+def on_partitions(
+    work: Callable[[Partition, Item], Answer],
+    items: Mapping[Partition, Item],
+    *,
+    workers: int = PARTITION_WORKERS,
+) -> list[Answer]:
+    """`work` for each partition on a pool of at most `workers` threads (a partition's own work
+    stays serial, on one thread); the answers in the order of `items`, so what is made of them
+    is the serial loop's. Each runs in its own copy of the caller's context (contextvars):
+    nothing one binds reaches another partition or the caller. `work` answers its own failure;
+    an exception it lets out is raised here once every partition has finished."""
+    if workers < 1:
+        raise ValueError("workers is at least 1")
+    if not items:
+        return []
+    with ThreadPoolExecutor(
+        max_workers=min(workers, len(items)), thread_name_prefix="rotator-partition"
+    ) as pool:
+        futures = [
+            pool.submit(contextvars.copy_context().run, work, partition, item)
+            for partition, item in items.items()
+        ]
+        return [future.result() for future in futures]
 
 
 def _rotated(target: Target, rotate_one: RotateOne) -> InstanceResult:

@@ -27,6 +27,7 @@ from rotator.errors import ConnectKeyRotatorError
 from rotator.ports import ConnectReader, Keyring, Lock
 from rotator.services.crypto_architecture import EvidenceSources
 from rotator.services.custodians import current_text_sha256
+from rotator.services.fleet import PARTITION_WORKERS, on_partitions
 from rotator.services.report import REPORT_SCHEMA, UNKNOWN_STATE, KeyRow, Report, build_report
 from rotator.services.report import gather as gather_one
 
@@ -184,29 +185,31 @@ def gather_fleet(
     now: datetime,
     *,
     describe: Callable[[ConnectKeyRotatorError], str] = str,
+    workers: int = PARTITION_WORKERS,
 ) -> dict[Partition, PartitionRead]:
-    """Each partition read once (everything the report reads); one that cannot be read (its
-    role not assumable, its keyring or Connect refusing) is why, and the others are read."""
-    states: dict[Partition, PartitionRead] = {}
-    for partition, source in sources.items():
+    """Each partition read once (everything the report reads), at most `workers` at once, in
+    `sources`' order; one that cannot be read (its role not assumable, its keyring or Connect
+    refusing) is why, and the others are read."""
+
+    def read(partition: Partition, source: PartitionSources) -> PartitionRead:
         try:
-            states[partition] = gather_one(
+            return gather_one(
                 source.keyring, source.connect, source.lock, now, evidence=source.evidence
             )
         except ConnectKeyRotatorError as error:
-            states[partition] = describe(error)
-            log.error(
-                "fleet_report_partition_failed", partition=str(partition), error=states[partition]
-            )
+            why = describe(error)
+            log.error("fleet_report_partition_failed", partition=str(partition), error=why)
+            return why
         except Exception as error:  # noqa: BLE001 - one partition must not lose the fleet's report
             # Its type only: an unexpected exception's text is not known to be free of secrets.
-            states[partition] = f"unexpected {type(error).__name__}"
             log.error(
                 "fleet_report_partition_crashed",
                 partition=str(partition),
                 error=type(error).__name__,
             )
-    return states
+            return f"unexpected {type(error).__name__}"
+
+    return dict(zip(sources, on_partitions(read, sources, workers=workers), strict=True))
 
 
 def make_fleet_report(
@@ -215,9 +218,11 @@ def make_fleet_report(
     now: datetime,
     *,
     describe: Callable[[ConnectKeyRotatorError], str] = str,
+    workers: int = PARTITION_WORKERS,
 ) -> FleetReport:
-    """Read every partition once, then judge the fleet at `now` (what `rotator report` runs in
-    fleet mode, and what the fleet's aggregation can publish)."""
+    """Read every partition once (at most `workers` at once), then judge the fleet at `now`
+    (what `rotator report` runs in fleet mode, and what the fleet's aggregation can publish)."""
     if options.custodian_text_sha256 is None:
         options = replace(options, custodian_text_sha256=current_text_sha256())
-    return build_fleet_report(gather_fleet(sources, now, describe=describe), options, now)
+    states = gather_fleet(sources, now, describe=describe, workers=workers)
+    return build_fleet_report(states, options, now)

@@ -35,7 +35,13 @@ from rotator.domain.window import window_decision
 from rotator.errors import ConfigError, ConnectKeyRotatorError
 from rotator.exit_codes import ExitCode
 from rotator.ports import BusEvent, Connect, ConnectReader, Keyring, Lock, Metric, Publisher
-from rotator.services.fleet import TargetResult, evaluate, rotate_target
+from rotator.services.fleet import (
+    PARTITION_WORKERS,
+    TargetResult,
+    evaluate,
+    on_partitions,
+    rotate_target,
+)
 from rotator.services.fleet_report import FleetReport
 from rotator.services.fleet_report_render import render_fleet, render_fleet_summary
 from rotator.services.report import EvidenceSources, Report, ReportOptions, make_report
@@ -544,7 +550,8 @@ def expiry_events_job(
             keyring.append_event(sent_event(record, crossing, now, rotation.actor))
     except ConnectKeyRotatorError as error:  # sent, not recorded: the next run sends them again
         return ExpiryEvents(details, f"expiry events: recording them: {describe(error)}")
-    log.info("expiry_events", events=[(d["keyId"], d["threshold"]) for d in details])
+    # Fleet mode: the partition too, as partitions' lines interleave (checked on a pool).
+    log.info("expiry_events", events=[(d["keyId"], d["threshold"]) for d in details], **extra)
     return ExpiryEvents(details)
 
 
@@ -974,20 +981,23 @@ def aggregate_job(
     destinations: ReportDestinations | None = None,
     what_if: bool = False,
     describe: Callable[[ConnectKeyRotatorError], str] = str,
+    workers: int = PARTITION_WORKERS,
 ) -> AggregateRun:
     """After the Map's rotations, per partition (`partitions`: each one's rotation service, on
-    its own adapters), what the single-account rotation job does after its rotations: remove
-    orphaned staging, finish retires cut short and clear stale locks, then `after_rotations`
-    (the key metrics, the drift check, the expiry events on the bus, recorded in that
-    account's history). Then the metrics (each partition's with Account and Region dimensions;
-    the fleet's totals without, which the template's alarms watch), one notice naming every
-    failed unit, unreadable partition, key left due and critical drift finding, and the
-    report (`report`: the fleet report's maker, delivered as the report job delivers).
+    its own adapters; at most `workers` partitions at once, each one's work serial), what the
+    single-account rotation job does after its rotations: remove orphaned staging, finish
+    retires cut short and clear stale locks, then `after_rotations` (the key metrics, the drift
+    check, the expiry events on the bus, recorded in that account's history). Then the metrics
+    (each partition's with Account and Region dimensions; the fleet's totals without, which the
+    template's alarms watch), one notice naming every failed unit, unreadable partition, key
+    left due and critical drift finding, and the report (`report`: the fleet report's maker,
+    delivered as the report job delivers).
 
     `evaluation`: the evaluation's `errors` and `min_days_to_expiry` (the fleet's nearest
     expiry when no partition could be read); `results`: the Map's items, each a rotate-target
     summary (or a Lambda error the Map caught: a failure too). A what-if checks, changes and
-    publishes nothing."""
+    publishes nothing. The partitions' checks are kept in `partitions`' order, so the metrics,
+    the notice and the summary are the serial run's."""
     outcomes = [str(r.get("outcome", Outcome.FAILED.value)) for r in results]
     counts = {o.value: outcomes.count(o.value) for o in Outcome}
     failures = tuple(
@@ -997,10 +1007,15 @@ def aggregate_job(
         if outcome == Outcome.FAILED.value
     )
     errors = tuple(str(e) for e in evaluation.get("errors", []))
-    checks = tuple(
-        _check_partition(partition, rotation, results, now, what_if, publisher, describe)
-        for partition, rotation in (partitions or {}).items()
-    )
+
+    def check(partition: Partition, rotation: RotationService) -> PartitionCheck:
+        return _check_partition(partition, rotation, results, now, what_if, publisher, describe)
+
+    checks = tuple(on_partitions(check, partitions or {}, workers=workers))
+    for done in checks:  # in the partitions' order, whichever finished first
+        log.info(
+            "fleet_partition_checked", partition=str(done.partition), repaired=list(done.repaired)
+        )
     days = [d for c in checks if (d := _fleet_value(c.metrics, "DaysToExpiry")) is not None]
     evaluated = evaluation.get("min_days_to_expiry")
     if not days and evaluated is not None:  # no partition was read: the evaluation's
@@ -1036,7 +1051,28 @@ def _check_partition(
     publisher: Publisher,
     describe: Callable[[ConnectKeyRotatorError], str],
 ) -> PartitionCheck:
-    units = [
+    """One partition's check, on a thread of the aggregation's pool: its failures are its own
+    (a read refused is a failed line of this partition; an unexpected exception, this partition
+    not checked), so the other partitions' checks stand."""
+    units = _partition_units(partition, results)
+    try:
+        return _check_one(partition, rotation, units, now, what_if, publisher, describe)
+    except Exception as error:  # noqa: BLE001 - one partition's bug must not lose the others'
+        # Its type only: an unexpected exception's text is not known to be free of secrets.
+        log.error("fleet_partition_crashed", partition=str(partition), error=type(error).__name__)
+        crashed = InstanceResult(
+            "*", Outcome.FAILED, f"checking the partition: unexpected {type(error).__name__}"
+        )
+        # Not read (`expiries` None): FleetPartitionErrors counts it, as an unreadable one.
+        run = RotationJobRun(now, [*units, crashed], what_if=what_if)
+        return PartitionCheck(partition, run, units_failed=_failed(units))
+
+
+def _partition_units(
+    partition: Partition, results: Sequence[Mapping[str, Any]]
+) -> list[InstanceResult]:
+    """The Map's units of `partition`, as the rotation job's results."""
+    return [
         InstanceResult(
             str(r.get("instance_id", "?")),
             _outcome(r.get("outcome")),
@@ -1045,7 +1081,23 @@ def _check_partition(
         for r in results
         if (r.get("account"), r.get("region")) == (partition.account, partition.region)
     ]
-    units_failed = sum(u.outcome is Outcome.FAILED for u in units)
+
+
+def _failed(results: Sequence[InstanceResult]) -> int:
+    return sum(r.outcome is Outcome.FAILED for r in results)
+
+
+def _check_one(
+    partition: Partition,
+    rotation: RotationService,
+    units: list[InstanceResult],
+    now: datetime,
+    what_if: bool,
+    publisher: Publisher,
+    describe: Callable[[ConnectKeyRotatorError], str],
+) -> PartitionCheck:
+    units = list(units)  # the repairs' failures are added
+    units_failed = _failed(units)
     keyring = rotation.keyring
     repaired: list[str] = []
     drift: DriftCheck | None = None
@@ -1090,7 +1142,6 @@ def _check_partition(
     )
     dimensions = (("Account", partition.account), ("Region", partition.region))
     metrics = tuple(replace(m, dimensions=dimensions + m.dimensions) for m in checks.metrics)
-    log.info("fleet_partition_checked", partition=str(partition), repaired=repaired)
     return PartitionCheck(partition, run, metrics, tuple(repaired), units_failed)
 
 
